@@ -1,0 +1,39 @@
+# fedveil: every target sets up its own virtual environment on a fresh machine.
+# torch is pinned and installed first: on these machines the pin takes the CPU wheel on disk,
+# an open range would pull gigabytes of CUDA packages.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.fedveil-installed
+TORCH_PIN := torch==2.13.0
+
+.PHONY: venv test test-slow demo bench lint typecheck clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow -q
+
+demo: $(STAMP)
+	$(VENV)/bin/fedveil simulate-secagg --clients 20 --dim 1000000 --drop 0.1
+
+bench: $(STAMP)
+	mkdir -p benchmarks/results
+	$(PY) benchmarks/secagg_bench.py --json benchmarks/results/secagg.json
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m mypy secagg fedveil
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache

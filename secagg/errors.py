@@ -1,0 +1,121 @@
+"""The one error hierarchy of fedveil.
+
+Every error says what was wrong and what to do. Each class carries the name of the gRPC
+status code the service layer answers with (`grpc_status`), so the crypto core stays
+free of gRPC imports while the mapping lives next to the error it describes.
+"""
+
+from __future__ import annotations
+
+
+class FedveilError(Exception):
+    """Root of every error fedveil raises on purpose."""
+
+    grpc_status: str = "INTERNAL"
+
+
+# --- configuration -------------------------------------------------------------------
+
+
+class ConfigError(FedveilError, ValueError):
+    """A configuration value is out of range or inconsistent; the message names it."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class RingOverflowError(ConfigError):
+    """A sum over the cohort could wrap around the modular ring and corrupt the result."""
+
+
+# --- cryptography --------------------------------------------------------------------
+
+
+class CryptoError(FedveilError):
+    """A cryptographic check failed."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class InvalidSignatureError(CryptoError):
+    """An Ed25519 signature does not verify for the claimed identity and message."""
+
+    grpc_status = "UNAUTHENTICATED"
+
+
+class DecryptionError(CryptoError):
+    """An AEAD envelope failed to open: wrong key, wrong context or tampered bytes."""
+
+
+class ShareError(CryptoError):
+    """Base for Shamir secret-sharing failures."""
+
+
+class InsufficientSharesError(ShareError):
+    """Fewer shares than the threshold were supplied; the secret cannot be rebuilt."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class InconsistentSharesError(ShareError):
+    """The shares do not lie on one polynomial of the threshold's degree."""
+
+
+# --- protocol ------------------------------------------------------------------------
+
+
+class ProtocolError(FedveilError):
+    """A protocol rule was broken by a peer or by the caller."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class StageError(ProtocolError):
+    """A message arrived in a stage that does not accept it (illegal transition)."""
+
+
+class InvalidMessageError(ProtocolError):
+    """A message is malformed: wrong length, unknown sender, wrong recipient..."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class DuplicateSubmissionError(ProtocolError):
+    """The same client already submitted this message in this round."""
+
+    grpc_status = "ALREADY_EXISTS"
+
+
+class UnknownClientError(ProtocolError):
+    """The sender is not on the round's roster."""
+
+    grpc_status = "PERMISSION_DENIED"
+
+
+class ThresholdNotMetError(ProtocolError):
+    """Too few clients remain for the round to finish; the round fails closed."""
+
+
+class MaliciousServerError(ProtocolError):
+    """A client refuses a server request that only a misbehaving server would send."""
+
+    grpc_status = "PERMISSION_DENIED"
+
+
+class KeySubstitutionError(MaliciousServerError):
+    """An advertised key is not signed by the enrolled identity of its claimed owner."""
+
+
+class ConflictingShareRequestError(MaliciousServerError):
+    """The server asked for both the self-mask share and the key share of one peer."""
+
+
+class CohortTooSmallError(MaliciousServerError):
+    """A round, or its survivor set, is below the client's own minimum cohort/threshold."""
+
+
+class SurvivorSetMismatchError(MaliciousServerError):
+    """The server showed different survivor sets to different clients or stages."""
+
+
+class SessionMismatchError(MaliciousServerError):
+    """Peers derived different session ids (model inconsistency); the round fails closed."""

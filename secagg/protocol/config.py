@@ -1,0 +1,151 @@
+"""Round configuration and the session id that binds it into every key.
+
+Why the session id: it is SHA-256 over the round id, the round configuration, the global
+model hash and the sorted roster. Every signature, envelope and mask seed is derived
+with it, so a server that shows two clients different models or rosters (model
+inconsistency) gets signatures that do not verify and masks that do not cancel: the round
+fails closed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from secagg.crypto.encoding import encode_fields
+from secagg.crypto.envelope import AeadAlgorithm
+from secagg.errors import ConfigError, RingOverflowError
+from secagg.quantize import QuantizationConfig
+
+MODEL_HASH_BYTES = 32
+MAX_CLIENT_ID_CHARS = 128
+MAX_DIMENSION = 1 << 31
+_SESSION_TAG = b"fedveil-session-v1"
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """Everything the parties must agree on for one SecAgg+ round.
+
+    `neighbours` is k, the degree of the neighbour graph (k = n - 1 is classic SecAgg
+    with a complete graph); `threshold` t applies within each neighbourhood of k + 1
+    share holders and must be a strict majority of it, so a server cannot collect both
+    kinds of share for one client from two disjoint groups of holders.
+    """
+
+    round_id: int
+    roster: tuple[str, ...]
+    threshold: int
+    neighbours: int
+    dimension: int
+    quantization: QuantizationConfig
+    model_hash: bytes
+    aead: AeadAlgorithm = field(default=AeadAlgorithm.AES_256_GCM)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.round_id, int) or self.round_id < 0:
+            raise ConfigError(f"round_id must be a non-negative int, got {self.round_id!r}")
+        roster = tuple(self.roster)
+        if len(roster) < 2:
+            raise ConfigError(f"a round needs at least 2 clients on its roster, got {len(roster)}")
+        if len(set(roster)) != len(roster):
+            raise ConfigError("roster lists a client id twice; client ids must be unique")
+        for client_id in roster:
+            if not isinstance(client_id, str) or not 0 < len(client_id) <= MAX_CLIENT_ID_CHARS:
+                raise ConfigError(
+                    f"client ids must be non-empty strings of at most {MAX_CLIENT_ID_CHARS} "
+                    f"characters, got {client_id!r}"
+                )
+        object.__setattr__(self, "roster", tuple(sorted(roster)))
+        n = len(roster)
+        if not 1 <= self.neighbours <= n - 1:
+            raise ConfigError(f"neighbours k must be in [1, n-1] = [1, {n - 1}], got {self.neighbours}")
+        holders = self.neighbourhood_size
+        if not 2 <= self.threshold <= holders:
+            raise ConfigError(
+                f"threshold t={self.threshold} must be in [2, {holders}] "
+                f"(the neighbourhood holds {holders} shares)"
+            )
+        if 2 * self.threshold <= holders:
+            raise ConfigError(
+                f"threshold t={self.threshold} must be a strict majority of the {holders} share "
+                f"holders (t > {holders // 2}); otherwise a server could rebuild both secrets "
+                "of one client from two disjoint groups"
+            )
+        if not 1 <= self.dimension <= MAX_DIMENSION:
+            raise ConfigError(f"dimension must be in [1, {MAX_DIMENSION}], got {self.dimension}")
+        if self.quantization.max_cohort < n:
+            raise RingOverflowError(
+                f"quantization.max_cohort={self.quantization.max_cohort} is below the roster "
+                f"size {n}: the sum of {n} uploads could overflow the ring; raise max_cohort "
+                "(and bits if needed)"
+            )
+        if not isinstance(self.model_hash, bytes) or len(self.model_hash) != MODEL_HASH_BYTES:
+            raise ConfigError(f"model_hash must be {MODEL_HASH_BYTES} bytes (SHA-256)")
+
+    @property
+    def size(self) -> int:
+        return len(self.roster)
+
+    @property
+    def neighbourhood_size(self) -> int:
+        """Share holders per client: its effective degree plus itself."""
+        from secagg.protocol.graph import effective_degree
+
+        return effective_degree(self.size, self.neighbours) + 1
+
+    @property
+    def element_count(self) -> int:
+        """Ring elements per upload: the update plus the masked weight element."""
+        return self.dimension + 1
+
+    def canonical_bytes(self) -> bytes:
+        q = self.quantization
+        return encode_fields(
+            self.threshold,
+            self.neighbours,
+            self.dimension,
+            repr(float(q.clip)),
+            q.bits,
+            q.max_cohort,
+            q.max_weight,
+            repr(float(q.effective_scale)),
+            self.aead.value,
+        )
+
+    @cached_property
+    def session_id(self) -> bytes:
+        return hashlib.sha256(
+            encode_fields(
+                _SESSION_TAG,
+                self.round_id,
+                self.canonical_bytes(),
+                self.model_hash,
+                *self.roster,
+            )
+        ).digest()
+
+    def share_point(self, client_id: str) -> int:
+        """The Shamir evaluation point of a client: its 1-based index in the roster."""
+        try:
+            return self.roster.index(client_id) + 1
+        except ValueError as exc:
+            raise ConfigError(f"client {client_id!r} is not on the roster") from exc
+
+
+@dataclass(frozen=True)
+class ClientPolicy:
+    """A client's own limits, checked against whatever round the server proposes."""
+
+    min_cohort: int = 3
+    min_threshold: int = 2
+    max_dimension: int = MAX_DIMENSION
+
+    def __post_init__(self) -> None:
+        if self.min_cohort < 2:
+            raise ConfigError(f"min_cohort must be >= 2, got {self.min_cohort}")
+        if self.min_threshold < 2:
+            raise ConfigError(f"min_threshold must be >= 2, got {self.min_threshold}")
+        if self.max_dimension < 1:
+            raise ConfigError(f"max_dimension must be >= 1, got {self.max_dimension}")

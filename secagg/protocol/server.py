@@ -1,0 +1,358 @@
+"""The server side of SecAgg+ as a state machine over the whole cohort.
+
+Why it is shaped like this: the server must survive any client's bad or missing message,
+so `receive` validates one message and either records it or raises without touching the
+round; only `advance`, called when a stage's quorum or deadline is reached, moves the
+round on, and it fails the round (fail closed) when fewer than t clients remain. Masked
+uploads are added into one running sum as they arrive, so memory is O(d), not O(n d).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from secagg.crypto import shamir
+from secagg.crypto.envelope import X25519_KEY_BYTES
+from secagg.crypto.identity import VerifyingIdentity, advertisement_message, survivor_set_message
+from secagg.crypto.prg import MaskExpander
+from secagg.errors import (
+    DuplicateSubmissionError,
+    FedveilError,
+    InconsistentSharesError,
+    InvalidMessageError,
+    ProtocolError,
+    ShareError,
+    StageError,
+    ThresholdNotMetError,
+    UnknownClientError,
+)
+from secagg.protocol.client import raw_public
+from secagg.protocol.config import RoundConfig
+from secagg.protocol.graph import neighbour_graph
+from secagg.protocol.masking import client_subtracts, pairwise_mask_seed, self_mask_seed
+from secagg.protocol.messages import (
+    ConsistencyRequest,
+    ConsistencySignature,
+    EncryptedShare,
+    KeyAdvertisement,
+    MaskedInput,
+    MaskedInputRequest,
+    RoundResult,
+    ShareKeysRequest,
+    ShareKeysResponse,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+from secagg.protocol.stages import Stage, check_transition, require_stage
+from secagg.quantize import dequantize_sum, unpack
+
+MAX_ENVELOPE_BYTES = 1024
+
+
+@dataclass(frozen=True)
+class UnmaskWork:
+    """How many masks the server had to expand to unmask: the stage's unavoidable work."""
+
+    self_masks: int
+    pairwise_masks: int
+
+    @property
+    def keystreams(self) -> int:
+        return self.self_masks + self.pairwise_masks
+
+
+class ServerRound:
+    """One SecAgg+ round seen from the server: it relays, sums and unmasks, never decrypts."""
+
+    def __init__(self, config: RoundConfig, roster_identities: Mapping[str, VerifyingIdentity]) -> None:
+        missing = [cid for cid in config.roster if cid not in roster_identities]
+        if missing:
+            raise InvalidMessageError(f"no enrolled identity for roster members {missing}")
+        self.config = config
+        self.stage = Stage.ADVERTISE_KEYS
+        self.failure: FedveilError | None = None
+        self.result: RoundResult | None = None
+        self.unmask_work: UnmaskWork | None = None
+        self.graph = neighbour_graph(config.roster, config.neighbours, config.session_id)
+        self._identities = dict(roster_identities)
+        self._adverts: dict[str, KeyAdvertisement] = {}
+        self._share_responses: dict[str, ShareKeysResponse] = {}
+        self._shared: frozenset[str] = frozenset()
+        self._sum = config.quantization.ring.zeros(config.element_count)
+        self._uploaded: set[str] = set()
+        self._survivors: frozenset[str] = frozenset()
+        self._signatures: dict[str, ConsistencySignature] = {}
+        self._reveals: dict[str, UnmaskResponse] = {}
+        self._receivers: dict[type, tuple[Stage, Callable[[Any], None]]] = {
+            KeyAdvertisement: (Stage.ADVERTISE_KEYS, self._on_advertisement),
+            ShareKeysResponse: (Stage.SHARE_KEYS, self._on_share_keys),
+            MaskedInput: (Stage.MASKED_INPUT, self._on_masked_input),
+            ConsistencySignature: (Stage.CONSISTENCY_CHECK, self._on_signature),
+            UnmaskResponse: (Stage.UNMASK, self._on_unmask),
+        }
+
+    # --- who is where ----------------------------------------------------------------
+
+    @property
+    def advertised(self) -> frozenset[str]:
+        return frozenset(self._adverts)
+
+    @property
+    def shared(self) -> frozenset[str]:
+        return self._shared
+
+    @property
+    def survivors(self) -> frozenset[str]:
+        return self._survivors
+
+    def expected_senders(self) -> frozenset[str]:
+        """The clients from whom the current stage still accepts a message."""
+        pools = {
+            Stage.ADVERTISE_KEYS: frozenset(self.config.roster),
+            Stage.SHARE_KEYS: self.advertised,
+            Stage.MASKED_INPUT: self._shared,
+            Stage.CONSISTENCY_CHECK: self._survivors,
+            Stage.UNMASK: frozenset(self._signatures),
+        }
+        done = {
+            Stage.ADVERTISE_KEYS: set(self._adverts),
+            Stage.SHARE_KEYS: set(self._share_responses),
+            Stage.MASKED_INPUT: self._uploaded,
+            Stage.CONSISTENCY_CHECK: set(self._signatures),
+            Stage.UNMASK: set(self._reveals),
+        }
+        return pools.get(self.stage, frozenset()) - done.get(self.stage, set())
+
+    # --- incoming --------------------------------------------------------------------
+
+    def receive(self, message: object) -> None:
+        """Validate and record one client message; a bad one raises and changes nothing."""
+        entry = self._receivers.get(type(message))
+        if entry is None:
+            raise InvalidMessageError(f"the server does not accept {type(message).__name__}")
+        expected, receiver = entry
+        require_stage(self.stage, expected, type(message).__name__)
+        receiver(message)
+
+    def _sender_check(self, client_id: str, pool: frozenset[str] | set[str], seen: Mapping[str, Any] | set[str], what: str) -> None:
+        if client_id not in self.config.roster:
+            raise UnknownClientError(f"{client_id!r} is not on this round's roster")
+        if client_id not in pool:
+            raise ProtocolError(
+                f"{client_id!r} dropped out of this round at an earlier stage and cannot send {what}"
+            )
+        if client_id in seen:
+            raise DuplicateSubmissionError(f"{client_id!r} already sent its {what} in this round")
+
+    def _on_advertisement(self, adv: KeyAdvertisement) -> None:
+        self._sender_check(adv.client_id, frozenset(self.config.roster), self._adverts, "key advertisement")
+        if len(adv.encryption_key) != X25519_KEY_BYTES or len(adv.masking_key) != X25519_KEY_BYTES:
+            raise InvalidMessageError("advertised X25519 public keys must be 32 bytes each")
+        if adv.encryption_key == adv.masking_key:
+            raise InvalidMessageError("the encryption and masking keys must be distinct keys")
+        message = advertisement_message(
+            self.config.session_id, adv.client_id, adv.encryption_key, adv.masking_key
+        )
+        self._identities[adv.client_id].verify(adv.signature, message)
+        self._adverts[adv.client_id] = adv
+
+    def _on_share_keys(self, response: ShareKeysResponse) -> None:
+        sender = response.client_id
+        self._sender_check(sender, self.advertised, self._share_responses, "shares")
+        expected = self.graph[sender] & self.advertised
+        recipients = [item.recipient for item in response.shares]
+        if len(set(recipients)) != len(recipients) or set(recipients) != expected:
+            raise InvalidMessageError(
+                f"{sender!r} must send exactly one share to each advertised neighbour "
+                f"{sorted(expected)}, got {sorted(recipients)}"
+            )
+        for item in response.shares:
+            if item.sender != sender:
+                raise InvalidMessageError(f"share inside {sender!r}'s message claims sender {item.sender!r}")
+            if not 0 < len(item.ciphertext) <= MAX_ENVELOPE_BYTES:
+                raise InvalidMessageError(
+                    f"share envelope of {len(item.ciphertext)} bytes; limit {MAX_ENVELOPE_BYTES}"
+                )
+        self._share_responses[sender] = response
+
+    def _on_masked_input(self, upload: MaskedInput) -> None:
+        self._sender_check(upload.client_id, self._shared, self._uploaded, "masked input")
+        ring = self.config.quantization.ring
+        values = unpack(upload.payload, ring.bits, self.config.element_count)
+        np.add(self._sum, values, out=self._sum)
+        self._uploaded.add(upload.client_id)
+
+    def _on_signature(self, item: ConsistencySignature) -> None:
+        self._sender_check(item.client_id, self._survivors, self._signatures, "consistency signature")
+        message = survivor_set_message(self.config.session_id, self._survivors)
+        self._identities[item.client_id].verify(item.signature, message)
+        self._signatures[item.client_id] = item
+
+    def _on_unmask(self, response: UnmaskResponse) -> None:
+        holder = response.client_id
+        self._sender_check(holder, frozenset(self._signatures), self._reveals, "unmask shares")
+        held = {holder} | (self.graph[holder] & self._shared)
+        dropped = self._shared - self._survivors
+        self._check_reveal(holder, response.self_mask_shares, held & self._survivors, "self-mask")
+        self._check_reveal(holder, response.key_shares, held & dropped, "masking-key")
+        self._reveals[holder] = response
+
+    @staticmethod
+    def _check_reveal(holder: str, shares: tuple[Any, ...], expected: frozenset[str] | set[str], kind: str) -> None:
+        owners = [item.owner for item in shares]
+        if len(set(owners)) != len(owners) or set(owners) != set(expected):
+            raise InvalidMessageError(
+                f"{holder!r} must reveal {kind} shares for exactly {sorted(expected)}, got {sorted(owners)}"
+            )
+        for item in shares:
+            if len(item.share) != shamir.SHARE_BYTES:
+                raise InvalidMessageError(f"a share is {shamir.SHARE_BYTES} bytes, got {len(item.share)}")
+
+    # --- outgoing --------------------------------------------------------------------
+
+    def request_for(
+        self, client_id: str
+    ) -> ShareKeysRequest | MaskedInputRequest | ConsistencyRequest | UnmaskRequest:
+        """The message the current stage sends to `client_id`."""
+        if client_id not in self.config.roster:
+            raise UnknownClientError(f"{client_id!r} is not on this round's roster")
+        if self.stage is Stage.SHARE_KEYS:
+            self._require_member(client_id, self.advertised)
+            peers = sorted(self.graph[client_id] & self.advertised)
+            return ShareKeysRequest(tuple(self._adverts[p] for p in peers))
+        if self.stage is Stage.MASKED_INPUT:
+            self._require_member(client_id, self._shared)
+            inbox = [
+                item
+                for sender in sorted(self.graph[client_id] & self._shared)
+                for item in self._share_responses[sender].shares
+                if item.recipient == client_id
+            ]
+            return MaskedInputRequest(tuple(inbox))
+        if self.stage is Stage.CONSISTENCY_CHECK:
+            self._require_member(client_id, self._survivors)
+            return ConsistencyRequest(tuple(sorted(self._survivors)))
+        if self.stage is Stage.UNMASK:
+            self._require_member(client_id, frozenset(self._signatures))
+            return UnmaskRequest(
+                survivors=tuple(sorted(self._survivors)),
+                dropped=tuple(sorted(self._shared - self._survivors)),
+                signatures=tuple(self._signatures[c] for c in sorted(self._signatures)),
+            )
+        raise StageError(f"no request to send in stage {self.stage.value}")
+
+    def _require_member(self, client_id: str, pool: frozenset[str]) -> None:
+        if client_id not in pool:
+            raise ProtocolError(
+                f"{client_id!r} is not part of stage {self.stage.value}: it dropped out earlier"
+            )
+
+    # --- stage closing ---------------------------------------------------------------
+
+    def advance(self) -> Stage:
+        """Close the current stage (quorum reached or deadline passed) and open the next."""
+        if self.stage in (Stage.DONE, Stage.FAILED):
+            raise StageError(f"the round is already {self.stage.value}")
+        try:
+            if self.stage is Stage.ADVERTISE_KEYS:
+                self._quorum(len(self._adverts), "clients advertised keys")
+                self._move(Stage.SHARE_KEYS)
+            elif self.stage is Stage.SHARE_KEYS:
+                self._quorum(len(self._share_responses), "clients shared keys")
+                self._shared = frozenset(self._share_responses)
+                self._move(Stage.MASKED_INPUT)
+            elif self.stage is Stage.MASKED_INPUT:
+                self._quorum(len(self._uploaded), "clients uploaded masked input")
+                self._survivors = frozenset(self._uploaded)
+                self._move(Stage.CONSISTENCY_CHECK)
+            elif self.stage is Stage.CONSISTENCY_CHECK:
+                self._quorum(len(self._signatures), "clients signed the survivor set")
+                self._move(Stage.UNMASK)
+            elif self.stage is Stage.UNMASK:
+                self._quorum(len(self._reveals), "clients revealed shares")
+                self._finalize()
+                self._move(Stage.DONE)
+        except FedveilError as exc:
+            self.failure = exc
+            self._move(Stage.FAILED)
+            raise
+        return self.stage
+
+    def _quorum(self, count: int, what: str) -> None:
+        if count < self.config.threshold:
+            raise ThresholdNotMetError(
+                f"round {self.config.round_id} failed at stage {self.stage.value}: only {count} "
+                f"{what}, threshold is {self.config.threshold}"
+            )
+
+    def _move(self, target: Stage) -> None:
+        check_transition(self.stage, target)
+        self.stage = target
+
+    # --- unmasking -------------------------------------------------------------------
+
+    def _gather(self, owner: str, kind: str) -> list[shamir.Share]:
+        shares = []
+        for holder, response in sorted(self._reveals.items()):
+            items = response.self_mask_shares if kind == "self-mask" else response.key_shares
+            for item in items:
+                if item.owner == owner:
+                    shares.append(shamir.Share(self.config.share_point(holder), item.share))
+        return shares
+
+    def _rebuild(self, owner: str, kind: str, verify: Callable[[bytes], bool] | None = None) -> bytes:
+        """Rebuild one secret; a single wrong share among more than t is located and dropped."""
+        shares = self._gather(owner, kind)
+        t = self.config.threshold
+        if len(shares) < t:
+            raise ThresholdNotMetError(
+                f"only {len(shares)} holders revealed {owner!r}'s {kind} share, threshold is {t}: "
+                "too many of its neighbours dropped out"
+            )
+        candidates = [shares] + [shares[:i] + shares[i + 1 :] for i in range(len(shares))] if len(shares) > t else [shares]
+        last_error: ShareError | None = None
+        for subset in candidates:
+            try:
+                secret = shamir.combine(subset, t)
+            except ShareError as exc:
+                last_error = exc
+                continue
+            if verify is None or verify(secret):
+                return secret
+            last_error = InconsistentSharesError(f"rebuilt {kind} of {owner!r} does not match its advertised key")
+        raise InconsistentSharesError(
+            f"the {kind} shares of {owner!r} are inconsistent; the round fails closed"
+        ) from last_error
+
+    def _finalize(self) -> None:
+        expander = MaskExpander()
+        session = self.config.session_id
+        for owner in sorted(self._survivors):
+            secret = self._rebuild(owner, "self-mask")
+            expander.apply(self._sum, self_mask_seed(secret, session, owner), subtract=True)
+        pairwise = 0
+        for dropped in sorted(self._shared - self._survivors):
+            partners = sorted(self.graph[dropped] & self._survivors)
+            if not partners:
+                continue
+            advertised = self._adverts[dropped].masking_key
+
+            def matches(raw: bytes, advertised: bytes = advertised) -> bool:
+                return raw_public(X25519PrivateKey.from_private_bytes(raw)) == advertised
+
+            key = X25519PrivateKey.from_private_bytes(self._rebuild(dropped, "masking-key", matches))
+            for partner in partners:
+                seed = pairwise_mask_seed(key, dropped, self._adverts[partner].masking_key, partner, session)
+                # The partner applied the opposite sign of the dropped client; undo it.
+                expander.apply(self._sum, seed, subtract=not client_subtracts(partner, dropped))
+                pairwise += 1
+        ring = self.config.quantization.ring
+        ring.reduce(self._sum)
+        self.unmask_work = UnmaskWork(self_masks=len(self._survivors), pairwise_masks=pairwise)
+        estimate = dequantize_sum(self._sum, self.config.quantization, len(self._survivors))
+        self.result = RoundResult(tuple(sorted(self._survivors)), self._sum, estimate)
