@@ -32,9 +32,11 @@ MAX_DERIVED_LEVELS = 2**40
 """Cap on max_weight * clip * scale for a derived scale. float64 carries 53 bits, so
 levels beyond ~2^40 add no resolution, only float error (see `error_bound`)."""
 
-_FLOAT_SLACK = 2.0**-50
-"""Per-level float64 error allowance: v = x * (w * scale) and the decode each round
-once or twice (relative 2^-53 per operation), bounded together by 8 * 2^-53."""
+_FLOAT_SLACK = 2.0**-49
+"""Float64 error allowance per level of magnitude. Scaling (x * (w * scale)) and decoding
+(int -> float, / scale, / total_weight) round 5 times at relative 2^-53 each, so the
+decoded mean can drift by 5 * 2^-53 * (level_cap + 1) levels per client beyond the
+rounding error; 16 * 2^-53 also covers rounding in computing the bound itself."""
 
 
 def _is_int(value: object) -> bool:
@@ -42,9 +44,7 @@ def _is_int(value: object) -> bool:
 
 
 def _is_real(value: object) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool
-    )
+    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,8 @@ class QuantizationConfig:
             scale = float(self.scale)
             object.__setattr__(self, "scale", scale)
             self._check_value_bound(scale, limit)
-        top = Fraction(self.max_weight) * Fraction(self.clip) * Fraction(scale)
         object.__setattr__(self, "_scale", scale)
-        object.__setattr__(self, "_level_cap", math.floor(top) + 1)
+        object.__setattr__(self, "_level_cap", math.floor(self._levels(scale)) + 1)
 
     # --- bounds ------------------------------------------------------------------------
 
@@ -108,22 +107,29 @@ class QuantizationConfig:
                 f"batches instead of examples)"
             )
 
+    def _levels(self, scale: float) -> Fraction:
+        """max_weight * clip * scale, exactly: the largest magnitude before rounding."""
+        return Fraction(self.max_weight) * Fraction(self.clip) * Fraction(scale)
+
     def _value_sum(self, scale: float) -> Fraction:
         """max_cohort * (max_weight * clip * scale + 1), exactly (no float rounding)."""
-        per_client = Fraction(self.max_weight) * Fraction(self.clip) * Fraction(scale) + 1
-        return self.max_cohort * per_client
+        return self.max_cohort * (self._levels(scale) + 1)
 
     def _check_value_bound(self, scale: float, limit: int) -> None:
         total = self._value_sum(scale)
         if total > limit:
             safe = self._headroom_scale(limit)
+            fix = (
+                f"use scale <= {safe:.6g} (or scale=None to derive it)"
+                if safe > 0
+                else "no positive scale fits this cohort"
+            )
             raise RingOverflowError(
                 f"value-sum bound fails: max_cohort * (max_weight * clip * scale + 1) = "
                 f"{self.max_cohort} * ({self.max_weight} * {self.clip} * {scale} + 1) = "
                 f"{float(total):.6g} > 2^(bits-1) - 1 = {limit} for bits={self.bits}, so a "
-                f"cohort's sum could wrap around the ring; use scale <= {safe:.6g} (or "
-                f"scale=None to derive it), or raise bits, or lower max_cohort, clip or "
-                f"max_weight"
+                f"cohort's sum could wrap around the ring; {fix}, or raise bits, or lower "
+                f"max_cohort, clip or max_weight"
             )
 
     def _headroom_scale(self, limit: int) -> float:
@@ -136,7 +142,7 @@ class QuantizationConfig:
     def _derive_scale(self, limit: int) -> float:
         scale = self._headroom_scale(limit)
         levels = (limit / self.max_cohort - 1.0) if scale > 0 else 0.0
-        if scale <= 0 or Fraction(self.max_weight) * Fraction(self.clip) * Fraction(scale) < 1:
+        if scale <= 0 or self._levels(scale) < 1:
             raise RingOverflowError(
                 f"resolution bound fails: bits={self.bits} leaves each of max_cohort="
                 f"{self.max_cohort} clients at most {max(levels, 0.0):.3g} quantisation "
@@ -144,8 +150,11 @@ class QuantizationConfig:
                 f"max_cohort * (max_weight * clip * scale + 1) <= 2^(bits-1) - 1 = {limit}); "
                 f"the bits are too small for this cohort: raise bits or lower max_cohort"
             )
-        cap = MAX_DERIVED_LEVELS / (self.max_weight * self.clip)
-        return min(scale, cap)
+        if self._levels(scale) > MAX_DERIVED_LEVELS:
+            scale = MAX_DERIVED_LEVELS / (self.max_weight * self.clip)
+            while self._levels(scale) > MAX_DERIVED_LEVELS:
+                scale = float(np.nextafter(scale, 0.0))
+        return scale
 
     # --- derived values ----------------------------------------------------------------
 
@@ -291,8 +300,8 @@ def error_bound(config: QuantizationConfig, cohort_size: int, total_weight: int)
 
     Each client's rounding moves each value by less than one level, so the weighted sum
     is off by less than cohort_size levels, i.e. cohort_size / scale, and the mean by that
-    over total_weight. The factor (1 + 2^-50 * (level_cap + 1)) covers float64 rounding in
-    scaling and decoding; it is below 1 + 1e-3 for any derived scale.
+    over total_weight. The factor (1 + 2^-49 * (level_cap + 1)) covers float64 rounding in
+    scaling and decoding; it is below 1 + 2^-9 for any derived scale (levels <= 2^40).
     """
     cohort_size = _check_cohort(config, cohort_size)
     if not _is_int(total_weight) or total_weight < 1:

@@ -31,7 +31,12 @@ _BLOCK_ROWS = 4096
 """Groups per block of the general path. Measured at 4e6 values: smaller blocks pay the
 Python loop (P iterations per block) too often, larger ones fall out of cache."""
 
-_NATIVE = {8: np.dtype("<u1"), 16: np.dtype("<u2"), 32: np.dtype("<u4"), 64: np.dtype("<u8")}
+_NATIVE: dict[int, np.dtype] = {
+    8: np.dtype("<u1"),
+    16: np.dtype("<u2"),
+    32: np.dtype("<u4"),
+    64: np.dtype("<u8"),
+}
 
 
 def _check_bits(bits: int) -> int:
@@ -143,9 +148,7 @@ def unpack(payload: bytes, bits: int, count: int) -> np.ndarray:
     bits = _check_bits(bits)
     count = _check_count(count)
     if not isinstance(payload, bytes | bytearray | memoryview):
-        raise InvalidMessageError(
-            f"packed payload must be bytes, got {type(payload).__name__}"
-        )
+        raise InvalidMessageError(f"packed payload must be bytes, got {type(payload).__name__}")
     expected = packed_size(count, bits)
     got = len(payload) if not isinstance(payload, memoryview) else payload.nbytes
     if got != expected:

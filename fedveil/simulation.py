@@ -1,0 +1,221 @@
+"""One-process SecAgg+ simulation: n clients and one server wired together in memory.
+
+Why it exists: it is the composition root for the crypto core before the gRPC service,
+the harness the property tests drive with dropout schedules, and what `fedveil
+simulate-secagg` and the benchmark time, stage by stage. The inputs and the dropout
+schedule use numpy's generator; no key or mask does (they come from os.urandom and
+AES-CTR inside the protocol).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from secagg.crypto.identity import SigningIdentity, VerifyingIdentity
+from secagg.errors import FedveilError
+from secagg.protocol.client import ClientSession
+from secagg.protocol.config import ClientPolicy, RoundConfig
+from secagg.protocol.graph import effective_degree
+from secagg.protocol.messages import MaskedInput, RoundResult
+from secagg.protocol.server import ServerRound
+from secagg.protocol.stages import Stage
+from secagg.quantize import QuantizationConfig
+
+CLIENT_STAGES = (
+    Stage.ADVERTISE_KEYS,
+    Stage.SHARE_KEYS,
+    Stage.MASKED_INPUT,
+    Stage.CONSISTENCY_CHECK,
+    Stage.UNMASK,
+)
+
+
+def default_neighbours(n: int) -> int:
+    """SecAgg+'s logarithmic degree, k = floor(2 log2 n + 1), capped at n - 1."""
+    return min(n - 1, int(2 * math.log2(n) + 1))
+
+
+def default_threshold(n: int, k: int) -> int:
+    """The smallest strict majority of a neighbourhood: t = floor((k+1)/2) + 1."""
+    return (effective_degree(n, k) + 1) // 2 + 1
+
+
+def wire_bytes(message: object) -> int:
+    """Payload bytes of a protocol message: bytes and strings, framing excluded."""
+    if isinstance(message, bytes | bytearray):
+        return len(message)
+    if isinstance(message, str):
+        return len(message.encode())
+    if isinstance(message, tuple | list):
+        return sum(wire_bytes(item) for item in message)
+    if dataclasses.is_dataclass(message) and not isinstance(message, type):
+        return sum(wire_bytes(getattr(message, f.name)) for f in dataclasses.fields(message))
+    return 0
+
+
+@dataclass
+class Federation:
+    """Enrolled clients: their signing identities and the roster of public identities."""
+
+    identities: dict[str, SigningIdentity]
+
+    @classmethod
+    def enrol(cls, n: int, prefix: str = "client") -> Federation:
+        width = len(str(n - 1))
+        return cls({f"{prefix}-{i:0{width}d}": SigningIdentity.generate() for i in range(n)})
+
+    @property
+    def roster(self) -> dict[str, VerifyingIdentity]:
+        return {cid: ident.verifying() for cid, ident in self.identities.items()}
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(sorted(self.identities))
+
+
+@dataclass
+class RoundReport:
+    """What one simulated round did, stage by stage."""
+
+    result: RoundResult | None
+    failure: FedveilError | None
+    final_stage: Stage
+    client_seconds: dict[str, list[float]] = field(default_factory=dict)
+    server_seconds: dict[str, float] = field(default_factory=dict)
+    upload_bytes: dict[str, int] = field(default_factory=dict)
+    download_bytes: dict[str, int] = field(default_factory=dict)
+    masked_input_bytes: int = 0
+    unmask_keystreams: int = 0
+    refusals: dict[str, FedveilError] = field(default_factory=dict)
+    quantized: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def make_config(
+    federation: Federation,
+    dimension: int,
+    *,
+    round_id: int = 1,
+    neighbours: int | None = None,
+    threshold: int | None = None,
+    bits: int = 32,
+    clip: float = 1.0,
+    max_weight: int = 1000,
+    model_hash: bytes | None = None,
+) -> RoundConfig:
+    n = len(federation.identities)
+    k = default_neighbours(n) if neighbours is None else neighbours
+    t = default_threshold(n, k) if threshold is None else threshold
+    return RoundConfig(
+        round_id=round_id,
+        roster=federation.ids,
+        threshold=t,
+        neighbours=k,
+        dimension=dimension,
+        quantization=QuantizationConfig(clip=clip, bits=bits, max_cohort=n, max_weight=max_weight),
+        model_hash=model_hash or hashlib.sha256(b"fedveil-simulated-model").digest(),
+    )
+
+
+def run_round(
+    config: RoundConfig,
+    federation: Federation,
+    inputs: Mapping[str, np.ndarray],
+    weights: Mapping[str, int],
+    dropouts: Mapping[str, Stage] | None = None,
+    policy: ClientPolicy | None = None,
+    *,
+    keep_quantized: bool = False,
+) -> RoundReport:
+    """Run one round; a client in `dropouts` stops before sending that stage's message.
+
+    A failure (below threshold, or a refused request) is reported, not raised.
+    """
+    dropouts = dict(dropouts or {})
+    policy = policy or ClientPolicy(min_cohort=2, min_threshold=2)
+    roster = federation.roster
+    server = ServerRound(config, roster)
+    clients = {
+        cid: ClientSession(config, cid, federation.identities[cid], roster, policy)
+        for cid in config.roster
+    }
+    report = RoundReport(result=None, failure=None, final_stage=server.stage)
+    report.upload_bytes = dict.fromkeys(config.roster, 0)
+    report.download_bytes = dict.fromkeys(config.roster, 0)
+    for cid, session in clients.items():
+        if dropouts.get(cid) is not Stage.ADVERTISE_KEYS:
+            quantized = session.set_input(np.asarray(inputs[cid]), int(weights[cid]))
+            if keep_quantized:
+                report.quantized[cid] = quantized.values.copy()
+
+    def alive(cid: str, stage: Stage) -> bool:
+        if cid in report.refusals:
+            return False
+        drop = dropouts.get(cid)
+        return drop is None or CLIENT_STAGES.index(stage) < CLIENT_STAGES.index(drop)
+
+    try:
+        for stage in CLIENT_STAGES:
+            _run_stage(stage, server, clients, alive, report)
+    except FedveilError as exc:
+        report.failure = exc
+    report.final_stage = server.stage
+    report.result = server.result
+    if server.unmask_work is not None:
+        report.unmask_keystreams = server.unmask_work.keystreams
+    return report
+
+
+def _run_stage(
+    stage: Stage,
+    server: ServerRound,
+    clients: Mapping[str, ClientSession],
+    alive: Callable[[str, Stage], bool],
+    report: RoundReport,
+) -> None:
+    """Deliver one stage's requests and replies; a client that refuses counts as dropped."""
+    times: list[float] = []
+    server_time = 0.0
+    if stage is Stage.ADVERTISE_KEYS:
+        senders = list(server.config.roster)
+    else:
+        senders = sorted(server.expected_senders())
+    for cid in senders:
+        if not alive(cid, stage):
+            continue
+        request = None if stage is Stage.ADVERTISE_KEYS else server.request_for(cid)
+        start = time.perf_counter()
+        try:
+            reply = clients[cid].advertise() if request is None else clients[cid].handle(request)
+        except FedveilError as exc:
+            report.refusals[cid] = exc
+            continue
+        times.append(time.perf_counter() - start)
+        report.download_bytes[cid] += wire_bytes(request)
+        report.upload_bytes[cid] += wire_bytes(reply)
+        if isinstance(reply, MaskedInput):
+            report.masked_input_bytes = len(reply.payload)
+        start = time.perf_counter()
+        server.receive(reply)
+        server_time += time.perf_counter() - start
+    start = time.perf_counter()
+    try:
+        server.advance()
+    finally:
+        report.client_seconds[stage.value] = times
+        report.server_seconds[stage.value] = server_time + time.perf_counter() - start
+
+
+def random_dropouts(
+    ids: tuple[str, ...], fraction: float, rng: np.random.Generator, stages: tuple[Stage, ...] = CLIENT_STAGES
+) -> dict[str, Stage]:
+    """Drop round(fraction * n) clients, each at a stage drawn from `stages`."""
+    count = round(fraction * len(ids))
+    chosen = rng.choice(len(ids), size=count, replace=False) if count else []
+    return {ids[int(i)]: stages[int(rng.integers(len(stages)))] for i in chosen}
