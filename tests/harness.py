@@ -73,7 +73,7 @@ class LiveRound:
     def step(self, skip: frozenset[str] = frozenset()) -> None:
         """Run the server's current stage with every expected client except `skip`."""
         stage = self.server.stage
-        senders = self.config.roster if stage is Stage.ADVERTISE_KEYS else sorted(self.server.expected_senders())
+        senders = sorted(self.server.expected_senders())
         for cid in senders:
             if cid in skip:
                 continue

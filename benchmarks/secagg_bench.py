@@ -1,0 +1,538 @@
+"""SecAgg+ cost benchmark: client and server time against the unavoidable keystream work.
+
+Why it compares against a limit measured on the spot: absolute seconds mean little
+across machines, but the masked-input and unmask stages have a floor that no
+implementation can beat: expanding each AES-256-CTR mask and adding it into the vector.
+So every configuration measures that floor in the same process, on the same machine,
+interleaved with the protocol rounds, and reports the ratio. A ratio near 1 means the
+protocol adds little beyond the masks themselves; the acceptance target is <= 2.
+
+Usage: python benchmarks/secagg_bench.py [--quick] [--json OUT] [--repeats R] [--bits M]
+
+Matrix (full): d in {1e5, 1e6, 4e6} x n in {10, 50} x k in {default_neighbours(n) =
+floor(2 log2 n + 1), n - 1} x drop in {0, 0.1}, plus the acceptance case n=50, k=7,
+d=4e6, drop=0.1. --quick: d=1e6, n in {10, 50}, k = default_neighbours(n), drop in
+{0, 0.1}, plus n=50, k=7, drop=0.1. Inputs are float32 N(0, 0.1^2), weights uniform in
+[1, 1000], both from numpy seeded by (--seed, d, n, k, drop); they are generated lazily
+per client, so no more than one float input vector exists at a time.
+
+Dropouts: round(drop * n) clients, chosen once per configuration, leave at the
+masked-input stage: they advertised keys and shared their seeds but never upload. The
+server must then rebuild each one's masking key and remove its pairwise masks with every
+surviving neighbour: the expensive unmask case.
+
+Repetitions: each configuration runs R rounds (default 3). After each round the two
+limits are measured right away. Every time below is the MINIMUM over the R repetitions
+(for client_s, the minimum over repetitions of the per-round median over clients), which
+filters scheduler noise out of both sides of each ratio alike.
+
+Fields of each JSON record (one per configuration; the output is a JSON list):
+
+- d, n, k, t, drop: dimension, roster size, requested degree, Shamir threshold
+  (default_threshold), dropout fraction. k_effective is the degree the graph has.
+- bits: ring width m (upload bits per element); dropped: how many clients dropped.
+- client_s: median over uploading clients of the masked-input stage time
+  (RoundReport.client_seconds['masked-input']: decrypt the k share envelopes, derive k
+  pairwise seeds, copy the quantised vector, expand and add k+1 masks, reduce, pack).
+- client_limit_s: raw AES-256-CTR keystream for client_keystreams masks of
+  (d+1) * itemsize bytes each (a fresh 32-byte key per mask,
+  `Cipher(AES(key), CTR(0)).encryptor().update_into(zeros, out)` into a preallocated
+  full-length buffer) plus one `np.add(acc, view, out=acc)` per mask over the whole
+  (d+1)-element ring vector. This limit streams full-length buffers through memory, while
+  the protocol's MaskExpander works in cache-sized chunks, so a ratio below 1 is possible.
+- client_keystreams: k_effective + 1 masks (self mask + one per mask peer; every peer
+  shared keys, since dropouts happen after the share-keys stage).
+- client_ratio = client_s / client_limit_s.
+- client_quantize_s: quantize() of one client's input (clip, scale, stochastic rounding,
+  ring encoding), which run_round does in set_input before the stage; not in client_s.
+- client_round_s: a client's time over all stages, as the sum of the per-stage medians.
+- server_s: the server's unmask stage time, RoundReport.server_seconds['unmask']
+  (validating the unmask responses, then advance(): rebuild the survivors' self-mask
+  seeds and the dropouts' masking keys, remove those masks, reduce, dequantise).
+- server_keystreams: masks the server expanded to unmask (RoundReport.unmask_keystreams:
+  one self mask per survivor + one per (dropout, surviving neighbour) pair).
+- server_limit_s: the same keystream + np.add limit for server_keystreams masks;
+  server_ratio = server_s / server_limit_s.
+- server_accumulate_s: server time of the masked-input stage
+  (RoundReport.server_seconds['masked-input']: unpack every upload and add it into the
+  running sum, then close the stage).
+- server_round_s: server time over all stages.
+- upload_bytes: bytes one client uploads over the whole round (RoundReport.upload_bytes
+  counts every stage's payload bytes, framing excluded), median over the clients that
+  completed the round (a dropout uploads less). masked_input_bytes: the masked vector
+  alone. upload_key_bytes = upload_bytes - masked_input_bytes (keys, share envelopes,
+  signatures, revealed shares).
+- fp32_bytes = 4 * d: the same update sent as plain float32. upload_ratio =
+  upload_bytes / fp32_bytes. upload_ok: upload_bytes <= (bits / 32) * fp32_bytes +
+  KEY_ALLOWANCE_BYTES (the acceptance check; the masked vector also carries the weight).
+- round_ok: every repetition finished (Stage.DONE), the unmasked total weight equals the
+  survivors' weights, and the decoded weighted mean is within the round's error_bound of
+  the exact weighted mean of the survivors' clipped inputs.
+- aes_gbps, add_gbps: throughput of the two halves of the client limit measurement.
+- config_wall_s: wall time of the whole configuration (all repetitions and limits).
+- machine: cpu_count, cpu_model, aes_ni, platform, python, numpy, cryptography, openssl.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import cryptography
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from fedveil.simulation import (
+    Federation,
+    default_neighbours,
+    make_config,
+    random_dropouts,
+    run_round,
+)
+from secagg.protocol.graph import effective_degree
+from secagg.protocol.stages import Stage
+from secagg.quantize import quantize
+
+DIMENSIONS = (100_000, 1_000_000, 4_000_000)
+COHORTS = (10, 50)
+DROPS = (0.0, 0.1)
+ACCEPTANCE = (4_000_000, 50, 7, 0.1)
+QUICK_DIMENSION = 1_000_000
+MAX_WEIGHT = 1000
+CLIP = 1.0
+INPUT_STD = 0.1
+KEY_ALLOWANCE_BYTES = 4096
+"""'A few kB of keys' in the upload acceptance check: adverts, envelopes, signatures."""
+
+MASKED = Stage.MASKED_INPUT.value
+UNMASK = Stage.UNMASK.value
+
+
+# --- machine and output ------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    """What a reader needs to compare two runs: cores, CPU, AES-NI, library versions."""
+    model, aes_ni = platform.processor() or "unknown", False
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and model in ("unknown", "", "x86_64"):
+                    model = line.split(":", 1)[1].strip()
+                if line.startswith("flags"):
+                    aes_ni = "aes" in line.split(":", 1)[1].split()
+                    break
+    except OSError:
+        pass
+    try:
+        from cryptography.hazmat.backends.openssl.backend import backend
+
+        openssl = backend.openssl_version_text()
+    except Exception:  # pragma: no cover - depends on the cryptography build
+        openssl = "unknown"
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count()
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_usable": usable,
+        "cpu_model": model,
+        "aes_ni": aes_ni,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "cryptography": cryptography.__version__,
+        "openssl": openssl,
+    }
+
+
+def write_json(path: Path, records: list[dict[str, Any]]) -> None:
+    """Replace `path` atomically, so an interrupted run leaves the last complete list."""
+
+    def finite(value: Any) -> Any:  # strict JSON has no NaN or Infinity
+        return None if isinstance(value, float) and not math.isfinite(value) else value
+
+    clean = [{key: finite(value) for key, value in record.items()} for record in records]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(clean, indent=2, allow_nan=False) + "\n")
+    os.replace(tmp, path)
+
+
+# --- the limit -----------------------------------------------------------------------------
+
+
+class KeystreamLimit:
+    """Times the work a masking stage cannot avoid: AES-CTR keystream + one add per mask.
+
+    Buffers are allocated and touched once per vector length, so the timed loop pays no
+    page faults; each mask gets a fresh key, as every real mask does.
+    """
+
+    def __init__(self, elements: int, dtype: np.dtype) -> None:
+        self.elements = elements
+        self.dtype = np.dtype(dtype)
+        self.nbytes = elements * self.dtype.itemsize
+        self._zeros = bytes(self.nbytes)
+        self._out = bytearray(self.nbytes + 16)  # update_into wants one spare block
+        self._acc = np.zeros(elements, dtype=self.dtype)
+        self._view = np.frombuffer(self._out, dtype=self.dtype, count=elements)
+        self.seconds(1)  # warm-up: fault every page in
+
+    def seconds(self, masks: int) -> tuple[float, float, float]:
+        """(total, aes, add) seconds for `masks` full-length masks."""
+        aes = add = 0.0
+        for _ in range(masks):
+            key = os.urandom(32)
+            t0 = time.perf_counter()
+            enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+            enc.update_into(self._zeros, self._out)
+            t1 = time.perf_counter()
+            np.add(self._acc, self._view, out=self._acc)
+            t2 = time.perf_counter()
+            aes += t1 - t0
+            add += t2 - t1
+        return aes + add, aes, add
+
+
+# --- inputs ------------------------------------------------------------------------------
+
+
+class LazyInputs(Mapping[str, np.ndarray]):
+    """Client inputs generated on demand, so n float vectors never coexist in memory.
+
+    run_round reads each client's input once (in set_input); while doing so this mapping
+    adds the survivors' weighted clipped inputs into a float64 reference sum, to check the
+    round's decoded mean against.
+    """
+
+    def __init__(
+        self,
+        ids: tuple[str, ...],
+        d: int,
+        seed: tuple[int, ...],
+        weights: Mapping[str, int],
+        survivors: frozenset[str],
+    ) -> None:
+        self._index = {cid: i for i, cid in enumerate(ids)}
+        self._d = d
+        self._seed = seed
+        self._weights = weights
+        self._survivors = survivors
+        self.reference = np.zeros(d, dtype=np.float64)
+
+    def vector(self, cid: str) -> np.ndarray:
+        rng = np.random.default_rng([*self._seed, self._index[cid]])
+        x = rng.standard_normal(self._d, dtype=np.float32)
+        x *= np.float32(INPUT_STD)
+        return x
+
+    def __getitem__(self, cid: str) -> np.ndarray:
+        x = self.vector(cid)
+        if cid in self._survivors:
+            clipped = np.clip(x.astype(np.float64), -CLIP, CLIP)
+            clipped *= self._weights[cid]
+            self.reference += clipped
+        return x
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._index)
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+
+# --- one configuration -----------------------------------------------------------------
+
+
+def config_seed(seed: int, d: int, n: int, k: int, drop: float) -> tuple[int, ...]:
+    return (seed, d, n, k, round(drop * 1000))
+
+
+def bench_config(
+    d: int,
+    n: int,
+    k: int,
+    drop: float,
+    *,
+    bits: int,
+    repeats: int,
+    seed: int,
+    federation: Federation,
+    machine: Mapping[str, Any],
+) -> dict[str, Any]:
+    wall = time.perf_counter()
+    config = make_config(federation, d, neighbours=k, bits=bits, clip=CLIP, max_weight=MAX_WEIGHT)
+    ring = config.quantization.ring
+    k_eff = effective_degree(n, k)
+    base_seed = config_seed(seed, d, n, k, drop)
+    rng = np.random.default_rng([*base_seed, 1 << 20])
+    ids = federation.ids
+    weights = {
+        cid: int(w) for cid, w in zip(ids, rng.integers(1, MAX_WEIGHT + 1, size=n), strict=True)
+    }
+    dropouts = random_dropouts(ids, drop, rng, stages=(Stage.MASKED_INPUT,))
+    survivors = frozenset(ids) - frozenset(dropouts)
+
+    probe = LazyInputs(ids, d, base_seed, weights, frozenset())
+    sample = probe.vector(ids[0])
+    quantize_s = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        quantize(sample, weights[ids[0]], config.quantization)
+        quantize_s = min(quantize_s, time.perf_counter() - t0)
+    del sample, probe
+
+    limit = KeystreamLimit(config.element_count, ring.dtype)
+    client_keystreams = k_eff + 1
+    best: dict[str, float] = {}
+    stats: dict[str, Any] = {}
+    round_ok = True
+    failure = None
+
+    def keep_min(name: str, value: float) -> None:
+        best[name] = min(best.get(name, math.inf), value)
+
+    for _ in range(repeats):
+        inputs = LazyInputs(ids, d, base_seed, weights, survivors)
+        report = run_round(config, federation, inputs, weights, dropouts)
+        ok = (
+            report.failure is None
+            and report.final_stage is Stage.DONE
+            and report.result is not None
+        )
+        if ok:
+            assert report.result is not None
+            est = report.result.estimate
+            total = sum(weights[c] for c in survivors)
+            error = float(np.max(np.abs(est.weighted_mean - inputs.reference / total)))
+            ok = (
+                set(report.result.survivors) == survivors
+                and est.total_weight == total
+                and error <= est.error_bound * (1 + 1e-9)
+            )
+            stats["mean_error"] = max(stats.get("mean_error", 0.0), error)
+            stats["error_bound"] = est.error_bound
+        else:
+            failure = repr(report.failure)
+        round_ok = round_ok and ok
+        uploaders = [c for c in ids if c in survivors]
+        keep_min("client_s", statistics.median(report.client_seconds.get(MASKED, [math.nan])))
+        keep_min("client_max_s", max(report.client_seconds.get(MASKED, [math.nan])))
+        keep_min(
+            "client_round_s",
+            sum(statistics.median(times) for times in report.client_seconds.values() if times),
+        )
+        keep_min("server_s", report.server_seconds.get(UNMASK, math.nan))
+        keep_min("server_accumulate_s", report.server_seconds.get(MASKED, math.nan))
+        keep_min("server_round_s", sum(report.server_seconds.values()))
+        stats["upload_bytes"] = int(statistics.median(report.upload_bytes[c] for c in uploaders))
+        stats["upload_bytes_max"] = max(report.upload_bytes[c] for c in uploaders)
+        stats["download_bytes"] = int(
+            statistics.median(report.download_bytes[c] for c in uploaders)
+        )
+        stats["masked_input_bytes"] = report.masked_input_bytes
+        server_keystreams = report.unmask_keystreams
+        if stats.setdefault("server_keystreams", server_keystreams) != server_keystreams:
+            raise RuntimeError("the unmask keystream count changed between repetitions")
+        del report, inputs  # model-sized arrays: free them before timing the limit
+
+        total, aes, add = limit.seconds(client_keystreams)
+        keep_min("client_limit_s", total)
+        keep_min("limit_aes_s", aes)
+        keep_min("limit_add_s", add)
+        if server_keystreams:
+            keep_min("server_limit_s", limit.seconds(server_keystreams)[0])
+
+    fp32_bytes = 4 * d
+    upload = stats["upload_bytes"]
+    server_limit = best.get("server_limit_s", math.nan)
+    gigabytes = client_keystreams * limit.nbytes / 1e9
+    return {
+        "case": "acceptance" if (d, n, k, drop) == ACCEPTANCE else "matrix",
+        "d": d,
+        "n": n,
+        "k": k,
+        "k_effective": k_eff,
+        "t": config.threshold,
+        "drop": drop,
+        "dropped": len(dropouts),
+        "bits": bits,
+        "repeats": repeats,
+        "client_s": best["client_s"],
+        "client_max_s": best["client_max_s"],
+        "client_limit_s": best["client_limit_s"],
+        "client_ratio": best["client_s"] / best["client_limit_s"],
+        "client_keystreams": client_keystreams,
+        "client_quantize_s": quantize_s,
+        "client_round_s": best.get("client_round_s", math.nan),
+        "server_s": best["server_s"],
+        "server_limit_s": server_limit,
+        "server_ratio": best["server_s"] / server_limit,
+        "server_keystreams": stats["server_keystreams"],
+        "server_accumulate_s": best["server_accumulate_s"],
+        "server_round_s": best["server_round_s"],
+        "upload_bytes": upload,
+        "upload_bytes_max": stats["upload_bytes_max"],
+        "masked_input_bytes": stats["masked_input_bytes"],
+        "upload_key_bytes": upload - stats["masked_input_bytes"],
+        "download_bytes": stats["download_bytes"],
+        "fp32_bytes": fp32_bytes,
+        "upload_ratio": upload / fp32_bytes,
+        "upload_ok": upload <= bits / 32 * fp32_bytes + KEY_ALLOWANCE_BYTES,
+        "round_ok": round_ok,
+        "failure": failure,
+        "mean_error": stats.get("mean_error"),
+        "error_bound": stats.get("error_bound"),
+        "aes_gbps": gigabytes / best["limit_aes_s"],
+        "add_gbps": gigabytes / best["limit_add_s"],
+        "config_wall_s": time.perf_counter() - wall,
+        **machine,
+    }
+
+
+# --- matrix and table ----------------------------------------------------------------------
+
+
+def matrix(quick: bool) -> list[tuple[int, int, int, float]]:
+    if quick:
+        cases = [
+            (QUICK_DIMENSION, n, default_neighbours(n), drop) for n in COHORTS for drop in DROPS
+        ]
+        cases.append((QUICK_DIMENSION, 50, 7, 0.1))
+    else:
+        cases = [
+            (d, n, k, drop)
+            for d in DIMENSIONS
+            for n in COHORTS
+            for k in (default_neighbours(n), n - 1)
+            for drop in DROPS
+        ]
+        cases.append(ACCEPTANCE)
+    unique: list[tuple[int, int, int, float]] = []
+    for case in cases:
+        if case not in unique:
+            unique.append(case)
+    return unique
+
+
+COLUMNS = (
+    ("d", "{:>9}", "{:>9d}"),
+    ("n", "{:>3}", "{:>3d}"),
+    ("k", "{:>3}", "{:>3d}"),
+    ("t", "{:>3}", "{:>3d}"),
+    ("drop", "{:>4}", "{:>4.1f}"),
+    ("client_s", "{:>9}", "{:>9.4f}"),
+    ("client_limit_s", "{:>9}", "{:>9.4f}"),
+    ("client_ratio", "{:>6}", "{:>6.2f}"),
+    ("server_s", "{:>9}", "{:>9.4f}"),
+    ("server_limit_s", "{:>9}", "{:>9.4f}"),
+    ("server_ratio", "{:>6}", "{:>6.2f}"),
+    ("client_keystreams", "{:>4}", "{:>4d}"),
+    ("server_keystreams", "{:>4}", "{:>4d}"),
+    ("server_accumulate_s", "{:>8}", "{:>8.4f}"),
+    ("client_quantize_s", "{:>8}", "{:>8.4f}"),
+    ("upload_bytes", "{:>10}", "{:>10d}"),
+    ("upload_ratio", "{:>7}", "{:>7.4f}"),
+    ("round_ok", "{:>3}", "{!s:>3}"),
+    ("config_wall_s", "{:>7}", "{:>7.1f}"),
+)
+HEADINGS = (
+    "d",
+    "n",
+    "k",
+    "t",
+    "drop",
+    "client_s",
+    "c_limit",
+    "c_rat",
+    "server_s",
+    "s_limit",
+    "s_rat",
+    "c_ks",
+    "s_ks",
+    "accum_s",
+    "quant_s",
+    "upload_B",
+    "up/fp32",
+    "ok",
+    "wall_s",
+)
+
+
+def table_header() -> str:
+    return " ".join(fmt.format(h) for (_, fmt, _), h in zip(COLUMNS, HEADINGS, strict=True))
+
+
+def table_row(record: Mapping[str, Any]) -> str:
+    return " ".join(fmt.format(record[name]) for name, _, fmt in COLUMNS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="d=1e6 and the default degree only")
+    parser.add_argument("--json", type=Path, help="write the JSON list of records here")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="rounds per configuration (min taken)"
+    )
+    parser.add_argument(
+        "--bits", type=int, default=32, help="ring width m (upload bits per element)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=20240601, help="numpy seed for inputs and dropouts"
+    )
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+
+    machine = machine_info()
+    print(
+        f"# secagg_bench: {machine['cpu_count']} CPUs ({machine['cpu_model']}, AES-NI "
+        f"{machine['aes_ni']}), Python {machine['python']}, numpy {machine['numpy']}, "
+        f"cryptography {machine['cryptography']} ({machine['openssl']}); bits={args.bits}, "
+        f"repeats={args.repeats} (times are minima over repeats)",
+        flush=True,
+    )
+    print(table_header(), flush=True)
+    federations: dict[int, Federation] = {}
+    records: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    for d, n, k, drop in matrix(args.quick):
+        federation = federations.setdefault(n, Federation.enrol(n))
+        record = bench_config(
+            d,
+            n,
+            k,
+            drop,
+            bits=args.bits,
+            repeats=args.repeats,
+            seed=args.seed,
+            federation=federation,
+            machine=machine,
+        )
+        records.append(record)
+        print(table_row(record), flush=True)
+        if args.json is not None:
+            write_json(args.json, records)
+    elapsed = time.perf_counter() - start
+    print(f"# {len(records)} configurations in {elapsed:.1f} s", flush=True)
+    failed = [r for r in records if not r["round_ok"]]
+    for r in failed:
+        print(
+            f"# FAILED: d={r['d']} n={r['n']} k={r['k']} drop={r['drop']}: {r['failure']}",
+            flush=True,
+        )
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
