@@ -285,6 +285,7 @@ def bench_config(
 
     probe = LazyInputs(ids, d, base_seed, weights, frozenset())
     sample = probe.vector(ids[0])
+    quantize(sample, weights[ids[0]], config.quantization)  # warm-up: allocator, page faults
     quantize_s = math.inf
     for _ in range(repeats):
         t0 = time.perf_counter()

@@ -28,10 +28,12 @@ def _stage_choice(value: str) -> tuple[Stage, ...]:
         return (Stage(value),)
     except ValueError as exc:
         names = ", ".join(["any", *(s.value for s in CLIENT_STAGES)])
-        raise argparse.ArgumentTypeError(f"unknown stage {value!r}; choose one of: {names}") from exc
+        raise argparse.ArgumentTypeError(
+            f"unknown stage {value!r}; choose one of: {names}"
+        ) from exc
 
 
-def _add_simulate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "simulate-secagg",
         help="run n SecAgg+ clients and a server in one process and time each stage",
@@ -74,7 +76,9 @@ def simulate_secagg(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     rng = np.random.default_rng(args.seed)
-    inputs = {cid: (rng.standard_normal(args.dim) * 0.1).astype(np.float32) for cid in federation.ids}
+    inputs = {
+        cid: (rng.standard_normal(args.dim) * 0.1).astype(np.float32) for cid in federation.ids
+    }
     weights = {cid: int(rng.integers(1, 1000)) for cid in federation.ids}
     dropouts = random_dropouts(federation.ids, args.drop, rng, args.drop_stage)
     print(
@@ -120,7 +124,9 @@ def simulate_secagg(args: argparse.Namespace) -> int:
         assert report.result is not None
         est = report.result.estimate
         alive = report.result.survivors
-        exact = sum(weights[c] * np.clip(inputs[c], -args.clip, args.clip).astype(np.float64) for c in alive)
+        exact = sum(
+            weights[c] * np.clip(inputs[c], -args.clip, args.clip).astype(np.float64) for c in alive
+        )
         exact /= sum(weights[c] for c in alive)
         err = float(np.max(np.abs(est.weighted_mean - exact)))
         print(

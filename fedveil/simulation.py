@@ -213,9 +213,12 @@ def _run_stage(
 
 
 def random_dropouts(
-    ids: tuple[str, ...], fraction: float, rng: np.random.Generator, stages: tuple[Stage, ...] = CLIENT_STAGES
+    ids: tuple[str, ...],
+    fraction: float,
+    rng: np.random.Generator,
+    stages: tuple[Stage, ...] = CLIENT_STAGES,
 ) -> dict[str, Stage]:
     """Drop round(fraction * n) clients, each at a stage drawn from `stages`."""
     count = round(fraction * len(ids))
-    chosen = rng.choice(len(ids), size=count, replace=False) if count else []
-    return {ids[int(i)]: stages[int(rng.integers(len(stages)))] for i in chosen}
+    chosen: list[int] = [int(i) for i in rng.choice(len(ids), size=count, replace=False)]
+    return {ids[i]: stages[int(rng.integers(len(stages)))] for i in chosen}

@@ -53,7 +53,9 @@ class LiveRound:
     weights: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def start(cls, n: int = 5, policy: ClientPolicy | None = None, **config_kwargs: object) -> LiveRound:
+    def start(
+        cls, n: int = 5, policy: ClientPolicy | None = None, **config_kwargs: object
+    ) -> LiveRound:
         federation = Federation.enrol(n)
         config = make_round_config(federation, **config_kwargs)  # type: ignore[arg-type]
         roster = federation.roster
@@ -78,7 +80,11 @@ class LiveRound:
             if cid in skip:
                 continue
             client = self.clients[cid]
-            reply = client.advertise() if stage is Stage.ADVERTISE_KEYS else client.handle(self.server.request_for(cid))
+            reply = (
+                client.advertise()
+                if stage is Stage.ADVERTISE_KEYS
+                else client.handle(self.server.request_for(cid))
+            )
             self.server.receive(reply)
         self.server.advance()
 

@@ -8,9 +8,9 @@ import hashlib
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from harness import LiveRound, make_round_config
 
 from fedveil.simulation import Federation
-from harness import LiveRound, make_round_config
 from secagg.crypto.identity import SigningIdentity, advertisement_message
 from secagg.errors import (
     CohortTooSmallError,
@@ -32,14 +32,15 @@ from secagg.protocol.messages import (
     EncryptedShare,
     MaskedInputRequest,
     ShareKeysRequest,
-    UnmaskRequest,
 )
 from secagg.protocol.stages import Stage
 
 VICTIM = "client-0"
 
 
-def substituted(request: ShareKeysRequest, resign_with: SigningIdentity | None, session: bytes) -> ShareKeysRequest:
+def substituted(
+    request: ShareKeysRequest, resign_with: SigningIdentity | None, session: bytes
+) -> ShareKeysRequest:
     """The server swaps a neighbour's encryption key for one it holds."""
     target = request.advertisements[0]
     server_key = raw_public(X25519PrivateKey.generate())
@@ -56,7 +57,9 @@ def substituted(request: ShareKeysRequest, resign_with: SigningIdentity | None, 
 def test_substituted_key_is_refused(resign: bool) -> None:
     live = LiveRound.start(n=5).run_to(Stage.SHARE_KEYS)
     request = live.server.request_for(VICTIM)
-    forged = substituted(request, SigningIdentity.generate() if resign else None, live.config.session_id)
+    forged = substituted(
+        request, SigningIdentity.generate() if resign else None, live.config.session_id
+    )
     client = live.clients[VICTIM]
     with pytest.raises(KeySubstitutionError, match="not signed by its enrolled identity"):
         client.handle(forged)
@@ -83,7 +86,9 @@ def test_both_shares_of_one_peer_are_never_revealed() -> None:
     request = live.server.request_for(VICTIM)
     greedy = dataclasses.replace(request, dropped=(*request.dropped, request.survivors[1]))
     client = live.clients[VICTIM]
-    with pytest.raises(ConflictingShareRequestError, match="both the self-mask share and the key share"):
+    with pytest.raises(
+        ConflictingShareRequestError, match="both the self-mask share and the key share"
+    ):
         client.handle(greedy)
     assert client.stage is Stage.FAILED
 
@@ -112,7 +117,9 @@ def test_roster_below_minimum_cohort_is_refused() -> None:
     config = make_round_config(federation)
     cid = federation.ids[0]
     with pytest.raises(CohortTooSmallError, match="minimum cohort"):
-        ClientSession(config, cid, federation.identities[cid], federation.roster, ClientPolicy(min_cohort=4))
+        ClientSession(
+            config, cid, federation.identities[cid], federation.roster, ClientPolicy(min_cohort=4)
+        )
 
 
 def test_threshold_below_client_minimum_is_refused() -> None:
@@ -120,7 +127,13 @@ def test_threshold_below_client_minimum_is_refused() -> None:
     config = make_round_config(federation, neighbours=2, threshold=2)
     cid = federation.ids[0]
     with pytest.raises(CohortTooSmallError, match="minimum threshold"):
-        ClientSession(config, cid, federation.identities[cid], federation.roster, ClientPolicy(min_threshold=3))
+        ClientSession(
+            config,
+            cid,
+            federation.identities[cid],
+            federation.roster,
+            ClientPolicy(min_threshold=3),
+        )
 
 
 def test_survivor_set_below_minimum_cohort_is_refused() -> None:
@@ -164,7 +177,9 @@ def test_tampered_relay_fails_to_open() -> None:
     request = live.server.request_for(VICTIM)
     first = request.shares[0]
     flipped = bytes([first.ciphertext[0] ^ 1]) + first.ciphertext[1:]
-    tampered = MaskedInputRequest((dataclasses.replace(first, ciphertext=flipped), *request.shares[1:]))
+    tampered = MaskedInputRequest(
+        (dataclasses.replace(first, ciphertext=flipped), *request.shares[1:])
+    )
     with pytest.raises(DecryptionError):
         live.clients[VICTIM].handle(tampered)
 
@@ -196,7 +211,10 @@ def test_model_hash_mismatch_is_refused_at_join() -> None:
     cid = federation.ids[0]
     with pytest.raises(SessionMismatchError, match="model inconsistency"):
         ClientSession(
-            config, cid, federation.identities[cid], federation.roster,
+            config,
+            cid,
+            federation.identities[cid],
+            federation.roster,
             expected_model_hash=hashlib.sha256(b"another model").digest(),
         )
 
@@ -213,17 +231,24 @@ def test_divergent_sessions_fail_closed() -> None:
     odd = ClientSession(divergent, VICTIM, federation.identities[VICTIM], roster, policy)
     others = {
         c: ClientSession(honest, c, federation.identities[c], roster, policy)
-        for c in federation.ids if c != VICTIM
+        for c in federation.ids
+        if c != VICTIM
     }
     odd_advert = odd.advertise()
     adverts = {c: s.advertise() for c, s in others.items()}
     with pytest.raises(KeySubstitutionError):
-        others["client-1"].handle(ShareKeysRequest((odd_advert, adverts["client-2"], adverts["client-3"])))
+        others["client-1"].handle(
+            ShareKeysRequest((odd_advert, adverts["client-2"], adverts["client-3"]))
+        )
     with pytest.raises(KeySubstitutionError):
         odd.handle(ShareKeysRequest(tuple(adverts.values())))
     key_a, key_b = X25519PrivateKey.generate(), X25519PrivateKey.generate()
-    seed_honest = pairwise_mask_seed(key_a, "client-0", raw_public(key_b), "client-1", honest.session_id)
-    seed_divergent = pairwise_mask_seed(key_b, "client-1", raw_public(key_a), "client-0", divergent.session_id)
+    seed_honest = pairwise_mask_seed(
+        key_a, "client-0", raw_public(key_b), "client-1", honest.session_id
+    )
+    seed_divergent = pairwise_mask_seed(
+        key_b, "client-1", raw_public(key_a), "client-0", divergent.session_id
+    )
     assert seed_honest != seed_divergent
 
 
@@ -239,6 +264,12 @@ def test_honest_round_still_exact_after_refusals_elsewhere() -> None:
     live = LiveRound.start(n=5).run_to(Stage.DONE)
     est = live.server.result.estimate
     total = sum(live.weights.values())
-    exact = sum(live.weights[c] * np.clip(live.inputs[c], -1, 1).astype(np.float64) for c in live.config.roster) / total
+    exact = (
+        sum(
+            live.weights[c] * np.clip(live.inputs[c], -1, 1).astype(np.float64)
+            for c in live.config.roster
+        )
+        / total
+    )
     assert est.total_weight == total
     assert np.max(np.abs(est.weighted_mean - exact)) <= est.error_bound

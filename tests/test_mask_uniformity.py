@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from harness import LiveRound
 from scipy.stats import chisquare
 
-from harness import LiveRound
 from secagg.protocol.stages import Stage
 from secagg.quantize import unpack
 
@@ -47,4 +47,9 @@ def test_low_bits_are_uniform_too() -> None:
     masked, plain = masked_upload(32, 50_000, "zeros")
     low = (masked & np.uint32(BINS - 1)).astype(np.int64)
     assert chisquare(np.bincount(low, minlength=BINS)).pvalue > ALPHA
-    assert chisquare(np.bincount((plain & np.uint32(BINS - 1)).astype(np.int64), minlength=BINS)).pvalue < ALPHA
+    assert (
+        chisquare(
+            np.bincount((plain & np.uint32(BINS - 1)).astype(np.int64), minlength=BINS)
+        ).pvalue
+        < ALPHA
+    )

@@ -72,16 +72,22 @@ def surely_survivable(config: RoundConfig, dropouts: dict[str, Stage]) -> bool:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rounds())
-def test_unmasked_sum_is_exact_for_survivors(case: tuple[RoundConfig, dict[str, Stage], int]) -> None:
+def test_unmasked_sum_is_exact_for_survivors(
+    case: tuple[RoundConfig, dict[str, Stage], int],
+) -> None:
     config, dropouts, seed = case
     rng = np.random.default_rng(seed)
     inputs = {cid: rng.uniform(-1.5, 1.5, config.dimension) for cid in config.roster}
     weights = {cid: int(rng.integers(1, 51)) for cid in config.roster}
-    report = run_round(config, federation_of(config.size), inputs, weights, dropouts, keep_quantized=True)
+    report = run_round(
+        config, federation_of(config.size), inputs, weights, dropouts, keep_quantized=True
+    )
     if report.failure is not None:
         assert isinstance(report.failure, ThresholdNotMetError), report.failure
         assert report.final_stage is Stage.FAILED
-        assert not surely_survivable(config, dropouts), f"round failed although survivable: {report.failure}"
+        assert not surely_survivable(config, dropouts), (
+            f"round failed although survivable: {report.failure}"
+        )
         return
     assert report.result is not None
     survivors = report.result.survivors
@@ -135,7 +141,13 @@ def test_dropping_below_threshold_fails_with_specific_error() -> None:
     )
     for stage in CLIENT_STAGES:
         dropouts = dict.fromkeys(config.roster[:3], stage)
-        report = run_round(config, federation, {c: np.zeros(3) for c in config.roster}, dict.fromkeys(config.roster, 1), dropouts)
+        report = run_round(
+            config,
+            federation,
+            {c: np.zeros(3) for c in config.roster},
+            dict.fromkeys(config.roster, 1),
+            dropouts,
+        )
         assert isinstance(report.failure, ThresholdNotMetError), (stage, report.failure)
         assert report.final_stage is Stage.FAILED
         assert report.result is None

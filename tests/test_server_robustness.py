@@ -6,8 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
-
 from harness import LiveRound
+
 from secagg.errors import (
     DuplicateSubmissionError,
     FedveilError,
@@ -41,14 +41,24 @@ def finish_and_check(live: LiveRound) -> None:
         live.step()
     est = live.server.result.estimate
     total = sum(live.weights.values())
-    exact = sum(live.weights[c] * np.clip(live.inputs[c], -1, 1).astype(np.float64) for c in live.config.roster) / total
+    exact = (
+        sum(
+            live.weights[c] * np.clip(live.inputs[c], -1, 1).astype(np.float64)
+            for c in live.config.roster
+        )
+        / total
+    )
     assert est.total_weight == total
     assert np.max(np.abs(est.weighted_mean - exact)) <= est.error_bound
 
 
 def reply_of(live: LiveRound, cid: str) -> object:
     client = live.clients[cid]
-    return client.advertise() if live.server.stage is Stage.ADVERTISE_KEYS else client.handle(live.server.request_for(cid))
+    return (
+        client.advertise()
+        if live.server.stage is Stage.ADVERTISE_KEYS
+        else client.handle(live.server.request_for(cid))
+    )
 
 
 def bad_messages(live: LiveRound, stage: Stage) -> list[tuple[object, type[FedveilError]]]:
@@ -67,8 +77,20 @@ def bad_messages(live: LiveRound, stage: Stage) -> list[tuple[object, type[Fedve
     elif isinstance(genuine, ShareKeysResponse):
         out += [
             (dataclasses.replace(genuine, shares=genuine.shares[1:]), InvalidMessageError),
-            (dataclasses.replace(genuine, shares=(*genuine.shares, genuine.shares[0])), InvalidMessageError),
-            (dataclasses.replace(genuine, shares=(dataclasses.replace(genuine.shares[0], ciphertext=bytes(5000)), *genuine.shares[1:])), InvalidMessageError),
+            (
+                dataclasses.replace(genuine, shares=(*genuine.shares, genuine.shares[0])),
+                InvalidMessageError,
+            ),
+            (
+                dataclasses.replace(
+                    genuine,
+                    shares=(
+                        dataclasses.replace(genuine.shares[0], ciphertext=bytes(5000)),
+                        *genuine.shares[1:],
+                    ),
+                ),
+                InvalidMessageError,
+            ),
         ]
     elif isinstance(genuine, MaskedInput):
         out += [
@@ -79,13 +101,34 @@ def bad_messages(live: LiveRound, stage: Stage) -> list[tuple[object, type[Fedve
         out += [(dataclasses.replace(genuine, signature=bytes(64)), InvalidSignatureError)]
     elif isinstance(genuine, UnmaskResponse):
         out += [
-            (dataclasses.replace(genuine, self_mask_shares=genuine.self_mask_shares[1:]), InvalidMessageError),
-            (dataclasses.replace(genuine, self_mask_shares=(RevealedShare(genuine.self_mask_shares[0].owner, b"x"), *genuine.self_mask_shares[1:])), InvalidMessageError),
+            (
+                dataclasses.replace(genuine, self_mask_shares=genuine.self_mask_shares[1:]),
+                InvalidMessageError,
+            ),
+            (
+                dataclasses.replace(
+                    genuine,
+                    self_mask_shares=(
+                        RevealedShare(genuine.self_mask_shares[0].owner, b"x"),
+                        *genuine.self_mask_shares[1:],
+                    ),
+                ),
+                InvalidMessageError,
+            ),
         ]
     return [*out, (genuine, type(None))]  # the genuine one last
 
 
-@pytest.mark.parametrize("stage", [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.CONSISTENCY_CHECK, Stage.UNMASK])
+@pytest.mark.parametrize(
+    "stage",
+    [
+        Stage.ADVERTISE_KEYS,
+        Stage.SHARE_KEYS,
+        Stage.MASKED_INPUT,
+        Stage.CONSISTENCY_CHECK,
+        Stage.UNMASK,
+    ],
+)
 def test_bad_messages_are_refused_and_the_round_goes_on(stage: Stage) -> None:
     live = LiveRound.start(n=5)
     cases = bad_messages(live, stage)
@@ -94,7 +137,9 @@ def test_bad_messages_are_refused_and_the_round_goes_on(stage: Stage) -> None:
         with pytest.raises(error) as info:
             live.server.receive(message)
         assert str(info.value), "errors must say what was wrong"
-        assert info.value.grpc_status == next(v for k, v in STATUS.items() if isinstance(info.value, k))
+        assert info.value.grpc_status == next(
+            v for k, v in STATUS.items() if isinstance(info.value, k)
+        )
         assert live.server.stage is stage
     live.server.receive(genuine)
     with pytest.raises(DuplicateSubmissionError, match="already sent"):
@@ -120,5 +165,9 @@ def test_one_corrupted_share_is_located_and_the_round_stays_exact() -> None:
     honest_reply = live.clients[liar].handle(live.server.request_for(liar))
     first = honest_reply.self_mask_shares[0]
     corrupted = RevealedShare(first.owner, bytes(len(first.share) - 1) + b"\x07")
-    live.server.receive(dataclasses.replace(honest_reply, self_mask_shares=(corrupted, *honest_reply.self_mask_shares[1:])))
+    live.server.receive(
+        dataclasses.replace(
+            honest_reply, self_mask_shares=(corrupted, *honest_reply.self_mask_shares[1:])
+        )
+    )
     finish_and_check(live)

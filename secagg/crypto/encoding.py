@@ -54,9 +54,13 @@ def decode_fields(data: bytes, count: int) -> list[bytes]:
         (length,) = struct.unpack_from(">I", data, offset)
         offset += 4
         if offset + length > len(data):
-            raise InvalidMessageError("encoded fields are truncated (field shorter than its length)")
+            raise InvalidMessageError(
+                "encoded fields are truncated (field shorter than its length)"
+            )
         fields.append(bytes(data[offset : offset + length]))
         offset += length
     if offset != len(data):
-        raise InvalidMessageError(f"{len(data) - offset} unexpected trailing bytes after {count} fields")
+        raise InvalidMessageError(
+            f"{len(data) - offset} unexpected trailing bytes after {count} fields"
+        )
     return fields

@@ -53,6 +53,4 @@ def derive_key(
     if not secret:
         raise ConfigError("HKDF input key material is empty")
     info = _LABEL_PREFIX + purpose.value.encode("ascii") + encode_fields(*context)
-    return HKDF(algorithm=hashes.SHA256(), length=length, salt=session_id, info=info).derive(
-        secret
-    )
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=session_id, info=info).derive(secret)

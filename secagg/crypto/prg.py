@@ -16,7 +16,7 @@ because 2^m divides 2^w, and the reduced keystream stays uniform over Z_{2^m}.
 from __future__ import annotations
 
 import numpy as np
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 
 from secagg.errors import ConfigError
 
@@ -36,7 +36,7 @@ def _check_seed(seed: bytes) -> None:
         raise ConfigError(f"mask seed must be {SEED_BYTES} bytes, got {got}")
 
 
-def _encryptor(seed: bytes):  # type: ignore[no-untyped-def]
+def _encryptor(seed: bytes) -> CipherContext:
     return Cipher(algorithms.AES(bytes(seed)), modes.CTR(_ZERO_COUNTER)).encryptor()
 
 

@@ -116,7 +116,9 @@ class ClientSession:
         if missing:
             raise ConfigError(f"no enrolled identity for roster members {missing}")
         if roster_identities[client_id] != identity.verifying():
-            raise ConfigError(f"the signing identity given does not match {client_id!r}'s enrolment")
+            raise ConfigError(
+                f"the signing identity given does not match {client_id!r}'s enrolment"
+            )
         if expected_model_hash is not None and expected_model_hash != config.model_hash:
             raise SessionMismatchError(
                 "the round's global model hash differs from the model this client holds; "
@@ -221,7 +223,10 @@ class ClientSession:
                 )
             if adv.client_id in peers:
                 raise InvalidMessageError(f"two advertisements for {adv.client_id!r}")
-            if len(adv.encryption_key) != X25519_KEY_BYTES or len(adv.masking_key) != X25519_KEY_BYTES:
+            if (
+                len(adv.encryption_key) != X25519_KEY_BYTES
+                or len(adv.masking_key) != X25519_KEY_BYTES
+            ):
                 raise InvalidMessageError(f"advertised keys of {adv.client_id!r} are not 32 bytes")
             message = advertisement_message(
                 self.session_id, adv.client_id, adv.encryption_key, adv.masking_key
@@ -266,12 +271,18 @@ class ClientSession:
         own_point = self.config.share_point(self.client_id)
         for item in request.shares:
             if item.recipient != self.client_id:
-                raise InvalidMessageError(f"share addressed to {item.recipient!r} relayed to {self.client_id!r}")
+                raise InvalidMessageError(
+                    f"share addressed to {item.recipient!r} relayed to {self.client_id!r}"
+                )
             if item.sender not in self._peers:
-                raise InvalidMessageError(f"share from {item.sender!r}, who did not advertise to us")
+                raise InvalidMessageError(
+                    f"share from {item.sender!r}, who did not advertise to us"
+                )
             if item.sender in received:
                 raise InvalidMessageError(f"two shares from {item.sender!r}")
-            context = EnvelopeContext(self.session_id, item.sender, self.client_id, SHARE_STAGE_LABEL)
+            context = EnvelopeContext(
+                self.session_id, item.sender, self.client_id, SHARE_STAGE_LABEL
+            )
             plaintext = unseal(
                 self._encryption_key,
                 self._peers[item.sender].encryption_key,
@@ -280,19 +291,34 @@ class ClientSession:
                 algorithm=self.config.aead,
             )
             tag, owner, holder, b_share, s_share = decode_fields(plaintext, 5)
-            if tag != _SHARE_PLAINTEXT_TAG or owner.decode() != item.sender or holder.decode() != self.client_id:
-                raise InvalidMessageError(f"share envelope from {item.sender!r} names other parties")
-            self._held[item.sender] = (shamir.Share(own_point, b_share), shamir.Share(own_point, s_share))
+            if (
+                tag != _SHARE_PLAINTEXT_TAG
+                or owner.decode() != item.sender
+                or holder.decode() != self.client_id
+            ):
+                raise InvalidMessageError(
+                    f"share envelope from {item.sender!r} names other parties"
+                )
+            self._held[item.sender] = (
+                shamir.Share(own_point, b_share),
+                shamir.Share(own_point, s_share),
+            )
             received.add(item.sender)
         self._require_neighbourhood(len(received), "neighbours sent shares")
         self._mask_peers = frozenset(received)
         assert self._input is not None
         masked = self._input.values.copy()
         expander = MaskExpander()
-        expander.apply(masked, self_mask_seed(self._self_mask_secret, self.session_id, self.client_id))
+        expander.apply(
+            masked, self_mask_seed(self._self_mask_secret, self.session_id, self.client_id)
+        )
         for peer in sorted(self._mask_peers):
             seed = pairwise_mask_seed(
-                self._masking_key, self.client_id, self._peers[peer].masking_key, peer, self.session_id
+                self._masking_key,
+                self.client_id,
+                self._peers[peer].masking_key,
+                peer,
+                self.session_id,
             )
             expander.apply(masked, seed, subtract=client_subtracts(self.client_id, peer))
         ring = self.config.quantization.ring

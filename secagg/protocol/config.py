@@ -60,7 +60,9 @@ class RoundConfig:
         object.__setattr__(self, "roster", tuple(sorted(roster)))
         n = len(roster)
         if not 1 <= self.neighbours <= n - 1:
-            raise ConfigError(f"neighbours k must be in [1, n-1] = [1, {n - 1}], got {self.neighbours}")
+            raise ConfigError(
+                f"neighbours k must be in [1, n-1] = [1, {n - 1}], got {self.neighbours}"
+            )
         holders = self.neighbourhood_size
         if not 2 <= self.threshold <= holders:
             raise ConfigError(

@@ -30,7 +30,9 @@ def ring_order(roster: tuple[str, ...], session_id: bytes) -> list[str]:
     )
 
 
-def neighbour_graph(roster: tuple[str, ...], k: int, session_id: bytes) -> dict[str, frozenset[str]]:
+def neighbour_graph(
+    roster: tuple[str, ...], k: int, session_id: bytes
+) -> dict[str, frozenset[str]]:
     """Each client's neighbours (never itself); symmetric and effective_degree-regular."""
     n = len(roster)
     degree = effective_degree(n, k)

@@ -38,7 +38,6 @@ from secagg.protocol.masking import client_subtracts, pairwise_mask_seed, self_m
 from secagg.protocol.messages import (
     ConsistencyRequest,
     ConsistencySignature,
-    EncryptedShare,
     KeyAdvertisement,
     MaskedInput,
     MaskedInputRequest,
@@ -69,7 +68,9 @@ class UnmaskWork:
 class ServerRound:
     """One SecAgg+ round seen from the server: it relays, sums and unmasks, never decrypts."""
 
-    def __init__(self, config: RoundConfig, roster_identities: Mapping[str, VerifyingIdentity]) -> None:
+    def __init__(
+        self, config: RoundConfig, roster_identities: Mapping[str, VerifyingIdentity]
+    ) -> None:
         missing = [cid for cid in config.roster if cid not in roster_identities]
         if missing:
             raise InvalidMessageError(f"no enrolled identity for roster members {missing}")
@@ -139,18 +140,27 @@ class ServerRound:
         require_stage(self.stage, expected, type(message).__name__)
         receiver(message)
 
-    def _sender_check(self, client_id: str, pool: frozenset[str] | set[str], seen: Mapping[str, Any] | set[str], what: str) -> None:
+    def _sender_check(
+        self,
+        client_id: str,
+        pool: frozenset[str] | set[str],
+        seen: Mapping[str, Any] | set[str],
+        what: str,
+    ) -> None:
         if client_id not in self.config.roster:
             raise UnknownClientError(f"{client_id!r} is not on this round's roster")
         if client_id not in pool:
             raise ProtocolError(
-                f"{client_id!r} dropped out of this round at an earlier stage and cannot send {what}"
+                f"{client_id!r} dropped out of this round at an earlier stage "
+                f"and cannot send {what}"
             )
         if client_id in seen:
             raise DuplicateSubmissionError(f"{client_id!r} already sent its {what} in this round")
 
     def _on_advertisement(self, adv: KeyAdvertisement) -> None:
-        self._sender_check(adv.client_id, frozenset(self.config.roster), self._adverts, "key advertisement")
+        self._sender_check(
+            adv.client_id, frozenset(self.config.roster), self._adverts, "key advertisement"
+        )
         if len(adv.encryption_key) != X25519_KEY_BYTES or len(adv.masking_key) != X25519_KEY_BYTES:
             raise InvalidMessageError("advertised X25519 public keys must be 32 bytes each")
         if adv.encryption_key == adv.masking_key:
@@ -173,7 +183,9 @@ class ServerRound:
             )
         for item in response.shares:
             if item.sender != sender:
-                raise InvalidMessageError(f"share inside {sender!r}'s message claims sender {item.sender!r}")
+                raise InvalidMessageError(
+                    f"share inside {sender!r}'s message claims sender {item.sender!r}"
+                )
             if not 0 < len(item.ciphertext) <= MAX_ENVELOPE_BYTES:
                 raise InvalidMessageError(
                     f"share envelope of {len(item.ciphertext)} bytes; limit {MAX_ENVELOPE_BYTES}"
@@ -188,7 +200,9 @@ class ServerRound:
         self._uploaded.add(upload.client_id)
 
     def _on_signature(self, item: ConsistencySignature) -> None:
-        self._sender_check(item.client_id, self._survivors, self._signatures, "consistency signature")
+        self._sender_check(
+            item.client_id, self._survivors, self._signatures, "consistency signature"
+        )
         message = survivor_set_message(self.config.session_id, self._survivors)
         self._identities[item.client_id].verify(item.signature, message)
         self._signatures[item.client_id] = item
@@ -203,15 +217,20 @@ class ServerRound:
         self._reveals[holder] = response
 
     @staticmethod
-    def _check_reveal(holder: str, shares: tuple[Any, ...], expected: frozenset[str] | set[str], kind: str) -> None:
+    def _check_reveal(
+        holder: str, shares: tuple[Any, ...], expected: frozenset[str] | set[str], kind: str
+    ) -> None:
         owners = [item.owner for item in shares]
         if len(set(owners)) != len(owners) or set(owners) != set(expected):
             raise InvalidMessageError(
-                f"{holder!r} must reveal {kind} shares for exactly {sorted(expected)}, got {sorted(owners)}"
+                f"{holder!r} must reveal {kind} shares for exactly {sorted(expected)}, "
+                f"got {sorted(owners)}"
             )
         for item in shares:
             if len(item.share) != shamir.SHARE_BYTES:
-                raise InvalidMessageError(f"a share is {shamir.SHARE_BYTES} bytes, got {len(item.share)}")
+                raise InvalidMessageError(
+                    f"a share is {shamir.SHARE_BYTES} bytes, got {len(item.share)}"
+                )
 
     # --- outgoing --------------------------------------------------------------------
 
@@ -305,7 +324,9 @@ class ServerRound:
                     shares.append(shamir.Share(self.config.share_point(holder), item.share))
         return shares
 
-    def _rebuild(self, owner: str, kind: str, verify: Callable[[bytes], bool] | None = None) -> bytes:
+    def _rebuild(
+        self, owner: str, kind: str, verify: Callable[[bytes], bool] | None = None
+    ) -> bytes:
         """Rebuild one secret; a single wrong share among more than t is located and dropped."""
         shares = self._gather(owner, kind)
         t = self.config.threshold
@@ -314,7 +335,11 @@ class ServerRound:
                 f"only {len(shares)} holders revealed {owner!r}'s {kind} share, threshold is {t}: "
                 "too many of its neighbours dropped out"
             )
-        candidates = [shares] + [shares[:i] + shares[i + 1 :] for i in range(len(shares))] if len(shares) > t else [shares]
+        candidates = (
+            [shares] + [shares[:i] + shares[i + 1 :] for i in range(len(shares))]
+            if len(shares) > t
+            else [shares]
+        )
         last_error: ShareError | None = None
         for subset in candidates:
             try:
@@ -324,7 +349,9 @@ class ServerRound:
                 continue
             if verify is None or verify(secret):
                 return secret
-            last_error = InconsistentSharesError(f"rebuilt {kind} of {owner!r} does not match its advertised key")
+            last_error = InconsistentSharesError(
+                f"rebuilt {kind} of {owner!r} does not match its advertised key"
+            )
         raise InconsistentSharesError(
             f"the {kind} shares of {owner!r} are inconsistent; the round fails closed"
         ) from last_error
@@ -345,9 +372,13 @@ class ServerRound:
             def matches(raw: bytes, advertised: bytes = advertised) -> bool:
                 return raw_public(X25519PrivateKey.from_private_bytes(raw)) == advertised
 
-            key = X25519PrivateKey.from_private_bytes(self._rebuild(dropped, "masking-key", matches))
+            key = X25519PrivateKey.from_private_bytes(
+                self._rebuild(dropped, "masking-key", matches)
+            )
             for partner in partners:
-                seed = pairwise_mask_seed(key, dropped, self._adverts[partner].masking_key, partner, session)
+                seed = pairwise_mask_seed(
+                    key, dropped, self._adverts[partner].masking_key, partner, session
+                )
                 # The partner applied the opposite sign of the dropped client; undo it.
                 expander.apply(self._sum, seed, subtract=not client_subtracts(partner, dropped))
                 pairwise += 1

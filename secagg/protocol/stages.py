@@ -45,7 +45,9 @@ TRANSITIONS: dict[Stage, frozenset[Stage]] = {
 def check_transition(current: Stage, target: Stage) -> None:
     """Raise StageError unless the table allows current -> target."""
     if target not in TRANSITIONS[current]:
-        allowed = ", ".join(s.value for s in sorted(TRANSITIONS[current], key=stage_order)) or "none"
+        allowed = (
+            ", ".join(s.value for s in sorted(TRANSITIONS[current], key=stage_order)) or "none"
+        )
         raise StageError(
             f"illegal stage transition {current.value} -> {target.value}; "
             f"from {current.value} the protocol allows: {allowed}"

@@ -125,7 +125,9 @@ def prg_vectors() -> None:
         {
             "seed": PRG_SEEDS[name].hex(),
             "count": count,
-            "expected_float64_le": _le_bytes(prg.uniform_unit_interval(PRG_SEEDS[name], count)).hex(),
+            "expected_float64_le": _le_bytes(
+                prg.uniform_unit_interval(PRG_SEEDS[name], count)
+            ).hex(),
         }
         for name, count in UNIFORM_CASES
     ]
@@ -295,7 +297,10 @@ ENVELOPE_RECIPIENT_KEY = bytes.fromhex(
     "c8cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd4d"
 )
 ENVELOPE_SESSION = bytes.fromhex("5e55105e55105e55105e55105e55105e55105e55105e55105e55105e55105e55")
-ENVELOPE_NONCES = [bytes.fromhex("000102030405060708090a0b"), bytes.fromhex("ffffffffffffffffffffffff")]
+ENVELOPE_NONCES = [
+    bytes.fromhex("000102030405060708090a0b"),
+    bytes.fromhex("ffffffffffffffffffffffff"),
+]
 
 ENVELOPE_PLAINTEXTS = [
     b"",
