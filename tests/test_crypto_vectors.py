@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,11 @@ KDF_CASES = _cases("kdf.json")
 
 
 def _context(spec: list[list[Any]]) -> tuple[bytes | str | int, ...]:
-    decode = {"str": str, "bytes": bytes.fromhex, "int": int}
+    decode: dict[str, Callable[[Any], bytes | str | int]] = {
+        "str": str,
+        "bytes": bytes.fromhex,
+        "int": int,
+    }
     return tuple(decode[kind](value) for kind, value in spec)
 
 
@@ -282,7 +287,7 @@ def test_identity_vector(case: dict[str, Any]) -> None:
     signature = signer.sign(message)
     assert signature.hex() == case["expected_signature"]
     verifier = identity.VerifyingIdentity(bytes.fromhex(case["public_key"]))
-    assert verifier.verify(bytes.fromhex(case["expected_signature"]), message) is None
+    assert verifier.verify(bytes.fromhex(case["expected_signature"]), message) is None  # type: ignore[func-returns-value]
 
 
 def test_identity_vectors_cover_every_statement_kind() -> None:
@@ -346,7 +351,7 @@ def test_ed25519_rfc8032_test_1() -> None:
     assert signer.private_bytes() == secret
     assert signer.verifying().public_bytes.hex() == public
     assert signer.sign(b"").hex() == signature
-    assert signer.verifying().verify(bytes.fromhex(signature), b"") is None
+    assert signer.verifying().verify(bytes.fromhex(signature), b"") is None  # type: ignore[func-returns-value]
 
 
 def test_hkdf_sha256_rfc5869_test_case_1() -> None:
