@@ -790,13 +790,15 @@ def test_bad_key_lengths_raise_config_error() -> None:
 
 def test_advertisement_message_binds_every_field() -> None:
     enc, mask = bytes(range(32)), bytes(range(32, 64))
-    base = identity.advertisement_message(SESSION, "alice", enc, mask)
-    assert base == identity.advertisement_message(SESSION, "alice", enc, mask)
+    commit = bytes(range(64, 96))
+    base = identity.advertisement_message(SESSION, "alice", enc, mask, commit)
+    assert base == identity.advertisement_message(SESSION, "alice", enc, mask, commit)
     variants = [
-        identity.advertisement_message(OTHER_SESSION, "alice", enc, mask),
-        identity.advertisement_message(SESSION, "bob", enc, mask),
-        identity.advertisement_message(SESSION, "alice", mask, enc),
-        identity.advertisement_message(SESSION, "alice", enc, bytes(32)),
+        identity.advertisement_message(OTHER_SESSION, "alice", enc, mask, commit),
+        identity.advertisement_message(SESSION, "bob", enc, mask, commit),
+        identity.advertisement_message(SESSION, "alice", mask, enc, commit),
+        identity.advertisement_message(SESSION, "alice", enc, bytes(32), commit),
+        identity.advertisement_message(SESSION, "alice", enc, mask, bytes(32)),
     ]
     assert len({base, *variants}) == 1 + len(variants)
 
@@ -813,7 +815,7 @@ def test_survivor_set_message_is_order_independent_and_session_bound(
     assert identity.survivor_set_message(SESSION, ["a", "bc"]) != (
         identity.survivor_set_message(SESSION, ["ab", "c"])
     )
-    advert = identity.advertisement_message(SESSION, "alice", bytes(32), bytes(32))
+    advert = identity.advertisement_message(SESSION, "alice", bytes(32), bytes(32), bytes(32))
     assert message != advert
     alice, _ = signers
     signature = alice.sign(message)

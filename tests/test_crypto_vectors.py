@@ -273,6 +273,7 @@ def _statement(case: dict[str, Any]) -> bytes:
             case["client_id"],
             bytes.fromhex(case["encryption_key"]),
             bytes.fromhex(case["masking_key"]),
+            bytes.fromhex(case["self_mask_commitment"]),
         )
     assert case["kind"] == "survivor_set"
     return identity.survivor_set_message(bytes.fromhex(case["session_id"]), case["survivors"])

@@ -47,7 +47,13 @@ def substituted(
     signature = target.signature
     if resign_with is not None:
         signature = resign_with.sign(
-            advertisement_message(session, target.client_id, server_key, target.masking_key)
+            advertisement_message(
+                session,
+                target.client_id,
+                server_key,
+                target.masking_key,
+                target.self_mask_commitment,
+            )
         )
     forged = dataclasses.replace(target, encryption_key=server_key, signature=signature)
     return ShareKeysRequest((forged, *request.advertisements[1:]))

@@ -29,7 +29,7 @@ CLIENT_MESSAGES = {
     Stage.UNMASK: UnmaskRequest((), (), ()),
 }
 SERVER_MESSAGES = {
-    Stage.ADVERTISE_KEYS: KeyAdvertisement("client-0", bytes(32), bytes(32), bytes(64)),
+    Stage.ADVERTISE_KEYS: KeyAdvertisement("client-0", bytes(32), bytes(32), bytes(32), bytes(64)),
     Stage.SHARE_KEYS: ShareKeysResponse("client-0", ()),
     Stage.MASKED_INPUT: MaskedInput("client-0", b""),
     Stage.CONSISTENCY_CHECK: ConsistencySignature("client-0", bytes(64)),

@@ -11,6 +11,7 @@ from harness import LiveRound
 from secagg.errors import (
     DuplicateSubmissionError,
     FedveilError,
+    InconsistentSharesError,
     InvalidMessageError,
     InvalidSignatureError,
     ProtocolError,
@@ -171,3 +172,28 @@ def test_one_corrupted_share_is_located_and_the_round_stays_exact() -> None:
         )
     )
     finish_and_check(live)
+
+
+def test_a_wrong_share_among_exactly_t_fails_closed_instead_of_corrupting_the_sum() -> None:
+    """With no redundancy the wrong share cannot be located, but the rebuilt seed fails the
+    signed commitment, so the round fails rather than publishing a wrong aggregate."""
+    live = LiveRound.start(n=5, neighbours=4, threshold=3).run_to(Stage.UNMASK)
+    responders = sorted(live.server.expected_senders())[:3]
+    for holder in responders:
+        reply = live.clients[holder].handle(live.server.request_for(holder))
+        if holder == responders[0]:
+            first = reply.self_mask_shares[0]
+            bumped = bytearray(first.share)
+            bumped[3] ^= 1  # one low limb bit: passes the limb range check
+            reply = dataclasses.replace(
+                reply,
+                self_mask_shares=(
+                    RevealedShare(first.owner, bytes(bumped)),
+                    *reply.self_mask_shares[1:],
+                ),
+            )
+        live.server.receive(reply)
+    with pytest.raises(InconsistentSharesError, match="inconsistent"):
+        live.server.advance()
+    assert live.server.stage is Stage.FAILED
+    assert live.server.result is None

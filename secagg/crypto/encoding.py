@@ -21,8 +21,8 @@ def _as_bytes(field: Field) -> bytes:
     if isinstance(field, str):
         return field.encode("utf-8")
     if isinstance(field, int):
-        if field < 0:
-            raise ValueError(f"only non-negative integers are encoded, got {field}")
+        if not 0 <= field < 1 << 64:
+            raise ValueError(f"integers are encoded as unsigned 64-bit values, got {field}")
         return field.to_bytes(8, "big")
     raise TypeError(f"cannot encode {type(field).__name__}")
 

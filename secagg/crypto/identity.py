@@ -83,10 +83,21 @@ class SigningIdentity:
 
 
 def advertisement_message(
-    session_id: bytes, client_id: str, encryption_key: bytes, masking_key: bytes
+    session_id: bytes,
+    client_id: str,
+    encryption_key: bytes,
+    masking_key: bytes,
+    self_mask_commitment: bytes,
 ) -> bytes:
-    """What a client signs when it advertises its two X25519 public keys for a session."""
-    return encode_fields(_ADVERTISEMENT_TAG, session_id, client_id, encryption_key, masking_key)
+    """What a client signs when it advertises its keys for a session.
+
+    Besides the two X25519 public keys it covers a commitment to the self-mask seed, so the
+    server can check the seed it rebuilds from shares (a wrong share is caught even when
+    exactly t shares arrive).
+    """
+    return encode_fields(
+        _ADVERTISEMENT_TAG, session_id, client_id, encryption_key, masking_key, self_mask_commitment
+    )
 
 
 def survivor_set_message(session_id: bytes, survivors: Iterable[str]) -> bytes:

@@ -46,9 +46,10 @@ def derive_key(
     """
     if not isinstance(purpose, Purpose):
         raise ConfigError(f"purpose must be a kdf.Purpose, got {purpose!r}")
-    if len(session_id) != SESSION_ID_BYTES:
+    if not isinstance(session_id, bytes) or len(session_id) != SESSION_ID_BYTES:
         raise ConfigError(
-            f"session id must be {SESSION_ID_BYTES} bytes (a SHA-256 digest), got {len(session_id)}"
+            f"session id must be {SESSION_ID_BYTES} bytes (a SHA-256 digest), "
+            f"got {type(session_id).__name__} of length {len(session_id)}"
         )
     if not secret:
         raise ConfigError("HKDF input key material is empty")

@@ -63,6 +63,8 @@ class MaskExpander:
                 f"mask accumulator must be a contiguous 1-D uint16/uint32/uint64 array, "
                 f"got {acc.dtype} with shape {acc.shape}"
             )
+        if not acc.flags.writeable:
+            raise ConfigError("mask accumulator is read-only; pass a writeable copy")
         op = np.subtract if subtract else np.add
         itemsize = acc.dtype.itemsize
         per_chunk = self._chunk_bytes // itemsize

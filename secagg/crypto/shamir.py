@@ -6,10 +6,13 @@ big-integer loops. A 256-bit secret is cut into 16 limbs of 16 bits; each limb i
 with its own independent random polynomial of degree t-1, which is Shamir sharing of
 each limb and therefore of the whole secret.
 
-Why 16-bit limbs in a 31-bit field: a reconstructed limb must be below 2^16. A wrong or
-tampered share moves every limb to a uniformly random field element, so the range check
-detects it with probability 1 - 2^-240 even when exactly t shares are supplied; with more
-than t shares every extra share is also checked against the polynomial.
+Why 16-bit limbs in a 31-bit field: a reconstructed limb must be below 2^16, which
+catches a share replaced by random bytes (each of 16 limbs lands in range with
+probability 2^-15). It is a sanity check, not authentication: with exactly t shares a
+targeted change to one limb goes unnoticed. Integrity comes from elsewhere: with more than
+t shares every extra share is checked against the polynomial, and the protocol verifies
+each rebuilt secret against a signed commitment (the advertised public key, or the
+self-mask commitment) before using it.
 """
 
 from __future__ import annotations

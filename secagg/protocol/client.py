@@ -44,7 +44,13 @@ from secagg.errors import (
 )
 from secagg.protocol.config import ClientPolicy, RoundConfig
 from secagg.protocol.graph import neighbour_graph
-from secagg.protocol.masking import client_subtracts, pairwise_mask_seed, self_mask_seed
+from secagg.protocol.masking import (
+    COMMITMENT_BYTES,
+    client_subtracts,
+    pairwise_mask_seed,
+    self_mask_commitment,
+    self_mask_seed,
+)
 from secagg.protocol.messages import (
     ConsistencyRequest,
     ConsistencySignature,
@@ -190,9 +196,14 @@ class ClientSession:
         """Stage 1: sign and return this client's two X25519 public keys."""
         require_stage(self.stage, Stage.ADVERTISE_KEYS, "advertise")
         encryption, masking = raw_public(self._encryption_key), raw_public(self._masking_key)
-        message = advertisement_message(self.session_id, self.client_id, encryption, masking)
+        commitment = self_mask_commitment(self._self_mask_secret, self.session_id, self.client_id)
+        message = advertisement_message(
+            self.session_id, self.client_id, encryption, masking, commitment
+        )
         self._move(Stage.SHARE_KEYS)
-        return KeyAdvertisement(self.client_id, encryption, masking, self._identity.sign(message))
+        return KeyAdvertisement(
+            self.client_id, encryption, masking, commitment, self._identity.sign(message)
+        )
 
     def handle(self, message: object) -> object:
         """Process one server message in the current stage and return the reply."""
@@ -228,8 +239,16 @@ class ClientSession:
                 or len(adv.masking_key) != X25519_KEY_BYTES
             ):
                 raise InvalidMessageError(f"advertised keys of {adv.client_id!r} are not 32 bytes")
+            if len(adv.self_mask_commitment) != COMMITMENT_BYTES:
+                raise InvalidMessageError(
+                    f"self-mask commitment of {adv.client_id!r} is not {COMMITMENT_BYTES} bytes"
+                )
             message = advertisement_message(
-                self.session_id, adv.client_id, adv.encryption_key, adv.masking_key
+                self.session_id,
+                adv.client_id,
+                adv.encryption_key,
+                adv.masking_key,
+                adv.self_mask_commitment,
             )
             try:
                 self._identities[adv.client_id].verify(adv.signature, message)

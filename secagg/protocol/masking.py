@@ -7,8 +7,11 @@ the server removes the self masks of survivors and the pairwise masks of dropout
 
 from __future__ import annotations
 
+import hashlib
+
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from secagg.crypto.encoding import encode_fields
 from secagg.crypto.envelope import agree
 from secagg.crypto.kdf import Purpose, derive_key
 
@@ -16,6 +19,21 @@ from secagg.crypto.kdf import Purpose, derive_key
 def self_mask_seed(self_mask_secret: bytes, session_id: bytes, owner: str) -> bytes:
     """The AES key of a client's self mask, bound to the session and the owner."""
     return derive_key(self_mask_secret, Purpose.SELF_MASK, session_id, owner)
+
+
+COMMITMENT_BYTES = 32
+_COMMITMENT_TAG = b"fedveil-self-mask-commitment-v1"
+
+
+def self_mask_commitment(self_mask_secret: bytes, session_id: bytes, owner: str) -> bytes:
+    """SHA-256 commitment to a client's 256-bit self-mask secret, published signed.
+
+    The secret is uniformly random, so the hash reveals nothing about it; it lets the server
+    verify a rebuilt secret and discard wrong shares instead of corrupting the sum.
+    """
+    return hashlib.sha256(
+        encode_fields(_COMMITMENT_TAG, session_id, owner, self_mask_secret)
+    ).digest()
 
 
 def pairwise_mask_seed(

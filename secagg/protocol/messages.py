@@ -19,13 +19,15 @@ class KeyAdvertisement:
     """Stage 1, client -> server -> neighbours: two X25519 public keys, signed.
 
     `encryption_key` seals Shamir shares to this client; `masking_key` derives pairwise
-    masks. The Ed25519 signature by the client's enrolled identity covers both keys and
-    the session id.
+    masks; `self_mask_commitment` lets the server verify the self-mask seed it rebuilds.
+    The Ed25519 signature by the client's enrolled identity covers all three and the
+    session id.
     """
 
     client_id: str
     encryption_key: bytes
     masking_key: bytes
+    self_mask_commitment: bytes
     signature: bytes
 
 

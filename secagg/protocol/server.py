@@ -34,7 +34,13 @@ from secagg.errors import (
 from secagg.protocol.client import raw_public
 from secagg.protocol.config import RoundConfig
 from secagg.protocol.graph import neighbour_graph
-from secagg.protocol.masking import client_subtracts, pairwise_mask_seed, self_mask_seed
+from secagg.protocol.masking import (
+    COMMITMENT_BYTES,
+    client_subtracts,
+    pairwise_mask_seed,
+    self_mask_commitment,
+    self_mask_seed,
+)
 from secagg.protocol.messages import (
     ConsistencyRequest,
     ConsistencySignature,
@@ -165,8 +171,14 @@ class ServerRound:
             raise InvalidMessageError("advertised X25519 public keys must be 32 bytes each")
         if adv.encryption_key == adv.masking_key:
             raise InvalidMessageError("the encryption and masking keys must be distinct keys")
+        if len(adv.self_mask_commitment) != COMMITMENT_BYTES:
+            raise InvalidMessageError(f"the self-mask commitment must be {COMMITMENT_BYTES} bytes")
         message = advertisement_message(
-            self.config.session_id, adv.client_id, adv.encryption_key, adv.masking_key
+            self.config.session_id,
+            adv.client_id,
+            adv.encryption_key,
+            adv.masking_key,
+            adv.self_mask_commitment,
         )
         self._identities[adv.client_id].verify(adv.signature, message)
         self._adverts[adv.client_id] = adv
@@ -360,7 +372,12 @@ class ServerRound:
         expander = MaskExpander()
         session = self.config.session_id
         for owner in sorted(self._survivors):
-            secret = self._rebuild(owner, "self-mask")
+            commitment = self._adverts[owner].self_mask_commitment
+
+            def committed(raw: bytes, owner: str = owner, commitment: bytes = commitment) -> bool:
+                return self_mask_commitment(raw, session, owner) == commitment
+
+            secret = self._rebuild(owner, "self-mask", committed)
             expander.apply(self._sum, self_mask_seed(secret, session, owner), subtract=True)
         pairwise = 0
         for dropped in sorted(self._shared - self._survivors):

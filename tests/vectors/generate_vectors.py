@@ -386,6 +386,7 @@ def identity_vectors() -> None:
             "client_id": "alice",
             "encryption_key": enc_key.hex(),
             "masking_key": mask_key.hex(),
+            "self_mask_commitment": bytes(range(100, 132)).hex(),
         },
         {
             "kind": "survivor_set",
@@ -405,6 +406,7 @@ def identity_vectors() -> None:
                     statement["client_id"],
                     bytes.fromhex(statement["encryption_key"]),
                     bytes.fromhex(statement["masking_key"]),
+                    bytes.fromhex(statement["self_mask_commitment"]),
                 )
             else:
                 message = identity.survivor_set_message(
@@ -423,7 +425,8 @@ def identity_vectors() -> None:
         "identity.json",
         "secagg.crypto.identity: Ed25519 (deterministic) with a fixed 32-byte private key. "
         "`kind` 'raw' signs `message` as given; 'advertisement' signs "
-        "advertisement_message(session_id, client_id, encryption_key, masking_key); "
+        "advertisement_message(session_id, client_id, encryption_key, masking_key, "
+        "self_mask_commitment); "
         "'survivor_set' signs survivor_set_message(session_id, survivors). "
         "`expected_message` is the exact signed bytes.",
         cases,
