@@ -8,7 +8,6 @@ import hashlib
 import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-from harness import LiveRound, make_round_config
 
 from fedveil.simulation import Federation
 from secagg.crypto.identity import SigningIdentity, advertisement_message
@@ -34,6 +33,8 @@ from secagg.protocol.messages import (
     ShareKeysRequest,
 )
 from secagg.protocol.stages import Stage
+
+from harness import LiveRound, make_round_config
 
 VICTIM = "client-0"
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from harness import LiveRound
 from scipy.stats import chisquare
 
 from secagg.protocol.stages import Stage
 from secagg.quantize import unpack
+
+from harness import LiveRound
 
 BINS = 256
 ALPHA = 1e-6  # a uniform upload fails this only once in a million runs

@@ -6,7 +6,6 @@ import itertools
 
 import numpy as np
 import pytest
-from harness import LiveRound
 
 from secagg.errors import InvalidMessageError, ProtocolError, StageError, ThresholdNotMetError
 from secagg.protocol.messages import (
@@ -21,6 +20,8 @@ from secagg.protocol.messages import (
     UnmaskResponse,
 )
 from secagg.protocol.stages import ORDER, TRANSITIONS, Stage, check_transition
+
+from harness import LiveRound
 
 CLIENT_MESSAGES = {
     Stage.SHARE_KEYS: ShareKeysRequest(()),

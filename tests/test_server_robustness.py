@@ -6,7 +6,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from harness import LiveRound
 
 from secagg.errors import (
     DuplicateSubmissionError,
@@ -26,6 +25,8 @@ from secagg.protocol.messages import (
     UnmaskResponse,
 )
 from secagg.protocol.stages import Stage
+
+from harness import LiveRound
 
 STATUS = {
     InvalidMessageError: "INVALID_ARGUMENT",

@@ -8,6 +8,7 @@ from hypothesis import HealthCheck, given, settings
 
 from fedveil.simulation import Federation, make_config, random_dropouts, run_round
 from secagg.protocol.stages import Stage
+
 import test_protocol_properties as properties
 
 pytestmark = pytest.mark.slow
