@@ -295,6 +295,7 @@ def bench_config(
 
     limit = KeystreamLimit(config.element_count, ring.dtype)
     client_keystreams = k_eff + 1
+    limit.seconds(client_keystreams)  # warm-up at the measured size: caches, frequency
     best: dict[str, float] = {}
     stats: dict[str, Any] = {}
     round_ok = True
@@ -426,56 +427,41 @@ def matrix(quick: bool) -> list[tuple[int, int, int, float]]:
     return unique
 
 
-COLUMNS = (
-    ("d", "{:>9}", "{:>9d}"),
-    ("n", "{:>3}", "{:>3d}"),
-    ("k", "{:>3}", "{:>3d}"),
-    ("t", "{:>3}", "{:>3d}"),
-    ("drop", "{:>4}", "{:>4.1f}"),
-    ("client_s", "{:>9}", "{:>9.4f}"),
-    ("client_limit_s", "{:>9}", "{:>9.4f}"),
-    ("client_ratio", "{:>6}", "{:>6.2f}"),
-    ("server_s", "{:>9}", "{:>9.4f}"),
-    ("server_limit_s", "{:>9}", "{:>9.4f}"),
-    ("server_ratio", "{:>6}", "{:>6.2f}"),
-    ("client_keystreams", "{:>4}", "{:>4d}"),
-    ("server_keystreams", "{:>4}", "{:>4d}"),
-    ("server_accumulate_s", "{:>8}", "{:>8.4f}"),
-    ("client_quantize_s", "{:>8}", "{:>8.4f}"),
-    ("upload_bytes", "{:>10}", "{:>10d}"),
-    ("upload_ratio", "{:>7}", "{:>7.4f}"),
-    ("round_ok", "{:>3}", "{!s:>3}"),
-    ("config_wall_s", "{:>7}", "{:>7.1f}"),
-)
-HEADINGS = (
-    "d",
-    "n",
-    "k",
-    "t",
-    "drop",
-    "client_s",
-    "c_limit",
-    "c_rat",
-    "server_s",
-    "s_limit",
-    "s_rat",
-    "c_ks",
-    "s_ks",
-    "accum_s",
-    "quant_s",
-    "upload_B",
-    "up/fp32",
-    "ok",
-    "wall_s",
+COLUMNS = (  # (record field, heading, width, format spec)
+    ("d", "d", 9, "d"),
+    ("n", "n", 3, "d"),
+    ("k", "k", 3, "d"),
+    ("t", "t", 3, "d"),
+    ("drop", "drop", 4, ".1f"),
+    ("client_s", "client_s", 9, ".4f"),
+    ("client_limit_s", "c_limit", 9, ".4f"),
+    ("client_ratio", "c_rat", 6, ".2f"),
+    ("server_s", "server_s", 9, ".4f"),
+    ("server_limit_s", "s_limit", 9, ".4f"),
+    ("server_ratio", "s_rat", 6, ".2f"),
+    ("client_keystreams", "c_ks", 4, "d"),
+    ("server_keystreams", "s_ks", 4, "d"),
+    ("server_accumulate_s", "accum_s", 8, ".4f"),
+    ("client_quantize_s", "quant_s", 8, ".4f"),
+    ("upload_bytes", "upload_B", 10, "d"),
+    ("upload_ratio", "up/fp32", 7, ".4f"),
+    ("round_ok", "ok", 3, ""),
+    ("config_wall_s", "wall_s", 7, ".1f"),
 )
 
 
 def table_header() -> str:
-    return " ".join(fmt.format(h) for (_, fmt, _), h in zip(COLUMNS, HEADINGS, strict=True))
+    return " ".join(f"{heading:>{width}}" for _, heading, width, _ in COLUMNS)
 
 
 def table_row(record: Mapping[str, Any]) -> str:
-    return " ".join(fmt.format(record[name]) for name, _, fmt in COLUMNS)
+    cells = []
+    for name, _, width, spec in COLUMNS:
+        value = record[name]
+        cells.append(
+            f"{value!s:>{width}}" if isinstance(value, bool) else f"{value:>{width}{spec}}"
+        )
+    return " ".join(cells)
 
 
 def main(argv: list[str] | None = None) -> int:

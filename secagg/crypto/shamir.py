@@ -17,6 +17,7 @@ self-mask commitment) before using it.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -120,8 +121,13 @@ def split(
     return split_many([secret], threshold, xs, random_bytes=random_bytes)[0]
 
 
-def _lagrange_weights(xs: Sequence[int], at: int) -> list[int]:
-    """Lagrange basis polynomials of the points xs evaluated at `at`, in GF(p)."""
+@functools.lru_cache(maxsize=4096)
+def _lagrange_weights(xs: tuple[int, ...], at: int) -> tuple[int, ...]:
+    """Lagrange basis polynomials of the points xs evaluated at `at`, in GF(p).
+
+    Cached: a server rebuilds many secrets from the same set of holders, and the O(t^2)
+    modular inversions would otherwise dominate unmasking for large neighbourhoods.
+    """
     weights = []
     for i, xi in enumerate(xs):
         num, den = 1, 1
@@ -130,7 +136,7 @@ def _lagrange_weights(xs: Sequence[int], at: int) -> list[int]:
                 num = num * (at - xj) % PRIME
                 den = den * (xi - xj) % PRIME
         weights.append(num * pow(den, PRIME - 2, PRIME) % PRIME)
-    return weights
+    return tuple(weights)
 
 
 def _interpolate(ys: np.ndarray, weights: Sequence[int]) -> np.ndarray:
@@ -152,7 +158,7 @@ def combine(shares: Sequence[Share], threshold: int) -> bytes:
             f"{len(shares)} shares supplied, {threshold} needed to rebuild the secret"
         )
     ys = np.stack([share.limbs() for share in shares])
-    base_x = xs[:threshold]
+    base_x = tuple(xs[:threshold])
     limbs = _interpolate(ys[:threshold], _lagrange_weights(base_x, 0))
     for extra in range(threshold, len(shares)):
         expected = _interpolate(ys[:threshold], _lagrange_weights(base_x, xs[extra]))

@@ -336,10 +336,13 @@ class ServerRound:
                     shares.append(shamir.Share(self.config.share_point(holder), item.share))
         return shares
 
-    def _rebuild(
-        self, owner: str, kind: str, verify: Callable[[bytes], bool] | None = None
-    ) -> bytes:
-        """Rebuild one secret; a single wrong share among more than t is located and dropped."""
+    def _rebuild(self, owner: str, kind: str, verify: Callable[[bytes], bool]) -> bytes:
+        """Rebuild one secret from t shares and check it against its signed commitment.
+
+        Only when that check fails are the extra shares used, leaving one of the first t
+        out at a time, to locate a single wrong share; the common case costs one
+        interpolation, whatever the neighbourhood size.
+        """
         shares = self._gather(owner, kind)
         t = self.config.threshold
         if len(shares) < t:
@@ -347,11 +350,9 @@ class ServerRound:
                 f"only {len(shares)} holders revealed {owner!r}'s {kind} share, threshold is {t}: "
                 "too many of its neighbours dropped out"
             )
-        candidates = (
-            [shares] + [shares[:i] + shares[i + 1 :] for i in range(len(shares))]
-            if len(shares) > t
-            else [shares]
-        )
+        candidates = [shares[:t]]
+        if len(shares) > t:
+            candidates += [(shares[:i] + shares[i + 1 :])[:t] for i in range(t)]
         last_error: ShareError | None = None
         for subset in candidates:
             try:
@@ -359,10 +360,10 @@ class ServerRound:
             except ShareError as exc:
                 last_error = exc
                 continue
-            if verify is None or verify(secret):
+            if verify(secret):
                 return secret
             last_error = InconsistentSharesError(
-                f"rebuilt {kind} of {owner!r} does not match its advertised key"
+                f"rebuilt {kind} of {owner!r} does not match its signed commitment"
             )
         raise InconsistentSharesError(
             f"the {kind} shares of {owner!r} are inconsistent; the round fails closed"
