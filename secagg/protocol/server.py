@@ -21,6 +21,7 @@ from secagg.crypto.envelope import X25519_KEY_BYTES
 from secagg.crypto.identity import VerifyingIdentity, advertisement_message, survivor_set_message
 from secagg.crypto.prg import MaskExpander
 from secagg.errors import (
+    ConfigError,
     DuplicateSubmissionError,
     FedveilError,
     InconsistentSharesError,
@@ -79,7 +80,7 @@ class ServerRound:
     ) -> None:
         missing = [cid for cid in config.roster if cid not in roster_identities]
         if missing:
-            raise InvalidMessageError(f"no enrolled identity for roster members {missing}")
+            raise ConfigError(f"no enrolled identity for roster members {missing}")
         self.config = config
         self.stage = Stage.ADVERTISE_KEYS
         self.failure: FedveilError | None = None
