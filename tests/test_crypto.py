@@ -302,7 +302,7 @@ def test_context_boundaries_are_unambiguous() -> None:
 
 def test_kdf_length_is_respected() -> None:
     for length in (16, 32, 64):
-        assert len(kdf.derive_key(SECRET, kdf.Purpose.ROUNDING, SESSION, length=length)) == length
+        assert len(kdf.derive_key(SECRET, kdf.Purpose.SELF_MASK, SESSION, length=length)) == length
 
 
 @pytest.mark.parametrize("session", [b"", bytes(16), bytes(31), bytes(33), bytes(64)])

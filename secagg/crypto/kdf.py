@@ -22,14 +22,16 @@ _LABEL_PREFIX = b"fedveil/v1/"
 
 
 class Purpose(enum.Enum):
-    """Every distinct use of derived key material; the value is the HKDF info label."""
+    """Every distinct use of derived key material; the value is the HKDF info label.
+
+    ENVELOPE keys seal Shamir shares (and, later, wrapped CKKS keys); the envelope's
+    associated data names the stage, so one label serves each sealed payload kind.
+    """
 
     PAIRWISE_MASK = "pairwise-mask"
     SELF_MASK = "self-mask"
-    SHARE_ENCRYPTION = "share-encryption"
     ENVELOPE = "envelope"
     NEIGHBOUR_GRAPH = "neighbour-graph"
-    ROUNDING = "stochastic-rounding"
 
 
 def derive_key(

@@ -180,9 +180,9 @@ def kdf_vectors() -> None:
         (KDF_SECRET, kdf.Purpose.SELF_MASK, KDF_SESSION, [], 32),
         (KDF_SECRET, kdf.Purpose.SELF_MASK, KDF_SESSION, [("str", "a"), ("str", "bc")], 32),
         (KDF_SECRET, kdf.Purpose.SELF_MASK, KDF_SESSION, [("str", "ab"), ("str", "c")], 32),
-        (KDF_SECRET, kdf.Purpose.ROUNDING, KDF_SESSION, [("str", "carol"), ("int", 7)], 32),
+        (KDF_SECRET, kdf.Purpose.PAIRWISE_MASK, KDF_SESSION, [("str", "carol"), ("int", 7)], 32),
         (KDF_SECRET, kdf.Purpose.NEIGHBOUR_GRAPH, KDF_SESSION, [("bytes", "00ff10")], 16),
-        (KDF_SECRET, kdf.Purpose.SHARE_ENCRYPTION, KDF_SESSION, pair, 64),
+        (KDF_SECRET, kdf.Purpose.ENVELOPE, KDF_SESSION, pair, 64),
         (bytes.fromhex("01"), kdf.Purpose.ENVELOPE, KDF_SESSION, [("str", "\u00e9t\u00e9")], 32),
     ]
     cases = []
