@@ -117,7 +117,8 @@ def simulate_secagg(args: argparse.Namespace) -> int:
         "final_stage": report.final_stage.value,
     }
     if report.failure is not None:
-        print(f"round FAILED at {report.final_stage.value}: {report.failure}")
+        where = report.failed_at.value if report.failed_at else report.final_stage.value
+        print(f"round FAILED at {where}: {report.failure}")
         record["failure"] = str(report.failure)
         status = 1
     else:

@@ -87,6 +87,7 @@ class RoundReport:
     result: RoundResult | None
     failure: FedveilError | None
     final_stage: Stage
+    failed_at: Stage | None = None
     client_seconds: dict[str, list[float]] = field(default_factory=dict)
     server_seconds: dict[str, float] = field(default_factory=dict)
     upload_bytes: dict[str, int] = field(default_factory=dict)
@@ -166,6 +167,7 @@ def run_round(
     except FedveilError as exc:
         report.failure = exc
     report.final_stage = server.stage
+    report.failed_at = server.failed_at
     report.result = server.result
     if server.unmask_work is not None:
         report.unmask_keystreams = server.unmask_work.keystreams

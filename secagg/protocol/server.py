@@ -84,6 +84,7 @@ class ServerRound:
         self.config = config
         self.stage = Stage.ADVERTISE_KEYS
         self.failure: FedveilError | None = None
+        self.failed_at: Stage | None = None
         self.result: RoundResult | None = None
         self.unmask_work: UnmaskWork | None = None
         self.graph = neighbour_graph(config.roster, config.neighbours, config.session_id)
@@ -311,6 +312,7 @@ class ServerRound:
                 self._move(Stage.DONE)
         except FedveilError as exc:
             self.failure = exc
+            self.failed_at = self.stage
             self._move(Stage.FAILED)
             raise
         return self.stage
