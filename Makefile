@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fedveil-installed
 TORCH_PIN := torch==2.13.0
 
-.PHONY: venv test test-slow demo bench lint typecheck clean
+.PHONY: venv test test-slow demo bench lint typecheck clean proto
 
 venv: $(STAMP)
 
@@ -37,3 +37,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache
+
+# Regenerate the committed protobuf/gRPC modules (a test fails when they are stale).
+proto: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/aggregation.proto
