@@ -119,3 +119,12 @@ class SurvivorSetMismatchError(MaliciousServerError):
 
 class SessionMismatchError(MaliciousServerError):
     """Peers derived different session ids (model inconsistency); the round fails closed."""
+
+
+# --- authentication ------------------------------------------------------------------
+
+
+class UnauthenticatedError(FedveilError):
+    """The caller presented no client certificate, or not the one it enrolled with."""
+
+    grpc_status = "UNAUTHENTICATED"

@@ -54,7 +54,11 @@ class LiveRound:
 
     @classmethod
     def start(
-        cls, n: int = 5, policy: ClientPolicy | None = None, **config_kwargs: object
+        cls,
+        n: int = 5,
+        policy: ClientPolicy | None = None,
+        chunk_bytes: int | None = None,
+        **config_kwargs: object,
     ) -> LiveRound:
         federation = Federation.enrol(n)
         config = make_round_config(federation, **config_kwargs)  # type: ignore[arg-type]
@@ -65,7 +69,9 @@ class LiveRound:
             for cid in config.roster
         }
         rng = np.random.default_rng(n)
-        live = cls(federation, config, ServerRound(config, roster), clients)
+        live = cls(
+            federation, config, ServerRound(config, roster, chunk_bytes=chunk_bytes), clients
+        )
         for cid, client in clients.items():
             live.inputs[cid] = rng.uniform(-1, 1, config.dimension).astype(np.float32)
             live.weights[cid] = int(rng.integers(1, 100))

@@ -16,8 +16,14 @@ def test_generated_modules_are_up_to_date(tmp_path: Path) -> None:
     shutil.copy(ROOT / "proto" / "aggregation.proto", tmp_path / "proto")
     subprocess.run(
         [
-            sys.executable, "-m", "grpc_tools.protoc", "-I.", "--python_out=.",
-            "--grpc_python_out=.", "--pyi_out=.", "proto/aggregation.proto",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            "-I.",
+            "--python_out=.",
+            "--grpc_python_out=.",
+            "--pyi_out=.",
+            "proto/aggregation.proto",
         ],
         cwd=tmp_path,
         check=True,

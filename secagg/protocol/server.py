@@ -9,11 +9,11 @@ uploads are added into one running sum as they arrive, so memory is O(d), not O(
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from secagg.crypto import shamir
@@ -55,7 +55,8 @@ from secagg.protocol.messages import (
     UnmaskResponse,
 )
 from secagg.protocol.stages import Stage, check_transition, require_stage
-from secagg.quantize import dequantize_sum, unpack
+from secagg.protocol.upload import UploadAccumulator, aligned_chunk_bytes
+from secagg.quantize import dequantize_sum
 
 MAX_ENVELOPE_BYTES = 1024
 
@@ -76,7 +77,11 @@ class ServerRound:
     """One SecAgg+ round seen from the server: it relays, sums and unmasks, never decrypts."""
 
     def __init__(
-        self, config: RoundConfig, roster_identities: Mapping[str, VerifyingIdentity]
+        self,
+        config: RoundConfig,
+        roster_identities: Mapping[str, VerifyingIdentity],
+        *,
+        chunk_bytes: int | None = None,
     ) -> None:
         missing = [cid for cid in config.roster if cid not in roster_identities]
         if missing:
@@ -93,6 +98,13 @@ class ServerRound:
         self._share_responses: dict[str, ShareKeysResponse] = {}
         self._shared: frozenset[str] = frozenset()
         self._sum = config.quantization.ring.zeros(config.element_count)
+        bits = config.quantization.bits
+        self.uploads = UploadAccumulator(
+            self._sum,
+            bits,
+            config.element_count,
+            chunk_bytes if chunk_bytes is not None else aligned_chunk_bytes(bits),
+        )
         self._uploaded: set[str] = set()
         self._survivors: frozenset[str] = frozenset()
         self._signatures: dict[str, ConsistencySignature] = {}
@@ -207,11 +219,43 @@ class ServerRound:
         self._share_responses[sender] = response
 
     def _on_masked_input(self, upload: MaskedInput) -> None:
-        self._sender_check(upload.client_id, self._shared, self._uploaded, "masked input")
-        ring = self.config.quantization.ring
-        values = unpack(upload.payload, ring.bits, self.config.element_count)
-        np.add(self._sum, values, out=self._sum)
-        self._uploaded.add(upload.client_id)
+        """A whole payload at once: the streaming path with every chunk in one call."""
+        client, payload, size = upload.client_id, upload.payload, self.uploads.chunk_bytes
+        self.begin_masked_input(client, len(payload))
+        chunks = [payload[i : i + size] for i in range(0, max(len(payload), 1), size)]
+        try:
+            for index, chunk in enumerate(chunks):
+                self.add_masked_chunk(client, index, chunk)
+            self.finish_masked_input(client, hashlib.sha256(payload).digest())
+        except FedveilError:
+            self.abort_masked_input(client, chunks)
+            raise
+
+    # --- streamed masked input ---------------------------------------------------------
+
+    def begin_masked_input(self, client_id: str, total_bytes: int) -> None:
+        """Open (or resume) a streamed upload of `total_bytes` from `client_id`."""
+        require_stage(self.stage, Stage.MASKED_INPUT, "a masked-input upload")
+        self._sender_check(client_id, self._shared, self._uploaded, "masked input")
+        self.uploads.begin(client_id, total_bytes)
+
+    def add_masked_chunk(self, client_id: str, index: int, data: bytes) -> None:
+        """Validate chunk `index` and add it into the running sum."""
+        require_stage(self.stage, Stage.MASKED_INPUT, "a masked-input chunk")
+        self.uploads.add_chunk(client_id, index, data)
+
+    def finish_masked_input(self, client_id: str, digest: bytes) -> None:
+        """Complete a streamed upload; only now does the client count as a survivor."""
+        require_stage(self.stage, Stage.MASKED_INPUT, "the end of a masked-input upload")
+        self.uploads.finish(client_id, digest)
+        self._uploaded.add(client_id)
+
+    def abort_masked_input(self, client_id: str, chunks: Iterable[bytes]) -> None:
+        """Remove an unfinished upload from the sum, given the chunks that were added."""
+        self.uploads.abort(client_id, chunks)
+
+    def uploads_in_flight(self) -> frozenset[str]:
+        return frozenset(cid for cid in self._shared if self.uploads.progress(cid) is not None)
 
     def _on_signature(self, item: ConsistencySignature) -> None:
         self._sender_check(
@@ -291,6 +335,12 @@ class ServerRound:
         """Close the current stage (quorum reached or deadline passed) and open the next."""
         if self.stage in (Stage.DONE, Stage.FAILED):
             raise StageError(f"the round is already {self.stage.value}")
+        pending = sorted(self.uploads_in_flight()) if self.stage is Stage.MASKED_INPUT else []
+        if pending:
+            raise StageError(
+                f"uploads from {pending} are unfinished: abort_masked_input() them before "
+                "closing the stage (the round is unchanged)"
+            )
         try:
             if self.stage is Stage.ADVERTISE_KEYS:
                 self._quorum(len(self._adverts), "clients advertised keys")

@@ -1,0 +1,135 @@
+"""Field-by-field conversion between secagg's protocol dataclasses and fedveil.v1 messages.
+
+Why here: both the server and the client SDK speak protobuf on the wire and dataclasses to
+the state machines, and one mapping keeps them in agreement. Nothing here decides
+anything; validation stays in the state machines.
+"""
+
+from __future__ import annotations
+
+from proto import aggregation_pb2 as pb
+from secagg.protocol import messages as m
+from secagg.protocol.stages import Stage
+
+STAGE_TO_PB = {
+    Stage.ADVERTISE_KEYS: pb.ROUND_STAGE_ADVERTISE_KEYS,
+    Stage.SHARE_KEYS: pb.ROUND_STAGE_SHARE_KEYS,
+    Stage.MASKED_INPUT: pb.ROUND_STAGE_MASKED_INPUT,
+    Stage.CONSISTENCY_CHECK: pb.ROUND_STAGE_CONSISTENCY_CHECK,
+    Stage.UNMASK: pb.ROUND_STAGE_UNMASK,
+    Stage.DONE: pb.ROUND_STAGE_DONE,
+    Stage.FAILED: pb.ROUND_STAGE_FAILED,
+}
+
+
+def advertisement_to_pb(adv: m.KeyAdvertisement) -> pb.KeyAdvertisement:
+    return pb.KeyAdvertisement(
+        client_id=adv.client_id,
+        encryption_key=adv.encryption_key,
+        masking_key=adv.masking_key,
+        self_mask_commitment=adv.self_mask_commitment,
+        signature=adv.signature,
+    )
+
+
+def advertisement_from_pb(msg: pb.KeyAdvertisement) -> m.KeyAdvertisement:
+    return m.KeyAdvertisement(
+        client_id=msg.client_id,
+        encryption_key=bytes(msg.encryption_key),
+        masking_key=bytes(msg.masking_key),
+        self_mask_commitment=bytes(msg.self_mask_commitment),
+        signature=bytes(msg.signature),
+    )
+
+
+def share_to_pb(share: m.EncryptedShare) -> pb.EncryptedShare:
+    return pb.EncryptedShare(
+        sender=share.sender, recipient=share.recipient, ciphertext=share.ciphertext
+    )
+
+
+def share_from_pb(msg: pb.EncryptedShare) -> m.EncryptedShare:
+    return m.EncryptedShare(msg.sender, msg.recipient, bytes(msg.ciphertext))
+
+
+def neighbour_keys_to_pb(request: m.ShareKeysRequest) -> pb.NeighbourKeys:
+    return pb.NeighbourKeys(
+        advertisements=[advertisement_to_pb(a) for a in request.advertisements]
+    )
+
+
+def neighbour_keys_from_pb(msg: pb.NeighbourKeys) -> m.ShareKeysRequest:
+    return m.ShareKeysRequest(tuple(advertisement_from_pb(a) for a in msg.advertisements))
+
+
+def share_keys_to_pb(round_id: int, response: m.ShareKeysResponse) -> pb.ShareKeysRequest:
+    return pb.ShareKeysRequest(
+        round_id=round_id,
+        client_id=response.client_id,
+        shares=[share_to_pb(s) for s in response.shares],
+    )
+
+
+def share_keys_from_pb(msg: pb.ShareKeysRequest) -> m.ShareKeysResponse:
+    return m.ShareKeysResponse(msg.client_id, tuple(share_from_pb(s) for s in msg.shares))
+
+
+def relayed_to_pb(request: m.MaskedInputRequest) -> pb.RelayedShares:
+    return pb.RelayedShares(shares=[share_to_pb(s) for s in request.shares])
+
+
+def relayed_from_pb(msg: pb.RelayedShares) -> m.MaskedInputRequest:
+    return m.MaskedInputRequest(tuple(share_from_pb(s) for s in msg.shares))
+
+
+def survivors_to_pb(request: m.ConsistencyRequest) -> pb.SurvivorSet:
+    return pb.SurvivorSet(survivors=list(request.survivors))
+
+
+def survivors_from_pb(msg: pb.SurvivorSet) -> m.ConsistencyRequest:
+    return m.ConsistencyRequest(tuple(msg.survivors))
+
+
+def signature_to_pb(sig: m.ConsistencySignature) -> pb.SurvivorSignature:
+    return pb.SurvivorSignature(client_id=sig.client_id, signature=sig.signature)
+
+
+def signature_from_pb(msg: pb.SurvivorSignature) -> m.ConsistencySignature:
+    return m.ConsistencySignature(msg.client_id, bytes(msg.signature))
+
+
+def instructions_to_pb(request: m.UnmaskRequest) -> pb.UnmaskInstructions:
+    return pb.UnmaskInstructions(
+        survivors=list(request.survivors),
+        dropped=list(request.dropped),
+        signatures=[signature_to_pb(s) for s in request.signatures],
+    )
+
+
+def instructions_from_pb(msg: pb.UnmaskInstructions) -> m.UnmaskRequest:
+    return m.UnmaskRequest(
+        survivors=tuple(msg.survivors),
+        dropped=tuple(msg.dropped),
+        signatures=tuple(signature_from_pb(s) for s in msg.signatures),
+    )
+
+
+def unmask_to_pb(round_id: int, response: m.UnmaskResponse) -> pb.UnmaskRequest:
+    return pb.UnmaskRequest(
+        round_id=round_id,
+        client_id=response.client_id,
+        self_mask_shares=[
+            pb.RevealedShare(owner=s.owner, share=s.share) for s in response.self_mask_shares
+        ],
+        key_shares=[pb.RevealedShare(owner=s.owner, share=s.share) for s in response.key_shares],
+    )
+
+
+def unmask_from_pb(msg: pb.UnmaskRequest) -> m.UnmaskResponse:
+    return m.UnmaskResponse(
+        client_id=msg.client_id,
+        self_mask_shares=tuple(
+            m.RevealedShare(s.owner, bytes(s.share)) for s in msg.self_mask_shares
+        ),
+        key_shares=tuple(m.RevealedShare(s.owner, bytes(s.share)) for s in msg.key_shares),
+    )
