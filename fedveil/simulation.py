@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from secagg.crypto.identity import SigningIdentity, VerifyingIdentity
 from secagg.errors import FedveilError
 from secagg.protocol.client import ClientSession
 from secagg.protocol.config import ClientPolicy, RoundConfig
-from secagg.protocol.graph import effective_degree
+from secagg.protocol.graph import default_neighbours, default_threshold
 from secagg.protocol.messages import MaskedInput, RoundResult
 from secagg.protocol.server import ServerRound
 from secagg.protocol.stages import Stage
@@ -35,16 +34,6 @@ CLIENT_STAGES = (
     Stage.CONSISTENCY_CHECK,
     Stage.UNMASK,
 )
-
-
-def default_neighbours(n: int) -> int:
-    """SecAgg+'s logarithmic degree, k = floor(2 log2 n + 1), capped at n - 1."""
-    return min(n - 1, int(2 * math.log2(n) + 1))
-
-
-def default_threshold(n: int, k: int) -> int:
-    """The smallest strict majority of a neighbourhood: t = floor((k+1)/2) + 1."""
-    return (effective_degree(n, k) + 1) // 2 + 1
 
 
 def wire_bytes(message: object) -> int:

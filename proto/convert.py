@@ -8,8 +8,12 @@ anything; validation stays in the state machines.
 from __future__ import annotations
 
 from proto import aggregation_pb2 as pb
+from secagg.crypto.envelope import AeadAlgorithm
+from secagg.errors import ConfigError, SessionMismatchError
 from secagg.protocol import messages as m
+from secagg.protocol.config import RoundConfig
 from secagg.protocol.stages import Stage
+from secagg.quantize import QuantizationConfig
 
 STAGE_TO_PB = {
     Stage.ADVERTISE_KEYS: pb.ROUND_STAGE_ADVERTISE_KEYS,
@@ -133,3 +137,73 @@ def unmask_from_pb(msg: pb.UnmaskRequest) -> m.UnmaskResponse:
         ),
         key_shares=tuple(m.RevealedShare(s.owner, bytes(s.share)) for s in msg.key_shares),
     )
+
+
+# --- round specification ----------------------------------------------------------------
+
+_AEADS = {a.value: a for a in AeadAlgorithm}
+
+
+def config_to_spec(
+    config: RoundConfig,
+    *,
+    min_cohort: int,
+    chunk_bytes: int,
+    stage_timeout_s: float,
+    mode: int = pb.AGGREGATION_MODE_SECAGG,
+) -> pb.RoundSpec:
+    """The RoundSpec a server publishes for a SecAgg+ round."""
+    q = config.quantization
+    return pb.RoundSpec(
+        round_id=config.round_id,
+        mode=mode,
+        dimension=config.dimension,
+        quantization=pb.QuantizationSpec(
+            clip=q.clip,
+            bits=q.bits,
+            max_cohort=q.max_cohort,
+            max_weight=q.max_weight,
+            scale=q.effective_scale,
+        ),
+        threshold=config.threshold,
+        neighbours=config.neighbours,
+        min_cohort=min_cohort,
+        max_cohort=q.max_cohort,
+        roster=list(config.roster),
+        model_hash=config.model_hash,
+        aead=config.aead.value,
+        session_id=config.session_id,
+        chunk_bytes=chunk_bytes,
+        stage_timeout_s=stage_timeout_s,
+    )
+
+
+def spec_to_config(spec: pb.RoundSpec) -> RoundConfig:
+    """Rebuild the RoundConfig from a published spec and check the server's session id.
+
+    A client recomputes the session id from the fields it will bind into its keys; a spec
+    whose session id disagrees is refused before any key is derived.
+    """
+    if spec.mode != pb.AGGREGATION_MODE_SECAGG:
+        raise ConfigError(f"round {spec.round_id} is not a SecAgg round (mode {spec.mode})")
+    if spec.aead not in _AEADS:
+        raise ConfigError(f"unknown AEAD {spec.aead!r}; expected one of {sorted(_AEADS)}")
+    q = spec.quantization
+    config = RoundConfig(
+        round_id=spec.round_id,
+        roster=tuple(spec.roster),
+        threshold=spec.threshold,
+        neighbours=spec.neighbours,
+        dimension=spec.dimension,
+        quantization=QuantizationConfig(
+            clip=q.clip, bits=q.bits, max_cohort=q.max_cohort, max_weight=q.max_weight
+        ),
+        model_hash=bytes(spec.model_hash),
+        aead=_AEADS[spec.aead],
+    )
+    if config.session_id != bytes(spec.session_id):
+        raise SessionMismatchError(
+            f"round {spec.round_id}: the session id the server published does not match the "
+            "one computed from the round's fields; refusing (model or config inconsistency)"
+        )
+    return config

@@ -15,6 +15,7 @@ names are spelled in both modules; tests/test_pki.py checks that they agree.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from collections.abc import Sequence
@@ -81,7 +82,9 @@ def _read(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError as exc:
-        raise ConfigError(f"{what} not found at {path}; create it with `fedveil keys init`") from exc
+        raise ConfigError(
+            f"{what} not found at {path}; create it with `fedveil keys init`"
+        ) from exc
 
 
 def _identity_pem(identity: SigningIdentity) -> bytes:
@@ -98,9 +101,7 @@ def client_dir(directory: str | os.PathLike[str], client_id: str) -> Path:
     return Path(directory) / CLIENTS_DIR / validate_client_id(client_id)
 
 
-def _issue_client(
-    directory: Path, ca: CertificateAuthority, client_id: str
-) -> EnrolledClient:
+def _issue_client(directory: Path, ca: CertificateAuthority, client_id: str) -> EnrolledClient:
     issued = issue_client_certificate(ca, client_id)
     identity = SigningIdentity.generate()
     target = client_dir(directory, client_id)
@@ -116,10 +117,9 @@ def _remove_client_material(directory: Path, client_id: str) -> None:
     target = client_dir(directory, client_id)
     for name in (CLIENT_CERT, CLIENT_KEY, CLIENT_IDENTITY, CLIENT_CA):
         (target / name).unlink(missing_ok=True)
-    try:
+    # Missing, or holding files we did not write: leave those to the operator.
+    with contextlib.suppress(OSError):
         target.rmdir()
-    except OSError:
-        pass  # missing, or holds files we did not write: leave them to the operator
 
 
 def init_keys(

@@ -78,9 +78,9 @@ def _validate_hostname(host: str) -> x509.GeneralName:
     return x509.DNSName(host.rstrip(".").lower())
 
 
-def _validity(valid_days: int, not_after_cap: datetime.datetime | None) -> tuple[
-    datetime.datetime, datetime.datetime
-]:
+def _validity(
+    valid_days: int, not_after_cap: datetime.datetime | None
+) -> tuple[datetime.datetime, datetime.datetime]:
     if isinstance(valid_days, bool) or not isinstance(valid_days, int) or valid_days < 1:
         raise ConfigError(f"valid_days must be a positive integer, got {valid_days!r}")
     now = datetime.datetime.now(datetime.UTC)
@@ -162,7 +162,9 @@ class CertificateAuthority:
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"cannot parse the CA certificate or key: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError("the CA key is not an ECDSA key; recreate it with `fedveil keys init`")
+            raise ConfigError(
+                "the CA key is not an ECDSA key; recreate it with `fedveil keys init`"
+            )
         return cls(cert, key)
 
     def cert_pem(self) -> bytes:
@@ -255,9 +257,7 @@ def issue_server_certificate(
     the CN is ignored by modern verifiers), so every address in use must be listed.
     """
     if isinstance(hostnames, str) or not hostnames:
-        raise ConfigError(
-            f"the server certificate needs at least one hostname, got {hostnames!r}"
-        )
+        raise ConfigError(f"the server certificate needs at least one hostname, got {hostnames!r}")
     san = [_validate_hostname(h) for h in hostnames]
     if len(set(san)) != len(san):
         raise ConfigError(f"server hostnames contain duplicates: {list(hostnames)!r}")

@@ -214,9 +214,7 @@ class Roster(Mapping[str, EnrolledClient]):
         try:
             text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError as exc:
-            raise ConfigError(
-                f"no roster at {path}; create one with `fedveil keys init`"
-            ) from exc
+            raise ConfigError(f"no roster at {path}; create one with `fedveil keys init`") from exc
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -253,8 +251,6 @@ def _entry(entry: object, index: int, source: str) -> EnrolledClient:
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc
     where = f"{where} ({client_id!r})"
-    identity = VerifyingIdentity(
-        _hex_field(entry, "identity_public_key", PUBLIC_KEY_BYTES, where)
-    )
+    identity = VerifyingIdentity(_hex_field(entry, "identity_public_key", PUBLIC_KEY_BYTES, where))
     fingerprint = _hex_field(entry, "certificate_sha256", FINGERPRINT_BYTES, where)
     return EnrolledClient(client_id, identity, fingerprint)

@@ -11,6 +11,8 @@ n/2. k odd with n odd has no k-regular graph, so the degree is rounded up to k +
 
 from __future__ import annotations
 
+import math
+
 from secagg.crypto.kdf import Purpose, derive_key
 
 
@@ -48,3 +50,13 @@ def neighbour_graph(
     return {
         cid: frozenset(order[(pos + off) % n] for off in offsets) for pos, cid in enumerate(order)
     }
+
+
+def default_neighbours(n: int) -> int:
+    """SecAgg+'s logarithmic degree, k = floor(2 log2 n + 1), capped at n - 1."""
+    return min(n - 1, int(2 * math.log2(n) + 1))
+
+
+def default_threshold(n: int, k: int) -> int:
+    """The smallest strict majority of a neighbourhood: t = floor((k+1)/2) + 1."""
+    return (effective_degree(n, k) + 1) // 2 + 1

@@ -1,0 +1,227 @@
+"""Round lifecycle on the event loop: stages close on quorum or deadline, rounds in sequence.
+
+Why it is separate from the servicer: the servicer only translates protobuf; this class
+owns time. A stage closes as soon as every expected client has answered, or when its
+deadline passes, whichever is first; clients long-poll on the close. All access to a
+ServerRound goes through one asyncio lock, and the heavy unmask step runs in a worker
+thread under that lock so the event loop keeps serving other calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from proto import aggregation_pb2 as pb
+from proto.convert import config_to_spec
+from secagg.crypto.identity import VerifyingIdentity
+from secagg.errors import FedveilError, StageError
+from secagg.protocol.config import RoundConfig
+from secagg.protocol.graph import default_neighbours, default_threshold
+from secagg.protocol.server import ServerRound
+from secagg.protocol.stages import ORDER, Stage
+from secagg.protocol.upload import aligned_chunk_bytes
+from secagg.quantize import QuantizationConfig
+from server.chunk_store import ChunkStore
+from server.errors import RoundFailedError, StageClosedError, UnknownRoundError
+from server.settings import RoundSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass
+class ActiveRound:
+    """One round and the events its waiting clients sleep on."""
+
+    server: ServerRound
+    spec: pb.RoundSpec
+    closed: dict[Stage, asyncio.Event] = field(
+        default_factory=lambda: {stage: asyncio.Event() for stage in ORDER}
+    )
+    deadline: asyncio.Task[None] | None = None
+
+    @property
+    def round_id(self) -> int:
+        return self.server.config.round_id
+
+
+class RoundCoordinator:
+    """Opens rounds one after another and closes their stages on time."""
+
+    def __init__(
+        self,
+        settings: RoundSettings,
+        roster: Mapping[str, VerifyingIdentity],
+        chunk_store: ChunkStore,
+        *,
+        first_round_id: int = 1,
+    ) -> None:
+        if len(roster) < settings.min_cohort:
+            raise FedveilError(
+                f"the roster has {len(roster)} clients, below min_cohort {settings.min_cohort}"
+            )
+        self.settings = settings
+        self.roster = dict(roster)
+        self.store = chunk_store
+        self.lock = asyncio.Lock()
+        self.rounds: OrderedDict[int, ActiveRound] = OrderedDict()
+        self.current: ActiveRound | None = None
+        self._next_round_id = first_round_id
+        self._opened = 0
+        self.finished = asyncio.Event()
+
+    # --- rounds -----------------------------------------------------------------------
+
+    def _round_config(self, round_id: int) -> RoundConfig:
+        s = self.settings
+        ids = tuple(sorted(self.roster))
+        n = len(ids)
+        k = s.neighbours if s.neighbours is not None else default_neighbours(n)
+        t = s.threshold if s.threshold is not None else default_threshold(n, k)
+        return RoundConfig(
+            round_id=round_id,
+            roster=ids,
+            threshold=t,
+            neighbours=k,
+            dimension=s.dimension,
+            quantization=QuantizationConfig(
+                clip=s.clip, bits=s.bits, max_cohort=n, max_weight=s.max_weight
+            ),
+            model_hash=s.model_hash,
+        )
+
+    def open_next_round(self) -> ActiveRound | None:
+        """Open the next round unless the configured number of rounds has run."""
+        if self.settings.rounds and self._opened >= self.settings.rounds:
+            self.current = None
+            self.finished.set()
+            return None
+        config = self._round_config(self._next_round_id)
+        chunk = aligned_chunk_bytes(config.quantization.bits, self.settings.chunk_bytes)
+        spec = config_to_spec(
+            config,
+            min_cohort=self.settings.min_cohort,
+            chunk_bytes=chunk,
+            stage_timeout_s=self.settings.stage_timeout_s,
+        )
+        active = ActiveRound(ServerRound(config, self.roster, chunk_bytes=chunk), spec)
+        self.rounds[config.round_id] = active
+        while len(self.rounds) > self.settings.keep_results:
+            old_id, _ = self.rounds.popitem(last=False)
+            self.store.discard_round(old_id)
+        self.current = active
+        self._next_round_id += 1
+        self._opened += 1
+        self._arm_deadline(active)
+        log.info(
+            "round %d open: n=%d d=%d k=%d t=%d",
+            config.round_id,
+            config.size,
+            config.dimension,
+            config.neighbours,
+            config.threshold,
+        )
+        return active
+
+    def get(self, round_id: int) -> ActiveRound:
+        try:
+            return self.rounds[round_id]
+        except KeyError:
+            current = self.current.round_id if self.current else None
+            raise UnknownRoundError(
+                f"round {round_id} is unknown to this server; the open round is {current} "
+                "(call GetRound)"
+            ) from None
+
+    # --- stages -----------------------------------------------------------------------
+
+    @staticmethod
+    def check_stage(active: ActiveRound, stage: Stage) -> None:
+        """Raise the specific error for a message that does not fit the round's stage."""
+        current = active.server.stage
+        if current is stage:
+            return
+        if current is Stage.FAILED:
+            raise RoundFailedError(f"round {active.round_id} failed: {active.server.failure}")
+        if ORDER.index(current) > ORDER.index(stage):
+            raise StageClosedError(
+                f"stage {stage.value} of round {active.round_id} is closed (the round is at "
+                f"{current.value}); this client is out of the round — join the next one"
+            )
+        raise StageError(
+            f"round {active.round_id} is at stage {current.value}; {stage.value} is not open yet"
+        )
+
+    async def submit(
+        self, round_id: int, stage: Stage, action: Callable[[ServerRound], T]
+    ) -> tuple[ActiveRound, T]:
+        """Apply one validated client action in `stage`; close the stage if all answered."""
+        async with self.lock:
+            active = self.get(round_id)
+            self.check_stage(active, stage)
+            result = action(active.server)
+            if active.server.stage is stage and not active.server.expected_senders():
+                await self._close_stage(active)
+            return active, result
+
+    async def wait_closed(self, active: ActiveRound, stage: Stage) -> None:
+        """Sleep until `stage` closes; raise if the round failed."""
+        await active.closed[stage].wait()
+        if active.server.stage is Stage.FAILED:
+            raise RoundFailedError(
+                f"round {active.round_id} failed at stage "
+                f"{active.server.failed_at.value if active.server.failed_at else '?'}: "
+                f"{active.server.failure}"
+            )
+
+    async def _close_stage(self, active: ActiveRound) -> None:
+        """Close the round's current stage (lock held)."""
+        server, stage = active.server, active.server.stage
+        if active.deadline is not None and active.deadline is not asyncio.current_task():
+            active.deadline.cancel()
+        if stage is Stage.MASKED_INPUT:
+            for client_id in sorted(server.uploads_in_flight()):
+                chunks = list(self.store.chunks(active.round_id, client_id))
+                server.abort_masked_input(client_id, chunks)
+                self.store.discard(active.round_id, client_id)
+                log.info(
+                    "round %d: rolled back unfinished upload of %s", active.round_id, client_id
+                )
+        try:
+            if stage is Stage.UNMASK:
+                await asyncio.to_thread(server.advance)
+            else:
+                server.advance()
+        except FedveilError as exc:
+            log.warning("round %d failed at %s: %s", active.round_id, stage.value, exc)
+        active.closed[stage].set()
+        if server.stage in (Stage.DONE, Stage.FAILED):
+            for event in active.closed.values():
+                event.set()
+            self.store.discard_round(active.round_id)
+            log.info("round %d %s", active.round_id, server.stage.value)
+            if active is self.current:
+                self.open_next_round()
+        else:
+            self._arm_deadline(active)
+
+    def _arm_deadline(self, active: ActiveRound) -> None:
+        stage = active.server.stage
+        active.deadline = asyncio.get_running_loop().create_task(self._deadline(active, stage))
+
+    async def _deadline(self, active: ActiveRound, stage: Stage) -> None:
+        await asyncio.sleep(self.settings.stage_timeout_s)
+        async with self.lock:
+            if active.server.stage is stage:
+                log.info("round %d: stage %s deadline passed", active.round_id, stage.value)
+                await self._close_stage(active)
+
+    async def shutdown(self) -> None:
+        for active in self.rounds.values():
+            if active.deadline is not None:
+                active.deadline.cancel()

@@ -1,0 +1,130 @@
+"""Server and round settings: frozen, validated, loadable from TOML, overridable by flags."""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from secagg.errors import ConfigError
+from secagg.protocol.upload import DEFAULT_CHUNK_BYTES
+
+DEFAULT_MODEL_HASH = hashlib.sha256(b"fedveil-unspecified-model").digest()
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """How every round of this server is run; rounds follow each other in sequence."""
+
+    dimension: int
+    threshold: int | None = None  # default: the smallest majority of a neighbourhood
+    neighbours: int | None = None  # default: floor(2 log2 n + 1)
+    bits: int = 32
+    clip: float = 1.0
+    max_weight: int = 100_000
+    min_cohort: int = 3
+    stage_timeout_s: float = 60.0
+    rounds: int = 0  # 0: run rounds until stopped
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    model_hash: bytes = DEFAULT_MODEL_HASH
+    keep_results: int = 8
+
+    def __post_init__(self) -> None:
+        if self.dimension < 1:
+            raise ConfigError(f"round.dimension must be >= 1, got {self.dimension}")
+        if self.min_cohort < 2:
+            raise ConfigError(f"round.min_cohort must be >= 2, got {self.min_cohort}")
+        if not self.stage_timeout_s > 0:
+            raise ConfigError(f"round.stage_timeout_s must be > 0, got {self.stage_timeout_s}")
+        if self.rounds < 0:
+            raise ConfigError(f"round.rounds must be >= 0 (0 = unlimited), got {self.rounds}")
+        if self.chunk_bytes < 4096:
+            raise ConfigError(f"round.chunk_bytes must be >= 4096, got {self.chunk_bytes}")
+        if len(self.model_hash) != 32:
+            raise ConfigError("round.model_hash must be 32 bytes (64 hex characters)")
+        if self.keep_results < 1:
+            raise ConfigError(f"round.keep_results must be >= 1, got {self.keep_results}")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Where the service listens, what secures it, and where it keeps state."""
+
+    round: RoundSettings
+    host: str = "127.0.0.1"
+    port: int = 50051
+    keys_dir: Path | None = None
+    state_dir: Path = field(default_factory=lambda: Path(".fedveil-server"))
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        if not self.insecure and self.keys_dir is None:
+            raise ConfigError(
+                "TLS is always on: give keys_dir (made by `fedveil keys init`), or pass "
+                "--insecure explicitly for a local experiment"
+            )
+
+    @property
+    def max_message_bytes(self) -> int:
+        """Largest request accepted: one chunk plus framing; larger -> RESOURCE_EXHAUSTED."""
+        return self.round.chunk_bytes + 64 * 1024
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name == "model_hash" and isinstance(value, str):
+        try:
+            return bytes.fromhex(value)
+        except ValueError as exc:
+            raise ConfigError(f"round.model_hash is not hex: {value!r}") from exc
+    if name in ("keys_dir", "state_dir") and value is not None:
+        return Path(value)
+    return value
+
+
+def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) -> ServerSettings:
+    """Read a TOML file ([server] and [round] tables), then apply non-None flag overrides.
+
+    Override keys are field names; round fields may be given bare or as "round.<name>".
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    unknown_tables = set(data) - {"server", "round"}
+    if unknown_tables:
+        raise ConfigError(
+            f"unknown tables {sorted(unknown_tables)} in {path}; use [server], [round]"
+        )
+    server_data = dict(data.get("server", {}))
+    round_data = dict(data.get("round", {}))
+    round_names = {f.name for f in fields(RoundSettings)}
+    server_names = {f.name for f in fields(ServerSettings)} - {"round"}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        name = key.removeprefix("round.")
+        if name in round_names:
+            round_data[name] = value
+        elif name in server_names:
+            server_data[name] = value
+        else:
+            raise ConfigError(f"unknown setting {key!r}")
+    for table, names in (("server", server_names), ("round", round_names)):
+        source = server_data if table == "server" else round_data
+        bad = set(source) - names
+        if bad:
+            raise ConfigError(f"unknown [{table}] settings {sorted(bad)}; known: {sorted(names)}")
+    if "dimension" not in round_data:
+        raise ConfigError("round.dimension is required (the length of the flat update)")
+    round_settings = RoundSettings(**{k: _coerce(k, v) for k, v in round_data.items()})
+    return ServerSettings(
+        round=round_settings, **{k: _coerce(k, v) for k, v in server_data.items()}
+    )
+
+
+def with_port(settings: ServerSettings, port: int) -> ServerSettings:
+    return replace(settings, port=port)
