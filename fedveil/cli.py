@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedveil.keys_command import add_keys_parser, run_keys
+from fedveil.server_command import add_server_parser, run_server
 from fedveil.simulation import (
     CLIENT_STAGES,
     Federation,
@@ -146,9 +148,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedveil", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     _add_simulate(sub)
+    add_keys_parser(sub)
+    add_server_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "simulate-secagg":
         return simulate_secagg(args)
+    if args.command == "keys":
+        return run_keys(args)
+    if args.command == "server":
+        return run_server(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

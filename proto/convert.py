@@ -57,9 +57,7 @@ def share_from_pb(msg: pb.EncryptedShare) -> m.EncryptedShare:
 
 
 def neighbour_keys_to_pb(request: m.ShareKeysRequest) -> pb.NeighbourKeys:
-    return pb.NeighbourKeys(
-        advertisements=[advertisement_to_pb(a) for a in request.advertisements]
-    )
+    return pb.NeighbourKeys(advertisements=[advertisement_to_pb(a) for a in request.advertisements])
 
 
 def neighbour_keys_from_pb(msg: pb.NeighbourKeys) -> m.ShareKeysRequest:
@@ -150,7 +148,7 @@ def config_to_spec(
     min_cohort: int,
     chunk_bytes: int,
     stage_timeout_s: float,
-    mode: int = pb.AGGREGATION_MODE_SECAGG,
+    mode: pb.AggregationMode = pb.AGGREGATION_MODE_SECAGG,
 ) -> pb.RoundSpec:
     """The RoundSpec a server publishes for a SecAgg+ round."""
     q = config.quantization

@@ -131,6 +131,11 @@ class ServerRound:
     def survivors(self) -> frozenset[str]:
         return self._survivors
 
+    @property
+    def uploaded(self) -> frozenset[str]:
+        """Clients whose masked input arrived complete (so far, in this stage)."""
+        return frozenset(self._uploaded)
+
     def expected_senders(self) -> frozenset[str]:
         """The clients from whom the current stage still accepts a message."""
         pools = {

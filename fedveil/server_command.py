@@ -1,0 +1,85 @@
+"""`fedveil server`: run the aggregation service from a TOML file, every option also a flag."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from secagg.errors import FedveilError
+from server.app import start_server
+from server.settings import load_settings
+
+_ROUND_FLAGS: tuple[tuple[str, type, str], ...] = (
+    ("dimension", int, "length of the flat update (required unless in the config)"),
+    ("threshold", int, "Shamir threshold t (default: majority of a neighbourhood)"),
+    ("neighbours", int, "neighbour-graph degree k (default: 2 log2 n + 1)"),
+    ("bits", int, "ring width m in bits per uploaded element"),
+    ("clip", float, "clipping bound c"),
+    ("max_weight", int, "largest example count a client may claim"),
+    ("min_cohort", int, "fewest enrolled clients the server will run rounds with"),
+    ("stage_timeout_s", float, "seconds each stage waits for missing clients"),
+    ("rounds", int, "number of rounds to run (0: until stopped)"),
+    ("chunk_bytes", int, "upload/download chunk size in bytes"),
+    ("model_hash", str, "hex SHA-256 of the global model"),
+)
+
+
+def add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("server", help="run the aggregation service")
+    p.add_argument("--config", type=Path, default=None, help="TOML file with [server] and [round]")
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port to bind (default 50051)")
+    p.add_argument("--keys-dir", type=Path, default=None, help="folder made by `fedveil keys init`")
+    p.add_argument("--state-dir", type=Path, default=None, help="where the server keeps its state")
+    p.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        default=None,
+        help="run WITHOUT TLS (local experiments only; logged as a warning at every start)",
+    )
+    for name, kind, text in _ROUND_FLAGS:
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
+
+
+def run_server(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "keys_dir": args.keys_dir,
+        "state_dir": args.state_dir,
+        "insecure": args.insecure,
+    }
+    overrides.update({name: getattr(args, name) for name, _, _ in _ROUND_FLAGS})
+    try:
+        settings = load_settings(args.config, overrides)
+    except (FedveilError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+    async def serve() -> None:
+        running = await start_server(settings)
+        print(f"fedveil server listening on {settings.host}:{running.port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        done = asyncio.ensure_future(running.wait_for_rounds())
+        halt = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({done, halt}, return_when=asyncio.FIRST_COMPLETED)
+        await running.stop(grace_s=2.0)
+
+    try:
+        asyncio.run(serve())
+    except (FedveilError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

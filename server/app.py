@@ -1,0 +1,106 @@
+"""Build and run the grpc.aio server: TLS (mutual by default), health, reflection.
+
+Why TLS is not optional: updates, shares and signatures all cross this channel. The only
+way to run without it is the explicit `insecure` setting, which logs a warning at every
+start so it cannot go unnoticed in a deployment's logs.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from proto import aggregation_pb2 as pb
+from proto import aggregation_pb2_grpc as pb_grpc
+from server.chunk_store import ChunkStore
+from server.coordinator import RoundCoordinator
+from server.keys_store import load_roster, load_server_credentials
+from server.roster import Roster
+from server.servicer import AggregationServicer
+from server.settings import ServerSettings
+
+log = logging.getLogger(__name__)
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Aggregation"].full_name
+
+
+@dataclass
+class RunningServer:
+    """A started server: its bound port and the handles needed to stop it cleanly."""
+
+    server: grpc.aio.Server
+    port: int
+    coordinator: RoundCoordinator
+    store: ChunkStore
+
+    async def stop(self, grace_s: float = 0.5) -> None:
+        await self.coordinator.shutdown()
+        await self.server.stop(grace_s)
+        self.store.close()
+
+    async def wait_for_rounds(self) -> None:
+        """Return once the configured number of rounds has run."""
+        await self.coordinator.finished.wait()
+
+
+def _roster_for(settings: ServerSettings, roster: Roster | None) -> Roster:
+    if roster is not None:
+        return roster
+    if settings.keys_dir is None:
+        raise ValueError("no roster: give keys_dir or pass a Roster")
+    return load_roster(settings.keys_dir)
+
+
+async def start_server(settings: ServerSettings, roster: Roster | None = None) -> RunningServer:
+    """Start listening; the first round opens at once."""
+    roster = _roster_for(settings, roster)
+    options = [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+    ]
+    server = grpc.aio.server(options=options)
+    Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+    store = ChunkStore(Path(settings.state_dir) / "chunks.sqlite3")
+    coordinator = RoundCoordinator(settings.round, roster.identities(), store)
+    pb_grpc.add_AggregationServicer_to_server(
+        AggregationServicer(coordinator, roster, insecure=settings.insecure), server
+    )
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (
+            SERVICE_NAME,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    address = f"{settings.host}:{settings.port}"
+    if settings.insecure:
+        log.warning(
+            "INSECURE MODE: no TLS, client identities are taken on trust from the messages; "
+            "never use this outside a local experiment"
+        )
+        port = server.add_insecure_port(address)
+    else:
+        assert settings.keys_dir is not None
+        key_pem, cert_pem, ca_pem = load_server_credentials(settings.keys_dir)
+        credentials = grpc.ssl_server_credentials(
+            [(key_pem, cert_pem)], root_certificates=ca_pem, require_client_auth=True
+        )
+        port = server.add_secure_port(address, credentials)
+    await server.start()
+    coordinator.open_next_round()
+    await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "fedveil server listening on %s:%d (%s)",
+        settings.host,
+        port,
+        "INSECURE" if settings.insecure else "mutual TLS",
+    )
+    return RunningServer(server, port, coordinator, store)

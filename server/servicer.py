@@ -1,0 +1,282 @@
+"""The fedveil.v1.Aggregation servicer: protobuf in, coordinator call, protobuf out.
+
+Why it holds no logic of its own: authentication comes from the roster, validation from
+the state machine, timing from the coordinator. Each handler names the caller (from its
+mutual-TLS certificate), checks the message claims the same identity, converts, and maps
+any FedveilError to its gRPC status with a message that says what to fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from proto import aggregation_pb2 as pb
+from proto import aggregation_pb2_grpc as pb_grpc
+from proto import convert
+from secagg.errors import FedveilError, InvalidMessageError, UnknownClientError
+from secagg.protocol.messages import (
+    ConsistencyRequest,
+    MaskedInputRequest,
+    ShareKeysRequest,
+    UnmaskRequest,
+)
+from secagg.protocol.stages import Stage
+from server.coordinator import ActiveRound, RoundCoordinator
+from server.errors import RoundFailedError, abort_with
+from server.roster import Roster
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _expect(request: object, kind: type[R]) -> R:
+    """The state machine's request for the stage just opened, with its static type."""
+    if not isinstance(request, kind):
+        raise TypeError(f"expected {kind.__name__}, the round produced {type(request).__name__}")
+    return request
+
+
+class AggregationServicer(pb_grpc.AggregationServicer):
+    def __init__(self, coordinator: RoundCoordinator, roster: Roster, *, insecure: bool) -> None:
+        self.coordinator = coordinator
+        self.roster = roster
+        self.insecure = insecure
+
+    # --- plumbing -----------------------------------------------------------------------
+
+    def _caller(self, context: grpc.aio.ServicerContext, claimed: str) -> str:
+        """The authenticated client id; the message must claim the same one."""
+        if self.insecure:
+            if claimed not in self.roster:
+                raise UnknownClientError(f"{claimed!r} is not enrolled on this server's roster")
+            return claimed
+        enrolled = self.roster.authorize_peer(context.auth_context())
+        if claimed != enrolled.client_id:
+            raise UnknownClientError(
+                f"the message names client {claimed!r} but your certificate is "
+                f"{enrolled.client_id!r}; a client may only speak for itself"
+            )
+        return enrolled.client_id
+
+    async def _guard(self, context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
+        try:
+            return await work
+        except FedveilError as exc:
+            await abort_with(context, exc)
+            raise  # unreachable: abort raises
+
+    async def _stage_call(
+        self,
+        context: grpc.aio.ServicerContext,
+        round_id: int,
+        claimed: str,
+        stage: Stage,
+        submit: Callable[[str], Callable[..., object]],
+        reply: Callable[[ActiveRound, str], T],
+    ) -> T:
+        async def work() -> T:
+            client_id = self._caller(context, claimed)
+            active, _ = await self.coordinator.submit(round_id, stage, submit(client_id))
+            await self.coordinator.wait_closed(active, stage)
+            async with self.coordinator.lock:
+                return reply(active, client_id)
+
+        return await self._guard(context, work())
+
+    # --- discovery ----------------------------------------------------------------------
+
+    async def GetRound(
+        self, request: pb.GetRoundRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RoundInfo:  # noqa: N802
+        async def work() -> pb.RoundInfo:
+            self._caller(context, request.client_id)
+            active = self.coordinator.current
+            if active is None:
+                raise RoundFailedError("no round is open on this server (all rounds have run)")
+            return pb.RoundInfo(spec=active.spec, stage=convert.STAGE_TO_PB[active.server.stage])
+
+        return await self._guard(context, work())
+
+    # --- stages -------------------------------------------------------------------------
+
+    async def AdvertiseKeys(
+        self, request: pb.AdvertiseKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.NeighbourKeys:  # noqa: N802
+        advert = convert.advertisement_from_pb(request.advertisement)
+        return await self._stage_call(
+            context,
+            request.round_id,
+            advert.client_id,
+            Stage.ADVERTISE_KEYS,
+            lambda cid: lambda server: server.receive(advert),
+            lambda active, cid: convert.neighbour_keys_to_pb(
+                _expect(active.server.request_for(cid), ShareKeysRequest)
+            ),
+        )
+
+    async def ShareKeys(
+        self, request: pb.ShareKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RelayedShares:  # noqa: N802
+        response = convert.share_keys_from_pb(request)
+        return await self._stage_call(
+            context,
+            request.round_id,
+            request.client_id,
+            Stage.SHARE_KEYS,
+            lambda cid: lambda server: server.receive(response),
+            lambda active, cid: convert.relayed_to_pb(
+                _expect(active.server.request_for(cid), MaskedInputRequest)
+            ),
+        )
+
+    async def ConfirmSurvivors(
+        self, request: pb.ConfirmSurvivorsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnmaskInstructions:  # noqa: N802
+        signature = convert.signature_from_pb(request.signature)
+        return await self._stage_call(
+            context,
+            request.round_id,
+            signature.client_id,
+            Stage.CONSISTENCY_CHECK,
+            lambda cid: lambda server: server.receive(signature),
+            lambda active, cid: convert.instructions_to_pb(
+                _expect(active.server.request_for(cid), UnmaskRequest)
+            ),
+        )
+
+    async def Unmask(
+        self, request: pb.UnmaskRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UnmaskAck:  # noqa: N802
+        response = convert.unmask_from_pb(request)
+        return await self._stage_call(
+            context,
+            request.round_id,
+            request.client_id,
+            Stage.UNMASK,
+            lambda cid: lambda server: server.receive(response),
+            lambda active, cid: pb.UnmaskAck(stage=convert.STAGE_TO_PB[active.server.stage]),
+        )
+
+    # --- streamed masked input ----------------------------------------------------------
+
+    async def UploadMaskedInput(
+        self, request_iterator: AsyncIterator[pb.VectorChunk], context: grpc.aio.ServicerContext
+    ) -> pb.SurvivorSet:  # noqa: N802
+        async def work() -> pb.SurvivorSet:
+            active: ActiveRound | None = None
+            client_id = ""
+            async for chunk in request_iterator:
+                if active is None:
+                    client_id = self._caller(context, chunk.client_id)
+                    active = self.coordinator.get(chunk.round_id)
+                elif chunk.client_id != client_id or chunk.round_id != active.round_id:
+                    raise InvalidMessageError(
+                        "every chunk of one upload must name the same round and client"
+                    )
+                done = await self._take_chunk(active, client_id, chunk)
+                if done:
+                    break
+            if active is None:
+                raise InvalidMessageError("empty upload stream: send at least one chunk")
+            await self.coordinator.wait_closed(active, Stage.MASKED_INPUT)
+            async with self.coordinator.lock:
+                return convert.survivors_to_pb(
+                    _expect(active.server.request_for(client_id), ConsistencyRequest)
+                )
+
+        return await self._guard(context, work())
+
+    async def _take_chunk(self, active: ActiveRound, client_id: str, chunk: pb.VectorChunk) -> bool:
+        """Store and add one chunk; True once the upload is complete."""
+        uploads = active.server.uploads
+        store = self.coordinator.store
+
+        def apply(server: object) -> bool:
+            round_server = active.server
+            del server  # the same object; the closure names it explicitly
+            if chunk.index == uploads.chunk_count and not chunk.data:
+                if client_id in round_server.uploaded:
+                    return True
+                raise InvalidMessageError("the upload is not complete: resume from GetUploadStatus")
+            round_server.begin_masked_input(client_id, chunk.total_bytes)
+            store.put(active.round_id, client_id, chunk.index, chunk.data)
+            round_server.add_masked_chunk(client_id, chunk.index, chunk.data)
+            if chunk.sha256:
+                round_server.finish_masked_input(client_id, bytes(chunk.sha256))
+                store.discard(active.round_id, client_id)
+                return True
+            return False
+
+        _, done = await self.coordinator.submit(active.round_id, Stage.MASKED_INPUT, apply)
+        return done
+
+    async def GetUploadStatus(
+        self, request: pb.UploadStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UploadStatus:  # noqa: N802
+        async def work() -> pb.UploadStatus:
+            client_id = self._caller(context, request.client_id)
+            active = self.coordinator.get(request.round_id)
+            async with self.coordinator.lock:
+                progress = active.server.uploads.progress(client_id)
+                if client_id in active.server.uploaded:
+                    return pb.UploadStatus(
+                        next_index=active.server.uploads.chunk_count, complete=True
+                    )
+                return pb.UploadStatus(
+                    next_index=progress.next_index if progress else 0, complete=False
+                )
+
+        return await self._guard(context, work())
+
+    async def UploadPlaintext(
+        self, request_iterator: AsyncIterator[pb.VectorChunk], context: grpc.aio.ServicerContext
+    ) -> pb.UploadAck:  # noqa: N802
+        await context.abort(
+            grpc.StatusCode.UNIMPLEMENTED, "plaintext mode is not enabled on this server"
+        )
+        raise AssertionError("unreachable")
+
+    # --- result -------------------------------------------------------------------------
+
+    async def GetResult(
+        self, request: pb.GetResultRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ResultChunk]:  # noqa: N802
+        try:
+            self._caller(context, request.client_id)
+            active = self.coordinator.get(request.round_id)
+            result = active.server.result
+            if result is None:
+                raise RoundFailedError(
+                    f"round {request.round_id} has no result (stage {active.server.stage.value}"
+                    + (f": {active.server.failure}" if active.server.failure else "")
+                    + ")"
+                )
+        except FedveilError as exc:
+            await abort_with(context, exc)
+            return
+        data = np.ascontiguousarray(result.estimate.weighted_mean, dtype="<f8").tobytes()
+        header = pb.ResultHeader(
+            round_id=request.round_id,
+            survivors=list(result.survivors),
+            total_weight=result.estimate.total_weight,
+            dimension=len(result.estimate.weighted_mean),
+            error_bound=result.estimate.error_bound,
+            total_bytes=len(data),
+        )
+        size = active.server.uploads.chunk_bytes
+        pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
+            yield pb.ResultChunk(
+                header=header if index == 0 else None,
+                index=index,
+                data=piece,
+                sha256=hashlib.sha256(data).digest() if last else b"",
+            )
