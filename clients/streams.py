@@ -141,8 +141,7 @@ class ResultAssembler:
             raise StreamIntegrityError("the result stream was empty (no header)")
         if len(self._data) != self._header.total_bytes:
             raise StreamIntegrityError(
-                f"result stream ended after {len(self._data)} of "
-                f"{self._header.total_bytes} bytes"
+                f"result stream ended after {len(self._data)} of {self._header.total_bytes} bytes"
             )
         if self._digest is None:
             raise StreamIntegrityError("the result stream's last chunk carries no SHA-256")
@@ -219,13 +218,17 @@ def layout_from_pb(msg: pb.VectorLayout) -> TensorLayout | None:
     if not msg.tensors:
         return None
     return TensorLayout(
-        tuple(TensorSlot(t.name, tuple(int(d) for d in t.shape), int(t.offset)) for t in msg.tensors)
+        tuple(
+            TensorSlot(t.name, tuple(int(d) for d in t.shape), int(t.offset)) for t in msg.tensors
+        )
     )
 
 
 def layout_to_pb(layout: TensorLayout) -> pb.VectorLayout:
     return pb.VectorLayout(
-        tensors=[pb.TensorSlot(name=s.name, shape=list(s.shape), offset=s.offset) for s in layout.slots]
+        tensors=[
+            pb.TensorSlot(name=s.name, shape=list(s.shape), offset=s.offset) for s in layout.slots
+        ]
     )
 
 

@@ -1,0 +1,692 @@
+"""The gRPC client of the aggregation service: one SecAgg+ round per `run_round` call.
+
+Why it is shaped like this: every stage RPC is a long poll that submits this client's
+message and returns the server's request for the next stage, so a round is a straight
+line of six awaits with the ClientSession (where the secrets and all the checks live)
+between them. The transport adds only what the wire needs: TLS, retries of transient
+failures (UNAVAILABLE), resumable chunked uploads, and a checked, streamed result.
+Retries resend the very same request message, never a fresh one from the session, so a
+retry can never make this client say two different things in one stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import random
+import threading
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from clients.credentials import ClientCredentials
+from clients.errors import TransportError, from_rpc_error
+from clients.streams import (
+    ChunkedPayload,
+    ResultAssembler,
+    TensorLayout,
+    as_update_vector,
+    layout_from_pb,
+)
+from proto import aggregation_pb2 as pb
+from proto import aggregation_pb2_grpc as pb_grpc
+from proto.convert import (
+    advertisement_to_pb,
+    instructions_from_pb,
+    neighbour_keys_from_pb,
+    relayed_from_pb,
+    share_keys_to_pb,
+    signature_to_pb,
+    spec_to_config,
+    survivors_from_pb,
+    unmask_to_pb,
+)
+from secagg.crypto.identity import SigningIdentity, VerifyingIdentity
+from secagg.errors import ConfigError, ProtocolError, SurvivorSetMismatchError
+from secagg.protocol import messages as m
+from secagg.protocol.client import ClientSession
+from secagg.protocol.config import ClientPolicy
+from secagg.protocol.stages import Stage
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_UNARY_TIMEOUT_S = 30.0
+DEFAULT_JOIN_TIMEOUT_S = 60.0
+# Used when a spec publishes no stage timeout: long enough for a slow cohort's stage.
+FALLBACK_STAGE_TIMEOUT_S = 300.0
+_PEM_START = b"-----BEGIN "
+# While joining, "no round yet" and "server not up yet" both mean: poll again.
+_KEEP_WAITING = frozenset({"NOT_FOUND", "UNAVAILABLE"})
+_JITTER = random.SystemRandom()
+T = TypeVar("T")
+
+
+# --- configuration -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TransportSecurity:
+    """Mutual-TLS material, or an explicit `insecure=True` (tests only; logs a warning)."""
+
+    ca_pem: bytes | None = None
+    cert_pem: bytes | None = None
+    key_pem: bytes | None = field(default=None, repr=False)
+    server_name_override: str | None = None
+    insecure: bool = False
+
+    def __post_init__(self) -> None:
+        pems = {"ca_pem": self.ca_pem, "cert_pem": self.cert_pem, "key_pem": self.key_pem}
+        given = sorted(name for name, value in pems.items() if value is not None)
+        if self.insecure:
+            if given or self.server_name_override is not None:
+                raise ConfigError(
+                    f"insecure=True together with TLS settings {given or ['server_name_override']}"
+                    ": choose either TLS material or an insecure channel"
+                )
+            return
+        missing = sorted(name for name, value in pems.items() if value is None)
+        if missing:
+            raise ConfigError(
+                f"TLS needs ca_pem, cert_pem and key_pem; missing {missing} (pass "
+                "insecure=True explicitly for a plaintext channel in tests)"
+            )
+        for name, value in pems.items():
+            if not isinstance(value, bytes) or not value.lstrip().startswith(_PEM_START):
+                raise ConfigError(f"{name} is not PEM data")
+        if self.server_name_override == "":
+            raise ConfigError("server_name_override must be a host name or None")
+
+    @classmethod
+    def from_credentials(
+        cls, credentials: ClientCredentials, *, server_name_override: str | None = None
+    ) -> TransportSecurity:
+        return cls(
+            ca_pem=credentials.ca_pem,
+            cert_pem=credentials.cert_pem,
+            key_pem=credentials.key_pem,
+            server_name_override=server_name_override,
+        )
+
+    def common_name(self) -> str | None:
+        """The client certificate's CN (the id the server will see), None if insecure."""
+        if self.cert_pem is None:
+            return None
+        try:
+            cert = x509.load_pem_x509_certificate(self.cert_pem)
+        except ValueError as exc:
+            raise ConfigError(f"cert_pem cannot be parsed: {exc}") from exc
+        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        value = names[0].value if len(names) == 1 else None
+        return value if isinstance(value, str) else None
+
+    def open_channel(self, target: str) -> grpc.aio.Channel:
+        if self.insecure:
+            logger.warning(
+                "opening an INSECURE plaintext channel to %s: no TLS, the server is not "
+                "authenticated and traffic is readable; use only in tests",
+                target,
+            )
+            return grpc.aio.insecure_channel(target)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem, private_key=self.key_pem, certificate_chain=self.cert_pem
+        )
+        options = []
+        if self.server_name_override is not None:
+            options.append(("grpc.ssl_target_name_override", self.server_name_override))
+        return grpc.aio.secure_channel(target, credentials, options=options)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Retries of transient failures (UNAVAILABLE only), with capped exponential backoff.
+
+    The delay before retry r (0-based) is drawn uniformly from [c/2, c], where
+    c = min(max_backoff_s, initial_backoff_s * multiplier**r): jitter keeps a cohort that
+    lost the server at once from reconnecting in lock step, the floor keeps it from
+    hammering. The jitter comes from the OS RNG; nothing here is seeded.
+    """
+
+    attempts: int = 5
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+    multiplier: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ConfigError(f"attempts must be >= 1, got {self.attempts}")
+        if not self.initial_backoff_s > 0:
+            raise ConfigError(f"initial_backoff_s must be > 0, got {self.initial_backoff_s}")
+        if not self.max_backoff_s >= self.initial_backoff_s:
+            raise ConfigError(
+                f"max_backoff_s={self.max_backoff_s} must be >= initial_backoff_s="
+                f"{self.initial_backoff_s}"
+            )
+        if not self.multiplier >= 1:
+            raise ConfigError(f"multiplier must be >= 1, got {self.multiplier}")
+
+    def ceiling_s(self, retry: int) -> float:
+        try:
+            grown = self.initial_backoff_s * self.multiplier ** min(retry, 1024)
+        except OverflowError:
+            grown = math.inf
+        return min(self.max_backoff_s, grown)
+
+    def backoff_s(self, retry: int) -> float:
+        ceiling = self.ceiling_s(retry)
+        return ceiling / 2 + _JITTER.uniform(0.0, ceiling / 2)
+
+
+@dataclass(frozen=True, eq=False)
+class AggregateResult:
+    """The round's weighted mean over its survivors, as the server streamed it."""
+
+    round_id: int
+    survivors: tuple[str, ...]
+    total_weight: int
+    weighted_mean: np.ndarray
+    error_bound: float
+    layout: TensorLayout | None = None
+
+    def as_tensors(self, layout: TensorLayout | None = None) -> dict[str, np.ndarray]:
+        """The mean split into named float64 tensors (by `layout`, or the round's own)."""
+        chosen = layout or self.layout
+        if chosen is None:
+            raise ConfigError("no tensor layout: the update was a flat vector; pass a layout")
+        return chosen.split(self.weighted_mean)
+
+
+# --- retrying calls ------------------------------------------------------------------------
+
+
+def _is_transient(exc: grpc.RpcError) -> bool:
+    code = getattr(exc, "code", None)
+    return callable(code) and code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def with_retry(rpc: str, retry: RetryPolicy, attempt: Callable[[int], Awaitable[T]]) -> T:
+    """Run `attempt(n)` until it succeeds, retrying UNAVAILABLE; map other failures."""
+    for number in range(retry.attempts):
+        try:
+            return await attempt(number)
+        except grpc.RpcError as exc:
+            error = from_rpc_error(exc, rpc)
+            if not _is_transient(exc):
+                raise error from exc
+            if number + 1 >= retry.attempts:
+                raise TransportError(
+                    error.code,
+                    f"{error.details} (gave up after {retry.attempts} attempts)",
+                    rpc=rpc,
+                ) from exc
+            delay = retry.backoff_s(number)
+            logger.warning("%s: %s; retrying in %.2fs", rpc, error, delay)
+            await asyncio.sleep(delay)
+    raise AssertionError("unreachable: RetryPolicy.attempts >= 1")
+
+
+async def call_unary(
+    method: Callable[..., Awaitable[T]],
+    request: Any,
+    *,
+    rpc: str,
+    retry: RetryPolicy,
+    timeout_s: float,
+) -> T:
+    """One unary call, resent unchanged while the server is unavailable."""
+    return await with_retry(rpc, retry, lambda _: method(request, timeout=timeout_s))
+
+
+async def upload_resumable(
+    stub: Any,
+    upload: ChunkedPayload,
+    *,
+    retry: RetryPolicy,
+    timeout_s: float,
+    status_timeout_s: float,
+) -> pb.SurvivorSet:
+    """Stream the masked input; after a broken stream, resume where the server stopped."""
+
+    async def attempt(number: int) -> pb.SurvivorSet:
+        start = 0
+        if number:
+            status = await call_unary(
+                stub.GetUploadStatus,
+                pb.UploadStatusRequest(round_id=upload.round_id, client_id=upload.client_id),
+                rpc="GetUploadStatus",
+                retry=retry,
+                timeout_s=status_timeout_s,
+            )
+            start = upload.chunk_count if status.complete else status.next_index
+            logger.info("upload resumes at chunk %d of %d", start, upload.chunk_count)
+        chunks = upload.chunks(start)
+        result: pb.SurvivorSet = await stub.UploadMaskedInput(chunks, timeout=timeout_s)
+        return result
+
+    return await with_retry("UploadMaskedInput", retry, attempt)
+
+
+async def fetch_result(
+    stub: Any,
+    request: pb.GetResultRequest,
+    *,
+    expected_dimension: int | None,
+    retry: RetryPolicy,
+    timeout_s: float,
+) -> tuple[pb.ResultHeader, np.ndarray]:
+    """Download and check the result; a broken stream starts over from the first chunk."""
+
+    async def attempt(_: int) -> tuple[pb.ResultHeader, np.ndarray]:
+        assembler = ResultAssembler(request.round_id, expected_dimension)
+        async for chunk in stub.GetResult(request, timeout=timeout_s):
+            assembler.add(chunk)
+        return assembler.finish()
+
+    return await with_retry("GetResult", retry, attempt)
+
+
+# --- one round ---------------------------------------------------------------------------
+
+
+def _expect(reply: object, kind: type[T]) -> T:
+    if not isinstance(reply, kind):
+        raise ProtocolError(f"the client session answered {type(reply).__name__}, not {kind}")
+    return reply
+
+
+@dataclass
+class _RoundDriver:
+    """Walks one ClientSession through the stage RPCs of one round."""
+
+    stub: Any
+    spec: pb.RoundSpec
+    session: ClientSession
+    retry: RetryPolicy
+    stage_timeout_s: float
+    unary_timeout_s: float
+
+    @property
+    def round_id(self) -> int:
+        return int(self.spec.round_id)
+
+    async def _stage(self, stage: Stage, rpc: str, request: Any) -> Any:
+        logger.info(
+            "round %d: %s: sending %d bytes (%s)",
+            self.round_id,
+            stage.value,
+            request.ByteSize(),
+            rpc,
+        )
+        method = getattr(self.stub, rpc)
+        return await call_unary(
+            method, request, rpc=rpc, retry=self.retry, timeout_s=self.stage_timeout_s
+        )
+
+    async def run(self) -> tuple[pb.ResultHeader, np.ndarray]:
+        adv = pb.AdvertiseKeysRequest(
+            round_id=self.round_id, advertisement=advertisement_to_pb(self.session.advertise())
+        )
+        keys = await self._stage(Stage.ADVERTISE_KEYS, "AdvertiseKeys", adv)
+        shares = _expect(self.session.handle(neighbour_keys_from_pb(keys)), m.ShareKeysResponse)
+        relayed = await self._stage(
+            Stage.SHARE_KEYS, "ShareKeys", share_keys_to_pb(self.round_id, shares)
+        )
+        masked = _expect(self.session.handle(relayed_from_pb(relayed)), m.MaskedInput)
+        survivor_set = await self._upload(masked)
+        signature = _expect(
+            self.session.handle(survivors_from_pb(survivor_set)), m.ConsistencySignature
+        )
+        confirm = pb.ConfirmSurvivorsRequest(
+            round_id=self.round_id, signature=signature_to_pb(signature)
+        )
+        instructions = instructions_from_pb(
+            await self._stage(Stage.CONSISTENCY_CHECK, "ConfirmSurvivors", confirm)
+        )
+        reveal = _expect(self.session.handle(instructions), m.UnmaskResponse)
+        ack = await self._stage(Stage.UNMASK, "Unmask", unmask_to_pb(self.round_id, reveal))
+        self._require_done(ack)
+        return await self._result(instructions.survivors)
+
+    async def _upload(self, masked: m.MaskedInput) -> pb.SurvivorSet:
+        upload = ChunkedPayload(
+            self.round_id, masked.client_id, masked.payload, int(self.spec.chunk_bytes)
+        )
+        logger.info(
+            "round %d: %s: sending %d bytes in %d chunks (UploadMaskedInput)",
+            self.round_id,
+            Stage.MASKED_INPUT.value,
+            upload.total_bytes,
+            upload.chunk_count,
+        )
+        return await upload_resumable(
+            self.stub,
+            upload,
+            retry=self.retry,
+            timeout_s=self.stage_timeout_s,
+            status_timeout_s=self.unary_timeout_s,
+        )
+
+    def _require_done(self, ack: pb.UnmaskAck) -> None:
+        if ack.stage != pb.ROUND_STAGE_DONE:
+            raise TransportError(
+                "FAILED_PRECONDITION",
+                f"round {self.round_id} ended {pb.RoundStage.Name(ack.stage)} after the unmask "
+                "stage; it has no result",
+                rpc="Unmask",
+            )
+
+    async def _result(self, signed: tuple[str, ...]) -> tuple[pb.ResultHeader, np.ndarray]:
+        request = pb.GetResultRequest(round_id=self.round_id, client_id=self.session.client_id)
+        header, mean = await fetch_result(
+            self.stub,
+            request,
+            expected_dimension=int(self.spec.dimension),
+            retry=self.retry,
+            timeout_s=self.stage_timeout_s,
+        )
+        if set(header.survivors) != set(signed):
+            raise SurvivorSetMismatchError(
+                f"round {self.round_id}: the result claims survivors {sorted(header.survivors)}, "
+                f"but this client signed {sorted(signed)}"
+            )
+        logger.info("round %d: result: %d values received", self.round_id, mean.shape[0])
+        return header, mean
+
+
+def _fit_layout(
+    spec: pb.RoundSpec, vector: np.ndarray, layout: TensorLayout | None
+) -> TensorLayout | None:
+    """Refuse an update that does not fit the round; return the layout to split with."""
+    if vector.shape[0] != spec.dimension:
+        raise ConfigError(
+            f"round {spec.round_id} aggregates vectors of {spec.dimension} values, but this "
+            f"update has {vector.shape[0]}; send an update with the round's adapter layout"
+        )
+    published = layout_from_pb(spec.layout)
+    if layout is None or published is None:
+        return layout or published
+    ours = {s.name: (s.shape, s.offset) for s in layout.slots}
+    theirs = {s.name: (s.shape, s.offset) for s in published.slots}
+    if ours != theirs:
+        differ = sorted(n for n in ours.keys() | theirs.keys() if ours.get(n) != theirs.get(n))
+        raise ConfigError(
+            f"round {spec.round_id} publishes a tensor layout that differs from this update's "
+            f"in {differ[:5]}: the tensors would be summed out of place"
+        )
+    return layout
+
+
+# --- the clients ---------------------------------------------------------------------------
+
+
+class AsyncAggregationClient:
+    """An enrolled client of the aggregation service, on grpc.aio.
+
+    `rpc_timeout_s`, when given, bounds every call; otherwise unary calls get
+    DEFAULT_UNARY_TIMEOUT_S and the long-poll stage calls spec.stage_timeout_s * 2 + 5.
+    The channel opens on first use, on the event loop that uses it.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        client_id: str,
+        identity: SigningIdentity,
+        roster_identities: Mapping[str, VerifyingIdentity],
+        security: TransportSecurity,
+        policy: ClientPolicy | None = None,
+        expected_model_hash: bytes | None = None,
+        retry: RetryPolicy | None = None,
+        rpc_timeout_s: float | None = None,
+    ) -> None:
+        if not isinstance(target, str) or not target:
+            raise ConfigError(f"target must be 'host:port', got {target!r}")
+        if roster_identities.get(client_id) != identity.verifying():
+            raise ConfigError(
+                f"{client_id!r} is not enrolled in the roster given, or with another identity"
+            )
+        common_name = security.common_name()
+        if not security.insecure and common_name != client_id:
+            raise ConfigError(
+                f"the client certificate names {common_name!r}, not {client_id!r}; the server "
+                "identifies callers by their certificate and would refuse every call"
+            )
+        if rpc_timeout_s is not None and not rpc_timeout_s > 0:
+            raise ConfigError(f"rpc_timeout_s must be > 0, got {rpc_timeout_s}")
+        self.target = target
+        self.client_id = client_id
+        self._identity = identity
+        self._roster = dict(roster_identities)
+        self._security = security
+        self._policy = policy
+        self._expected_model_hash = expected_model_hash
+        self._retry = retry or RetryPolicy()
+        self._rpc_timeout_s = rpc_timeout_s
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pb_grpc.AggregationStub | None = None
+        self._closed = False
+
+    def _ensure_stub(self) -> pb_grpc.AggregationStub:
+        if self._closed:
+            raise ProtocolError("this client is closed; create a new one")
+        if self._stub is None:
+            self._channel = self._security.open_channel(self.target)
+            self._stub = pb_grpc.AggregationStub(self._channel)
+        return self._stub
+
+    def _unary_timeout(self) -> float:
+        return self._rpc_timeout_s or DEFAULT_UNARY_TIMEOUT_S
+
+    def _stage_timeout(self, spec: pb.RoundSpec) -> float:
+        if self._rpc_timeout_s is not None:
+            return self._rpc_timeout_s
+        stage = spec.stage_timeout_s if spec.stage_timeout_s > 0 else FALLBACK_STAGE_TIMEOUT_S
+        return stage * 2 + 5
+
+    async def get_round(self) -> pb.RoundInfo:
+        """The open round; TransportError NOT_FOUND when none is open yet."""
+        stub = self._ensure_stub()
+        info: pb.RoundInfo = await call_unary(
+            stub.GetRound,
+            pb.GetRoundRequest(client_id=self.client_id),
+            rpc="GetRound",
+            retry=self._retry,
+            timeout_s=self._unary_timeout(),
+        )
+        return info
+
+    async def wait_for_round(
+        self, poll_s: float = 0.2, timeout_s: float = DEFAULT_JOIN_TIMEOUT_S
+    ) -> pb.RoundInfo:
+        """Poll until a round accepts key advertisements (a client can join only then).
+
+        NOT_FOUND (no round yet) and UNAVAILABLE (server not up yet) keep it polling.
+        """
+        if not poll_s > 0 or not timeout_s > 0:
+            raise ConfigError(f"poll_s and timeout_s must be > 0, got {poll_s}, {timeout_s}")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        last = "no answer"
+        while True:
+            try:
+                info = await self.get_round()
+                if info.stage == pb.ROUND_STAGE_ADVERTISE_KEYS:
+                    return info
+                last = f"round {info.spec.round_id} is in {pb.RoundStage.Name(info.stage)}"
+            except TransportError as exc:
+                if exc.code not in _KEEP_WAITING:
+                    raise
+                last = str(exc)
+            if loop.time() + poll_s > deadline:
+                raise TransportError(
+                    "DEADLINE_EXCEEDED",
+                    f"no round opened for key advertisement within {timeout_s:g}s "
+                    f"(last answer: {last})",
+                    rpc="GetRound",
+                )
+            await asyncio.sleep(poll_s)
+
+    async def run_round(
+        self,
+        update: np.ndarray | Mapping[str, Any],
+        weight: int,
+        *,
+        join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S,
+    ) -> AggregateResult:
+        """Join the next round, take part in every stage, and return the aggregate.
+
+        `update` is a 1-D vector, or a dict of named tensors (numpy or torch) that is
+        flattened in sorted-name order; the result then splits back with `as_tensors()`.
+        """
+        vector, layout = as_update_vector(update)
+        info = await self.wait_for_round(timeout_s=join_timeout_s)
+        spec = info.spec
+        layout = _fit_layout(spec, vector, layout)
+        if spec.chunk_bytes <= 0:
+            raise ConfigError(f"round {spec.round_id} publishes no upload chunk size")
+        session = ClientSession(
+            spec_to_config(spec),
+            self.client_id,
+            self._identity,
+            self._roster,
+            self._policy,
+            expected_model_hash=self._expected_model_hash,
+        )
+        session.set_input(vector, weight)
+        logger.info("round %d: joined with %d values", spec.round_id, spec.dimension)
+        driver = _RoundDriver(
+            self._ensure_stub(),
+            spec,
+            session,
+            self._retry,
+            self._stage_timeout(spec),
+            self._unary_timeout(),
+        )
+        header, mean = await driver.run()
+        return AggregateResult(
+            round_id=int(header.round_id),
+            survivors=tuple(header.survivors),
+            total_weight=int(header.total_weight),
+            weighted_mean=mean,
+            error_bound=float(header.error_bound),
+            layout=layout,
+        )
+
+    async def close(self) -> None:
+        self._closed = True
+        channel, self._channel, self._stub = self._channel, None, None
+        if channel is not None:
+            await channel.close()
+
+    async def __aenter__(self) -> AsyncAggregationClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+class AggregationClient:
+    """A blocking facade: the async client runs on a private event loop in its own thread.
+
+    Why a thread: the caller may already run an event loop (a notebook, a training
+    framework), where `asyncio.run` is refused; a private loop works either way.
+    Arguments are those of AsyncAggregationClient.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        client_id: str,
+        identity: SigningIdentity,
+        roster_identities: Mapping[str, VerifyingIdentity],
+        security: TransportSecurity,
+        policy: ClientPolicy | None = None,
+        expected_model_hash: bytes | None = None,
+        retry: RetryPolicy | None = None,
+        rpc_timeout_s: float | None = None,
+    ) -> None:
+        self._client = AsyncAggregationClient(
+            target,
+            client_id,
+            identity,
+            roster_identities,
+            security,
+            policy,
+            expected_model_hash,
+            retry,
+            rpc_timeout_s,
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="fedveil-aggregation-client", daemon=True
+        )
+        self._thread.start()
+        self._closed = False
+
+    @property
+    def client_id(self) -> str:
+        return self._client.client_id
+
+    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._closed:
+            coro.close()
+            raise ProtocolError("this client is closed; create a new one")
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise ProtocolError("the blocking client cannot be called from its own loop")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()
+            raise
+
+    def get_round(self) -> pb.RoundInfo:
+        return self._run(self._client.get_round())
+
+    def wait_for_round(
+        self, poll_s: float = 0.2, timeout_s: float = DEFAULT_JOIN_TIMEOUT_S
+    ) -> pb.RoundInfo:
+        return self._run(self._client.wait_for_round(poll_s, timeout_s))
+
+    def run_round(
+        self,
+        update: np.ndarray | Mapping[str, Any],
+        weight: int,
+        *,
+        join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S,
+    ) -> AggregateResult:
+        return self._run(self._client.run_round(update, weight, join_timeout_s=join_timeout_s))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._run(self._client.close())
+        finally:
+            self._closed = True
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join()
+            self._loop.close()
+
+    def __enter__(self) -> AggregationClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
