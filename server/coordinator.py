@@ -158,11 +158,26 @@ class RoundCoordinator:
         )
 
     async def submit(
-        self, round_id: int, stage: Stage, action: Callable[[ServerRound], T]
-    ) -> tuple[ActiveRound, T]:
-        """Apply one validated client action in `stage`; close the stage if all answered."""
+        self,
+        round_id: int,
+        stage: Stage,
+        action: Callable[[ServerRound], T],
+        *,
+        message: object = None,
+    ) -> tuple[ActiveRound, T | None]:
+        """Apply one validated client action in `stage`; close the stage if all answered.
+
+        An exact resend of an accepted `message` (a client whose long poll broke) is not
+        applied again; it rejoins the wait, also just after its stage closed.
+        """
         async with self.lock:
             active = self.get(round_id)
+            if message is not None and active.server.is_resend(message):
+                current = active.server.stage
+                if current is stage or (
+                    current in ORDER and ORDER.index(current) == ORDER.index(stage) + 1
+                ):
+                    return active, None
             self.check_stage(active, stage)
             result = action(active.server)
             if active.server.stage is stage and not active.server.expected_senders():

@@ -80,10 +80,13 @@ class AggregationServicer(pb_grpc.AggregationServicer):
         stage: Stage,
         submit: Callable[[str], Callable[..., object]],
         reply: Callable[[ActiveRound, str], T],
+        message: object,
     ) -> T:
         async def work() -> T:
             client_id = self._caller(context, claimed)
-            active, _ = await self.coordinator.submit(round_id, stage, submit(client_id))
+            active, _ = await self.coordinator.submit(
+                round_id, stage, submit(client_id), message=message
+            )
             await self.coordinator.wait_closed(active, stage)
             async with self.coordinator.lock:
                 return reply(active, client_id)
@@ -116,7 +119,8 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             advert.client_id,
             Stage.ADVERTISE_KEYS,
             lambda cid: lambda server: server.receive(advert),
-            lambda active, cid: convert.neighbour_keys_to_pb(
+            message=advert,
+            reply=lambda active, cid: convert.neighbour_keys_to_pb(
                 _expect(active.server.request_for(cid), ShareKeysRequest)
             ),
         )
@@ -131,7 +135,8 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             request.client_id,
             Stage.SHARE_KEYS,
             lambda cid: lambda server: server.receive(response),
-            lambda active, cid: convert.relayed_to_pb(
+            message=response,
+            reply=lambda active, cid: convert.relayed_to_pb(
                 _expect(active.server.request_for(cid), MaskedInputRequest)
             ),
         )
@@ -146,7 +151,8 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             signature.client_id,
             Stage.CONSISTENCY_CHECK,
             lambda cid: lambda server: server.receive(signature),
-            lambda active, cid: convert.instructions_to_pb(
+            message=signature,
+            reply=lambda active, cid: convert.instructions_to_pb(
                 _expect(active.server.request_for(cid), UnmaskRequest)
             ),
         )
@@ -161,7 +167,8 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             request.client_id,
             Stage.UNMASK,
             lambda cid: lambda server: server.receive(response),
-            lambda active, cid: pb.UnmaskAck(stage=convert.STAGE_TO_PB[active.server.stage]),
+            message=response,
+            reply=lambda active, cid: pb.UnmaskAck(stage=convert.STAGE_TO_PB[active.server.stage]),
         )
 
     # --- streamed masked input ----------------------------------------------------------
@@ -215,7 +222,7 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             return False
 
         _, done = await self.coordinator.submit(active.round_id, Stage.MASKED_INPUT, apply)
-        return done
+        return bool(done)
 
     async def GetUploadStatus(
         self, request: pb.UploadStatusRequest, context: grpc.aio.ServicerContext

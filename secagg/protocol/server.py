@@ -156,6 +156,25 @@ class ServerRound:
 
     # --- incoming --------------------------------------------------------------------
 
+    def is_resend(self, message: object) -> bool:
+        """Whether `message` is exactly what its sender already submitted this round.
+
+        A client whose long poll broke resends the same message; the transport answers it
+        with the current request instead of an ALREADY_EXISTS error. A different message
+        from the same sender is still a duplicate submission.
+        """
+        recorded: Mapping[str, object] = {}
+        sender = getattr(message, "client_id", None)
+        if isinstance(message, KeyAdvertisement):
+            recorded = self._adverts
+        elif isinstance(message, ShareKeysResponse):
+            recorded = self._share_responses
+        elif isinstance(message, ConsistencySignature):
+            recorded = self._signatures
+        elif isinstance(message, UnmaskResponse):
+            recorded = self._reveals
+        return sender is not None and recorded.get(sender) == message
+
     def receive(self, message: object) -> None:
         """Validate and record one client message; a bad one raises and changes nothing."""
         entry = self._receivers.get(type(message))

@@ -1,0 +1,69 @@
+"""Start a real fedveil server on loopback (mutual TLS) and make real clients for it."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+
+from clients.credentials import ClientCredentials
+from clients.transport import AsyncAggregationClient, TransportSecurity
+from proto import aggregation_pb2_grpc as pb_grpc
+from secagg.protocol.config import ClientPolicy
+from server.app import RunningServer, start_server
+from server.keys_store import client_dir, init_keys, load_roster
+from server.settings import RoundSettings, ServerSettings
+
+
+def make_keys(root: Path, n: int) -> tuple[Path, list[str]]:
+    ids = [f"org-{i:02d}" for i in range(n)]
+    keys = root / "keys"
+    init_keys(keys, ["localhost", "127.0.0.1"], ids)
+    return keys, ids
+
+
+def settings_for(root: Path, keys: Path, **round_kwargs: object) -> ServerSettings:
+    defaults: dict[str, object] = {"dimension": 1000, "stage_timeout_s": 5.0, "min_cohort": 3}
+    defaults.update(round_kwargs)
+    return ServerSettings(
+        round=RoundSettings(**defaults),  # type: ignore[arg-type]
+        port=0,
+        keys_dir=keys,
+        state_dir=root / "state",
+    )
+
+
+@contextlib.asynccontextmanager
+async def running_server(settings: ServerSettings) -> AsyncIterator[RunningServer]:
+    running = await start_server(settings)
+    try:
+        yield running
+    finally:
+        await running.stop(grace_s=0.1)
+
+
+def client_for(keys: Path, client_id: str, port: int, **kwargs: object) -> AsyncAggregationClient:
+    credentials = ClientCredentials.load(client_dir(keys, client_id))
+    roster = load_roster(keys).identities()
+    return AsyncAggregationClient(
+        f"localhost:{port}",
+        client_id,
+        credentials.identity,
+        roster,
+        TransportSecurity.from_credentials(credentials),
+        policy=ClientPolicy(min_cohort=3, min_threshold=2),
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def raw_stub(keys: Path, client_id: str, port: int) -> tuple[grpc.aio.Channel, pb_grpc.AggregationStub]:
+    """A bare stub with a client's mTLS identity, for sending deliberately bad requests."""
+    credentials = ClientCredentials.load(client_dir(keys, client_id))
+    channel = grpc.aio.secure_channel(f"localhost:{port}", credentials.channel_credentials())
+    return channel, pb_grpc.AggregationStub(channel)
+
+
+__all__ = ["client_for", "make_keys", "raw_stub", "replace", "running_server", "settings_for"]
