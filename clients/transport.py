@@ -145,7 +145,7 @@ class TransportSecurity:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Retries of transient failures (UNAVAILABLE only), with capped exponential backoff.
+    """Retries of transient failures (UNAVAILABLE, server-side CANCELLED), capped backoff.
 
     The delay before retry r (0-based) is drawn uniformly from [c/2, c], where
     c = min(max_backoff_s, initial_backoff_s * multiplier**r): jitter keeps a cohort that
@@ -153,7 +153,7 @@ class RetryPolicy:
     hammering. The jitter comes from the OS RNG; nothing here is seeded.
     """
 
-    attempts: int = 5
+    attempts: int = 8
     initial_backoff_s: float = 0.1
     max_backoff_s: float = 2.0
     multiplier: float = 2.0
@@ -205,9 +205,18 @@ class AggregateResult:
 # --- retrying calls ------------------------------------------------------------------------
 
 
+_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
+
+
 def _is_transient(exc: grpc.RpcError) -> bool:
+    """UNAVAILABLE (no connection) and CANCELLED by the server (it shut down mid-call).
+
+    Both are safe to retry: the server accepts an exact resend of a stage message as a
+    rejoin, and uploads resume from the server's next chunk index. A local cancellation
+    surfaces as asyncio.CancelledError, never as an RpcError, so it is not retried.
+    """
     code = getattr(exc, "code", None)
-    return callable(code) and code() == grpc.StatusCode.UNAVAILABLE
+    return callable(code) and code() in _TRANSIENT
 
 
 async def with_retry(rpc: str, retry: RetryPolicy, attempt: Callable[[int], Awaitable[T]]) -> T:

@@ -17,8 +17,8 @@ from grpc_reflection.v1alpha import reflection
 
 from proto import aggregation_pb2 as pb
 from proto import aggregation_pb2_grpc as pb_grpc
-from server.chunk_store import ChunkStore
 from server.coordinator import RoundCoordinator
+from server.journal import RoundJournal
 from server.keys_store import load_roster, load_server_credentials
 from server.roster import Roster
 from server.servicer import AggregationServicer
@@ -35,12 +35,12 @@ class RunningServer:
     server: grpc.aio.Server
     port: int
     coordinator: RoundCoordinator
-    store: ChunkStore
+    journal: RoundJournal
 
     async def stop(self, grace_s: float = 0.5) -> None:
         await self.coordinator.shutdown()
         await self.server.stop(grace_s)
-        self.store.close()
+        self.journal.close()
 
     async def wait_for_rounds(self) -> None:
         """Return once the configured number of rounds has run."""
@@ -64,8 +64,8 @@ async def start_server(settings: ServerSettings, roster: Roster | None = None) -
     ]
     server = grpc.aio.server(options=options)
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
-    store = ChunkStore(Path(settings.state_dir) / "chunks.sqlite3")
-    coordinator = RoundCoordinator(settings.round, roster.identities(), store)
+    journal = RoundJournal(Path(settings.state_dir) / "journal.sqlite3")
+    coordinator = RoundCoordinator(settings.round, roster.identities(), journal)
     pb_grpc.add_AggregationServicer_to_server(
         AggregationServicer(coordinator, roster, insecure=settings.insecure), server
     )
@@ -94,7 +94,8 @@ async def start_server(settings: ServerSettings, roster: Roster | None = None) -
         )
         port = server.add_secure_port(address, credentials)
     await server.start()
-    coordinator.open_next_round()
+    if coordinator.recover() is None:
+        coordinator.open_next_round()
     await health_servicer.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -103,4 +104,4 @@ async def start_server(settings: ServerSettings, roster: Roster | None = None) -
         port,
         "INSECURE" if settings.insecure else "mutual TLS",
     )
-    return RunningServer(server, port, coordinator, store)
+    return RunningServer(server, port, coordinator, journal)

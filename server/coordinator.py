@@ -26,8 +26,9 @@ from secagg.protocol.server import ServerRound
 from secagg.protocol.stages import ORDER, Stage
 from secagg.protocol.upload import aligned_chunk_bytes
 from secagg.quantize import QuantizationConfig
-from server.chunk_store import ChunkStore
 from server.errors import RoundFailedError, StageClosedError, UnknownRoundError
+from server.journal import RoundJournal
+from server.replay import encode_message, replay
 from server.settings import RoundSettings
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,7 @@ class RoundCoordinator:
         self,
         settings: RoundSettings,
         roster: Mapping[str, VerifyingIdentity],
-        chunk_store: ChunkStore,
-        *,
-        first_round_id: int = 1,
+        journal: RoundJournal,
     ) -> None:
         if len(roster) < settings.min_cohort:
             raise FedveilError(
@@ -67,11 +66,12 @@ class RoundCoordinator:
             )
         self.settings = settings
         self.roster = dict(roster)
-        self.store = chunk_store
+        self.journal = journal
+        self.failed_rounds: dict[int, str] = {}
         self.lock = asyncio.Lock()
         self.rounds: OrderedDict[int, ActiveRound] = OrderedDict()
         self.current: ActiveRound | None = None
-        self._next_round_id = first_round_id
+        self._next_round_id = journal.last_round_id() + 1
         self._opened = 0
         self.finished = asyncio.Event()
 
@@ -110,11 +110,8 @@ class RoundCoordinator:
             stage_timeout_s=self.settings.stage_timeout_s,
         )
         active = ActiveRound(ServerRound(config, self.roster, chunk_bytes=chunk), spec)
-        self.rounds[config.round_id] = active
-        while len(self.rounds) > self.settings.keep_results:
-            old_id, _ = self.rounds.popitem(last=False)
-            self.store.discard_round(old_id)
-        self.current = active
+        self.journal.begin_round(config.round_id, spec.SerializeToString())
+        self._keep(active)
         self._next_round_id += 1
         self._opened += 1
         self._arm_deadline(active)
@@ -128,7 +125,48 @@ class RoundCoordinator:
         )
         return active
 
+    def _keep(self, active: ActiveRound) -> None:
+        self.rounds[active.round_id] = active
+        while len(self.rounds) > self.settings.keep_results:
+            self.rounds.popitem(last=False)
+        self.current = active
+
+    def recover(self) -> ActiveRound | None:
+        """Resume the round a killed server left open, or fail it explicitly.
+
+        Returns the resumed round (now current), or None when nothing could be resumed;
+        the caller then opens the next round.
+        """
+        for record in self.journal.open_rounds():
+            try:
+                server, spec = replay(self.journal, record, self.roster)
+            except Exception as exc:  # noqa: BLE001 - any replay failure fails the round closed
+                reason = f"server restarted and could not resume round {record.round_id}: {exc}"
+                log.error(reason)
+                self.journal.end_round(record.round_id, "failed", reason)
+                self.failed_rounds[record.round_id] = reason
+                continue
+            self._next_round_id = max(self._next_round_id, record.round_id + 1)
+            if server.stage in (Stage.DONE, Stage.FAILED):
+                self.journal.end_round(
+                    record.round_id, server.stage.value, str(server.failure or "")
+                )
+                continue
+            active = ActiveRound(server, spec)
+            for stage in ORDER[: ORDER.index(server.stage)]:
+                active.closed[stage].set()
+            self._keep(active)
+            self._opened += 1
+            self._arm_deadline(active)
+            log.warning(
+                "round %d resumed after restart at stage %s", record.round_id, server.stage.value
+            )
+            return active
+        return None
+
     def get(self, round_id: int) -> ActiveRound:
+        if round_id in self.failed_rounds:
+            raise RoundFailedError(self.failed_rounds[round_id])
         try:
             return self.rounds[round_id]
         except KeyError:
@@ -180,6 +218,8 @@ class RoundCoordinator:
                     return active, None
             self.check_stage(active, stage)
             result = action(active.server)
+            if message is not None:
+                self.journal.record(active.round_id, *encode_message(active.round_id, message))
             if active.server.stage is stage and not active.server.expected_senders():
                 await self._close_stage(active)
             return active, result
@@ -201,9 +241,9 @@ class RoundCoordinator:
             active.deadline.cancel()
         if stage is Stage.MASKED_INPUT:
             for client_id in sorted(server.uploads_in_flight()):
-                chunks = list(self.store.chunks(active.round_id, client_id))
+                chunks = list(self.journal.chunks(active.round_id, client_id))
                 server.abort_masked_input(client_id, chunks)
-                self.store.discard(active.round_id, client_id)
+                self.journal.record(active.round_id, "abort", client_id)
                 log.info(
                     "round %d: rolled back unfinished upload of %s", active.round_id, client_id
                 )
@@ -214,11 +254,12 @@ class RoundCoordinator:
                 server.advance()
         except FedveilError as exc:
             log.warning("round %d failed at %s: %s", active.round_id, stage.value, exc)
+        self.journal.record(active.round_id, "advance", "", stage.value.encode())
         active.closed[stage].set()
         if server.stage in (Stage.DONE, Stage.FAILED):
             for event in active.closed.values():
                 event.set()
-            self.store.discard_round(active.round_id)
+            self.journal.end_round(active.round_id, server.stage.value, str(server.failure or ""))
             log.info("round %d %s", active.round_id, server.stage.value)
             if active is self.current:
                 self.open_next_round()

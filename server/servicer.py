@@ -203,21 +203,25 @@ class AggregationServicer(pb_grpc.AggregationServicer):
     async def _take_chunk(self, active: ActiveRound, client_id: str, chunk: pb.VectorChunk) -> bool:
         """Store and add one chunk; True once the upload is complete."""
         uploads = active.server.uploads
-        store = self.coordinator.store
+        journal = self.coordinator.journal
+
+        if chunk.index == uploads.chunk_count and not chunk.data:
+            # "already complete": a client whose stream broke after its last chunk, or
+            # after a server restart; like a resend it only rejoins the wait.
+            async with self.coordinator.lock:
+                if client_id in active.server.uploaded:
+                    return True
+            raise InvalidMessageError("the upload is not complete: resume from GetUploadStatus")
 
         def apply(server: object) -> bool:
             round_server = active.server
             del server  # the same object; the closure names it explicitly
-            if chunk.index == uploads.chunk_count and not chunk.data:
-                if client_id in round_server.uploaded:
-                    return True
-                raise InvalidMessageError("the upload is not complete: resume from GetUploadStatus")
             round_server.begin_masked_input(client_id, chunk.total_bytes)
-            store.put(active.round_id, client_id, chunk.index, chunk.data)
             round_server.add_masked_chunk(client_id, chunk.index, chunk.data)
+            journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
             if chunk.sha256:
                 round_server.finish_masked_input(client_id, bytes(chunk.sha256))
-                store.discard(active.round_id, client_id)
+                journal.record(active.round_id, "finish", client_id, bytes(chunk.sha256))
                 return True
             return False
 

@@ -59,7 +59,9 @@ def client_for(keys: Path, client_id: str, port: int, **kwargs: object) -> Async
     )
 
 
-def raw_stub(keys: Path, client_id: str, port: int) -> tuple[grpc.aio.Channel, pb_grpc.AggregationStub]:
+def raw_stub(
+    keys: Path, client_id: str, port: int
+) -> tuple[grpc.aio.Channel, pb_grpc.AggregationStub]:
     """A bare stub with a client's mTLS identity, for sending deliberately bad requests."""
     credentials = ClientCredentials.load(client_dir(keys, client_id))
     channel = grpc.aio.secure_channel(f"localhost:{port}", credentials.channel_credentials())
