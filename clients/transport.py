@@ -16,7 +16,7 @@ import logging
 import math
 import random
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -525,7 +525,7 @@ class AsyncAggregationClient:
         while True:
             try:
                 info = await self.get_round()
-                if info.stage == pb.ROUND_STAGE_ADVERTISE_KEYS:
+                if info.stage in (pb.ROUND_STAGE_ADVERTISE_KEYS, pb.ROUND_STAGE_COLLECT):
                     return info
                 last = f"round {info.spec.round_id} is in {pb.RoundStage.Name(info.stage)}"
             except TransportError as exc:
@@ -559,6 +559,16 @@ class AsyncAggregationClient:
         layout = _fit_layout(spec, vector, layout)
         if spec.chunk_bytes <= 0:
             raise ConfigError(f"round {spec.round_id} publishes no upload chunk size")
+        if spec.mode == pb.AGGREGATION_MODE_PLAINTEXT:
+            header, mean = await self._run_plaintext(spec, vector, weight)
+            return AggregateResult(
+                round_id=int(header.round_id),
+                survivors=tuple(header.survivors),
+                total_weight=int(header.total_weight),
+                weighted_mean=mean,
+                error_bound=float(header.error_bound),
+                layout=layout,
+            )
         session = ClientSession(
             spec_to_config(spec),
             self.client_id,
@@ -585,6 +595,43 @@ class AsyncAggregationClient:
             weighted_mean=mean,
             error_bound=float(header.error_bound),
             layout=layout,
+        )
+
+    async def _run_plaintext(
+        self, spec: pb.RoundSpec, vector: np.ndarray, weight: int
+    ) -> tuple[pb.ResultHeader, np.ndarray]:
+        """The unprotected baseline: stream the update in the clear, then fetch the mean."""
+        logger.warning(
+            "round %d is a PLAINTEXT round: the server sees this client's update", spec.round_id
+        )
+        payload = ChunkedPayload(
+            int(spec.round_id),
+            self.client_id,
+            np.ascontiguousarray(vector, dtype="<f4").tobytes(),
+            int(spec.chunk_bytes),
+        )
+        stub = self._ensure_stub()
+
+        def with_weight() -> Iterator[pb.VectorChunk]:
+            for chunk in payload.chunks():
+                chunk.weight = weight
+                yield chunk
+
+        timeout = self._stage_timeout(spec)
+        await call_unary(
+            lambda request, timeout: stub.UploadPlaintext(with_weight(), timeout=timeout),
+            None,
+            rpc="UploadPlaintext",
+            retry=RetryPolicy(attempts=1),
+            timeout_s=timeout,
+        )
+        request = pb.GetResultRequest(round_id=spec.round_id, client_id=self.client_id)
+        return await fetch_result(
+            stub,
+            request,
+            expected_dimension=int(spec.dimension),
+            retry=self._retry,
+            timeout_s=timeout,
         )
 
     async def close(self) -> None:

@@ -28,6 +28,7 @@ from secagg.protocol.upload import aligned_chunk_bytes
 from secagg.quantize import QuantizationConfig
 from server.errors import RoundFailedError, StageClosedError, UnknownRoundError
 from server.journal import RoundJournal
+from server.plaintext import PlaintextRound, plaintext_spec
 from server.replay import encode_message, replay
 from server.settings import RoundSettings
 
@@ -39,7 +40,7 @@ T = TypeVar("T")
 class ActiveRound:
     """One round and the events its waiting clients sleep on."""
 
-    server: ServerRound
+    server: ServerRound | PlaintextRound
     spec: pb.RoundSpec
     closed: dict[Stage, asyncio.Event] = field(
         default_factory=lambda: {stage: asyncio.Event() for stage in ORDER}
@@ -48,7 +49,7 @@ class ActiveRound:
 
     @property
     def round_id(self) -> int:
-        return self.server.config.round_id
+        return int(self.spec.round_id)
 
 
 class RoundCoordinator:
@@ -101,7 +102,22 @@ class RoundCoordinator:
             self.current = None
             self.finished.set()
             return None
-        config = self._round_config(self._next_round_id)
+        round_id = self._next_round_id
+        active = (
+            self._plaintext_round(round_id)
+            if self.settings.mode == "plaintext"
+            else self._secagg_round(round_id)
+        )
+        self.journal.begin_round(round_id, active.spec.SerializeToString())
+        self._keep(active)
+        self._next_round_id += 1
+        self._opened += 1
+        self._arm_deadline(active)
+        log.info("round %d open (%s): %s", round_id, self.settings.mode, active.spec.dimension)
+        return active
+
+    def _secagg_round(self, round_id: int) -> ActiveRound:
+        config = self._round_config(round_id)
         chunk = aligned_chunk_bytes(config.quantization.bits, self.settings.chunk_bytes)
         spec = config_to_spec(
             config,
@@ -109,21 +125,21 @@ class RoundCoordinator:
             chunk_bytes=chunk,
             stage_timeout_s=self.settings.stage_timeout_s,
         )
-        active = ActiveRound(ServerRound(config, self.roster, chunk_bytes=chunk), spec)
-        self.journal.begin_round(config.round_id, spec.SerializeToString())
-        self._keep(active)
-        self._next_round_id += 1
-        self._opened += 1
-        self._arm_deadline(active)
-        log.info(
-            "round %d open: n=%d d=%d k=%d t=%d",
-            config.round_id,
-            config.size,
-            config.dimension,
-            config.neighbours,
-            config.threshold,
+        return ActiveRound(ServerRound(config, self.roster, chunk_bytes=chunk), spec)
+
+    def _plaintext_round(self, round_id: int) -> ActiveRound:
+        s = self.settings
+        spec = plaintext_spec(round_id, tuple(sorted(self.roster)), s)
+        server = PlaintextRound(
+            round_id,
+            spec.roster,
+            s.dimension,
+            quorum=spec.threshold,
+            max_weight=s.max_weight,
+            chunk_bytes=spec.chunk_bytes,
+            clip=s.clip,
         )
-        return active
+        return ActiveRound(server, spec)
 
     def _keep(self, active: ActiveRound) -> None:
         self.rounds[active.round_id] = active
@@ -199,7 +215,7 @@ class RoundCoordinator:
         self,
         round_id: int,
         stage: Stage,
-        action: Callable[[ServerRound], T],
+        action: Callable[[ServerRound | PlaintextRound], T],
         *,
         message: object = None,
     ) -> tuple[ActiveRound, T | None]:

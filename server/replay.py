@@ -16,6 +16,7 @@ from secagg.errors import FedveilError
 from secagg.protocol import messages as m
 from secagg.protocol.server import ServerRound
 from server.journal import OpenRound, RoundJournal
+from server.plaintext import PlaintextRound
 
 
 def encode_message(round_id: int, message: object) -> tuple[str, str, bytes]:
@@ -54,7 +55,7 @@ def _decode(kind: str, payload: bytes) -> object:
 
 def replay(
     journal: RoundJournal, record: OpenRound, roster: Mapping[str, VerifyingIdentity]
-) -> tuple[ServerRound, pb.RoundSpec]:
+) -> tuple[ServerRound | PlaintextRound, pb.RoundSpec]:
     """Rebuild a ServerRound by feeding it the journalled events in their original order.
 
     Chunks of uploads that were rolled back are skipped; every other event goes through
@@ -62,6 +63,8 @@ def replay(
     raises instead of producing a wrong sum.
     """
     spec = pb.RoundSpec.FromString(record.spec)
+    if spec.mode == pb.AGGREGATION_MODE_PLAINTEXT:
+        return _replay_plaintext(journal, record, spec), spec
     config = convert.spec_to_config(spec)
     server = ServerRound(config, roster, chunk_bytes=spec.chunk_bytes)
     aborted = {e.client_id for e in record.events if e.kind == "abort"}
@@ -85,3 +88,33 @@ def replay(
         else:
             server.receive(_decode(event.kind, event.payload))
     return server, spec
+
+
+def _replay_plaintext(
+    journal: RoundJournal, record: OpenRound, spec: pb.RoundSpec
+) -> PlaintextRound:
+    server = PlaintextRound(
+        int(spec.round_id),
+        spec.roster,
+        int(spec.dimension),
+        quorum=int(spec.threshold),
+        max_weight=int(spec.quantization.max_weight),
+        chunk_bytes=int(spec.chunk_bytes),
+        clip=float(spec.quantization.clip),
+    )
+    aborted = {e.client_id for e in record.events if e.kind == "abort"}
+    for event in record.events:
+        if event.client_id in aborted and event.kind != "advance":
+            continue
+        if event.kind == "plain-begin":
+            server.begin_upload(event.client_id, server.uploads.total_bytes, int(event.payload))
+        elif event.kind == "chunk":
+            index = int(event.payload.decode())
+            data = journal.chunk(record.round_id, event.client_id, index)
+            server.add_chunk(event.client_id, index, data)
+        elif event.kind == "finish":
+            server.finish_upload(event.client_id, event.payload)
+        elif event.kind == "advance":
+            with contextlib.suppress(FedveilError):
+                server.advance()
+    return server

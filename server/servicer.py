@@ -19,21 +19,36 @@ import numpy as np
 from proto import aggregation_pb2 as pb
 from proto import aggregation_pb2_grpc as pb_grpc
 from proto import convert
-from secagg.errors import FedveilError, InvalidMessageError, UnknownClientError
+from secagg.errors import FedveilError, InvalidMessageError, StageError, UnknownClientError
 from secagg.protocol.messages import (
     ConsistencyRequest,
     MaskedInputRequest,
     ShareKeysRequest,
     UnmaskRequest,
 )
+from secagg.protocol.server import ServerRound
 from secagg.protocol.stages import Stage
 from server.coordinator import ActiveRound, RoundCoordinator
 from server.errors import RoundFailedError, abort_with
+from server.plaintext import PlaintextRound
 from server.roster import Roster
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+def _secagg(server: object) -> ServerRound:
+    """The round as a SecAgg round; a stage RPC on a plaintext round is refused."""
+    if not isinstance(server, ServerRound):
+        raise StageError("this round runs in plaintext mode: use UploadPlaintext, then GetResult")
+    return server
+
+
+def _plain(server: object) -> PlaintextRound:
+    if not isinstance(server, PlaintextRound):
+        raise StageError("this round runs in secagg mode: UploadPlaintext is refused")
+    return server
 
 
 def _expect(request: object, kind: type[R]) -> R:
@@ -103,7 +118,13 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             active = self.coordinator.current
             if active is None:
                 raise RoundFailedError("no round is open on this server (all rounds have run)")
-            return pb.RoundInfo(spec=active.spec, stage=convert.STAGE_TO_PB[active.server.stage])
+            stage = convert.STAGE_TO_PB[active.server.stage]
+            if (
+                isinstance(active.server, PlaintextRound)
+                and active.server.stage is Stage.MASKED_INPUT
+            ):
+                stage = pb.ROUND_STAGE_COLLECT
+            return pb.RoundInfo(spec=active.spec, stage=stage)
 
         return await self._guard(context, work())
 
@@ -118,10 +139,10 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             request.round_id,
             advert.client_id,
             Stage.ADVERTISE_KEYS,
-            lambda cid: lambda server: server.receive(advert),
+            lambda cid: lambda server: _secagg(server).receive(advert),
             message=advert,
             reply=lambda active, cid: convert.neighbour_keys_to_pb(
-                _expect(active.server.request_for(cid), ShareKeysRequest)
+                _expect(_secagg(active.server).request_for(cid), ShareKeysRequest)
             ),
         )
 
@@ -134,10 +155,10 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             request.round_id,
             request.client_id,
             Stage.SHARE_KEYS,
-            lambda cid: lambda server: server.receive(response),
+            lambda cid: lambda server: _secagg(server).receive(response),
             message=response,
             reply=lambda active, cid: convert.relayed_to_pb(
-                _expect(active.server.request_for(cid), MaskedInputRequest)
+                _expect(_secagg(active.server).request_for(cid), MaskedInputRequest)
             ),
         )
 
@@ -150,10 +171,10 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             request.round_id,
             signature.client_id,
             Stage.CONSISTENCY_CHECK,
-            lambda cid: lambda server: server.receive(signature),
+            lambda cid: lambda server: _secagg(server).receive(signature),
             message=signature,
             reply=lambda active, cid: convert.instructions_to_pb(
-                _expect(active.server.request_for(cid), UnmaskRequest)
+                _expect(_secagg(active.server).request_for(cid), UnmaskRequest)
             ),
         )
 
@@ -166,7 +187,7 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             request.round_id,
             request.client_id,
             Stage.UNMASK,
-            lambda cid: lambda server: server.receive(response),
+            lambda cid: lambda server: _secagg(server).receive(response),
             message=response,
             reply=lambda active, cid: pb.UnmaskAck(stage=convert.STAGE_TO_PB[active.server.stage]),
         )
@@ -195,7 +216,7 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             await self.coordinator.wait_closed(active, Stage.MASKED_INPUT)
             async with self.coordinator.lock:
                 return convert.survivors_to_pb(
-                    _expect(active.server.request_for(client_id), ConsistencyRequest)
+                    _expect(_secagg(active.server).request_for(client_id), ConsistencyRequest)
                 )
 
         return await self._guard(context, work())
@@ -214,7 +235,7 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             raise InvalidMessageError("the upload is not complete: resume from GetUploadStatus")
 
         def apply(server: object) -> bool:
-            round_server = active.server
+            round_server = _secagg(active.server)
             del server  # the same object; the closure names it explicitly
             round_server.begin_masked_input(client_id, chunk.total_bytes)
             round_server.add_masked_chunk(client_id, chunk.index, chunk.data)
@@ -249,10 +270,45 @@ class AggregationServicer(pb_grpc.AggregationServicer):
     async def UploadPlaintext(
         self, request_iterator: AsyncIterator[pb.VectorChunk], context: grpc.aio.ServicerContext
     ) -> pb.UploadAck:  # noqa: N802
-        await context.abort(
-            grpc.StatusCode.UNIMPLEMENTED, "plaintext mode is not enabled on this server"
-        )
-        raise AssertionError("unreachable")
+        async def work() -> pb.UploadAck:
+            active: ActiveRound | None = None
+            client_id, received = "", 0
+            async for chunk in request_iterator:
+                if active is None:
+                    client_id = self._caller(context, chunk.client_id)
+                    active = self.coordinator.get(chunk.round_id)
+                received += len(chunk.data)
+                if await self._take_plain_chunk(active, client_id, chunk):
+                    break
+            if active is None:
+                raise InvalidMessageError("empty upload stream: send at least one chunk")
+            await self.coordinator.wait_closed(active, Stage.MASKED_INPUT)
+            return pb.UploadAck(received_bytes=received)
+
+        return await self._guard(context, work())
+
+    async def _take_plain_chunk(
+        self, active: ActiveRound, client_id: str, chunk: pb.VectorChunk
+    ) -> bool:
+        journal = self.coordinator.journal
+
+        def apply(server: object) -> bool:
+            plain = _plain(server)
+            plain.begin_upload(client_id, chunk.total_bytes, chunk.weight)
+            plain.add_chunk(client_id, chunk.index, chunk.data)
+            if chunk.index == 0:
+                journal.record(
+                    active.round_id, "plain-begin", client_id, str(chunk.weight).encode()
+                )
+            journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
+            if chunk.sha256:
+                plain.finish_upload(client_id, bytes(chunk.sha256))
+                journal.record(active.round_id, "finish", client_id, bytes(chunk.sha256))
+                return True
+            return False
+
+        _, done = await self.coordinator.submit(active.round_id, Stage.MASKED_INPUT, apply)
+        return bool(done)
 
     # --- result -------------------------------------------------------------------------
 

@@ -19,6 +19,7 @@ class RoundSettings:
     """How every round of this server is run; rounds follow each other in sequence."""
 
     dimension: int
+    mode: str = "secagg"  # or "plaintext": the unprotected baseline, for comparison only
     threshold: int | None = None  # default: the smallest majority of a neighbourhood
     neighbours: int | None = None  # default: floor(2 log2 n + 1)
     bits: int = 32
@@ -32,6 +33,8 @@ class RoundSettings:
     keep_results: int = 8
 
     def __post_init__(self) -> None:
+        if self.mode not in ("secagg", "plaintext"):
+            raise ConfigError(f"round.mode must be 'secagg' or 'plaintext', got {self.mode!r}")
         if self.dimension < 1:
             raise ConfigError(f"round.dimension must be >= 1, got {self.dimension}")
         if self.min_cohort < 2:

@@ -114,3 +114,28 @@ def test_server_killed_mid_round_resumes_from_its_journal(tmp_path: Path, crash_
         expected = plain_weighted_mean(alive, {c: weights[c] for c in alive}, clip=1.0)
         assert result.total_weight == sum(weights[c] for c in alive)
         assert np.max(np.abs(result.weighted_mean - expected)) <= result.error_bound
+
+
+def test_plaintext_baseline_round_gives_the_same_mean(tmp_path: Path) -> None:
+    """The unprotected mode (the benchmark's reference) aggregates the same clipped mean."""
+
+    async def run() -> tuple[dict, dict, list]:
+        keys, ids = make_keys(tmp_path, 4)
+        settings = settings_for(tmp_path, keys, dimension=3000, mode="plaintext", rounds=1)
+        rng = np.random.default_rng(3)
+        updates = {c: rng.normal(0, 0.6, 3000).astype(np.float32) for c in ids}
+        weights = {c: int(rng.integers(1, 50)) for c in ids}
+        async with running_server(settings) as server:
+            clients = [client_for(keys, c, server.port) for c in ids]
+            results = await asyncio.gather(
+                *(cl.run_round(updates[c], weights[c]) for cl, c in zip(clients, ids, strict=True))
+            )
+            for cl in clients:
+                await cl.close()
+        return updates, weights, results
+
+    updates, weights, results = asyncio.run(run())
+    expected = plain_weighted_mean(updates, weights, clip=1.0)
+    for result in results:
+        assert result.total_weight == sum(weights.values())
+        np.testing.assert_allclose(result.weighted_mean, expected, rtol=0, atol=1e-6)
