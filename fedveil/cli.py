@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedveil.client_command import add_client_parser, run_client
 from fedveil.keys_command import add_keys_parser, run_keys
 from fedveil.server_command import add_server_parser, run_server
 from fedveil.simulation import (
@@ -150,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_simulate(sub)
     add_keys_parser(sub)
     add_server_parser(sub)
+    add_client_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "simulate-secagg":
         return simulate_secagg(args)
@@ -157,6 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_keys(args)
     if args.command == "server":
         return run_server(args)
+    if args.command == "client":
+        return run_client(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

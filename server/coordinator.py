@@ -19,7 +19,7 @@ from typing import TypeVar
 from proto import aggregation_pb2 as pb
 from proto.convert import config_to_spec
 from secagg.crypto.identity import VerifyingIdentity
-from secagg.errors import FedveilError, StageError
+from secagg.errors import DuplicateSubmissionError, FedveilError, StageError
 from secagg.protocol.config import RoundConfig
 from secagg.protocol.graph import default_neighbours, default_threshold
 from secagg.protocol.server import ServerRound
@@ -232,6 +232,12 @@ class RoundCoordinator:
                     current in ORDER and ORDER.index(current) == ORDER.index(stage) + 1
                 ):
                     return active, None
+            if message is not None and active.server.already_submitted(message):
+                raise DuplicateSubmissionError(
+                    f"{getattr(message, 'client_id', '?')!r} already sent a different "
+                    f"{type(message).__name__} in round {round_id}; only an exact resend is "
+                    "accepted"
+                )
             self.check_stage(active, stage)
             result = action(active.server)
             if message is not None:
@@ -257,9 +263,7 @@ class RoundCoordinator:
             active.deadline.cancel()
         if stage is Stage.MASKED_INPUT:
             for client_id in sorted(server.uploads_in_flight()):
-                chunks = list(self.journal.chunks(active.round_id, client_id))
-                server.abort_masked_input(client_id, chunks)
-                self.journal.record(active.round_id, "abort", client_id)
+                self.roll_back_upload(active, client_id)
                 log.info(
                     "round %d: rolled back unfinished upload of %s", active.round_id, client_id
                 )
@@ -281,6 +285,12 @@ class RoundCoordinator:
                 self.open_next_round()
         else:
             self._arm_deadline(active)
+
+    def roll_back_upload(self, active: ActiveRound, client_id: str) -> None:
+        """Subtract an unfinished upload from the sum and erase it from the journal (lock held)."""
+        chunks = list(self.journal.chunks(active.round_id, client_id))
+        active.server.abort_masked_input(client_id, chunks)
+        self.journal.forget_upload(active.round_id, client_id)
 
     def _arm_deadline(self, active: ActiveRound) -> None:
         stage = active.server.stage

@@ -138,6 +138,23 @@ class RoundJournal:
         for (data,) in rows.fetchall():
             yield bytes(data)
 
+    def forget_upload(self, round_id: int, client_id: str) -> None:
+        """Erase a rolled-back upload: its chunks and their events, atomically.
+
+        The running sum no longer holds it, so replay must not see it either; a re-sent
+        upload is then journalled afresh.
+        """
+        with self._transaction():
+            self._db.execute(
+                "DELETE FROM upload_chunks WHERE round_id = ? AND client_id = ?",
+                (round_id, client_id),
+            )
+            self._db.execute(
+                "DELETE FROM events WHERE round_id = ? AND client_id = ? "
+                "AND kind IN ('chunk', 'plain-begin', 'finish')",
+                (round_id, client_id),
+            )
+
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)
 

@@ -151,6 +151,9 @@ class PlaintextRound:
     def is_resend(self, message: object) -> bool:
         return False
 
+    def already_submitted(self, message: object) -> bool:
+        return False
+
     def _require_collecting(self, client_id: str) -> None:
         if self.stage is not Stage.MASKED_INPUT:
             raise StageError(f"round {self.round_id} is no longer collecting uploads")

@@ -58,7 +58,7 @@ def replay(
 ) -> tuple[ServerRound | PlaintextRound, pb.RoundSpec]:
     """Rebuild a ServerRound by feeding it the journalled events in their original order.
 
-    Chunks of uploads that were rolled back are skipped; every other event goes through
+    Uploads that were rolled back were erased from the journal; every event goes through
     the same validating entry points as when it first arrived, so a corrupted journal
     raises instead of producing a wrong sum.
     """
@@ -67,11 +67,8 @@ def replay(
         return _replay_plaintext(journal, record, spec), spec
     config = convert.spec_to_config(spec)
     server = ServerRound(config, roster, chunk_bytes=spec.chunk_bytes)
-    aborted = {e.client_id for e in record.events if e.kind == "abort"}
     for event in record.events:
         if event.kind == "chunk":
-            if event.client_id in aborted:
-                continue
             index = int(event.payload.decode())
             server.begin_masked_input(event.client_id, server.uploads.total_bytes)
             server.add_masked_chunk(
@@ -79,8 +76,6 @@ def replay(
             )
         elif event.kind == "finish":
             server.finish_masked_input(event.client_id, event.payload)
-        elif event.kind == "abort":
-            continue
         elif event.kind == "advance":
             # A stage close that failed the round the first time fails it again: FAILED.
             with contextlib.suppress(FedveilError):
@@ -102,10 +97,7 @@ def _replay_plaintext(
         chunk_bytes=int(spec.chunk_bytes),
         clip=float(spec.quantization.clip),
     )
-    aborted = {e.client_id for e in record.events if e.kind == "abort"}
     for event in record.events:
-        if event.client_id in aborted and event.kind != "advance":
-            continue
         if event.kind == "plain-begin":
             server.begin_upload(event.client_id, server.uploads.total_bytes, int(event.payload))
         elif event.kind == "chunk":

@@ -241,7 +241,13 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             round_server.add_masked_chunk(client_id, chunk.index, chunk.data)
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
             if chunk.sha256:
-                round_server.finish_masked_input(client_id, bytes(chunk.sha256))
+                try:
+                    round_server.finish_masked_input(client_id, bytes(chunk.sha256))
+                except InvalidMessageError as exc:
+                    self.coordinator.roll_back_upload(active, client_id)
+                    raise InvalidMessageError(
+                        f"{exc}; the upload was discarded: re-send it from chunk 0"
+                    ) from exc
                 journal.record(active.round_id, "finish", client_id, bytes(chunk.sha256))
                 return True
             return False
@@ -302,7 +308,13 @@ class AggregationServicer(pb_grpc.AggregationServicer):
                 )
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
             if chunk.sha256:
-                plain.finish_upload(client_id, bytes(chunk.sha256))
+                try:
+                    plain.finish_upload(client_id, bytes(chunk.sha256))
+                except InvalidMessageError as exc:
+                    self.coordinator.roll_back_upload(active, client_id)
+                    raise InvalidMessageError(
+                        f"{exc}; the upload was discarded: re-send it from chunk 0"
+                    ) from exc
                 journal.record(active.round_id, "finish", client_id, bytes(chunk.sha256))
                 return True
             return False

@@ -26,6 +26,7 @@ from secagg.errors import (
     FedveilError,
     InconsistentSharesError,
     InvalidMessageError,
+    InvalidSignatureError,
     ProtocolError,
     ShareError,
     StageError,
@@ -175,6 +176,17 @@ class ServerRound:
             recorded = self._reveals
         return sender is not None and recorded.get(sender) == message
 
+    def already_submitted(self, message: object) -> bool:
+        """Whether the sender of `message` already has a message of that kind recorded."""
+        sender = getattr(message, "client_id", None)
+        books: dict[type, Mapping[str, object]] = {
+            KeyAdvertisement: self._adverts,
+            ShareKeysResponse: self._share_responses,
+            ConsistencySignature: self._signatures,
+            UnmaskResponse: self._reveals,
+        }
+        return sender in books.get(type(message), {})
+
     def receive(self, message: object) -> None:
         """Validate and record one client message; a bad one raises and changes nothing."""
         entry = self._receivers.get(type(message))
@@ -218,7 +230,14 @@ class ServerRound:
             adv.masking_key,
             adv.self_mask_commitment,
         )
-        self._identities[adv.client_id].verify(adv.signature, message)
+        try:
+            self._identities[adv.client_id].verify(adv.signature, message)
+        except InvalidSignatureError as exc:
+            raise InvalidSignatureError(
+                f"the key advertisement of {adv.client_id!r} is not signed by its enrolled "
+                "Ed25519 identity over this round's session id: sign it with the identity key "
+                "from enrolment, for the round spec the server published"
+            ) from exc
         self._adverts[adv.client_id] = adv
 
     def _on_share_keys(self, response: ShareKeysResponse) -> None:
@@ -286,7 +305,13 @@ class ServerRound:
             item.client_id, self._survivors, self._signatures, "consistency signature"
         )
         message = survivor_set_message(self.config.session_id, self._survivors)
-        self._identities[item.client_id].verify(item.signature, message)
+        try:
+            self._identities[item.client_id].verify(item.signature, message)
+        except InvalidSignatureError as exc:
+            raise InvalidSignatureError(
+                f"the survivor-set signature of {item.client_id!r} does not verify: sign the "
+                "survivor set this server sent, with the enrolled Ed25519 identity"
+            ) from exc
         self._signatures[item.client_id] = item
 
     def _on_unmask(self, response: UnmaskResponse) -> None:

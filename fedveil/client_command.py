@@ -1,0 +1,508 @@
+"""`fedveil client`: take part in aggregation rounds as one enrolled client process.
+
+Why a command next to the SDK: an organisation (or a supervising test) must be able to
+run a client as its own process with nothing but the folder `fedveil keys` gave it, the
+federation's roster and an update file, and tell from the exit status and the log how
+far it got. Every stage the client enters is logged as one stable line on stderr::
+
+    stage advertise-keys: submitted (round 1)
+    stage advertise-keys: answered (round 1)
+
+(`submitted`: the message is handed to gRPC and the client now waits in that stage's
+long poll; `answered`: the server closed the stage and replied.) These lines come from a
+gRPC interceptor on the client's own channel, so they name the stage RPCs of the wire
+contract rather than depend on the SDK's log wording.
+
+Options come from flags, or from a TOML file whose [client] table uses the same names
+(`min_cohort` or `min-cohort`); flags override the file. Relative paths are taken from
+the working directory, as `fedveil server` does. Exit status: 0 when every round ended
+with a result, 1 when a round failed or the service refused (the reason on stderr),
+2 for bad arguments, configuration or input files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from clients.credentials import ClientCredentials
+from clients.roster_file import load_roster_identities
+from clients.streams import as_update_vector
+from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
+from secagg.errors import ConfigError, FedveilError
+from secagg.protocol.config import ClientPolicy
+from secagg.protocol.stages import Stage
+
+logger = logging.getLogger("fedveil.client")
+
+UPDATE_SUFFIXES = (".npy", ".npz", ".safetensors")
+OUT_SUFFIXES = (".npy", ".npz")
+# The client polls for a round every 0.2 s; a channel whose reconnect backoff grew to
+# gRPC's default 120 s would stop reaching a server that came up after the client did.
+_CHANNEL_OPTIONS = (
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+)
+_STAGE_OF_RPC: dict[str, Stage] = {
+    "AdvertiseKeys": Stage.ADVERTISE_KEYS,
+    "ShareKeys": Stage.SHARE_KEYS,
+    "UploadMaskedInput": Stage.MASKED_INPUT,
+    "ConfirmSurvivors": Stage.CONSISTENCY_CHECK,
+    "Unmask": Stage.UNMASK,
+}
+
+
+# --- settings --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClientSettings:
+    """One `fedveil client` run, validated before anything touches the network."""
+
+    server: str
+    credentials: Path
+    roster: Path
+    update: Path
+    weight: int
+    rounds: int = 1
+    out: Path | None = None
+    summary_json: Path | None = None
+    min_cohort: int = 3
+    min_threshold: int = 2
+    join_timeout_s: float = 60.0
+    server_name: str | None = None
+    model_hash: str | None = None
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        host, sep, port = self.server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"server must be HOST:PORT with a port in 1..65535, got {self.server!r}"
+            )
+        if not _is_int(self.weight) or self.weight < 0:
+            raise ConfigError(f"weight must be a non-negative example count, got {self.weight!r}")
+        if not _is_int(self.rounds) or self.rounds < 1:
+            raise ConfigError(f"rounds must be >= 1, got {self.rounds!r}")
+        if self.update.suffix.lower() not in UPDATE_SUFFIXES:
+            raise ConfigError(
+                f"update {self.update} must be one of {', '.join(UPDATE_SUFFIXES)} (a flat "
+                ".npy vector or named tensors)"
+            )
+        if self.out is not None and self.out.suffix.lower() not in OUT_SUFFIXES:
+            raise ConfigError(f"out {self.out} must end in .npy (flat mean) or .npz (named)")
+        if not isinstance(self.join_timeout_s, int | float) or not (
+            math.isfinite(self.join_timeout_s) and self.join_timeout_s > 0
+        ):
+            raise ConfigError(f"join_timeout_s must be > 0, got {self.join_timeout_s!r}")
+        if self.model_hash is not None:
+            try:
+                size = len(bytes.fromhex(self.model_hash))
+            except ValueError:
+                size = -1
+            if size != 32:
+                raise ConfigError(f"model_hash must be 64 hex characters, got {self.model_hash!r}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigError(
+                f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}"
+            )
+        # ClientPolicy names a bad min_cohort / min_threshold itself.
+        self.policy()
+
+    def policy(self) -> ClientPolicy:
+        return ClientPolicy(min_cohort=self.min_cohort, min_threshold=self.min_threshold)
+
+    def out_path(self, round_id: int) -> Path | None:
+        """`--out` with `{round}` replaced, so several rounds can keep every result."""
+        if self.out is None:
+            return None
+        return Path(str(self.out).replace("{round}", str(round_id)))
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+_REQUIRED = ("server", "credentials", "roster", "update", "weight")
+_PATHS = frozenset({"credentials", "roster", "update", "out", "summary_json"})
+_FLAG_TYPES: dict[str, tuple[type, str]] = {
+    "server": (str, "HOST:PORT of the aggregation service"),
+    "credentials": (Path, "this client's folder from `fedveil keys` (DIR/clients/<id>)"),
+    "roster": (Path, "the federation's roster.json (DIR/roster.json)"),
+    "update": (Path, "the update: a flat .npy vector, or named tensors in .npz/.safetensors"),
+    "weight": (int, "this client's weight (example count) in the weighted mean"),
+    "rounds": (int, "rounds to take part in, one after another (default 1)"),
+    "out": (Path, "write the weighted mean here (.npy flat, .npz named; '{round}' is replaced)"),
+    "summary_json": (Path, "write round id, survivors, total weight, error bound as JSON"),
+    "min_cohort": (int, "refuse rounds with fewer enrolled clients than this (default 3)"),
+    "min_threshold": (int, "refuse rounds whose threshold t is below this (default 2)"),
+    "join_timeout_s": (float, "seconds to wait for a round to open (default 60)"),
+    "server_name": (str, "TLS name to expect in the server certificate, if not the host"),
+    "model_hash": (str, "hex SHA-256 of the global model the rounds must be about"),
+    "log_level": (str, "DEBUG, INFO (default), WARNING or ERROR"),
+}
+
+
+def add_client_parser(
+    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+) -> argparse.ArgumentParser:
+    """Register `client`; dispatch the parsed arguments with `run_client`."""
+    p = subparsers.add_parser(
+        "client",
+        help="take part in aggregation rounds as one enrolled client",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("--config", type=Path, default=None, help="TOML file with a [client] table")
+    for name, (kind, text) in _FLAG_TYPES.items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
+    p.set_defaults(handler=run_client)
+    return p
+
+
+def load_client_settings(path: Path | None, overrides: Mapping[str, Any]) -> ClientSettings:
+    """The [client] table of `path` (if any), then every non-None flag on top."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        unknown_tables = sorted(set(data) - {"client"})
+        if unknown_tables:
+            raise ConfigError(f"{path}: unknown tables {unknown_tables}; use [client]")
+        table = data.get("client", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [client] must be a table")
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in _FLAG_TYPES:
+                raise ConfigError(
+                    f"{path}: unknown [client] setting {key!r}; known: {sorted(_FLAG_TYPES)}"
+                )
+            values[name] = _coerce(name, value, str(path))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    missing = [name for name in _REQUIRED if name not in values]
+    if missing:
+        flags = ", ".join(f"--{name.replace('_', '-')}" for name in missing)
+        raise ConfigError(f"missing {flags} (give them as flags or in the [client] table)")
+    known = {f.name for f in fields(ClientSettings)}
+    return ClientSettings(**{k: v for k, v in values.items() if k in known})
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = _FLAG_TYPES[name][0]
+    if kind is Path:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {name} must be a path string, got {value!r}")
+        return Path(value)
+    if kind is float and _is_int(value):
+        return float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ConfigError(f"{source}: {name} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+# --- input and output ------------------------------------------------------------------------
+
+
+def load_update(path: Path) -> np.ndarray | dict[str, np.ndarray]:
+    """The update as a flat vector (.npy) or named tensors (.npz, .safetensors); no pickle."""
+    suffix = path.suffix.lower()
+    if not path.is_file():
+        raise ConfigError(f"update file {path} does not exist")
+    try:
+        if suffix == ".npy":
+            loaded = np.load(path, allow_pickle=False)
+            if not isinstance(loaded, np.ndarray):
+                raise ConfigError(f"{path} does not hold a single array")
+            update: np.ndarray | dict[str, np.ndarray] = loaded
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                update = {name: archive[name] for name in archive.files}
+        else:
+            try:
+                from safetensors.numpy import load_file
+            except ImportError as exc:
+                raise ConfigError(
+                    "reading .safetensors needs the `safetensors` package; install it or "
+                    "save the update as .npz"
+                ) from exc
+            update = dict(load_file(str(path)))
+    except ConfigError:
+        raise
+    except (ValueError, OSError, EOFError, TypeError) as exc:
+        raise ConfigError(f"cannot read the update {path}: {exc}") from exc
+    _check_update(update, path)
+    return update
+
+
+def _check_update(update: np.ndarray | dict[str, np.ndarray], path: Path) -> None:
+    arrays = update.values() if isinstance(update, dict) else [update]
+    for array in arrays:
+        if array.dtype.kind not in "fiu":
+            raise ConfigError(f"{path}: the update must be numeric, found dtype {array.dtype}")
+    vector, _ = as_update_vector(update)  # the SDK's own checks (1-D, named, non-empty)
+    if vector.size == 0:
+        raise ConfigError(f"{path}: the update is empty")
+    if not np.all(np.isfinite(vector)):
+        raise ConfigError(f"{path}: the update holds NaN or infinite values")
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """Write via a temporary file, so a reader never sees a half-written result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_result(path: Path, result: AggregateResult) -> None:
+    if path.suffix.lower() == ".npz":
+        # ConfigError when the round has no tensor names; float64 arrays never need pickle.
+        tensors: dict[str, Any] = dict(result.as_tensors())
+        _atomic_write(path, lambda fh: np.savez(fh, **tensors))
+    else:
+        _atomic_write(path, lambda fh: np.save(fh, result.weighted_mean, allow_pickle=False))
+
+
+def _summary(result: AggregateResult) -> dict[str, Any]:
+    return {
+        "round_id": result.round_id,
+        "survivors": list(result.survivors),
+        "total_weight": result.total_weight,
+        "error_bound": result.error_bound,
+        "dimension": int(result.weighted_mean.shape[0]),
+    }
+
+
+def _write_summary(path: Path, results: list[AggregateResult]) -> None:
+    text = json.dumps([_summary(r) for r in results], indent=2).encode() + b"\n"
+
+    def write(fh: Any) -> None:
+        fh.write(text)
+
+    _atomic_write(path, write)
+
+
+# --- stage logging ---------------------------------------------------------------------------
+
+
+def _stage_of(method: bytes | str) -> Stage | None:
+    name = method.decode() if isinstance(method, bytes) else method
+    return _STAGE_OF_RPC.get(name.rsplit("/", 1)[-1])
+
+
+class _StageWatcher:
+    """Logs `answered` or `failed` once a stage call ends, without touching its result."""
+
+    def __init__(self) -> None:
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def watch(self, stage: Stage, round_text: str, call: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(self._report(stage, round_text, call))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    @staticmethod
+    async def _report(stage: Stage, round_text: str, call: Awaitable[Any]) -> None:
+        try:
+            await call
+        except grpc.RpcError as exc:
+            code = exc.code() if callable(getattr(exc, "code", None)) else None
+            name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            logger.info("stage %s: failed with %s%s", stage.value, name, round_text)
+        except asyncio.CancelledError:
+            logger.info("stage %s: cancelled%s", stage.value, round_text)
+        else:
+            logger.info("stage %s: answered%s", stage.value, round_text)
+
+
+class UnaryStageLogger(grpc.aio.UnaryUnaryClientInterceptor):
+    """`stage <name>: submitted` as a unary stage message is handed to gRPC."""
+
+    def __init__(self, watcher: _StageWatcher) -> None:
+        self._watcher = watcher
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        stage = _stage_of(client_call_details.method)
+        if stage is None:
+            return await continuation(client_call_details, request)
+        round_text = f" (round {request.round_id})" if hasattr(request, "round_id") else ""
+        logger.info("stage %s: submitted%s", stage.value, round_text)
+        call = await continuation(client_call_details, request)
+        self._watcher.watch(stage, round_text, call)
+        return call
+
+
+class StreamStageLogger(grpc.aio.StreamUnaryClientInterceptor):
+    """`stage masked-input: submitted` once the last upload chunk went to gRPC."""
+
+    def __init__(self, watcher: _StageWatcher) -> None:
+        self._watcher = watcher
+
+    async def intercept_stream_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request_iterator: Any,
+    ) -> Any:
+        stage = _stage_of(client_call_details.method)
+        if stage is None:
+            return await continuation(client_call_details, request_iterator)
+        logger.info("stage %s: sending", stage.value)
+        if hasattr(request_iterator, "__aiter__"):
+            requests: Any = _after_async(stage, request_iterator)
+        else:
+            requests = _after_sync(stage, request_iterator)
+        call = await continuation(client_call_details, requests)
+        self._watcher.watch(stage, "", call)
+        return call
+
+
+def _after_sync(stage: Stage, chunks: Iterable[Any]) -> Iterator[Any]:
+    yield from chunks
+    logger.info("stage %s: submitted", stage.value)
+
+
+async def _after_async(stage: Stage, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for chunk in chunks:
+        yield chunk
+    logger.info("stage %s: submitted", stage.value)
+
+
+def stage_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """grpc.aio files an interceptor under one kind only, hence one object per kind."""
+    watcher = _StageWatcher()
+    return [UnaryStageLogger(watcher), StreamStageLogger(watcher)]
+
+
+@dataclass(frozen=True)
+class ObservedTransportSecurity(TransportSecurity):
+    """Mutual TLS as TransportSecurity, on a channel that logs stages and reconnects fast."""
+
+    def open_channel(self, target: str) -> grpc.aio.Channel:
+        if self.insecure:
+            raise ConfigError("fedveil client always uses mutual TLS")
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem, private_key=self.key_pem, certificate_chain=self.cert_pem
+        )
+        options: list[tuple[str, Any]] = list(_CHANNEL_OPTIONS)
+        if self.server_name_override is not None:
+            options.append(("grpc.ssl_target_name_override", self.server_name_override))
+        return grpc.aio.secure_channel(
+            target, credentials, options=options, interceptors=stage_interceptors()
+        )
+
+
+# --- running ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    settings: ClientSettings
+    client: AsyncAggregationClient
+    update: np.ndarray | dict[str, np.ndarray]
+
+
+def prepare(settings: ClientSettings) -> _Prepared:
+    """Everything that can be checked offline: credentials, roster, update, the client."""
+    credentials = ClientCredentials.load(settings.credentials)
+    roster = load_roster_identities(settings.roster)
+    update = load_update(settings.update)
+    security = ObservedTransportSecurity.from_credentials(
+        credentials, server_name_override=settings.server_name
+    )
+    client = AsyncAggregationClient(
+        settings.server,
+        credentials.client_id,
+        credentials.identity,
+        roster,
+        security,
+        policy=settings.policy(),
+        expected_model_hash=bytes.fromhex(settings.model_hash) if settings.model_hash else None,
+    )
+    return _Prepared(settings, client, update)
+
+
+async def run_rounds(prepared: _Prepared) -> list[AggregateResult]:
+    settings, client = prepared.settings, prepared.client
+    results: list[AggregateResult] = []
+    async with client:
+        for number in range(1, settings.rounds + 1):
+            logger.info(
+                "client %s: waiting for round %d of %d at %s",
+                client.client_id,
+                number,
+                settings.rounds,
+                settings.server,
+            )
+            result = await client.run_round(
+                prepared.update, settings.weight, join_timeout_s=settings.join_timeout_s
+            )
+            results.append(result)
+            print(
+                f"round {result.round_id} done: survivors={len(result.survivors)} "
+                f"total_weight={result.total_weight} error_bound={result.error_bound:.6g}",
+                flush=True,
+            )
+            out = settings.out_path(result.round_id)
+            if out is not None:
+                write_result(out, result)
+                logger.info("round %d: weighted mean written to %s", result.round_id, out)
+            if settings.summary_json is not None:
+                _write_summary(settings.summary_json, results)
+    return results
+
+
+def run_client(args: argparse.Namespace) -> int:
+    """Run `fedveil client`; the exit status is documented in the module docstring."""
+    overrides = {name: getattr(args, name, None) for name in _FLAG_TYPES}
+    try:
+        settings = load_client_settings(args.config, overrides)
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            stream=sys.stderr,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        prepared = prepare(settings)
+    except (FedveilError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(run_rounds(prepared))
+    except (FedveilError, OSError) as exc:
+        # TransportError is a FedveilError: its text is "STATUS: the server's message".
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    return 0
