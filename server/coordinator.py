@@ -125,7 +125,10 @@ class RoundCoordinator:
             chunk_bytes=chunk,
             stage_timeout_s=self.settings.stage_timeout_s,
         )
-        return ActiveRound(ServerRound(config, self.roster, chunk_bytes=chunk), spec)
+        server = ServerRound(
+            config, self.roster, chunk_bytes=chunk, quorum=self.settings.min_cohort
+        )
+        return ActiveRound(server, spec)
 
     def _plaintext_round(self, round_id: int) -> ActiveRound:
         s = self.settings

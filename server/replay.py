@@ -66,7 +66,7 @@ def replay(
     if spec.mode == pb.AGGREGATION_MODE_PLAINTEXT:
         return _replay_plaintext(journal, record, spec), spec
     config = convert.spec_to_config(spec)
-    server = ServerRound(config, roster, chunk_bytes=spec.chunk_bytes)
+    server = ServerRound(config, roster, chunk_bytes=spec.chunk_bytes, quorum=int(spec.min_cohort))
     for event in record.events:
         if event.kind == "chunk":
             index = int(event.payload.decode())

@@ -83,11 +83,15 @@ class ServerRound:
         roster_identities: Mapping[str, VerifyingIdentity],
         *,
         chunk_bytes: int | None = None,
+        quorum: int | None = None,
     ) -> None:
+        """`quorum` (default: the threshold) is the fewest clients each stage must keep;
+        a deployment sets it to its minimum cohort, never below the threshold."""
         missing = [cid for cid in config.roster if cid not in roster_identities]
         if missing:
             raise ConfigError(f"no enrolled identity for roster members {missing}")
         self.config = config
+        self.quorum = max(config.threshold, quorum or 0)
         self.stage = Stage.ADVERTISE_KEYS
         self.failure: FedveilError | None = None
         self.failed_at: Stage | None = None
@@ -417,10 +421,10 @@ class ServerRound:
         return self.stage
 
     def _quorum(self, count: int, what: str) -> None:
-        if count < self.config.threshold:
+        if count < self.quorum:
             raise ThresholdNotMetError(
                 f"round {self.config.round_id} failed at stage {self.stage.value}: only {count} "
-                f"{what}, threshold is {self.config.threshold}"
+                f"{what}, the quorum is {self.quorum} (threshold {self.config.threshold})"
             )
 
     def _move(self, target: Stage) -> None:

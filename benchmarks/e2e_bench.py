@@ -1,0 +1,633 @@
+"""End-to-end round benchmark: a SecAgg+ round against the plaintext round, over real gRPC.
+
+Why a separate benchmark from secagg_bench.py: that one times the protocol's stages in
+one process, with no transport. What a deployment pays is a whole round through the
+service: mutual TLS, chunked streaming, the long-poll stage RPCs, the server's journal
+and its event loop. The fair reference for that is the same service in its plaintext
+mode (`[round] mode = "plaintext"`: float32 updates streamed in the clear through the
+same transport, journal and round lifecycle), measured in the same run on the same
+machine. The acceptance target is a secagg round <= 1.5x the plaintext round at n=10,
+d=4e6, and a server peak RSS that grows with d, not with n * d.
+
+Usage: python benchmarks/e2e_bench.py [--quick] [--json OUT] [--repeats R] [--log-dir DIR]
+
+Matrix (full): n in {10, 50} x d in {1e6, 4e6} x mode in {plaintext, secagg}.
+--quick: n=10, d=1e6, both modes.
+
+How one round is measured:
+
+- Keys: `init_keys` enrols n clients (once per n, in a temporary folder; the server
+  certificate names localhost and 127.0.0.1). Inputs: float32 N(0, 0.1^2) per client
+  and weights uniform in [1, 1000], from numpy seeded by (--seed, n, d), generated once
+  per (n, d) before anything is timed and shared by both modes and every repetition.
+- Server: `python -m fedveil.cli server --config C --keys-dir K --port 0 --state-dir S
+  --dimension d --rounds 0 --stage-timeout-s 120 --min-cohort 3`, where C is a TOML file
+  holding only `[round] mode = ...`, started as a SUBPROCESS (so its memory is its own),
+  fresh for every repetition with a fresh state folder. Its port is parsed from its
+  "fedveil server listening on HOST:PORT" line. `--rounds 0` and SIGTERM after the
+  measurement, rather than `--rounds 1`, because a `--rounds 1` server starts shutting
+  down as soon as its round is DONE, while clients may still be downloading the result.
+- Clients: n AsyncAggregationClients in this process (one event loop), each with its
+  own mutual-TLS channel. Before the clock starts every client calls GetRound once, so
+  the TLS handshakes are not timed (a long-lived client keeps its channel between
+  rounds).
+- round_s: wall time from the moment all n `run_round` calls start (asyncio.gather)
+  until the last one returns: join (GetRound), every stage, the streamed upload and the
+  streamed result download. Every time is the MINIMUM over R repetitions (default 2);
+  the modes are interleaved per repetition, so machine noise hits both alike.
+
+Fields of each JSON record (one per (mode, n, d); the output is a JSON list):
+
+- mode, n, d; k and t (neighbour degree and Shamir threshold the server published; for
+  plaintext t is the quorum and k is 0), bits (ring width m), chunk_bytes.
+- round_s: minimum over repetitions; round_s_all: every repetition's time.
+- plaintext_round_s: the plaintext round's round_s for the same (n, d) in this run;
+  ratio = round_s / plaintext_round_s (1.0 for the plaintext record itself).
+- upload_bytes_per_client: bytes one client sent for the round, measured on the wire at
+  the protobuf level: a gRPC client interceptor adds up `ByteSize()` of every request
+  message the client sends during the timed round (each unary request, and each
+  VectorChunk of a streamed upload). HTTP/2 and TLS framing are not counted. The maximum
+  over clients is reported; upload_bytes_by_rpc splits that client's bytes per RPC.
+- fp32_bytes = 4 * d (the update as plain float32); upload_ratio = upload / fp32.
+- server_peak_rss_bytes: the server's VmHWM (peak resident set) from /proc/PID/status,
+  read after the last client got its result; the maximum over repetitions.
+  server_base_rss_bytes: its VmRSS right after it printed its listening line (imports,
+  gRPC, no round data yet); minimum over repetitions.
+  server_rss_per_d = server_peak_rss_bytes / d; server_round_rss_per_d =
+  (server_peak_rss_bytes - server_base_rss_bytes) / d: the bytes per coordinate the
+  round added. If memory grew with n * d, this would grow ~5x from n=10 to n=50.
+- server_cpu_s: CPU seconds (user + system, all threads) the server process spent
+  between its listening line and the end of the round; client_cpu_s: CPU seconds of
+  this process (all n clients and gRPC's threads) during the timed round. With
+  cpu_count cores, server_cpu_s + client_cpu_s close to cpu_count * round_s means the
+  round is CPU-bound on this machine. Both from the repetition with the smallest round_s.
+- phases_s: where the wall time of the fastest repetition went, as seen by the
+  clients: for each RPC in round order, the time from the previous RPC's last
+  completion (over all clients) to this RPC's last completion. For secagg:
+  GetRound (join), AdvertiseKeys, ShareKeys, UploadMaskedInput (includes the clients'
+  masking, which runs between the ShareKeys reply and the upload, and the server's
+  accumulation and journalling of every chunk), ConfirmSurvivors, Unmask (includes the
+  server's unmask), GetResult (the streamed float64 result). For plaintext: GetRound,
+  UploadPlaintext, GetResult.
+- round_ok: every repetition returned the same survivors (all n) and total weight to
+  every client, and the mean is within the round's error_bound (secagg) or 1e-6
+  (plaintext) of the exact weighted mean of the clipped inputs; max_error is the largest
+  deviation seen; client_retries counts transport retries (0 in a healthy round).
+- config_wall_s: wall time of the (n, d) configuration, all modes and repetitions.
+- machine: cpu_count, cpu_model, aes_ni, platform, python, numpy, cryptography,
+  openssl, grpcio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from secagg_bench import machine_info, write_json
+
+from clients.credentials import ClientCredentials
+from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
+from secagg.protocol.config import ClientPolicy
+from server.keys_store import client_dir, init_keys, load_roster
+
+REPO = Path(__file__).resolve().parent.parent
+COHORTS = (10, 50)
+DIMENSIONS = (1_000_000, 4_000_000)
+MODES = ("plaintext", "secagg")  # plaintext first: it is every secagg record's reference
+QUICK = ((10, 1_000_000),)
+INPUT_STD = 0.1
+MAX_WEIGHT = 1000
+CLIP = 1.0
+STAGE_TIMEOUT_S = 120.0
+MIN_COHORT = 3
+SERVER_START_TIMEOUT_S = 60.0
+PLAINTEXT_TOLERANCE = 1e-6
+LISTENING = re.compile(r"fedveil server listening on (\S+):(\d+)")
+ROUND_ORDER = {
+    "secagg": (
+        "GetRound",
+        "AdvertiseKeys",
+        "ShareKeys",
+        "UploadMaskedInput",
+        "ConfirmSurvivors",
+        "Unmask",
+        "GetResult",
+    ),
+    "plaintext": ("GetRound", "UploadPlaintext", "GetResult"),
+}
+
+
+# --- measuring what a client sends ---------------------------------------------------------
+
+
+class RpcMeter:
+    """Request bytes per RPC and when each RPC last completed, for one client."""
+
+    def __init__(self) -> None:
+        self.sent: Counter[str] = Counter()
+        self.ended: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.sent.clear()
+        self.ended.clear()
+
+    @staticmethod
+    def name(details: grpc.aio.ClientCallDetails) -> str:
+        method = details.method
+        text = method.decode() if isinstance(method, bytes) else str(method)
+        return text.rsplit("/", 1)[-1]
+
+    def add(self, rpc: str, nbytes: int) -> None:
+        self.sent[rpc] += nbytes
+
+    def watch(self, rpc: str, call: Any) -> Any:
+        call.add_done_callback(lambda _: self.ended.__setitem__(rpc, time.perf_counter()))
+        return call
+
+    def count(self, rpc: str, requests: Any) -> Any:
+        """Pass a request stream through unchanged, adding up each message's size."""
+        if hasattr(requests, "__aiter__"):
+
+            async def counted_async() -> AsyncIterator[Any]:
+                async for message in requests:
+                    self.add(rpc, message.ByteSize())
+                    yield message
+
+            return counted_async()
+
+        def counted() -> Iterator[Any]:
+            for message in requests:
+                self.add(rpc, message.ByteSize())
+                yield message
+
+        return counted()
+
+
+class _MeterUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    def __init__(self, meter: RpcMeter) -> None:
+        self.meter = meter
+
+    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        rpc = self.meter.name(details)
+        self.meter.add(rpc, request.ByteSize())
+        return self.meter.watch(rpc, await continuation(details, request))
+
+
+class _MeterUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
+    def __init__(self, meter: RpcMeter) -> None:
+        self.meter = meter
+
+    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+        rpc = self.meter.name(details)
+        self.meter.add(rpc, request.ByteSize())
+        return self.meter.watch(rpc, await continuation(details, request))
+
+
+class _MeterStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
+    def __init__(self, meter: RpcMeter) -> None:
+        self.meter = meter
+
+    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+        rpc = self.meter.name(details)
+        call = await continuation(details, self.meter.count(rpc, request_iterator))
+        return self.meter.watch(rpc, call)
+
+
+@dataclass(frozen=True)
+class MeteredSecurity(TransportSecurity):
+    """The SDK's mutual-TLS channel, with the byte-counting interceptors added."""
+
+    meter: RpcMeter | None = field(default=None, repr=False, compare=False)
+
+    def open_channel(self, target: str) -> grpc.aio.Channel:
+        assert not self.insecure and self.meter is not None
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.ca_pem, private_key=self.key_pem, certificate_chain=self.cert_pem
+        )
+        interceptors = [
+            _MeterUnaryUnary(self.meter),
+            _MeterUnaryStream(self.meter),
+            _MeterStreamUnary(self.meter),
+        ]
+        return grpc.aio.secure_channel(target, credentials, interceptors=interceptors)
+
+
+class RetryCounter(logging.Handler):
+    """Counts the transport's retry warnings (and keeps its per-client warnings quiet)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.retries = 0
+        self.errors: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if "retrying" in message:
+            self.retries += 1
+        elif "PLAINTEXT round" not in message:
+            self.errors.append(message)
+
+
+# --- the server subprocess -----------------------------------------------------------------
+
+
+def _proc_status(pid: int, key: str) -> int:
+    """A `kB` field of /proc/PID/status, in bytes."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"{key} not in /proc/{pid}/status")
+
+
+def _proc_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of every thread of PID so far."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class ServerProcess:
+    """`fedveil server` in its own process, on a free loopback port, logging to a file."""
+
+    def __init__(self, work: Path, keys: Path, mode: str, d: int) -> None:
+        work.mkdir(parents=True)
+        self.log_path = work / "server.log"
+        config = work / "server.toml"
+        config.write_text(f'[round]\nmode = "{mode}"\n')
+        self._stdout_path = work / "stdout.txt"
+        command = [
+            sys.executable, "-m", "fedveil.cli", "server",
+            "--config", str(config),
+            "--keys-dir", str(keys),
+            "--port", "0",
+            "--state-dir", str(work / "state"),
+            "--dimension", str(d),
+            "--rounds", "0",
+            "--stage-timeout-s", str(STAGE_TIMEOUT_S),
+            "--min-cohort", str(MIN_COHORT),
+        ]  # fmt: skip
+        with open(self._stdout_path, "wb") as out, open(self.log_path, "wb") as err:
+            self.proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err)
+        self.port = self._wait_listening()
+        self.base_rss = _proc_status(self.proc.pid, "VmRSS")
+        self.base_cpu_s = _proc_cpu_s(self.proc.pid)
+
+    def _wait_listening(self) -> int:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            found = LISTENING.search(self._stdout_path.read_text())
+            if found:
+                return int(found.group(2))
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(
+            f"the server did not start listening (exit {self.proc.returncode}); its log:\n"
+            + self.log_path.read_text()[-3000:]
+        )
+
+    def peak_rss(self) -> int:
+        return _proc_status(self.proc.pid, "VmHWM")
+
+    def cpu_s(self) -> float:
+        return _proc_cpu_s(self.proc.pid) - self.base_cpu_s
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+# --- one round -----------------------------------------------------------------------------
+
+
+@dataclass
+class Inputs:
+    vectors: list[np.ndarray]
+    weights: list[int]
+    expected: np.ndarray  # exact float64 weighted mean of the clipped inputs
+    total_weight: int
+
+
+def make_inputs(n: int, d: int, seed: int) -> Inputs:
+    rng = np.random.default_rng([seed, n, d])
+    weights = [int(w) for w in rng.integers(1, MAX_WEIGHT + 1, size=n)]
+    vectors, total = [], np.zeros(d, dtype=np.float64)
+    for weight in weights:
+        x = rng.standard_normal(d, dtype=np.float32)
+        x *= np.float32(INPUT_STD)
+        vectors.append(x)
+        total += weight * np.clip(x.astype(np.float64), -CLIP, CLIP)
+    total /= sum(weights)
+    return Inputs(vectors, weights, total, sum(weights))
+
+
+@dataclass
+class RoundRun:
+    round_s: float
+    phases_s: dict[str, float]
+    upload_bytes: int
+    upload_by_rpc: dict[str, int]
+    server_peak_rss: int
+    server_base_rss: int
+    server_cpu_s: float
+    client_cpu_s: float
+    max_error: float
+    ok: bool
+    retries: int
+    spec: dict[str, int]
+
+
+def _check(results: Sequence[AggregateResult], inputs: Inputs, mode: str) -> tuple[bool, float]:
+    n = len(inputs.vectors)
+    first = results[0]
+    error = float(np.max(np.abs(first.weighted_mean - inputs.expected)))
+    bound = first.error_bound if mode == "secagg" else PLAINTEXT_TOLERANCE
+    ok = error <= bound * (1 + 1e-9) and all(
+        len(r.survivors) == n
+        and r.total_weight == inputs.total_weight
+        and np.array_equal(r.weighted_mean, first.weighted_mean)
+        for r in results
+    )
+    return ok, error
+
+
+def _phases(meters: Sequence[RpcMeter], t0: float, t_end: float, mode: str) -> dict[str, float]:
+    phases, previous = {}, t0
+    for rpc in ROUND_ORDER[mode]:
+        ends = [m.ended[rpc] for m in meters if rpc in m.ended]
+        if not ends:
+            continue
+        last = min(max(ends), t_end)
+        phases[rpc] = last - previous
+        previous = last
+    phases["other"] = t_end - previous
+    return phases
+
+
+async def run_one_round(
+    mode: str, n: int, d: int, keys: Path, ids: Sequence[str], inputs: Inputs, work: Path
+) -> RoundRun:
+    roster = load_roster(keys).identities()
+    credentials = [ClientCredentials.load(client_dir(keys, cid)) for cid in ids]
+    server = ServerProcess(work, keys, mode, d)
+    meters = [RpcMeter() for _ in ids]
+    counter = RetryCounter()
+    transport_log = logging.getLogger("clients.transport")
+    transport_log.addHandler(counter)
+    transport_log.propagate = False
+    clients: list[AsyncAggregationClient] = []
+    try:
+        for cid, creds, meter in zip(ids, credentials, meters, strict=True):
+            security = replace(MeteredSecurity.from_credentials(creds), meter=meter)
+            clients.append(
+                AsyncAggregationClient(
+                    f"127.0.0.1:{server.port}",
+                    cid,
+                    creds.identity,
+                    roster,
+                    security,
+                    policy=ClientPolicy(min_cohort=MIN_COHORT, min_threshold=2),
+                )
+            )
+        infos = await asyncio.gather(*(client.get_round() for client in clients))  # connect
+        spec = infos[0].spec
+        for meter in meters:
+            meter.reset()
+        gc.collect()
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        results = await asyncio.gather(
+            *(
+                client.run_round(x, w)
+                for client, x, w in zip(clients, inputs.vectors, inputs.weights, strict=True)
+            )
+        )
+        t_end = time.perf_counter()
+        client_cpu = time.process_time() - cpu0
+        server_cpu = server.cpu_s()
+        peak = server.peak_rss()
+    finally:
+        for client in clients:
+            await client.close()
+        server.stop()
+        transport_log.removeHandler(counter)
+        transport_log.propagate = True
+    ok, error = _check(results, inputs, mode)
+    if counter.errors:
+        ok = False
+        print(f"# transport warnings: {counter.errors[:3]}", flush=True)
+    sizes = [sum(m.sent.values()) for m in meters]
+    heaviest = meters[int(np.argmax(sizes))]
+    del results
+    return RoundRun(
+        round_s=t_end - t0,
+        phases_s=_phases(meters, t0, t_end, mode),
+        upload_bytes=max(sizes),
+        upload_by_rpc=dict(heaviest.sent),
+        server_peak_rss=peak,
+        server_base_rss=server.base_rss,
+        server_cpu_s=server_cpu,
+        client_cpu_s=client_cpu,
+        max_error=error,
+        ok=ok,
+        retries=counter.retries,
+        spec={
+            "k": int(spec.neighbours),
+            "t": int(spec.threshold),
+            "bits": int(spec.quantization.bits),
+            "chunk_bytes": int(spec.chunk_bytes),
+        },
+    )
+
+
+# --- one configuration ---------------------------------------------------------------------
+
+
+def bench_config(
+    n: int,
+    d: int,
+    keys: Path,
+    ids: Sequence[str],
+    *,
+    repeats: int,
+    seed: int,
+    scratch: Path,
+    log_dir: Path | None,
+    machine: Mapping[str, Any],
+) -> list[dict[str, Any]]:
+    wall = time.perf_counter()
+    inputs = make_inputs(n, d, seed)
+    runs: dict[str, list[RoundRun]] = {mode: [] for mode in MODES}
+    for repeat in range(repeats):
+        for mode in MODES:
+            work = scratch / f"{mode}-n{n}-d{d}-r{repeat}"
+            run = asyncio.run(run_one_round(mode, n, d, keys, ids, inputs, work))
+            runs[mode].append(run)
+            if log_dir is not None:
+                log_dir.mkdir(parents=True, exist_ok=True)
+                (log_dir / f"{work.name}.log").write_bytes((work / "server.log").read_bytes())
+            gc.collect()
+    del inputs
+    gc.collect()
+    config_wall = time.perf_counter() - wall
+    plain_s = min(r.round_s for r in runs["plaintext"])
+    records = []
+    for mode in MODES:
+        best = min(runs[mode], key=lambda r: r.round_s)
+        peak = max(r.server_peak_rss for r in runs[mode])
+        base = min(r.server_base_rss for r in runs[mode])
+        upload = max(r.upload_bytes for r in runs[mode])
+        records.append(
+            {
+                "mode": mode,
+                "n": n,
+                "d": d,
+                "k": best.spec["k"] if mode == "secagg" else 0,
+                "t": best.spec["t"],
+                "bits": best.spec["bits"] if mode == "secagg" else 32,
+                "chunk_bytes": best.spec["chunk_bytes"],
+                "repeats": repeats,
+                "round_s": best.round_s,
+                "round_s_all": [r.round_s for r in runs[mode]],
+                "plaintext_round_s": plain_s,
+                "ratio": best.round_s / plain_s,
+                "upload_bytes_per_client": upload,
+                "upload_bytes_by_rpc": best.upload_by_rpc,
+                "fp32_bytes": 4 * d,
+                "upload_ratio": upload / (4 * d),
+                "server_peak_rss_bytes": peak,
+                "server_base_rss_bytes": base,
+                "server_rss_per_d": peak / d,
+                "server_round_rss_per_d": (peak - base) / d,
+                "server_cpu_s": best.server_cpu_s,
+                "client_cpu_s": best.client_cpu_s,
+                "phases_s": best.phases_s,
+                "round_ok": all(r.ok for r in runs[mode]),
+                "max_error": max(r.max_error for r in runs[mode]),
+                "client_retries": sum(r.retries for r in runs[mode]),
+                "config_wall_s": config_wall,
+                **machine,
+            }
+        )
+    return records
+
+
+# --- matrix and table ----------------------------------------------------------------------
+
+
+COLUMNS = (  # (record field, heading, width, format spec)
+    ("mode", "mode", 9, "s"),
+    ("n", "n", 3, "d"),
+    ("d", "d", 8, "d"),
+    ("round_s", "round_s", 8, ".3f"),
+    ("plaintext_round_s", "plain_s", 8, ".3f"),
+    ("ratio", "ratio", 6, ".2f"),
+    ("upload_bytes_per_client", "upload_B", 10, "d"),
+    ("upload_ratio", "up/fp32", 7, ".4f"),
+    ("server_peak_rss_bytes", "srv_peak_B", 11, "d"),
+    ("server_rss_per_d", "rss/d", 6, ".1f"),
+    ("server_round_rss_per_d", "+rss/d", 6, ".1f"),
+    ("server_cpu_s", "srv_cpu", 7, ".2f"),
+    ("client_cpu_s", "cli_cpu", 7, ".2f"),
+    ("round_ok", "ok", 5, ""),
+)
+
+
+def table_header() -> str:
+    return " ".join(f"{heading:>{width}}" for _, heading, width, _ in COLUMNS)
+
+
+def table_row(record: Mapping[str, Any]) -> str:
+    cells = []
+    for name, _, width, spec in COLUMNS:
+        value = record[name]
+        cells.append(
+            f"{value!s:>{width}}" if isinstance(value, bool) else f"{value:>{width}{spec}}"
+        )
+    phases = " ".join(f"{k}={v:.2f}" for k, v in record["phases_s"].items())
+    return " ".join(cells) + f"   [{phases}]"
+
+
+def matrix(quick: bool) -> list[tuple[int, int]]:
+    return list(QUICK) if quick else [(n, d) for n in COHORTS for d in DIMENSIONS]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="n=10, d=1e6 only")
+    parser.add_argument("--json", type=Path, help="write the JSON list of records here")
+    parser.add_argument("--repeats", type=int, default=2, help="rounds per mode (min taken)")
+    parser.add_argument("--seed", type=int, default=20240601, help="numpy seed for the inputs")
+    parser.add_argument("--log-dir", type=Path, help="keep every server's log in this folder")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+
+    machine = {**machine_info(), "grpcio": grpc.__version__}
+    print(
+        f"# e2e_bench: {machine['cpu_count']} CPUs ({machine['cpu_model']}), Python "
+        f"{machine['python']}, numpy {machine['numpy']}, grpcio {machine['grpcio']}; "
+        f"mutual TLS on loopback, repeats={args.repeats} (round_s: minimum; server RSS: "
+        "maximum over repeats)",
+        flush=True,
+    )
+    print(table_header(), flush=True)
+    records: list[dict[str, Any]] = []
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="fedveil-e2e-") as tmp:
+        scratch = Path(tmp)
+        enrolled: dict[int, tuple[Path, list[str]]] = {}
+        for n, d in matrix(args.quick):
+            if n not in enrolled:
+                ids = [f"org-{i:02d}" for i in range(n)]
+                keys = scratch / f"keys-{n}"
+                init_keys(keys, ["localhost", "127.0.0.1"], ids)
+                enrolled[n] = (keys, ids)
+            keys, ids = enrolled[n]
+            for record in bench_config(
+                n,
+                d,
+                keys,
+                ids,
+                repeats=args.repeats,
+                seed=args.seed,
+                scratch=scratch,
+                log_dir=args.log_dir,
+                machine=machine,
+            ):
+                records.append(record)
+                print(table_row(record), flush=True)
+            if args.json is not None:
+                write_json(args.json, records)
+    elapsed = time.perf_counter() - start
+    print(f"# {len(records)} records in {elapsed:.1f} s", flush=True)
+    failed = [r for r in records if not r["round_ok"]]
+    for r in failed:
+        print(f"# FAILED: mode={r['mode']} n={r['n']} d={r['d']}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
