@@ -28,6 +28,7 @@ import json
 import logging
 import math
 import os
+import signal
 import sys
 import tempfile
 import tomllib
@@ -170,6 +171,12 @@ def add_client_parser(
     p.add_argument("--config", type=Path, default=None, help="TOML file with a [client] table")
     for name, (kind, text) in _FLAG_TYPES.items():
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
+    p.add_argument(
+        "--stop-before-stage",
+        type=Stage,
+        default=None,
+        help=argparse.SUPPRESS,  # fault injection for tests; see _StageWatcher
+    )
     p.set_defaults(handler=run_client)
     return p
 
@@ -316,10 +323,24 @@ def _stage_of(method: bytes | str) -> Stage | None:
 
 
 class _StageWatcher:
-    """Logs `answered` or `failed` once a stage call ends, without touching its result."""
+    """Logs `answered` or `failed` once a stage call ends, without touching its result.
 
-    def __init__(self) -> None:
+    `stop_before` is fault injection for tests: the process stops itself (SIGSTOP) just
+    before it first submits that stage, so a test can hold a stage open deterministically
+    and resume the client with SIGCONT.
+    """
+
+    def __init__(self, stop_before: Stage | None = None) -> None:
         self._pending: set[asyncio.Task[None]] = set()
+        self._stop_before = stop_before
+
+    def before_submit(self, stage: Stage) -> None:
+        if stage is not self._stop_before:
+            return
+        self._stop_before = None  # once: a retried call must not stop again
+        logger.info("stage %s: stopping before submit (SIGSTOP; resume with SIGCONT)", stage.value)
+        os.kill(os.getpid(), signal.SIGSTOP)
+        logger.info("stage %s: resumed", stage.value)
 
     def watch(self, stage: Stage, round_text: str, call: Awaitable[Any]) -> None:
         task = asyncio.ensure_future(self._report(stage, round_text, call))
@@ -356,6 +377,7 @@ class UnaryStageLogger(grpc.aio.UnaryUnaryClientInterceptor):
         if stage is None:
             return await continuation(client_call_details, request)
         round_text = f" (round {request.round_id})" if hasattr(request, "round_id") else ""
+        self._watcher.before_submit(stage)
         logger.info("stage %s: submitted%s", stage.value, round_text)
         call = await continuation(client_call_details, request)
         self._watcher.watch(stage, round_text, call)
@@ -377,6 +399,7 @@ class StreamStageLogger(grpc.aio.StreamUnaryClientInterceptor):
         stage = _stage_of(client_call_details.method)
         if stage is None:
             return await continuation(client_call_details, request_iterator)
+        self._watcher.before_submit(stage)
         logger.info("stage %s: sending", stage.value)
         if hasattr(request_iterator, "__aiter__"):
             requests: Any = _after_async(stage, request_iterator)
@@ -398,15 +421,17 @@ async def _after_async(stage: Stage, chunks: AsyncIterator[Any]) -> AsyncIterato
     logger.info("stage %s: submitted", stage.value)
 
 
-def stage_interceptors() -> list[grpc.aio.ClientInterceptor]:
+def stage_interceptors(stop_before: Stage | None = None) -> list[grpc.aio.ClientInterceptor]:
     """grpc.aio files an interceptor under one kind only, hence one object per kind."""
-    watcher = _StageWatcher()
+    watcher = _StageWatcher(stop_before)
     return [UnaryStageLogger(watcher), StreamStageLogger(watcher)]
 
 
 @dataclass(frozen=True)
 class ObservedTransportSecurity(TransportSecurity):
     """Mutual TLS as TransportSecurity, on a channel that logs stages and reconnects fast."""
+
+    stop_before: Stage | None = None
 
     def open_channel(self, target: str) -> grpc.aio.Channel:
         if self.insecure:
@@ -418,7 +443,7 @@ class ObservedTransportSecurity(TransportSecurity):
         if self.server_name_override is not None:
             options.append(("grpc.ssl_target_name_override", self.server_name_override))
         return grpc.aio.secure_channel(
-            target, credentials, options=options, interceptors=stage_interceptors()
+            target, credentials, options=options, interceptors=stage_interceptors(self.stop_before)
         )
 
 
@@ -432,13 +457,17 @@ class _Prepared:
     update: np.ndarray | dict[str, np.ndarray]
 
 
-def prepare(settings: ClientSettings) -> _Prepared:
+def prepare(settings: ClientSettings, stop_before: Stage | None = None) -> _Prepared:
     """Everything that can be checked offline: credentials, roster, update, the client."""
     credentials = ClientCredentials.load(settings.credentials)
     roster = load_roster_identities(settings.roster)
     update = load_update(settings.update)
-    security = ObservedTransportSecurity.from_credentials(
-        credentials, server_name_override=settings.server_name
+    security = ObservedTransportSecurity(
+        ca_pem=credentials.ca_pem,
+        cert_pem=credentials.cert_pem,
+        key_pem=credentials.key_pem,
+        server_name_override=settings.server_name,
+        stop_before=stop_before,
     )
     client = AsyncAggregationClient(
         settings.server,
@@ -492,7 +521,7 @@ def run_client(args: argparse.Namespace) -> int:
             stream=sys.stderr,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        prepared = prepare(settings)
+        prepared = prepare(settings, getattr(args, "stop_before_stage", None))
     except (FedveilError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,6 +35,7 @@ import pytest
 from clients.credentials import ClientCredentials
 from clients.roster_file import load_roster_identities
 from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
+from fedveil.cli import main
 from secagg.protocol.config import ClientPolicy
 from secagg.protocol.graph import default_neighbours, default_threshold
 from server.keys_store import client_dir, init_keys
@@ -143,12 +145,13 @@ class ProcessGroup:
     ) -> None:
         self.stop_all()
 
-    def start(self, name: str, args: Sequence[str]) -> Proc:
+    def start(self, name: str, args: Sequence[str], command: Sequence[str] = ()) -> Proc:
+        """Run `fedveil ARGS` (or `COMMAND ARGS`) with its output in two files."""
         out, err = self.folder / f"{name}.stdout", self.folder / f"{name}.stderr"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(out, "wb") as stdout, open(err, "wb") as stderr:
             popen = subprocess.Popen(
-                [*fedveil_command(), *args],
+                [*(command or fedveil_command()), *args],
                 stdout=stdout,
                 stderr=stderr,
                 stdin=subprocess.DEVNULL,
@@ -163,6 +166,7 @@ class ProcessGroup:
         for proc in self.procs:
             if proc.popen.poll() is None:
                 proc.popen.send_signal(signal.SIGTERM)
+                proc.popen.send_signal(signal.SIGCONT)  # a stopped process must see SIGTERM
         deadline = time.monotonic() + 5
         for proc in self.procs:
             try:
@@ -218,6 +222,7 @@ def start_server(
     port: int = 0,
     rounds: int = 0,
     min_cohort: int = 3,
+    command: Sequence[str] = (),
 ) -> tuple[Proc, int]:
     """`fedveil server`; returns it and the port parsed from its "listening on" line.
 
@@ -244,6 +249,7 @@ def start_server(
             "--state-dir",
             str(group.folder / "server-state"),
         ],
+        command,
     )
     found = server.wait_for(LISTENING, START_TIMEOUT_S, stream="stdout")
     bound = int(found.group(2))
@@ -322,9 +328,40 @@ def assert_exact(fed: Federation, outcome: ClientOutcome, who: str) -> None:
 def test_three_client_processes_complete_a_round(tmp_path: Path) -> None:
     d = 1000
     fed = make_federation(tmp_path, n=3, d=d, seed=3)
+    # The third client reads named tensors (.npz; flattened in sorted-name order, so
+    # "a" then "b" is the flat update again) and takes some options from a TOML file.
+    third = fed.ids[2]
+    flat = fed.updates[third]
+    tensors = tmp_path / "updates" / f"{third}.npz"
+    np.savez(tensors, b=flat[600:], a=flat[:600].reshape(20, 30))
+    config = tmp_path / "client.toml"
+    config.write_text(
+        f'[client]\nroster = "{fed.keys / "roster.json"}"\nweight = {fed.weights[third]}\n'
+        "min-cohort = 3\nrounds = 1\n"
+    )
     with ProcessGroup(tmp_path / "run") as group:
         server, port = start_server(group, fed, d=d, stage_timeout_s=20)
-        clients = [start_client(group, fed, c, port) for c in fed.ids]
+        clients = [start_client(group, fed, c, port) for c in fed.ids[:2]]
+        clients.append(
+            group.start(
+                third,
+                [
+                    "client",
+                    "--config",
+                    str(config),
+                    "--server",
+                    f"{HOST}:{port}",
+                    "--credentials",
+                    str(client_dir(fed.keys, third)),
+                    "--update",
+                    str(tensors),
+                    "--out",
+                    str(group.folder / f"{third}.result.npy"),
+                    "--summary-json",
+                    str(group.folder / f"{third}.summary.json"),
+                ],
+            )
+        )
         for proc in clients:
             assert proc.wait(60) == 0, proc.describe() + server.describe()
         outcomes = [outcome_of(group, proc) for proc in clients]
@@ -364,6 +401,58 @@ def test_client_with_missing_credentials_exits_with_a_reason(tmp_path: Path) -> 
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"--weight": "-1"}, "weight must be a non-negative example count"),
+        ({"--server": "no-port"}, "server must be HOST:PORT"),
+        ({"--update": None}, "missing --update"),
+        ({"--update": "u.txt"}, "must be one of .npy, .npz, .safetensors"),
+        ({"--update": "objects.npy"}, "cannot read the update"),
+        ({"--update": "matrix.npy"}, "must be a 1-D vector"),
+        ({"--roster": "bad-roster.json"}, "identity_public_key is not valid hex"),
+        ({"--config": "bad.toml"}, "unknown [client] setting 'colour'"),
+        ({"--min-cohort": "1"}, "min_cohort must be >= 2"),
+    ],
+)
+def test_bad_client_arguments_exit_2_with_a_reason(
+    tmp_path: Path,
+    change: dict[str, str | None],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    root = logging.getLogger()
+    # run_client configures logging for its process; keep that out of the test process.
+    monkeypatch.setattr(root, "handlers", list(root.handlers))
+    monkeypatch.setattr(root, "level", root.level)
+    keys = tmp_path / "keys"
+    init_keys(keys, ["localhost"], ["org-a", "org-b", "org-c"])
+    np.save(tmp_path / "u.npy", np.zeros(8, dtype=np.float32))
+    np.save(tmp_path / "objects.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp_path / "matrix.npy", np.zeros((2, 4), dtype=np.float32))
+    roster = json.loads((keys / "roster.json").read_text())
+    roster["clients"][1]["identity_public_key"] = "zz" * 32
+    (tmp_path / "bad-roster.json").write_text(json.dumps(roster))
+    (tmp_path / "bad.toml").write_text('[client]\ncolour = "blue"\n')
+    flags: dict[str, str | None] = {
+        "--server": f"{HOST}:1",
+        "--credentials": str(client_dir(keys, "org-a")),
+        "--roster": str(keys / "roster.json"),
+        "--update": "u.npy",
+        "--weight": "3",
+    }
+    flags.update(change)
+    argv = ["client"]
+    for flag, value in flags.items():
+        if value is not None:
+            in_tmp = flag in ("--update", "--roster", "--config") and "/" not in value
+            argv += [flag, str(tmp_path / value) if in_tmp else value]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err, err
+
+
 # --- slow ----------------------------------------------------------------------------------------
 
 
@@ -385,33 +474,70 @@ def test_ten_client_processes_at_one_million_values(tmp_path: Path) -> None:
 
 KILL_N = 7
 KILL_STAGE_TIMEOUT_S = 4.0
+ARRIVAL_S = 0.3  # loopback: a message logged as submitted has reached the server by then
+
+
+def is_stopped(proc: Proc) -> bool:
+    """The process is in state T (stopped by SIGSTOP), from /proc."""
+    stat = Path(f"/proc/{proc.popen.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"
+
+
+def wait_until_stopped(proc: Proc, stage: str, timeout_s: float = 60) -> None:
+    proc.wait_for(re.escape(f"stage {stage}: stopping before submit"), timeout_s)
+    deadline = time.monotonic() + 10
+    while not is_stopped(proc):
+        assert time.monotonic() < deadline, f"{proc.name} did not stop\n{proc.describe()}"
+        time.sleep(0.01)
+
+
+def start_waiting_clients(
+    group: ProcessGroup, fed: Federation, port: int, extra: dict[str, Sequence[str]]
+) -> dict[str, Proc]:
+    """Start every client before the server and return once each one polls for a round."""
+    clients = {
+        c: start_client(group, fed, c, port, "--join-timeout-s", "60", *extra.get(c, ()))
+        for c in fed.ids
+    }
+    for proc in clients.values():
+        proc.wait_for(r"waiting for round 1 of 1", START_TIMEOUT_S)
+    return clients
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("stage", "victims"),
     [
-        *[(stage, 1) for stage in STAGES],
+        *[pytest.param(stage, 1, id=stage) for stage in STAGES],
         # n=7: k=6, t=4; four clients gone before their masked input leaves three < t.
         pytest.param("share-keys", 4, id="share-keys-below-threshold"),
     ],
 )
 def test_client_killed_in_a_stage_long_poll(tmp_path: Path, stage: str, victims: int) -> None:
+    """SIGKILL clients while they wait in `stage`'s long poll; the others finish the round.
+
+    To make "while they wait" deterministic, one more client (the holder) stops itself
+    just before it submits `stage`, so the stage cannot close while the victims are killed;
+    it is resumed afterwards and the stage closes with the victims' messages in it.
+    """
     n, d = KILL_N, 5000
     threshold = default_threshold(n, default_neighbours(n))
     fed = make_federation(tmp_path, n=n, d=d, seed=STAGES.index(stage) + 100 * victims)
-    doomed = fed.ids[:victims]
+    doomed, holder = fed.ids[:victims], fed.ids[-1]
     port = free_port()
     with ProcessGroup(tmp_path / "run") as group:
-        clients = {c: start_client(group, fed, c, port, "--join-timeout-s", "60") for c in fed.ids}
-        for proc in clients.values():
-            proc.wait_for(r"waiting for round 1 of 1", START_TIMEOUT_S)
+        clients = start_waiting_clients(group, fed, port, {holder: ("--stop-before-stage", stage)})
         server, _ = start_server(group, fed, d=d, stage_timeout_s=KILL_STAGE_TIMEOUT_S, port=port)
+        wait_until_stopped(clients[holder], stage)
         for victim in doomed:
-            clients[victim].wait_for(re.escape(f"stage {stage}: submitted"), 60)
+            clients[victim].wait_for(re.escape(f"stage {stage}: submitted"), 30)
+        time.sleep(ARRIVAL_S)
+        for victim in doomed:
             clients[victim].popen.send_signal(signal.SIGKILL)
         for victim in doomed:
             assert clients[victim].wait(10) == -signal.SIGKILL
+            assert f"stage {stage}: answered" not in clients[victim].stderr()
+        clients[holder].popen.send_signal(signal.SIGCONT)
         remaining = {c: p for c, p in clients.items() if c not in doomed}
         statuses = {c: p.wait(90) for c, p in remaining.items()}
         report = "".join(p.describe() for p in clients.values()) + server.describe(60)
@@ -422,19 +548,73 @@ def test_client_killed_in_a_stage_long_poll(tmp_path: Path, stage: str, victims:
             return
         assert all(s == 0 for s in statuses.values()), report
         outcomes = {c: outcome_of(group, p) for c, p in remaining.items()}
-        victim_logs = {v: clients[v].stderr() for v in doomed}
+    # A victim's input counts exactly when its masked input reached the server.
+    uploaded = STAGES.index(stage) >= STAGES.index("masked-input")
+    expected = set(fed.ids) if uploaded else set(fed.ids) - set(doomed)
     first = next(iter(outcomes.values()))
+    assert set(first.survivors) == expected, report
     for c, outcome in outcomes.items():
         assert outcome.survivors == first.survivors
         assert np.array_equal(outcome.mean, first.mean)
-        assert set(remaining) <= set(outcome.survivors), report
         assert_exact(fed, outcome, c)
-    for victim, log in victim_logs.items():
-        # What counted follows from how far the victim got before SIGKILL.
-        if "stage masked-input: answered" in log:
-            assert victim in first.survivors, report
-        if "stage masked-input: sending" not in log:
-            assert victim not in first.survivors, report
+
+
+# Widens the window in which the last unmask submitter's RPC is in the threaded unmask.
+SLOW_UNMASK_SERVER = """
+import sys, time
+from secagg.protocol.server import ServerRound
+from secagg.protocol.stages import Stage
+_advance = ServerRound.advance
+def advance(self):
+    if self.stage is Stage.UNMASK:
+        time.sleep(1.0)
+    return _advance(self)
+ServerRound.advance = advance
+from fedveil.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "server bug: the last unmask submitter's RPC handler runs the stage close itself "
+        "(RoundCoordinator.submit -> _close_stage -> await asyncio.to_thread(server.advance)); "
+        "when that client disconnects meanwhile, gRPC cancels the handler, the close stops "
+        "half way (deadline already cancelled, closed[UNMASK] never set, next round never "
+        "opened) and every other client waits until DEADLINE_EXCEEDED"
+    ),
+)
+def test_last_unmask_client_killed_during_unmask(tmp_path: Path) -> None:
+    n, d = 5, 2000
+    fed = make_federation(tmp_path, n=n, d=d, seed=55)
+    victim, others = fed.ids[0], fed.ids[1:]
+    port = free_port()
+    with ProcessGroup(tmp_path / "run") as group:
+        clients = start_waiting_clients(
+            group, fed, port, {victim: ("--stop-before-stage", "unmask")}
+        )
+        server, _ = start_server(
+            group,
+            fed,
+            d=d,
+            stage_timeout_s=KILL_STAGE_TIMEOUT_S,
+            port=port,
+            command=(sys.executable, "-c", SLOW_UNMASK_SERVER),
+        )
+        wait_until_stopped(clients[victim], "unmask")
+        for c in others:
+            clients[c].wait_for(re.escape("stage unmask: submitted"), 30)
+        time.sleep(ARRIVAL_S)
+        clients[victim].popen.send_signal(signal.SIGCONT)
+        clients[victim].wait_for(re.escape("stage unmask: submitted"), 10)
+        time.sleep(ARRIVAL_S)  # the victim's call now runs the 1 s unmask on the server
+        clients[victim].popen.send_signal(signal.SIGKILL)
+        assert clients[victim].wait(10) == -signal.SIGKILL
+        statuses = {c: clients[c].wait(60) for c in others}
+        report = "".join(p.describe() for p in clients.values()) + server.describe(60)
+    assert all(s == 0 for s in statuses.values()), report
 
 
 @pytest.mark.slow
