@@ -43,8 +43,10 @@ class RunningServer:
         self.journal.close()
 
     async def wait_for_rounds(self) -> None:
-        """Return once the configured number of rounds has run."""
+        """Return once the configured number of rounds has run and its results were fetched
+        (or a stage timeout passed waiting for them)."""
         await self.coordinator.finished.wait()
+        await self.coordinator.drain(self.coordinator.settings.stage_timeout_s)
 
 
 def _roster_for(settings: ServerSettings, roster: Roster | None) -> Roster:

@@ -75,6 +75,8 @@ class RoundCoordinator:
         self._next_round_id = journal.last_round_id() + 1
         self._opened = 0
         self.finished = asyncio.Event()
+        self.downloads: dict[int, set[str]] = {}
+        self._background: set[asyncio.Task[None]] = set()
 
     # --- rounds -----------------------------------------------------------------------
 
@@ -246,7 +248,7 @@ class RoundCoordinator:
             if message is not None:
                 self.journal.record(active.round_id, *encode_message(active.round_id, message))
             if active.server.stage is stage and not active.server.expected_senders():
-                await self._close_stage(active)
+                self._close_in_background(active, stage)
             return active, result
 
     async def wait_closed(self, active: ActiveRound, stage: Stage) -> None:
@@ -295,6 +297,21 @@ class RoundCoordinator:
         active.server.abort_masked_input(client_id, chunks)
         self.journal.forget_upload(active.round_id, client_id)
 
+    def _close_in_background(self, active: ActiveRound, stage: Stage) -> None:
+        """Close `stage` in a task of its own, not in the RPC handler of the last sender.
+
+        If that client disconnects, gRPC cancels its handler; a close running inside it
+        would stop half-way and leave every other client waiting forever.
+        """
+        task = asyncio.get_running_loop().create_task(self._close_if_still(active, stage))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _close_if_still(self, active: ActiveRound, stage: Stage) -> None:
+        async with self.lock:
+            if active.server.stage is stage:
+                await self._close_stage(active)
+
     def _arm_deadline(self, active: ActiveRound) -> None:
         stage = active.server.stage
         active.deadline = asyncio.get_running_loop().create_task(self._deadline(active, stage))
@@ -305,6 +322,25 @@ class RoundCoordinator:
             if active.server.stage is stage:
                 log.info("round %d: stage %s deadline passed", active.round_id, stage.value)
                 await self._close_stage(active)
+
+    def record_download(self, round_id: int, client_id: str) -> None:
+        self.downloads.setdefault(round_id, set()).add(client_id)
+
+    async def drain(self, timeout_s: float, poll_s: float = 0.05) -> None:
+        """After the last round, keep serving until every survivor has fetched its result
+        (or `timeout_s` passes), so `--rounds R` does not cut clients off."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while loop.time() < deadline:
+            pending = [
+                rid
+                for rid, active in self.rounds.items()
+                if active.server.result is not None
+                and not set(active.server.result.survivors) <= self.downloads.get(rid, set())
+            ]
+            if not pending:
+                return
+            await asyncio.sleep(poll_s)
 
     async def shutdown(self) -> None:
         for active in self.rounds.values():

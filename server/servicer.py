@@ -359,3 +359,4 @@ class AggregationServicer(pb_grpc.AggregationServicer):
                 data=piece,
                 sha256=hashlib.sha256(data).digest() if last else b"",
             )
+        self.coordinator.record_download(request.round_id, request.client_id)

@@ -576,16 +576,6 @@ sys.exit(main(sys.argv[1:]))
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug: the last unmask submitter's RPC handler runs the stage close itself "
-        "(RoundCoordinator.submit -> _close_stage -> await asyncio.to_thread(server.advance)); "
-        "when that client disconnects meanwhile, gRPC cancels the handler, the close stops "
-        "half way (deadline already cancelled, closed[UNMASK] never set, next round never "
-        "opened) and every other client waits until DEADLINE_EXCEEDED"
-    ),
-)
 def test_last_unmask_client_killed_during_unmask(tmp_path: Path) -> None:
     n, d = 5, 2000
     fed = make_federation(tmp_path, n=n, d=d, seed=55)
@@ -670,14 +660,6 @@ def test_one_hundred_concurrent_clients(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "server bug: `fedveil server --rounds R` stops listening as soon as round R's unmask "
-        "stage closes, so clients that have not yet called GetResult get UNAVAILABLE "
-        "(connection refused) and exit 1"
-    ),
-)
 def test_server_with_rounds_serves_last_result(tmp_path: Path) -> None:
     d = 1000
     fed = make_federation(tmp_path, n=5, d=d, seed=5)
