@@ -25,8 +25,9 @@ How one round is measured:
   holding only `[round] mode = ...`, started as a SUBPROCESS (so its memory is its own),
   fresh for every repetition with a fresh state folder. Its port is parsed from its
   "fedveil server listening on HOST:PORT" line. `--rounds 0` and SIGTERM after the
-  measurement, rather than `--rounds 1`, because a `--rounds 1` server starts shutting
-  down as soon as its round is DONE, while clients may still be downloading the result.
+  measurement, rather than `--rounds 1`, so the server is certainly alive to be measured
+  when the last client has its result (a `--rounds 1` server exits once every result
+  was fetched, which races with reading its memory).
 - Clients: n AsyncAggregationClients in this process (one event loop), each with its
   own mutual-TLS channel. Before the clock starts every client calls GetRound once, so
   the TLS handshakes are not timed (a long-lived client keeps its channel between
@@ -93,7 +94,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ class _MeterUnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):
     def __init__(self, meter: RpcMeter) -> None:
         self.meter = meter
 
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         rpc = self.meter.name(details)
         self.meter.add(rpc, request.ByteSize())
         return self.meter.watch(rpc, await continuation(details, request))
@@ -193,7 +194,7 @@ class _MeterUnaryStream(grpc.aio.UnaryStreamClientInterceptor):
     def __init__(self, meter: RpcMeter) -> None:
         self.meter = meter
 
-    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         rpc = self.meter.name(details)
         self.meter.add(rpc, request.ByteSize())
         return self.meter.watch(rpc, await continuation(details, request))
@@ -203,7 +204,9 @@ class _MeterStreamUnary(grpc.aio.StreamUnaryClientInterceptor):
     def __init__(self, meter: RpcMeter) -> None:
         self.meter = meter
 
-    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_unary(
+        self, continuation: Any, details: Any, request_iterator: Any
+    ) -> Any:
         rpc = self.meter.name(details)
         call = await continuation(details, self.meter.count(rpc, request_iterator))
         return self.meter.watch(rpc, call)
@@ -401,7 +404,9 @@ async def run_one_round(
     clients: list[AsyncAggregationClient] = []
     try:
         for cid, creds, meter in zip(ids, credentials, meters, strict=True):
-            security = replace(MeteredSecurity.from_credentials(creds), meter=meter)
+            security = MeteredSecurity(
+                ca_pem=creds.ca_pem, cert_pem=creds.cert_pem, key_pem=creds.key_pem, meter=meter
+            )
             clients.append(
                 AsyncAggregationClient(
                     f"127.0.0.1:{server.port}",
@@ -574,6 +579,25 @@ def matrix(quick: bool) -> list[tuple[int, int]]:
     return list(QUICK) if quick else [(n, d) for n in COHORTS for d in DIMENSIONS]
 
 
+def acceptance_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The two acceptance figures, for whichever of their configurations ran."""
+    secagg = {(r["n"], r["d"]): r for r in records if r["mode"] == "secagg"}
+    lines = []
+    if (10, 4_000_000) in secagg:
+        ratio = secagg[(10, 4_000_000)]["ratio"]
+        verdict = "ok" if ratio <= 1.5 else "ABOVE 1.5"
+        lines.append(f"# acceptance: secagg/plaintext round, n=10 d=4e6: {ratio:.2f} ({verdict})")
+    for d in sorted({d for _, d in secagg}):
+        if (10, d) in secagg and (50, d) in secagg:
+            small, large = (secagg[(n, d)]["server_peak_rss_bytes"] for n in (10, 50))
+            lines.append(
+                f"# acceptance: secagg server peak RSS at d={d}: n=10 {small / 1e6:.0f} MB, "
+                f"n=50 {large / 1e6:.0f} MB (n=50/n=10 = {large / small:.2f}; growth with d "
+                "only would keep this near 1)"
+            )
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n=10, d=1e6 only")
@@ -623,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
                 write_json(args.json, records)
     elapsed = time.perf_counter() - start
     print(f"# {len(records)} records in {elapsed:.1f} s", flush=True)
+    for line in acceptance_lines(records):
+        print(line, flush=True)
     failed = [r for r in records if not r["round_ok"]]
     for r in failed:
         print(f"# FAILED: mode={r['mode']} n={r['n']} d={r['d']}", flush=True)
