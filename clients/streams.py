@@ -117,12 +117,13 @@ class ResultAssembler:
             )
         self._take_header(chunk)
         assert self._header is not None
-        if len(self._data) + len(chunk.data) > self._header.total_bytes:
+        data = chunk.data  # each read of a bytes field copies it: read once
+        if len(self._data) + len(data) > self._header.total_bytes:
             raise StreamIntegrityError(
                 f"result stream exceeds the announced {self._header.total_bytes} bytes"
             )
-        self._data += chunk.data
-        self._hasher.update(chunk.data)
+        self._data += data
+        self._hasher.update(data)
         self._next_index += 1
         if chunk.sha256:
             self._digest = bytes(chunk.sha256)
@@ -147,7 +148,7 @@ class ResultAssembler:
             raise StreamIntegrityError("the result stream's last chunk carries no SHA-256")
         if self._digest != self._hasher.digest():
             raise StreamIntegrityError("result digest mismatch: the bytes were corrupted")
-        mean = np.frombuffer(bytes(self._data), dtype=RESULT_DTYPE).astype(np.float64)
+        mean = np.frombuffer(self._data, dtype=RESULT_DTYPE).astype(np.float64)
         return self._header, mean
 
 

@@ -10,11 +10,14 @@ thread under that lock so the event loop keeps serving other calls.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TypeVar
+
+import numpy as np
 
 from proto import aggregation_pb2 as pb
 from proto.convert import config_to_spec
@@ -46,6 +49,19 @@ class ActiveRound:
         default_factory=lambda: {stage: asyncio.Event() for stage in ORDER}
     )
     deadline: asyncio.Task[None] | None = None
+    result_bytes: bytes | None = None
+    result_digest: bytes = b""
+
+    def serialised_result(self) -> tuple[bytes, bytes]:
+        """The float64 weighted mean as bytes and its SHA-256, computed once per round, so
+        n concurrent downloads share one copy instead of holding n."""
+        if self.result_bytes is None:
+            result = self.server.result
+            assert result is not None
+            mean = result.estimate.weighted_mean
+            self.result_bytes = np.ascontiguousarray(mean, dtype="<f8").tobytes()
+            self.result_digest = hashlib.sha256(self.result_bytes).digest()
+        return self.result_bytes, self.result_digest
 
     @property
     def round_id(self) -> int:
@@ -284,7 +300,13 @@ class RoundCoordinator:
         if server.stage in (Stage.DONE, Stage.FAILED):
             for event in active.closed.values():
                 event.set()
-            self.journal.end_round(active.round_id, server.stage.value, str(server.failure or ""))
+            # Dropping a round's chunks can take a second at d = 4e6; not on the event loop.
+            await asyncio.to_thread(
+                self.journal.end_round,
+                active.round_id,
+                server.stage.value,
+                str(server.failure or ""),
+            )
             log.info("round %d %s", active.round_id, server.stage.value)
             if active is self.current:
                 self.open_next_round()

@@ -8,13 +8,11 @@ any FedveilError to its gRPC status with a message that says what to fix.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import grpc
-import numpy as np
 
 from proto import aggregation_pb2 as pb
 from proto import aggregation_pb2_grpc as pb_grpc
@@ -340,7 +338,7 @@ class AggregationServicer(pb_grpc.AggregationServicer):
         except FedveilError as exc:
             await abort_with(context, exc)
             return
-        data = np.ascontiguousarray(result.estimate.weighted_mean, dtype="<f8").tobytes()
+        data, digest = active.serialised_result()
         header = pb.ResultHeader(
             round_id=request.round_id,
             survivors=list(result.survivors),
@@ -350,13 +348,14 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             total_bytes=len(data),
         )
         size = active.server.uploads.chunk_bytes
-        pieces = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
-        for index, piece in enumerate(pieces):
-            last = index == len(pieces) - 1
+        view = memoryview(data)
+        count = max(1, -(-len(data) // size))
+        for index in range(count):
+            last = index == count - 1
             yield pb.ResultChunk(
                 header=header if index == 0 else None,
                 index=index,
-                data=piece,
-                sha256=hashlib.sha256(data).digest() if last else b"",
+                data=bytes(view[index * size : (index + 1) * size]),
+                sha256=digest if last else b"",
             )
         self.coordinator.record_download(request.round_id, request.client_id)
