@@ -601,6 +601,13 @@ def acceptance_lines(records: Sequence[Mapping[str, Any]]) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="n=10, d=1e6 only")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=None,
+        metavar="N:D",
+        help="run only these (n, d) configurations, e.g. --only 50:1000000 (repeatable)",
+    )
     parser.add_argument("--json", type=Path, help="write the JSON list of records here")
     parser.add_argument("--repeats", type=int, default=2, help="rounds per mode (min taken)")
     parser.add_argument("--seed", type=int, default=20240601, help="numpy seed for the inputs")
@@ -623,7 +630,12 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="fedveil-e2e-") as tmp:
         scratch = Path(tmp)
         enrolled: dict[int, tuple[Path, list[str]]] = {}
-        for n, d in matrix(args.quick):
+        chosen = (
+            [(int(a), int(b)) for a, b in (item.split(":") for item in args.only)]
+            if args.only
+            else matrix(args.quick)
+        )
+        for n, d in chosen:
             if n not in enrolled:
                 ids = [f"org-{i:02d}" for i in range(n)]
                 keys = scratch / f"keys-{n}"

@@ -63,6 +63,10 @@ async def start_server(settings: ServerSettings, roster: Roster | None = None) -
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        # No BDP probing: HTTP/2 windows stay at their default instead of growing to
+        # megabytes per stream, so buffered bytes scale with the chunk size, not with
+        # n concurrent uploads times a large window (measured: 409 -> 256 MB at n=50).
+        ("grpc.http2.bdp_probe", 0),
     ]
     server = grpc.aio.server(options=options)
     Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
