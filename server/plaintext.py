@@ -19,14 +19,13 @@ from secagg.errors import (
     ConfigError,
     DuplicateSubmissionError,
     InvalidMessageError,
-    ProtocolError,
     StageError,
     ThresholdNotMetError,
     UnknownClientError,
 )
 from secagg.protocol.messages import RoundResult
 from secagg.protocol.stages import Stage
-from secagg.protocol.upload import UploadProgress
+from secagg.protocol.upload import ChunkedUploads
 from secagg.quantize import AggregateEstimate
 
 if TYPE_CHECKING:
@@ -35,79 +34,35 @@ if TYPE_CHECKING:
 FLOAT_BYTES = 4
 
 
-class FloatUploads:
-    """Streamed float32 uploads added, weighted, into a float64 running sum."""
+class FloatUploads(ChunkedUploads):
+    """Streamed float32 uploads, clipped and weighted, into a float64 running sum."""
 
     def __init__(self, target: np.ndarray, dimension: int, chunk_bytes: int, clip: float) -> None:
         if chunk_bytes <= 0 or chunk_bytes % FLOAT_BYTES:
             raise ConfigError(f"chunk_bytes={chunk_bytes} must be a positive multiple of 4")
+        super().__init__(dimension * FLOAT_BYTES, chunk_bytes, "float32 values")
         self._target = target
         self.clip = clip
-        self.chunk_bytes = chunk_bytes
-        self.total_bytes = dimension * FLOAT_BYTES
-        self.chunk_count = max(1, -(-self.total_bytes // chunk_bytes))
-        self._open: dict[str, UploadProgress] = {}
         self.weights: dict[str, int] = {}
 
-    def progress(self, client_id: str) -> UploadProgress | None:
-        return self._open.get(client_id)
+    def begin_weighted(self, client_id: str, total_bytes: int, weight: int) -> None:
+        self.begin(client_id, total_bytes)
+        self.weights.setdefault(client_id, weight)
 
-    def begin(self, client_id: str, total_bytes: int, weight: int) -> None:
-        if total_bytes != self.total_bytes:
-            raise InvalidMessageError(
-                f"upload announces {total_bytes} bytes; this round expects {self.total_bytes} "
-                f"(float32 values)"
-            )
-        if client_id not in self._open:
-            self._open[client_id] = UploadProgress()
-            self.weights[client_id] = weight
-
-    def _values(self, index: int, data: bytes) -> tuple[slice, np.ndarray]:
+    def _apply(self, client_id: str, index: int, data: bytes, *, subtract: bool) -> None:
         start = index * self.chunk_bytes // FLOAT_BYTES
         values = np.frombuffer(data, dtype="<f4").astype(np.float64)
         if not np.all(np.isfinite(values)):
             raise InvalidMessageError(f"chunk {index} holds NaN or infinite values")
-        return slice(start, start + values.shape[0]), np.clip(values, -self.clip, self.clip)
-
-    def add_chunk(self, client_id: str, index: int, data: bytes) -> None:
-        state = self._open.get(client_id)
-        if state is None:
-            raise ProtocolError(f"no upload in progress for {client_id!r}; start with chunk 0")
-        if index != state.next_index or index >= self.chunk_count:
-            raise InvalidMessageError(
-                f"chunk {index} out of order: the server expects chunk {state.next_index} next"
-            )
-        last = index == self.chunk_count - 1
-        expected = self.total_bytes - index * self.chunk_bytes if last else self.chunk_bytes
-        if len(data) != expected:
-            raise InvalidMessageError(f"chunk {index} has {len(data)} bytes; expected {expected}")
-        span, values = self._values(index, data)
-        self._target[span] += self.weights[client_id] * values
-        state.hasher.update(data)
-        state.received_bytes += len(data)
-        state.next_index += 1
-
-    def finish(self, client_id: str, digest: bytes) -> None:
-        state = self._open.get(client_id)
-        if state is None:
-            raise ProtocolError(f"no upload in progress for {client_id!r}")
-        if state.received_bytes != self.total_bytes:
-            raise InvalidMessageError(
-                f"upload ended after {state.received_bytes} of {self.total_bytes} bytes"
-            )
-        if digest != state.hasher.digest():
-            raise InvalidMessageError("upload digest mismatch: re-send the upload")
-        del self._open[client_id]
+        contribution = self.weights[client_id] * np.clip(values, -self.clip, self.clip)
+        span = slice(start, start + values.shape[0])
+        if subtract:
+            self._target[span] -= contribution
+        else:
+            self._target[span] += contribution
 
     def abort(self, client_id: str, chunks: Iterable[bytes]) -> None:
-        state = self._open.pop(client_id, None)
-        if state is None:
-            return
-        for index, data in enumerate(chunks):
-            if index >= state.next_index:
-                break
-            span, values = self._values(index, data)
-            self._target[span] -= self.weights[client_id] * values
+        super().abort(client_id, chunks)
         self.weights.pop(client_id, None)
 
 
@@ -166,7 +121,7 @@ class PlaintextRound:
         self._require_collecting(client_id)
         if not 1 <= weight <= self.max_weight:
             raise InvalidMessageError(f"weight must be in [1, {self.max_weight}], got {weight}")
-        self.uploads.begin(client_id, total_bytes, weight)
+        self.uploads.begin_weighted(client_id, total_bytes, weight)
 
     def add_chunk(self, client_id: str, index: int, data: bytes) -> None:
         self._require_collecting(client_id)

@@ -39,22 +39,18 @@ class UploadProgress:
     hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
 
 
-class UploadAccumulator:
-    """Adds validated chunks of m-bit uploads into `target`, client by client."""
+class ChunkedUploads:
+    """Per-client streamed uploads into one running sum: order, sizes, digest, rollback.
 
-    def __init__(self, target: np.ndarray, bits: int, element_count: int, chunk_bytes: int) -> None:
-        if chunk_bytes <= 0 or chunk_bytes % bits:
-            raise ConfigError(
-                f"chunk_bytes={chunk_bytes} must be a positive multiple of bits={bits} so "
-                "every chunk holds whole elements"
-            )
-        self._target = target
-        self.bits = bits
-        self.element_count = element_count
+    Subclasses say how one validated chunk is added into (or taken out of) the sum; the
+    rules every stream obeys live here once.
+    """
+
+    def __init__(self, total_bytes: int, chunk_bytes: int, what: str) -> None:
+        self.total_bytes = total_bytes
         self.chunk_bytes = chunk_bytes
-        self.total_bytes = packed_size(element_count, bits)
-        self.chunk_count = max(1, -(-self.total_bytes // chunk_bytes))
-        self._elements_per_chunk = chunk_bytes * 8 // bits
+        self.chunk_count = max(1, -(-total_bytes // chunk_bytes))
+        self._what = what
         self._open: dict[str, UploadProgress] = {}
 
     def progress(self, client_id: str) -> UploadProgress | None:
@@ -65,13 +61,12 @@ class UploadAccumulator:
         if total_bytes != self.total_bytes:
             raise InvalidMessageError(
                 f"upload announces {total_bytes} bytes; this round expects exactly "
-                f"{self.total_bytes} ({self.element_count} elements of {self.bits} bits)"
+                f"{self.total_bytes} ({self._what})"
             )
         return self._open.setdefault(client_id, UploadProgress())
 
-    def _chunk_span(self, index: int) -> tuple[int, int]:
-        start = index * self._elements_per_chunk
-        return start, min(self.element_count, start + self._elements_per_chunk)
+    def _apply(self, client_id: str, index: int, data: bytes, *, subtract: bool) -> None:
+        raise NotImplementedError
 
     def add_chunk(self, client_id: str, index: int, data: bytes) -> None:
         """Validate one chunk fully, then add it into the sum at its offset."""
@@ -93,10 +88,7 @@ class UploadAccumulator:
                 f"chunk {index} has {len(data)} bytes; expected {expected} "
                 f"(chunk size {self.chunk_bytes}, total {self.total_bytes})"
             )
-        start, stop = self._chunk_span(index)
-        values = unpack(data, self.bits, stop - start)
-        target = self._target[start:stop]
-        np.add(target, values, out=target)
+        self._apply(client_id, index, data, subtract=False)
         state.hasher.update(data)
         state.received_bytes += len(data)
         state.next_index += 1
@@ -118,14 +110,35 @@ class UploadAccumulator:
         del self._open[client_id]
 
     def abort(self, client_id: str, chunks: Iterable[bytes]) -> None:
-        """Subtract an unfinished upload's chunks (as kept by the caller) and forget it."""
+        """Take an unfinished upload's chunks (as kept by the caller) out of the sum."""
         state = self._open.pop(client_id, None)
         if state is None:
             return
         for index, data in enumerate(chunks):
             if index >= state.next_index:
                 break
-            start, stop = self._chunk_span(index)
-            values = unpack(data, self.bits, stop - start)
-            target = self._target[start:stop]
-            np.subtract(target, values, out=target)
+            self._apply(client_id, index, data, subtract=True)
+
+
+class UploadAccumulator(ChunkedUploads):
+    """Adds validated chunks of m-bit uploads into `target`, client by client."""
+
+    def __init__(self, target: np.ndarray, bits: int, element_count: int, chunk_bytes: int) -> None:
+        if chunk_bytes <= 0 or chunk_bytes % bits:
+            raise ConfigError(
+                f"chunk_bytes={chunk_bytes} must be a positive multiple of bits={bits} so "
+                "every chunk holds whole elements"
+            )
+        total = packed_size(element_count, bits)
+        super().__init__(total, chunk_bytes, f"{element_count} elements of {bits} bits")
+        self._target = target
+        self.bits = bits
+        self.element_count = element_count
+        self._elements_per_chunk = chunk_bytes * 8 // bits
+
+    def _apply(self, client_id: str, index: int, data: bytes, *, subtract: bool) -> None:
+        start = index * self._elements_per_chunk
+        stop = min(self.element_count, start + self._elements_per_chunk)
+        values = unpack(data, self.bits, stop - start)
+        target = self._target[start:stop]
+        (np.subtract if subtract else np.add)(target, values, out=target)
