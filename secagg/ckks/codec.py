@@ -1,0 +1,173 @@
+"""Encrypt a weighted update in slot-sized chunks, add ciphertexts, decrypt the mean.
+
+Layout: the client uploads E(w' x) and E(w') where w' = weight / max_weight (so every
+slot stays within the scale's headroom); the d + 1 values are cut into chunks of one
+ciphertext (slot_count values) each, serialised without the context. The server keeps
+one running ciphertext per chunk and only adds; whoever holds the secret context divides
+the decrypted weighted sum by the decrypted total weight. The server never sees a
+client's weight, unlike schemes that multiply by plaintext weights on the server.
+
+Encryption parallelism: TenSEAL holds the GIL while encrypting one vector, so threads do
+not help; `workers > 1` uses processes, each given the serialised secret context once.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import tenseal as ts
+
+from secagg.ckks.keys import CkksKeyring
+from secagg.ckks.presets import CkksPreset
+from secagg.errors import ConfigError, InvalidMessageError
+
+_WORKER_KEYRING: CkksKeyring | None = None
+
+
+def chunk_count(dimension: int, chosen: CkksPreset) -> int:
+    """Ciphertexts per upload: the d update values plus the weight slot."""
+    return math.ceil((dimension + 1) / chosen.slot_count)
+
+
+def _plain_values(
+    update: np.ndarray, weight: int, max_weight: int, value_bound: float
+) -> np.ndarray:
+    if update.ndim != 1:
+        raise ConfigError(f"update must be a 1-D vector, got shape {update.shape}")
+    values = np.asarray(update, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise ConfigError("update holds NaN or infinite values")
+    largest = float(np.max(np.abs(values))) if values.size else 0.0
+    if largest > value_bound:
+        raise ConfigError(
+            f"|update| reaches {largest:.3g}, above the CKKS value bound {value_bound:g}: clip "
+            "the update (the sum of the cohort must stay inside the scale's headroom)"
+        )
+    if not 1 <= weight <= max_weight:
+        raise ConfigError(f"weight must be in [1, {max_weight}], got {weight}")
+    share = weight / max_weight
+    return np.concatenate([values * share, [share]])
+
+
+def _encrypt_range(values: np.ndarray, slots: int, start: int, stop: int) -> list[bytes]:
+    assert _WORKER_KEYRING is not None
+    context = _WORKER_KEYRING.context
+    return [
+        bytes(ts.ckks_vector(context, values[i * slots : (i + 1) * slots]).serialize())
+        for i in range(start, stop)
+    ]
+
+
+def _init_worker(secret: bytes) -> None:
+    global _WORKER_KEYRING
+    _WORKER_KEYRING = CkksKeyring.from_bytes(secret)
+
+
+def encrypt_update(
+    keyring: CkksKeyring,
+    chosen: CkksPreset,
+    update: np.ndarray,
+    weight: int,
+    *,
+    max_weight: int,
+    value_bound: float = 1e3,
+    workers: int = 1,
+) -> list[bytes]:
+    """The client's upload: one serialised ciphertext per chunk (no context inside)."""
+    values = _plain_values(update, weight, max_weight, value_bound)
+    slots, count = chosen.slot_count, chunk_count(update.shape[0], chosen)
+    if workers <= 1 or count < 2 * workers:
+        global _WORKER_KEYRING
+        previous, _WORKER_KEYRING = _WORKER_KEYRING, keyring
+        try:
+            return _encrypt_range(values, slots, 0, count)
+        finally:
+            _WORKER_KEYRING = previous
+    bounds = np.linspace(0, count, workers + 1).astype(int)
+    with ProcessPoolExecutor(
+        workers, initializer=_init_worker, initargs=(keyring.to_bytes(),)
+    ) as pool:
+        parts = pool.map(
+            _encrypt_range,
+            [values] * workers,
+            [slots] * workers,
+            bounds[:-1].tolist(),
+            bounds[1:].tolist(),
+        )
+        return [chunk for part in parts for chunk in part]
+
+
+class CiphertextSum:
+    """The server's running sum: one ciphertext per chunk, built with a public context."""
+
+    def __init__(self, public: CkksKeyring, chosen: CkksPreset, dimension: int) -> None:
+        if public.is_private:
+            raise ConfigError("the server-side sum must be built from a public context")
+        self._public = public
+        self._fingerprint = public.fingerprint()
+        self.chosen = chosen
+        self.dimension = dimension
+        self.count = chunk_count(dimension, chosen)
+        self._sums: list[ts.CKKSVector | None] = [None] * self.count
+
+    def _expected_size(self, index: int) -> int:
+        slots = self.chosen.slot_count
+        return min(slots, self.dimension + 1 - index * slots)
+
+    def parse(self, index: int, data: bytes, fingerprint: bytes) -> ts.CKKSVector:
+        """Validate one ciphertext chunk fully before it touches the sum."""
+        if fingerprint != self._fingerprint:
+            raise InvalidMessageError(
+                "the ciphertext names another CKKS key epoch: fetch the round's current keys"
+            )
+        if not 0 <= index < self.count:
+            raise InvalidMessageError(f"chunk {index} is out of range: the upload has {self.count}")
+        try:
+            vector = ts.ckks_vector_from(self._public.context, data)
+        except Exception as exc:  # noqa: BLE001 - TenSEAL raises assorted types on bad bytes
+            raise InvalidMessageError(
+                f"chunk {index} is not a valid CKKS ciphertext: {exc}"
+            ) from exc
+        if vector.size() != self._expected_size(index):
+            raise InvalidMessageError(
+                f"chunk {index} encrypts {vector.size()} values; expected {self._expected_size(index)}"
+            )
+        return vector
+
+    def add(self, index: int, vector: ts.CKKSVector, *, subtract: bool = False) -> None:
+        current = self._sums[index]
+        if current is None:
+            self._sums[index] = -vector if subtract else vector
+        elif subtract:
+            current.sub_(vector)
+        else:
+            current.add_(vector)
+
+    def serialised(self) -> list[bytes]:
+        """The summed ciphertexts, for the clients to decrypt."""
+        missing = [i for i, s in enumerate(self._sums) if s is None]
+        if missing:
+            raise ConfigError(f"no upload contributed chunks {missing[:5]}...")
+        return [bytes(s.serialize()) for s in self._sums if s is not None]
+
+
+def decrypt_mean(
+    keyring: CkksKeyring, chunks: Sequence[bytes], dimension: int, *, max_weight: int
+) -> tuple[np.ndarray, float]:
+    """(weighted mean, total weight) from the summed ciphertexts; needs the secret key."""
+    if not keyring.is_private:
+        raise ConfigError("decryption needs the secret context")
+    parts = [
+        np.asarray(ts.ckks_vector_from(keyring.context, data).decrypt(), dtype=np.float64)
+        for data in chunks
+    ]
+    values = np.concatenate(parts)
+    if values.shape[0] != dimension + 1:
+        raise InvalidMessageError(f"decrypted {values.shape[0]} values; expected {dimension + 1}")
+    total_share = values[dimension]
+    if not total_share > 0:
+        raise InvalidMessageError("the decrypted total weight is not positive")
+    return values[:dimension] / total_share, total_share * max_weight
