@@ -131,9 +131,10 @@ class CiphertextSum:
             raise InvalidMessageError(
                 f"chunk {index} is not a valid CKKS ciphertext: {exc}"
             ) from exc
-        if vector.size() != self._expected_size(index):
+        expected = self._expected_size(index)
+        if vector.size() != expected:
             raise InvalidMessageError(
-                f"chunk {index} encrypts {vector.size()} values; expected {self._expected_size(index)}"
+                f"chunk {index} encrypts {vector.size()} values; expected {expected}"
             )
         return vector
 
