@@ -94,3 +94,16 @@ def unwrap_secret_context(
     if not keyring.is_private:
         raise CryptoError("the wrapped context holds no secret key")
     return keyring
+
+
+def key_epoch(round_id: int, rotate_every: int) -> int:
+    """The key epoch of a round when the secret context is replaced every N rounds.
+
+    Rotation bounds how much a leaked secret context exposes: only the aggregates of the
+    rounds of its epoch. Rounds are numbered from 1; epoch 0 covers rounds 1..N.
+    """
+    if rotate_every < 1:
+        raise ConfigError(f"rotate_every must be >= 1 round, got {rotate_every}")
+    if round_id < 1:
+        raise ConfigError(f"round ids start at 1, got {round_id}")
+    return (round_id - 1) // rotate_every
