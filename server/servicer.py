@@ -196,21 +196,9 @@ class AggregationServicer(pb_grpc.AggregationServicer):
         self, request_iterator: AsyncIterator[pb.VectorChunk], context: grpc.aio.ServicerContext
     ) -> pb.SurvivorSet:  # noqa: N802
         async def work() -> pb.SurvivorSet:
-            active: ActiveRound | None = None
-            client_id = ""
-            async for chunk in request_iterator:
-                if active is None:
-                    client_id = self._caller(context, chunk.client_id)
-                    active = self.coordinator.get(chunk.round_id)
-                elif chunk.client_id != client_id or chunk.round_id != active.round_id:
-                    raise InvalidMessageError(
-                        "every chunk of one upload must name the same round and client"
-                    )
-                done = await self._take_chunk(active, client_id, chunk)
-                if done:
-                    break
-            if active is None:
-                raise InvalidMessageError("empty upload stream: send at least one chunk")
+            active, client_id, _ = await self._consume_upload(
+                request_iterator, context, self._take_chunk
+            )
             await self.coordinator.wait_closed(active, Stage.MASKED_INPUT)
             async with self.coordinator.lock:
                 return convert.survivors_to_pb(
@@ -218,6 +206,34 @@ class AggregationServicer(pb_grpc.AggregationServicer):
                 )
 
         return await self._guard(context, work())
+
+    async def _consume_upload(
+        self,
+        request_iterator: AsyncIterator[pb.VectorChunk],
+        context: grpc.aio.ServicerContext,
+        take: Callable[[ActiveRound, str, pb.VectorChunk], Awaitable[bool]],
+    ) -> tuple[ActiveRound, str, int]:
+        """Feed a chunk stream to `take` until it reports the upload complete.
+
+        Every chunk must name the caller and one round; returns the round, the caller and
+        the bytes received in this stream.
+        """
+        active: ActiveRound | None = None
+        client_id, received = "", 0
+        async for chunk in request_iterator:
+            if active is None:
+                client_id = self._caller(context, chunk.client_id)
+                active = self.coordinator.get(chunk.round_id)
+            elif chunk.client_id != client_id or chunk.round_id != active.round_id:
+                raise InvalidMessageError(
+                    "every chunk of one upload must name the same round and client"
+                )
+            received += len(chunk.data)
+            if await take(active, client_id, chunk):
+                break
+        if active is None:
+            raise InvalidMessageError("empty upload stream: send at least one chunk")
+        return active, client_id, received
 
     async def _take_chunk(self, active: ActiveRound, client_id: str, chunk: pb.VectorChunk) -> bool:
         """Store and add one chunk; True once the upload is complete."""
@@ -275,17 +291,9 @@ class AggregationServicer(pb_grpc.AggregationServicer):
         self, request_iterator: AsyncIterator[pb.VectorChunk], context: grpc.aio.ServicerContext
     ) -> pb.UploadAck:  # noqa: N802
         async def work() -> pb.UploadAck:
-            active: ActiveRound | None = None
-            client_id, received = "", 0
-            async for chunk in request_iterator:
-                if active is None:
-                    client_id = self._caller(context, chunk.client_id)
-                    active = self.coordinator.get(chunk.round_id)
-                received += len(chunk.data)
-                if await self._take_plain_chunk(active, client_id, chunk):
-                    break
-            if active is None:
-                raise InvalidMessageError("empty upload stream: send at least one chunk")
+            active, _, received = await self._consume_upload(
+                request_iterator, context, self._take_plain_chunk
+            )
             await self.coordinator.wait_closed(active, Stage.MASKED_INPUT)
             return pb.UploadAck(received_bytes=received)
 
