@@ -103,9 +103,23 @@ def encrypt_update(
 class CiphertextSum:
     """The server's running sum: one ciphertext per chunk, built with a public context."""
 
-    def __init__(self, public: CkksKeyring, chosen: CkksPreset, dimension: int) -> None:
+    def __init__(
+        self,
+        public: CkksKeyring,
+        chosen: CkksPreset,
+        dimension: int,
+        *,
+        max_cohort: int | None = None,
+        value_bound: float = 1e3,
+    ) -> None:
         if public.is_private:
             raise ConfigError("the server-side sum must be built from a public context")
+        if max_cohort is not None and max_cohort * value_bound >= 2.0**chosen.headroom_bits:
+            raise ConfigError(
+                f"{max_cohort} clients x value bound {value_bound:g} can exceed the "
+                f"{chosen.headroom_bits}-bit headroom of preset {chosen.name}: lower the value "
+                "bound (clip harder) or the cohort"
+            )
         self._public = public
         self._fingerprint = public.fingerprint()
         self.chosen = chosen
@@ -139,13 +153,23 @@ class CiphertextSum:
         return vector
 
     def add(self, index: int, vector: ts.CKKSVector, *, subtract: bool = False) -> None:
+        """Add (or, to roll a client back, subtract) one parsed chunk; `vector` is not
+        modified, so a caller may keep it for a later rollback."""
         current = self._sums[index]
         if current is None:
-            self._sums[index] = -vector if subtract else vector
-        elif subtract:
-            current.sub_(vector)
-        else:
-            current.add_(vector)
+            self._sums[index] = -vector if subtract else vector.copy()
+            return
+        try:
+            if subtract:
+                current.sub_(vector)
+            else:
+                current.add_(vector)
+        except RuntimeError as exc:
+            if "transparent" not in str(exc):
+                raise
+            # The contributions cancelled exactly (a rollback of the only contributor):
+            # the chunk holds nothing again.
+            self._sums[index] = None
 
     def serialised(self) -> list[bytes]:
         """The summed ciphertexts, for the clients to decrypt."""

@@ -56,13 +56,34 @@ class CkksKeyring:
         return CkksKeyring(copy)
 
     def to_bytes(self) -> bytes:
-        """Serialised context; includes the secret key only if this keyring is private."""
-        return bytes(self._context.serialize(save_secret_key=self.is_private))
+        """Serialised context; includes the secret key only if this keyring is private.
+
+        Relinearisation and Galois keys are left out: add-only aggregation never uses
+        them, and they would more than double the public context.
+        """
+        return bytes(
+            self._context.serialize(
+                save_public_key=True,
+                save_secret_key=self.is_private,
+                save_galois_keys=False,
+                save_relin_keys=False,
+            )
+        )
 
     def fingerprint(self) -> bytes:
-        """SHA-256 of the public context: names the key epoch in every ciphertext message."""
-        public = self if not self.is_private else self.public()
-        return hashlib.sha256(public.to_bytes()).digest()
+        """SHA-256 of the parameters and public key: the same for the key holder, every
+        client that unwrapped the context, and the server's public copy (copies regenerate
+        relinearisation keys with fresh randomness, so those are not hashed)."""
+        return hashlib.sha256(
+            bytes(
+                self._context.serialize(
+                    save_public_key=True,
+                    save_secret_key=False,
+                    save_galois_keys=False,
+                    save_relin_keys=False,
+                )
+            )
+        ).digest()
 
 
 def wrap_secret_context(
