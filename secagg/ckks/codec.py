@@ -157,7 +157,9 @@ class CiphertextSum:
         modified, so a caller may keep it for a later rollback."""
         current = self._sums[index]
         if current is None:
-            self._sums[index] = -vector if subtract else vector.copy()
+            # A new vector that shares the public context: CKKSVector.copy() would copy
+            # the whole context as well (18 ms a chunk, 20x the server's work at d=4e6).
+            self._sums[index] = -vector if subtract else -(-vector)
             return
         try:
             if subtract:
