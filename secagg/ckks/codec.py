@@ -52,12 +52,13 @@ def _plain_values(
     return np.concatenate([values * share, [share]])
 
 
-def _encrypt_range(values: np.ndarray, slots: int, start: int, stop: int) -> list[bytes]:
+def _encrypt_chunks(values: np.ndarray, slots: int) -> list[bytes]:
+    """Encrypt `values` in chunks of `slots` with this process's keyring."""
     assert _WORKER_KEYRING is not None
     context = _WORKER_KEYRING.context
     return [
-        bytes(ts.ckks_vector(context, values[i * slots : (i + 1) * slots]).serialize())
-        for i in range(start, stop)
+        bytes(ts.ckks_vector(context, values[i : i + slots]).serialize())
+        for i in range(0, values.shape[0], slots)
     ]
 
 
@@ -83,20 +84,15 @@ def encrypt_update(
         global _WORKER_KEYRING
         previous, _WORKER_KEYRING = _WORKER_KEYRING, keyring
         try:
-            return _encrypt_range(values, slots, 0, count)
+            return _encrypt_chunks(values, slots)
         finally:
             _WORKER_KEYRING = previous
-    bounds = np.linspace(0, count, workers + 1).astype(int)
+    bounds = np.linspace(0, count, workers + 1).astype(int) * slots
+    pieces = [values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]  # slices only
     with ProcessPoolExecutor(
         workers, initializer=_init_worker, initargs=(keyring.to_bytes(),)
     ) as pool:
-        parts = pool.map(
-            _encrypt_range,
-            [values] * workers,
-            [slots] * workers,
-            bounds[:-1].tolist(),
-            bounds[1:].tolist(),
-        )
+        parts = pool.map(_encrypt_chunks, pieces, [slots] * workers)
         return [chunk for part in parts for chunk in part]
 
 
@@ -159,7 +155,8 @@ class CiphertextSum:
         if current is None:
             # A new vector that shares the public context: CKKSVector.copy() would copy
             # the whole context as well (18 ms a chunk, 20x the server's work at d=4e6).
-            self._sums[index] = -vector if subtract else -(-vector)
+            negated = -vector
+            self._sums[index] = negated if subtract else -negated
             return
         try:
             if subtract:
@@ -184,7 +181,11 @@ class CiphertextSum:
 def decrypt_mean(
     keyring: CkksKeyring, chunks: Sequence[bytes], dimension: int, *, max_weight: int
 ) -> tuple[np.ndarray, float]:
-    """(weighted mean, total weight) from the summed ciphertexts; needs the secret key."""
+    """(weighted mean, total weight) from the summed ciphertexts; needs the secret key.
+
+    The total weight carries CKKS noise (about 1e-9 relative): round it to compare it with
+    an integer example count.
+    """
     if not keyring.is_private:
         raise ConfigError("decryption needs the secret context")
     parts = [
