@@ -26,13 +26,18 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from secagg.crypto.identity import PUBLIC_KEY_BYTES, VerifyingIdentity
+from secagg.crypto.identity import VerifyingIdentity
 from secagg.errors import ConfigError, UnauthenticatedError, UnknownClientError
+from secagg.roster_format import (
+    FINGERPRINT_BYTES,
+    ROSTER_VERSION,
+    RosterEntry,
+    parse_roster,
+    roster_document,
+)
 from server.pki import validate_client_id
 
-ROSTER_VERSION = 1
-FINGERPRINT_BYTES = 32
-_ENTRY_KEYS = frozenset({"client_id", "identity_public_key", "certificate_sha256"})
+__all__ = ["FINGERPRINT_BYTES", "ROSTER_VERSION", "EnrolledClient", "Roster", "certificate_sha256"]
 
 
 def certificate_sha256(certificate_der: bytes) -> bytes:
@@ -165,33 +170,24 @@ class Roster(Mapping[str, EnrolledClient]):
     # --- persistence -------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "version": ROSTER_VERSION,
-            "clients": [
-                {
-                    "client_id": c.client_id,
-                    "identity_public_key": c.identity.public_bytes.hex(),
-                    "certificate_sha256": c.certificate_sha256.hex(),
-                }
-                for c in (self._clients[cid] for cid in self.ids())
-            ],
-        }
+        return roster_document(
+            RosterEntry(c.client_id, c.identity, c.certificate_sha256)
+            for c in self._clients.values()
+        )
 
     @classmethod
     def from_json(cls, data: object, source: str = "roster") -> Roster:
-        """Validate every field and name the one that is wrong."""
-        if not isinstance(data, dict):
-            raise ConfigError(f"{source}: expected a JSON object at the top level")
-        version = data.get("version")
-        if version != ROSTER_VERSION:
-            raise ConfigError(
-                f"{source}: unknown roster version {version!r}; this fedveil reads "
-                f"version {ROSTER_VERSION}"
+        """Validate every field (secagg.roster_format) and the id rules of enrolment."""
+        clients = []
+        for index, entry in enumerate(parse_roster(data, source).values()):
+            try:
+                validate_client_id(entry.client_id)
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: clients[{index}]: {exc}") from exc
+            clients.append(
+                EnrolledClient(entry.client_id, entry.identity, entry.certificate_sha256)
             )
-        entries = data.get("clients")
-        if not isinstance(entries, list):
-            raise ConfigError(f"{source}: 'clients' must be a list")
-        return cls(_entry(e, i, source) for i, e in enumerate(entries))
+        return cls(clients)
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write atomically, so a crash never leaves a half-written roster."""
@@ -220,37 +216,3 @@ class Roster(Mapping[str, EnrolledClient]):
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
         return cls.from_json(data, source=str(path))
-
-
-def _hex_field(entry: Mapping[str, object], key: str, size: int, where: str) -> bytes:
-    value = entry[key]
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: {key} must be a hex string")
-    try:
-        raw = bytes.fromhex(value)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {key} is not valid hex") from exc
-    if len(raw) != size:
-        raise ConfigError(f"{where}: {key} must be {size} bytes, got {len(raw)}")
-    return raw
-
-
-def _entry(entry: object, index: int, source: str) -> EnrolledClient:
-    where = f"{source}: clients[{index}]"
-    if not isinstance(entry, dict):
-        raise ConfigError(f"{where} must be an object")
-    keys = set(entry)
-    if keys != _ENTRY_KEYS:
-        missing, extra = sorted(_ENTRY_KEYS - keys), sorted(keys - _ENTRY_KEYS)
-        raise ConfigError(f"{where}: missing fields {missing}, unknown fields {extra}")
-    client_id = entry["client_id"]
-    if not isinstance(client_id, str):
-        raise ConfigError(f"{where}: client_id must be a string")
-    try:
-        validate_client_id(client_id)
-    except ConfigError as exc:
-        raise ConfigError(f"{where}: {exc}") from exc
-    where = f"{where} ({client_id!r})"
-    identity = VerifyingIdentity(_hex_field(entry, "identity_public_key", PUBLIC_KEY_BYTES, where))
-    fingerprint = _hex_field(entry, "certificate_sha256", FINGERPRINT_BYTES, where)
-    return EnrolledClient(client_id, identity, fingerprint)
