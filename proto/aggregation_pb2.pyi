@@ -25,6 +25,7 @@ class RoundStage(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_STAGE_DONE: _ClassVar[RoundStage]
     ROUND_STAGE_FAILED: _ClassVar[RoundStage]
     ROUND_STAGE_COLLECT: _ClassVar[RoundStage]
+    ROUND_STAGE_DISTRIBUTE_KEYS: _ClassVar[RoundStage]
 
 class DpKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -45,6 +46,7 @@ ROUND_STAGE_UNMASK: RoundStage
 ROUND_STAGE_DONE: RoundStage
 ROUND_STAGE_FAILED: RoundStage
 ROUND_STAGE_COLLECT: RoundStage
+ROUND_STAGE_DISTRIBUTE_KEYS: RoundStage
 DP_KIND_NONE: DpKind
 DP_KIND_CLIENT: DpKind
 DP_KIND_CENTRAL: DpKind
@@ -94,8 +96,26 @@ class DpSpec(_message.Message):
     delta: float
     def __init__(self, kind: _Optional[_Union[DpKind, str]] = ..., noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
 
+class CkksSpec(_message.Message):
+    __slots__ = ("preset", "key_epoch", "key_holder", "key_fingerprint", "value_bound", "rotate_every", "chunk_count")
+    PRESET_FIELD_NUMBER: _ClassVar[int]
+    KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KEY_HOLDER_FIELD_NUMBER: _ClassVar[int]
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    VALUE_BOUND_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_EVERY_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    preset: str
+    key_epoch: int
+    key_holder: str
+    key_fingerprint: bytes
+    value_bound: float
+    rotate_every: int
+    chunk_count: int
+    def __init__(self, preset: _Optional[str] = ..., key_epoch: _Optional[int] = ..., key_holder: _Optional[str] = ..., key_fingerprint: _Optional[bytes] = ..., value_bound: _Optional[float] = ..., rotate_every: _Optional[int] = ..., chunk_count: _Optional[int] = ...) -> None: ...
+
 class RoundSpec(_message.Message):
-    __slots__ = ("round_id", "mode", "dimension", "layout", "quantization", "threshold", "neighbours", "min_cohort", "max_cohort", "roster", "model_hash", "dp", "aead", "session_id", "chunk_bytes", "stage_timeout_s")
+    __slots__ = ("round_id", "mode", "dimension", "layout", "quantization", "threshold", "neighbours", "min_cohort", "max_cohort", "roster", "model_hash", "dp", "aead", "session_id", "chunk_bytes", "stage_timeout_s", "ckks")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +132,7 @@ class RoundSpec(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     STAGE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    CKKS_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     mode: AggregationMode
     dimension: int
@@ -128,7 +149,8 @@ class RoundSpec(_message.Message):
     session_id: bytes
     chunk_bytes: int
     stage_timeout_s: float
-    def __init__(self, round_id: _Optional[int] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., dimension: _Optional[int] = ..., layout: _Optional[_Union[VectorLayout, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., threshold: _Optional[int] = ..., neighbours: _Optional[int] = ..., min_cohort: _Optional[int] = ..., max_cohort: _Optional[int] = ..., roster: _Optional[_Iterable[str]] = ..., model_hash: _Optional[bytes] = ..., dp: _Optional[_Union[DpSpec, _Mapping]] = ..., aead: _Optional[str] = ..., session_id: _Optional[bytes] = ..., chunk_bytes: _Optional[int] = ..., stage_timeout_s: _Optional[float] = ...) -> None: ...
+    ckks: CkksSpec
+    def __init__(self, round_id: _Optional[int] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., dimension: _Optional[int] = ..., layout: _Optional[_Union[VectorLayout, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., threshold: _Optional[int] = ..., neighbours: _Optional[int] = ..., min_cohort: _Optional[int] = ..., max_cohort: _Optional[int] = ..., roster: _Optional[_Iterable[str]] = ..., model_hash: _Optional[bytes] = ..., dp: _Optional[_Union[DpSpec, _Mapping]] = ..., aead: _Optional[str] = ..., session_id: _Optional[bytes] = ..., chunk_bytes: _Optional[int] = ..., stage_timeout_s: _Optional[float] = ..., ckks: _Optional[_Union[CkksSpec, _Mapping]] = ...) -> None: ...
 
 class GetRoundRequest(_message.Message):
     __slots__ = ("client_id",)
@@ -199,7 +221,7 @@ class RelayedShares(_message.Message):
     def __init__(self, shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ...) -> None: ...
 
 class VectorChunk(_message.Message):
-    __slots__ = ("round_id", "client_id", "index", "data", "total_bytes", "sha256", "weight")
+    __slots__ = ("round_id", "client_id", "index", "data", "total_bytes", "sha256", "weight", "key_fingerprint")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
@@ -207,6 +229,7 @@ class VectorChunk(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     client_id: str
     index: int
@@ -214,7 +237,8 @@ class VectorChunk(_message.Message):
     total_bytes: int
     sha256: bytes
     weight: int
-    def __init__(self, round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., weight: _Optional[int] = ...) -> None: ...
+    key_fingerprint: bytes
+    def __init__(self, round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., weight: _Optional[int] = ..., key_fingerprint: _Optional[bytes] = ...) -> None: ...
 
 class UploadStatusRequest(_message.Message):
     __slots__ = ("round_id", "client_id")
@@ -296,6 +320,60 @@ class UnmaskAck(_message.Message):
     stage: RoundStage
     def __init__(self, stage: _Optional[_Union[RoundStage, str]] = ...) -> None: ...
 
+class CkksWrappedKey(_message.Message):
+    __slots__ = ("recipient", "ciphertext")
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    CIPHERTEXT_FIELD_NUMBER: _ClassVar[int]
+    recipient: str
+    ciphertext: bytes
+    def __init__(self, recipient: _Optional[str] = ..., ciphertext: _Optional[bytes] = ...) -> None: ...
+
+class CkksKeyPublication(_message.Message):
+    __slots__ = ("round_id", "client_id", "key_epoch", "key_fingerprint", "public_context", "sealed_context", "wrapped_keys")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    PUBLIC_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    SEALED_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEYS_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    client_id: str
+    key_epoch: int
+    key_fingerprint: bytes
+    public_context: bytes
+    sealed_context: bytes
+    wrapped_keys: _containers.RepeatedCompositeFieldContainer[CkksWrappedKey]
+    def __init__(self, round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., key_epoch: _Optional[int] = ..., key_fingerprint: _Optional[bytes] = ..., public_context: _Optional[bytes] = ..., sealed_context: _Optional[bytes] = ..., wrapped_keys: _Optional[_Iterable[_Union[CkksWrappedKey, _Mapping]]] = ...) -> None: ...
+
+class CkksPublicationAck(_message.Message):
+    __slots__ = ("key_fingerprint",)
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    key_fingerprint: bytes
+    def __init__(self, key_fingerprint: _Optional[bytes] = ...) -> None: ...
+
+class FetchCkksKeysRequest(_message.Message):
+    __slots__ = ("round_id", "client_id")
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
+    round_id: int
+    client_id: str
+    def __init__(self, round_id: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
+
+class CkksKeyDelivery(_message.Message):
+    __slots__ = ("key_epoch", "key_fingerprint", "holder", "sealed_context", "wrapped_key")
+    KEY_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_FIELD_NUMBER: _ClassVar[int]
+    SEALED_CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    WRAPPED_KEY_FIELD_NUMBER: _ClassVar[int]
+    key_epoch: int
+    key_fingerprint: bytes
+    holder: KeyAdvertisement
+    sealed_context: bytes
+    wrapped_key: bytes
+    def __init__(self, key_epoch: _Optional[int] = ..., key_fingerprint: _Optional[bytes] = ..., holder: _Optional[_Union[KeyAdvertisement, _Mapping]] = ..., sealed_context: _Optional[bytes] = ..., wrapped_key: _Optional[bytes] = ...) -> None: ...
+
 class GetResultRequest(_message.Message):
     __slots__ = ("round_id", "client_id")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
@@ -305,20 +383,26 @@ class GetResultRequest(_message.Message):
     def __init__(self, round_id: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("round_id", "survivors", "total_weight", "dimension", "error_bound", "total_bytes")
+    __slots__ = ("round_id", "survivors", "total_weight", "dimension", "error_bound", "total_bytes", "mode", "key_fingerprint", "chunk_count")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     ERROR_BOUND_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     survivors: _containers.RepeatedScalarFieldContainer[str]
     total_weight: int
     dimension: int
     error_bound: float
     total_bytes: int
-    def __init__(self, round_id: _Optional[int] = ..., survivors: _Optional[_Iterable[str]] = ..., total_weight: _Optional[int] = ..., dimension: _Optional[int] = ..., error_bound: _Optional[float] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    mode: AggregationMode
+    key_fingerprint: bytes
+    chunk_count: int
+    def __init__(self, round_id: _Optional[int] = ..., survivors: _Optional[_Iterable[str]] = ..., total_weight: _Optional[int] = ..., dimension: _Optional[int] = ..., error_bound: _Optional[float] = ..., total_bytes: _Optional[int] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., key_fingerprint: _Optional[bytes] = ..., chunk_count: _Optional[int] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("header", "index", "data", "sha256")

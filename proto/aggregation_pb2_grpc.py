@@ -74,6 +74,21 @@ class AggregationStub:
                 request_serializer=proto_dot_aggregation__pb2.VectorChunk.SerializeToString,
                 response_deserializer=proto_dot_aggregation__pb2.UploadAck.FromString,
                 _registered_method=True)
+        self.PublishCkksKeys = channel.unary_unary(
+                '/fedveil.v1.Aggregation/PublishCkksKeys',
+                request_serializer=proto_dot_aggregation__pb2.CkksKeyPublication.SerializeToString,
+                response_deserializer=proto_dot_aggregation__pb2.CkksPublicationAck.FromString,
+                _registered_method=True)
+        self.FetchCkksKeys = channel.unary_unary(
+                '/fedveil.v1.Aggregation/FetchCkksKeys',
+                request_serializer=proto_dot_aggregation__pb2.FetchCkksKeysRequest.SerializeToString,
+                response_deserializer=proto_dot_aggregation__pb2.CkksKeyDelivery.FromString,
+                _registered_method=True)
+        self.UploadCiphertext = channel.stream_unary(
+                '/fedveil.v1.Aggregation/UploadCiphertext',
+                request_serializer=proto_dot_aggregation__pb2.VectorChunk.SerializeToString,
+                response_deserializer=proto_dot_aggregation__pb2.UploadAck.FromString,
+                _registered_method=True)
         self.GetResult = channel.unary_stream(
                 '/fedveil.v1.Aggregation/GetResult',
                 request_serializer=proto_dot_aggregation__pb2.GetResultRequest.SerializeToString,
@@ -140,8 +155,29 @@ class AggregationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PublishCkksKeys(self, request, context):
+        """CKKS mode, distribution stage: the key holder publishes the epoch's keys.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FetchCkksKeys(self, request, context):
+        """CKKS mode: the caller's sealed secret context, once the holder published it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UploadCiphertext(self, request_iterator, context):
+        """CKKS mode: stream the encrypted update (one ciphertext per chunk).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetResult(self, request, context):
-        """The aggregate, streamed.
+        """The aggregate, streamed (ckks mode: the summed ciphertexts, for clients to decrypt).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -187,6 +223,21 @@ def add_AggregationServicer_to_server(servicer, server):
             ),
             'UploadPlaintext': grpc.stream_unary_rpc_method_handler(
                     servicer.UploadPlaintext,
+                    request_deserializer=proto_dot_aggregation__pb2.VectorChunk.FromString,
+                    response_serializer=proto_dot_aggregation__pb2.UploadAck.SerializeToString,
+            ),
+            'PublishCkksKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.PublishCkksKeys,
+                    request_deserializer=proto_dot_aggregation__pb2.CkksKeyPublication.FromString,
+                    response_serializer=proto_dot_aggregation__pb2.CkksPublicationAck.SerializeToString,
+            ),
+            'FetchCkksKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.FetchCkksKeys,
+                    request_deserializer=proto_dot_aggregation__pb2.FetchCkksKeysRequest.FromString,
+                    response_serializer=proto_dot_aggregation__pb2.CkksKeyDelivery.SerializeToString,
+            ),
+            'UploadCiphertext': grpc.stream_unary_rpc_method_handler(
+                    servicer.UploadCiphertext,
                     request_deserializer=proto_dot_aggregation__pb2.VectorChunk.FromString,
                     response_serializer=proto_dot_aggregation__pb2.UploadAck.SerializeToString,
             ),
@@ -410,6 +461,87 @@ class Aggregation:
             request_iterator,
             target,
             '/fedveil.v1.Aggregation/UploadPlaintext',
+            proto_dot_aggregation__pb2.VectorChunk.SerializeToString,
+            proto_dot_aggregation__pb2.UploadAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishCkksKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedveil.v1.Aggregation/PublishCkksKeys',
+            proto_dot_aggregation__pb2.CkksKeyPublication.SerializeToString,
+            proto_dot_aggregation__pb2.CkksPublicationAck.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchCkksKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedveil.v1.Aggregation/FetchCkksKeys',
+            proto_dot_aggregation__pb2.FetchCkksKeysRequest.SerializeToString,
+            proto_dot_aggregation__pb2.CkksKeyDelivery.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UploadCiphertext(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/fedveil.v1.Aggregation/UploadCiphertext',
             proto_dot_aggregation__pb2.VectorChunk.SerializeToString,
             proto_dot_aggregation__pb2.UploadAck.FromString,
             options,

@@ -23,15 +23,15 @@ from secagg.ckks import (
     CiphertextSum,
     CkksKeyring,
     CkksPreset,
+    KeyBinding,
     codec,
     decrypt_mean,
     encrypt_update,
+    open_secret_context,
     preset,
-    unwrap_secret_context,
-    wrap_secret_context,
+    seal_secret_context,
 )
 from secagg.ckks.presets import DEFAULT_PRESET
-from secagg.crypto.envelope import EnvelopeContext
 from secagg.errors import ConfigError, DecryptionError, InvalidMessageError
 
 PRESET = preset("add-only-8192")
@@ -422,28 +422,39 @@ def _raw(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes_raw()
 
 
+@dataclass(frozen=True)
+class HandOver:
+    holder: X25519PrivateKey
+    recipient: X25519PrivateKey
+    binding: KeyBinding
+
+
 @pytest.fixture(scope="module")
-def wrapping() -> tuple[X25519PrivateKey, X25519PrivateKey, EnvelopeContext]:
-    holder, recipient = X25519PrivateKey.generate(), X25519PrivateKey.generate()
-    context = EnvelopeContext(
-        session_id=os.urandom(32), sender="holder", recipient="alice", stage="ckks-keys"
-    )
-    return holder, recipient, context
+def hand_over(keyring: CkksKeyring) -> HandOver:
+    binding = KeyBinding(os.urandom(32), 3, "holder", keyring.fingerprint())
+    return HandOver(X25519PrivateKey.generate(), X25519PrivateKey.generate(), binding)
 
 
-def test_wrapped_secret_context_round_trips_and_decrypts(
-    keyring: CkksKeyring,
-    public: CkksKeyring,
-    wrapping: tuple[X25519PrivateKey, X25519PrivateKey, EnvelopeContext],
+def test_sealed_secret_context_round_trips_and_decrypts(
+    keyring: CkksKeyring, public: CkksKeyring, hand_over: HandOver
 ) -> None:
-    holder, recipient, context = wrapping
-    envelope = wrap_secret_context(keyring, holder, _raw(recipient), context)
-    unwrapped = unwrap_secret_context(recipient, _raw(holder), envelope, context)
-    assert unwrapped.is_private is True
+    sealed = seal_secret_context(
+        keyring, hand_over.holder, {"alice": _raw(hand_over.recipient)}, hand_over.binding
+    )
+    opened = open_secret_context(
+        "alice",
+        hand_over.recipient,
+        _raw(hand_over.holder),
+        sealed.ciphertext,
+        sealed.wrapped_keys["alice"],
+        hand_over.binding,
+    )
+    assert opened.is_private is True
+    assert opened.fingerprint() == keyring.fingerprint()
 
     small = _small_cohort(keyring, seed=6)
     mean, total_weight = decrypt_mean(
-        unwrapped,
+        opened,
         _sum_of(public, small.uploads, SMALL_D).serialised(),
         SMALL_D,
         max_weight=MAX_WEIGHT,
@@ -451,50 +462,84 @@ def test_wrapped_secret_context_round_trips_and_decrypts(
     assert np.max(np.abs(mean - small.plain_mean())) <= small.tolerance()
     assert abs(total_weight - float(small.weights.sum())) <= 1e-3
 
-    # and the other way: the unwrapped keyring's uploads decrypt under the original
-    upload = encrypt_update(unwrapped, PRESET, small.updates[0], 9, max_weight=MAX_WEIGHT)
+    # and the other way: the opened keyring's uploads decrypt under the original
+    upload = encrypt_update(opened, PRESET, small.updates[0], 9, max_weight=MAX_WEIGHT)
     back, weight = decrypt_mean(keyring, upload, SMALL_D, max_weight=MAX_WEIGHT)
     assert np.max(np.abs(back - small.updates[0])) <= 1e-6 * 5.0
     assert abs(weight - 9.0) <= 1e-3
 
 
+def test_the_secret_context_is_sealed_once_and_each_wrapped_key_is_small(
+    keyring: CkksKeyring, hand_over: HandOver
+) -> None:
+    recipients = {f"c{i}": _raw(X25519PrivateKey.generate()) for i in range(10)}
+    sealed = seal_secret_context(keyring, hand_over.holder, recipients, hand_over.binding)
+    assert len(sealed.ciphertext) < len(keyring.to_bytes()) + 64
+    assert sorted(sealed.wrapped_keys) == sorted(recipients)
+    assert {len(w) for w in sealed.wrapped_keys.values()} == {60}
+
+
 @pytest.mark.parametrize(
     "change",
-    ["recipient_key", "holder_key", "session", "stage", "sender", "recipient", "tamper"],
+    [
+        "recipient_key",
+        "holder_key",
+        "session",
+        "epoch",
+        "holder_name",
+        "fingerprint",
+        "recipient_name",
+        "tamper_context",
+        "tamper_wrapped",
+        "other_wrapped",
+    ],
 )
-def test_unwrap_refuses_any_mismatch(
-    keyring: CkksKeyring,
-    wrapping: tuple[X25519PrivateKey, X25519PrivateKey, EnvelopeContext],
-    change: str,
+def test_opening_refuses_any_mismatch(
+    keyring: CkksKeyring, other_keyring: CkksKeyring, hand_over: HandOver, change: str
 ) -> None:
-    holder, recipient, context = wrapping
-    envelope = wrap_secret_context(keyring, holder, _raw(recipient), context)
-    recipient_key, holder_public, open_context = recipient, _raw(holder), context
+    bob = X25519PrivateKey.generate()
+    sealed = seal_secret_context(
+        keyring,
+        hand_over.holder,
+        {"alice": _raw(hand_over.recipient), "bob": _raw(bob)},
+        hand_over.binding,
+    )
+    recipient, recipient_key, holder_public = "alice", hand_over.recipient, _raw(hand_over.holder)
+    ciphertext, wrapped, b = sealed.ciphertext, sealed.wrapped_keys["alice"], hand_over.binding
     if change == "recipient_key":
         recipient_key = X25519PrivateKey.generate()
     elif change == "holder_key":
         holder_public = _raw(X25519PrivateKey.generate())
     elif change == "session":
-        open_context = EnvelopeContext(os.urandom(32), "holder", "alice", "ckks-keys")
-    elif change == "stage":
-        open_context = EnvelopeContext(context.session_id, "holder", "alice", "share-keys")
-    elif change == "sender":
-        open_context = EnvelopeContext(context.session_id, "mallory", "alice", "ckks-keys")
-    elif change == "recipient":
-        open_context = EnvelopeContext(context.session_id, "holder", "bob", "ckks-keys")
+        b = KeyBinding(os.urandom(32), b.key_epoch, b.holder, b.fingerprint)
+    elif change == "epoch":
+        b = KeyBinding(b.session_id, b.key_epoch + 1, b.holder, b.fingerprint)
+    elif change == "holder_name":
+        b = KeyBinding(b.session_id, b.key_epoch, "mallory", b.fingerprint)
+    elif change == "fingerprint":
+        b = KeyBinding(b.session_id, b.key_epoch, b.holder, other_keyring.fingerprint())
+    elif change == "recipient_name":
+        recipient = "bob"
+    elif change == "tamper_context":
+        ciphertext = ciphertext[:-1] + bytes([ciphertext[-1] ^ 1])
+    elif change == "tamper_wrapped":
+        wrapped = wrapped[:-1] + bytes([wrapped[-1] ^ 1])
     else:
-        envelope = envelope[:-1] + bytes([envelope[-1] ^ 1])
+        wrapped = sealed.wrapped_keys["bob"]
     with pytest.raises(DecryptionError):
-        unwrap_secret_context(recipient_key, holder_public, envelope, open_context)
+        open_secret_context(recipient, recipient_key, holder_public, ciphertext, wrapped, b)
 
 
-def test_wrapping_a_public_keyring_is_refused(
-    public: CkksKeyring,
-    wrapping: tuple[X25519PrivateKey, X25519PrivateKey, EnvelopeContext],
+def test_sealing_a_public_keyring_or_a_foreign_fingerprint_is_refused(
+    keyring: CkksKeyring, public: CkksKeyring, other_keyring: CkksKeyring, hand_over: HandOver
 ) -> None:
-    holder, recipient, context = wrapping
+    recipients = {"alice": _raw(hand_over.recipient)}
     with pytest.raises(ConfigError, match="secret"):
-        wrap_secret_context(public, holder, _raw(recipient), context)
+        seal_secret_context(public, hand_over.holder, recipients, hand_over.binding)
+    b = hand_over.binding
+    foreign = KeyBinding(b.session_id, b.key_epoch, b.holder, other_keyring.fingerprint())
+    with pytest.raises(ConfigError, match="fingerprint"):
+        seal_secret_context(keyring, hand_over.holder, recipients, foreign)
 
 
 # --- process-parallel encryption --------------------------------------------------------

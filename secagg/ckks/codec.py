@@ -142,7 +142,7 @@ class CiphertextSum:
                 f"chunk {index} is not a valid CKKS ciphertext: {exc}"
             ) from exc
         expected = self._expected_size(index)
-        if vector.size() != expected:
+        if len(vector.ciphertext()) != 1 or vector.size() != expected:
             raise InvalidMessageError(
                 f"chunk {index} encrypts {vector.size()} values; expected {expected}"
             )

@@ -1,20 +1,21 @@
 """CKKS key material: the secret context stays with clients, the server gets a public one.
 
-Why wrap with the envelope: the key holder creates the secret context and sends it to
-every enrolled client through the server; sealed with X25519 + AEAD to each recipient
-(associated data: session, holder, recipient, stage), the relaying server learns nothing
-and cannot swap it. Contexts are serialised without pickle (TenSEAL's protobuf format).
+The key holder creates the secret context and hands it to every enrolled client sealed
+(secagg/ckks/distribution.py); the server only ever parses a public copy. Contexts are
+serialised without pickle (TenSEAL's protobuf format).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
+import math
+import warnings
 
 import tenseal as ts
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from secagg.ckks.presets import CkksPreset
-from secagg.crypto.envelope import AeadAlgorithm, EnvelopeContext, seal, unseal
 from secagg.errors import ConfigError, CryptoError
 
 
@@ -86,37 +87,6 @@ class CkksKeyring:
         ).digest()
 
 
-def wrap_secret_context(
-    keyring: CkksKeyring,
-    holder_key: X25519PrivateKey,
-    recipient_public: bytes,
-    context: EnvelopeContext,
-    *,
-    algorithm: AeadAlgorithm = AeadAlgorithm.AES_256_GCM,
-) -> bytes:
-    """Seal the secret context to one enrolled client."""
-    if not keyring.is_private:
-        raise ConfigError("only a secret context is wrapped for clients")
-    return seal(holder_key, recipient_public, keyring.to_bytes(), context, algorithm=algorithm)
-
-
-def unwrap_secret_context(
-    recipient_key: X25519PrivateKey,
-    holder_public: bytes,
-    envelope: bytes,
-    context: EnvelopeContext,
-    *,
-    algorithm: AeadAlgorithm = AeadAlgorithm.AES_256_GCM,
-) -> CkksKeyring:
-    """Open a wrapped secret context; a failed open raises DecryptionError."""
-    keyring = CkksKeyring.from_bytes(
-        unseal(recipient_key, holder_public, envelope, context, algorithm=algorithm)
-    )
-    if not keyring.is_private:
-        raise CryptoError("the wrapped context holds no secret key")
-    return keyring
-
-
 def key_epoch(round_id: int, rotate_every: int) -> int:
     """The key epoch of a round when the secret context is replaced every N rounds.
 
@@ -128,3 +98,36 @@ def key_epoch(round_id: int, rotate_every: int) -> int:
     if round_id < 1:
         raise ConfigError(f"round ids start at 1, got {round_id}")
     return (round_id - 1) // rotate_every
+
+
+def load_public_context(data: bytes, chosen: CkksPreset) -> CkksKeyring:
+    """Parse a context published for the server and check it fits the round's preset.
+
+    Refuses a context that holds the secret key (the server must never receive one), one
+    without a public key, and one whose scale or ring degree differ from the preset (the
+    degree is pinned by how many slots one ciphertext holds).
+    """
+    keyring = CkksKeyring.from_bytes(data)
+    context = keyring.context
+    if keyring.is_private:
+        raise CryptoError(
+            "the published context holds the secret key; publish the public context only "
+            "(the server must never hold the key)"
+        )
+    if not context.has_public_key():
+        raise CryptoError("the published context has no public key")
+    if context.global_scale != 2.0**chosen.scale_bits:
+        raise CryptoError(
+            f"the published context's scale is 2^{math.log2(context.global_scale):g}; "
+            f"preset {chosen.name} uses 2^{chosen.scale_bits}"
+        )
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        one = ts.ckks_vector(context, [0.0] * chosen.slot_count)
+        two = ts.ckks_vector(context, [0.0] * (chosen.slot_count + 1))
+    if len(one.ciphertext()) != 1 or len(two.ciphertext()) != 2:
+        raise CryptoError(
+            f"the published context's ring degree is not {chosen.poly_modulus_degree} "
+            f"(preset {chosen.name})"
+        )
+    return keyring
