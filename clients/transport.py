@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
-import random
 import threading
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping
+from collections.abc import Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar
@@ -26,11 +24,17 @@ import numpy as np
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
+from clients.calls import (
+    RetryPolicy,
+    call_unary,
+    fetch_result,
+    upload_resumable,
+)
+from clients.ckks_driver import CkksRoundDriver
 from clients.credentials import ClientCredentials
-from clients.errors import TransportError, from_rpc_error
+from clients.errors import TransportError
 from clients.streams import (
     ChunkedPayload,
-    ResultAssembler,
     TensorLayout,
     as_update_vector,
     layout_from_pb,
@@ -48,6 +52,8 @@ from proto.convert import (
     survivors_from_pb,
     unmask_to_pb,
 )
+from proto.convert_ckks import spec_to_ckks_config
+from secagg.ckks.client_session import CkksClientSession, EpochKeyStore
 from secagg.crypto.identity import SigningIdentity, VerifyingIdentity
 from secagg.errors import ConfigError, ProtocolError, SurvivorSetMismatchError
 from secagg.protocol import messages as m
@@ -58,13 +64,15 @@ from secagg.protocol.stages import Stage
 logger = logging.getLogger(__name__)
 
 DEFAULT_UNARY_TIMEOUT_S = 30.0
+# CKKS has no analytic per-element bound here; this is the bound its tests hold it to
+# (max |error| <= 1e-6 x the value bound; measured about 1e-8).
+CKKS_TESTED_ERROR = 1e-6
 DEFAULT_JOIN_TIMEOUT_S = 60.0
 # Used when a spec publishes no stage timeout: long enough for a slow cohort's stage.
 FALLBACK_STAGE_TIMEOUT_S = 300.0
 _PEM_START = b"-----BEGIN "
 # While joining, "no round yet" and "server not up yet" both mean: poll again.
 _KEEP_WAITING = frozenset({"NOT_FOUND", "UNAVAILABLE"})
-_JITTER = random.SystemRandom()
 T = TypeVar("T")
 
 
@@ -143,46 +151,6 @@ class TransportSecurity:
         return grpc.aio.secure_channel(target, credentials, options=options)
 
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Retries of transient failures (UNAVAILABLE, server-side CANCELLED), capped backoff.
-
-    The delay before retry r (0-based) is drawn uniformly from [c/2, c], where
-    c = min(max_backoff_s, initial_backoff_s * multiplier**r): jitter keeps a cohort that
-    lost the server at once from reconnecting in lock step, the floor keeps it from
-    hammering. The jitter comes from the OS RNG; nothing here is seeded.
-    """
-
-    attempts: int = 8
-    initial_backoff_s: float = 0.1
-    max_backoff_s: float = 2.0
-    multiplier: float = 2.0
-
-    def __post_init__(self) -> None:
-        if self.attempts < 1:
-            raise ConfigError(f"attempts must be >= 1, got {self.attempts}")
-        if not self.initial_backoff_s > 0:
-            raise ConfigError(f"initial_backoff_s must be > 0, got {self.initial_backoff_s}")
-        if not self.max_backoff_s >= self.initial_backoff_s:
-            raise ConfigError(
-                f"max_backoff_s={self.max_backoff_s} must be >= initial_backoff_s="
-                f"{self.initial_backoff_s}"
-            )
-        if not self.multiplier >= 1:
-            raise ConfigError(f"multiplier must be >= 1, got {self.multiplier}")
-
-    def ceiling_s(self, retry: int) -> float:
-        try:
-            grown = self.initial_backoff_s * self.multiplier ** min(retry, 1024)
-        except OverflowError:
-            grown = math.inf
-        return min(self.max_backoff_s, grown)
-
-    def backoff_s(self, retry: int) -> float:
-        ceiling = self.ceiling_s(retry)
-        return ceiling / 2 + _JITTER.uniform(0.0, ceiling / 2)
-
-
 @dataclass(frozen=True, eq=False)
 class AggregateResult:
     """The round's weighted mean over its survivors, as the server streamed it."""
@@ -200,104 +168,6 @@ class AggregateResult:
         if chosen is None:
             raise ConfigError("no tensor layout: the update was a flat vector; pass a layout")
         return chosen.split(self.weighted_mean)
-
-
-# --- retrying calls ------------------------------------------------------------------------
-
-
-_TRANSIENT = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED})
-
-
-def _is_transient(exc: grpc.RpcError) -> bool:
-    """UNAVAILABLE (no connection) and CANCELLED by the server (it shut down mid-call).
-
-    Both are safe to retry: the server accepts an exact resend of a stage message as a
-    rejoin, and uploads resume from the server's next chunk index. A local cancellation
-    surfaces as asyncio.CancelledError, never as an RpcError, so it is not retried.
-    """
-    code = getattr(exc, "code", None)
-    return callable(code) and code() in _TRANSIENT
-
-
-async def with_retry(rpc: str, retry: RetryPolicy, attempt: Callable[[int], Awaitable[T]]) -> T:
-    """Run `attempt(n)` until it succeeds, retrying UNAVAILABLE; map other failures."""
-    for number in range(retry.attempts):
-        try:
-            return await attempt(number)
-        except grpc.RpcError as exc:
-            error = from_rpc_error(exc, rpc)
-            if not _is_transient(exc):
-                raise error from exc
-            if number + 1 >= retry.attempts:
-                raise TransportError(
-                    error.code,
-                    f"{error.details} (gave up after {retry.attempts} attempts)",
-                    rpc=rpc,
-                ) from exc
-            delay = retry.backoff_s(number)
-            logger.warning("%s: %s; retrying in %.2fs", rpc, error, delay)
-            await asyncio.sleep(delay)
-    raise AssertionError("unreachable: RetryPolicy.attempts >= 1")
-
-
-async def call_unary(
-    method: Callable[..., Awaitable[T]],
-    request: Any,
-    *,
-    rpc: str,
-    retry: RetryPolicy,
-    timeout_s: float,
-) -> T:
-    """One unary call, resent unchanged while the server is unavailable."""
-    return await with_retry(rpc, retry, lambda _: method(request, timeout=timeout_s))
-
-
-async def upload_resumable(
-    stub: Any,
-    upload: ChunkedPayload,
-    *,
-    retry: RetryPolicy,
-    timeout_s: float,
-    status_timeout_s: float,
-) -> pb.SurvivorSet:
-    """Stream the masked input; after a broken stream, resume where the server stopped."""
-
-    async def attempt(number: int) -> pb.SurvivorSet:
-        start = 0
-        if number:
-            status = await call_unary(
-                stub.GetUploadStatus,
-                pb.UploadStatusRequest(round_id=upload.round_id, client_id=upload.client_id),
-                rpc="GetUploadStatus",
-                retry=retry,
-                timeout_s=status_timeout_s,
-            )
-            start = upload.chunk_count if status.complete else status.next_index
-            logger.info("upload resumes at chunk %d of %d", start, upload.chunk_count)
-        chunks = upload.chunks(start)
-        result: pb.SurvivorSet = await stub.UploadMaskedInput(chunks, timeout=timeout_s)
-        return result
-
-    return await with_retry("UploadMaskedInput", retry, attempt)
-
-
-async def fetch_result(
-    stub: Any,
-    request: pb.GetResultRequest,
-    *,
-    expected_dimension: int | None,
-    retry: RetryPolicy,
-    timeout_s: float,
-) -> tuple[pb.ResultHeader, np.ndarray]:
-    """Download and check the result; a broken stream starts over from the first chunk."""
-
-    async def attempt(_: int) -> tuple[pb.ResultHeader, np.ndarray]:
-        assembler = ResultAssembler(request.round_id, expected_dimension)
-        async for chunk in stub.GetResult(request, timeout=timeout_s):
-            assembler.add(chunk)
-        return assembler.finish()
-
-    return await with_retry("GetResult", retry, attempt)
 
 
 # --- one round ---------------------------------------------------------------------------
@@ -453,6 +323,7 @@ class AsyncAggregationClient:
         expected_model_hash: bytes | None = None,
         retry: RetryPolicy | None = None,
         rpc_timeout_s: float | None = None,
+        ckks_workers: int = 1,
     ) -> None:
         if not isinstance(target, str) or not target:
             raise ConfigError(f"target must be 'host:port', got {target!r}")
@@ -477,6 +348,10 @@ class AsyncAggregationClient:
         self._expected_model_hash = expected_model_hash
         self._retry = retry or RetryPolicy()
         self._rpc_timeout_s = rpc_timeout_s
+        if ckks_workers < 1:
+            raise ConfigError(f"ckks_workers must be >= 1, got {ckks_workers}")
+        self._ckks_workers = ckks_workers
+        self._ckks_keys = EpochKeyStore()
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.AggregationStub | None = None
         self._closed = False
@@ -559,6 +434,8 @@ class AsyncAggregationClient:
         layout = _fit_layout(spec, vector, layout)
         if spec.chunk_bytes <= 0:
             raise ConfigError(f"round {spec.round_id} publishes no upload chunk size")
+        if spec.mode == pb.AGGREGATION_MODE_CKKS:
+            return await self._run_ckks(spec, vector, weight, layout)
         if spec.mode == pb.AGGREGATION_MODE_PLAINTEXT:
             header, mean = await self._run_plaintext(spec, vector, weight)
             return AggregateResult(
@@ -594,6 +471,45 @@ class AsyncAggregationClient:
             total_weight=int(header.total_weight),
             weighted_mean=mean,
             error_bound=float(header.error_bound),
+            layout=layout,
+        )
+
+    async def _run_ckks(
+        self, spec: pb.RoundSpec, vector: np.ndarray, weight: int, layout: TensorLayout | None
+    ) -> AggregateResult:
+        """Encrypt under the epoch's CKKS key; the server adds what it cannot read."""
+        config = spec_to_ckks_config(spec)
+        session = CkksClientSession(
+            config,
+            self.client_id,
+            self._identity,
+            self._roster,
+            self._ckks_keys,
+            self._policy,
+            expected_model_hash=self._expected_model_hash,
+        )
+        if not config.distributes_keys and not session.has_key:
+            raise ConfigError(
+                f"round {spec.round_id} uses CKKS key epoch {config.key_epoch}, whose keys this "
+                "client did not receive (it missed the epoch's first round); it can take part "
+                "again from the next epoch"
+            )
+        driver = CkksRoundDriver(
+            self._ensure_stub(),
+            spec,
+            session,
+            self._retry,
+            self._stage_timeout(spec),
+            self._unary_timeout(),
+            workers=self._ckks_workers,
+        )
+        outcome = await driver.run(vector, weight)
+        return AggregateResult(
+            round_id=outcome.round_id,
+            survivors=outcome.survivors,
+            total_weight=round(outcome.total_weight),
+            weighted_mean=outcome.weighted_mean,
+            error_bound=CKKS_TESTED_ERROR * config.value_bound,
             layout=layout,
         )
 
@@ -671,6 +587,7 @@ class AggregationClient:
         expected_model_hash: bytes | None = None,
         retry: RetryPolicy | None = None,
         rpc_timeout_s: float | None = None,
+        ckks_workers: int = 1,
     ) -> None:
         self._client = AsyncAggregationClient(
             target,
@@ -682,6 +599,7 @@ class AggregationClient:
             expected_model_hash,
             retry,
             rpc_timeout_s,
+            ckks_workers,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(

@@ -16,6 +16,10 @@ from server.settings import load_settings
 
 _ROUND_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("dimension", int, "length of the flat update (required unless in the config)"),
+    ("mode", str, "secagg (default), ckks, or plaintext (the unprotected baseline)"),
+    ("ckks_preset", str, "ckks mode: parameter preset (add-only-8192, add-only-16384)"),
+    ("ckks_rotate_every", int, "ckks mode: rounds per key epoch (default 10)"),
+    ("ckks_key_holder", str, "ckks mode: client that creates each epoch's key (default: first)"),
     ("threshold", int, "Shamir threshold t (default: majority of a neighbourhood)"),
     ("neighbours", int, "neighbour-graph degree k (default: 2 log2 n + 1)"),
     ("bits", int, "ring width m in bits per uploaded element"),

@@ -21,6 +21,11 @@ import numpy as np
 
 from proto import aggregation_pb2 as pb
 from proto.convert import config_to_spec
+from proto.convert_ckks import ckks_config_to_spec
+from secagg.ckks.config import CkksRoundConfig
+from secagg.ckks.keys import key_epoch
+from secagg.ckks.messages import CkksResult
+from secagg.ckks.server_round import CkksServerRound
 from secagg.crypto.identity import VerifyingIdentity
 from secagg.errors import DuplicateSubmissionError, FedveilError, StageError
 from secagg.protocol.config import RoundConfig
@@ -39,29 +44,46 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+AnyRound = ServerRound | PlaintextRound | CkksServerRound
+
+
 @dataclass
 class ActiveRound:
     """One round and the events its waiting clients sleep on."""
 
-    server: ServerRound | PlaintextRound
+    server: AnyRound
     spec: pb.RoundSpec
     closed: dict[Stage, asyncio.Event] = field(
         default_factory=lambda: {stage: asyncio.Event() for stage in ORDER}
     )
     deadline: asyncio.Task[None] | None = None
-    result_bytes: bytes | None = None
+    result_pieces: list[bytes] | None = None
     result_digest: bytes = b""
 
-    def serialised_result(self) -> tuple[bytes, bytes]:
-        """The float64 weighted mean as bytes and its SHA-256, computed once per round, so
-        n concurrent downloads share one copy instead of holding n."""
-        if self.result_bytes is None:
+    def serialised_result(self, chunk_bytes: int) -> tuple[list[bytes], bytes]:
+        """The result as download chunks and the SHA-256 of their concatenation.
+
+        SecAgg and plaintext: the float64 weighted mean cut into `chunk_bytes` pieces;
+        CKKS: the summed ciphertexts, one per piece. Computed once per round, so n
+        concurrent downloads share one copy instead of holding n.
+        """
+        if self.result_pieces is None:
             result = self.server.result
             assert result is not None
-            mean = result.estimate.weighted_mean
-            self.result_bytes = np.ascontiguousarray(mean, dtype="<f8").tobytes()
-            self.result_digest = hashlib.sha256(self.result_bytes).digest()
-        return self.result_bytes, self.result_digest
+            if isinstance(result, CkksResult):
+                pieces = list(result.ciphertexts)
+            else:
+                data = np.ascontiguousarray(result.estimate.weighted_mean, dtype="<f8").tobytes()
+                view = memoryview(data)
+                count = max(1, -(-len(data) // chunk_bytes))
+                pieces = [
+                    bytes(view[i * chunk_bytes : (i + 1) * chunk_bytes]) for i in range(count)
+                ]
+            digest = hashlib.sha256()
+            for piece in pieces:
+                digest.update(piece)
+            self.result_pieces, self.result_digest = pieces, digest.digest()
+        return self.result_pieces, self.result_digest
 
     @property
     def round_id(self) -> int:
@@ -121,11 +143,12 @@ class RoundCoordinator:
             self.finished.set()
             return None
         round_id = self._next_round_id
-        active = (
-            self._plaintext_round(round_id)
-            if self.settings.mode == "plaintext"
-            else self._secagg_round(round_id)
-        )
+        opener = {
+            "plaintext": self._plaintext_round,
+            "ckks": self._ckks_round,
+            "secagg": self._secagg_round,
+        }[self.settings.mode]
+        active = opener(round_id)
         self.journal.begin_round(round_id, active.spec.SerializeToString())
         self._keep(active)
         self._next_round_id += 1
@@ -161,6 +184,33 @@ class RoundCoordinator:
             clip=s.clip,
         )
         return ActiveRound(server, spec)
+
+    def _ckks_round(self, round_id: int) -> ActiveRound:
+        """A CKKS round; the first of each key epoch distributes a fresh secret context."""
+        s = self.settings
+        ids = tuple(sorted(self.roster))
+        epoch = key_epoch(round_id, s.ckks_rotate_every)
+        keys = self.journal.epoch_keys(epoch)
+        config = CkksRoundConfig(
+            round_id=round_id,
+            roster=ids,
+            dimension=s.dimension,
+            preset_name=s.ckks_preset,
+            key_epoch=epoch,
+            key_holder=s.ckks_key_holder or ids[0],
+            max_weight=s.max_weight,
+            value_bound=s.clip,
+            min_cohort=s.min_cohort,
+            model_hash=s.model_hash,
+            key_fingerprint=keys.fingerprint if keys else b"",
+        )
+        spec = ckks_config_to_spec(
+            config,
+            chunk_bytes=s.chunk_bytes,
+            stage_timeout_s=s.stage_timeout_s,
+            rotate_every=s.ckks_rotate_every,
+        )
+        return ActiveRound(CkksServerRound(config, self.roster, keys), spec)
 
     def _keep(self, active: ActiveRound) -> None:
         self.rounds[active.round_id] = active
@@ -236,7 +286,7 @@ class RoundCoordinator:
         self,
         round_id: int,
         stage: Stage,
-        action: Callable[[ServerRound | PlaintextRound], T],
+        action: Callable[[AnyRound], T],
         *,
         message: object = None,
     ) -> tuple[ActiveRound, T | None]:
@@ -296,6 +346,13 @@ class RoundCoordinator:
         except FedveilError as exc:
             log.warning("round %d failed at %s: %s", active.round_id, stage.value, exc)
         self.journal.record(active.round_id, "advance", "", stage.value.encode())
+        if (
+            isinstance(server, CkksServerRound)
+            and stage is Stage.SHARE_KEYS
+            and server.stage is Stage.MASKED_INPUT
+            and server.epoch is not None
+        ):
+            self.journal.save_epoch_keys(server.epoch)
         active.closed[stage].set()
         if server.stage in (Stage.DONE, Stage.FAILED):
             for event in active.closed.values():

@@ -11,10 +11,13 @@ Payloads are protobuf bytes of the fedveil.v1 messages: nothing is ever unpickle
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from secagg.ckks.messages import EpochKeys
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS rounds (
@@ -36,6 +39,13 @@ _SCHEMA = (
         idx INTEGER NOT NULL,
         data BLOB NOT NULL,
         PRIMARY KEY (round_id, client_id, idx)
+    )""",
+    """CREATE TABLE IF NOT EXISTS ckks_epochs (
+        key_epoch INTEGER PRIMARY KEY,
+        fingerprint BLOB NOT NULL,
+        public_context BLOB NOT NULL,
+        members TEXT NOT NULL,
+        key_round INTEGER NOT NULL
     )""",
 )
 
@@ -151,9 +161,41 @@ class RoundJournal:
             )
             self._db.execute(
                 "DELETE FROM events WHERE round_id = ? AND client_id = ? "
-                "AND kind IN ('chunk', 'plain-begin', 'finish')",
+                "AND kind IN ('chunk', 'plain-begin', 'ckks-begin', 'finish')",
                 (round_id, client_id),
             )
+
+    # --- ckks key epochs (public material only) ------------------------------------------
+
+    def save_epoch_keys(self, keys: EpochKeys) -> None:
+        """Keep an epoch's public context across rounds and restarts."""
+        self._db.execute(
+            "INSERT OR REPLACE INTO ckks_epochs VALUES (?, ?, ?, ?, ?)",
+            (
+                keys.key_epoch,
+                keys.fingerprint,
+                keys.public_context,
+                json.dumps(sorted(keys.members)),
+                keys.key_round,
+            ),
+        )
+
+    def epoch_keys(self, key_epoch: int) -> EpochKeys | None:
+        row = self._db.execute(
+            "SELECT fingerprint, public_context, members, key_round FROM ckks_epochs "
+            "WHERE key_epoch = ?",
+            (key_epoch,),
+        ).fetchone()
+        if row is None:
+            return None
+        fingerprint, public_context, members, key_round = row
+        return EpochKeys(
+            key_epoch=key_epoch,
+            fingerprint=bytes(fingerprint),
+            public_context=bytes(public_context),
+            members=frozenset(json.loads(members)),
+            key_round=int(key_round),
+        )
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db)

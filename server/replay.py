@@ -10,7 +10,9 @@ import contextlib
 from collections.abc import Mapping
 
 from proto import aggregation_pb2 as pb
-from proto import convert
+from proto import convert, convert_ckks
+from secagg.ckks.messages import CkksAdvertisement, KeyPublication
+from secagg.ckks.server_round import CkksServerRound
 from secagg.crypto.identity import VerifyingIdentity
 from secagg.errors import FedveilError
 from secagg.protocol import messages as m
@@ -21,6 +23,12 @@ from server.plaintext import PlaintextRound
 
 def encode_message(round_id: int, message: object) -> tuple[str, str, bytes]:
     """(kind, client_id, protobuf bytes) of a message the round accepted."""
+    if isinstance(message, CkksAdvertisement):
+        payload = convert_ckks.advertisement_to_pb(message).SerializeToString()
+        return "ckks-advertise", message.client_id, payload
+    if isinstance(message, KeyPublication):
+        payload = convert_ckks.publication_to_pb(round_id, message).SerializeToString()
+        return "ckks-publish", message.client_id, payload
     if isinstance(message, m.KeyAdvertisement):
         return (
             "advertise",
@@ -55,7 +63,7 @@ def _decode(kind: str, payload: bytes) -> object:
 
 def replay(
     journal: RoundJournal, record: OpenRound, roster: Mapping[str, VerifyingIdentity]
-) -> tuple[ServerRound | PlaintextRound, pb.RoundSpec]:
+) -> tuple[ServerRound | PlaintextRound | CkksServerRound, pb.RoundSpec]:
     """Rebuild a ServerRound by feeding it the journalled events in their original order.
 
     Uploads that were rolled back were erased from the journal; every event goes through
@@ -65,6 +73,8 @@ def replay(
     spec = pb.RoundSpec.FromString(record.spec)
     if spec.mode == pb.AGGREGATION_MODE_PLAINTEXT:
         return _replay_plaintext(journal, record, spec), spec
+    if spec.mode == pb.AGGREGATION_MODE_CKKS:
+        return _replay_ckks(journal, record, spec, roster), spec
     config = convert.spec_to_config(spec)
     server = ServerRound(config, roster, chunk_bytes=spec.chunk_bytes, quorum=int(spec.min_cohort))
     for event in record.events:
@@ -110,3 +120,41 @@ def _replay_plaintext(
             with contextlib.suppress(FedveilError):
                 server.advance()
     return server
+
+
+def _replay_ckks(
+    journal: RoundJournal,
+    record: OpenRound,
+    spec: pb.RoundSpec,
+    roster: Mapping[str, VerifyingIdentity],
+) -> CkksServerRound:
+    config = convert_ckks.spec_to_ckks_config(spec)
+    epoch = None if config.distributes_keys else journal.epoch_keys(config.key_epoch)
+    server = CkksServerRound(config, roster, epoch)
+    for event in record.events:
+        if event.kind == "ckks-advertise":
+            advert = pb.KeyAdvertisement.FromString(event.payload)
+            server.receive_advertisement(convert_ckks.advertisement_from_pb(advert))
+        elif event.kind == "ckks-publish":
+            publication = pb.CkksKeyPublication.FromString(event.payload)
+            server.publish(convert_ckks.publication_from_pb(publication))
+        elif event.kind == "ckks-begin":
+            total = int(event.payload.decode())
+            server.begin_upload(event.client_id, total, _epoch_fingerprint(server))
+        elif event.kind == "chunk":
+            index = int(event.payload.decode())
+            data = journal.chunk(record.round_id, event.client_id, index)
+            server.add_chunk(event.client_id, index, data)
+        elif event.kind == "finish":
+            server.finish_upload(event.client_id, event.payload)
+        elif event.kind == "advance":
+            with contextlib.suppress(FedveilError):
+                server.advance()
+    return server
+
+
+def _epoch_fingerprint(server: CkksServerRound) -> bytes:
+    """The key the round's uploads are under (known once the epoch's keys are)."""
+    if server.epoch is None:
+        raise ValueError("journal holds a ciphertext upload before the epoch's keys")
+    return server.epoch.fingerprint

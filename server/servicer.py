@@ -17,6 +17,8 @@ import grpc
 from proto import aggregation_pb2 as pb
 from proto import aggregation_pb2_grpc as pb_grpc
 from proto import convert
+from secagg.ckks.messages import CkksResult
+from secagg.ckks.server_round import CkksServerRound
 from secagg.errors import FedveilError, InvalidMessageError, StageError, UnknownClientError
 from secagg.protocol.messages import (
     ConsistencyRequest,
@@ -26,6 +28,7 @@ from secagg.protocol.messages import (
 )
 from secagg.protocol.server import ServerRound
 from secagg.protocol.stages import Stage
+from server.ckks_handlers import CkksHandlers
 from server.coordinator import ActiveRound, RoundCoordinator
 from server.errors import RoundFailedError, abort_with
 from server.plaintext import PlaintextRound
@@ -36,16 +39,26 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+_HOW_TO = {
+    PlaintextRound: "this round runs in plaintext mode: use UploadPlaintext, then GetResult",
+    CkksServerRound: (
+        "this round runs in ckks mode: use AdvertiseKeys, FetchCkksKeys (or PublishCkksKeys "
+        "as the key holder), UploadCiphertext, then GetResult"
+    ),
+    ServerRound: "this round runs in secagg mode: use the SecAgg stage RPCs",
+}
+
+
 def _secagg(server: object) -> ServerRound:
-    """The round as a SecAgg round; a stage RPC on a plaintext round is refused."""
+    """The round as a SecAgg round; a SecAgg stage RPC on another mode's round is refused."""
     if not isinstance(server, ServerRound):
-        raise StageError("this round runs in plaintext mode: use UploadPlaintext, then GetResult")
+        raise StageError(_HOW_TO[type(server)])
     return server
 
 
 def _plain(server: object) -> PlaintextRound:
     if not isinstance(server, PlaintextRound):
-        raise StageError("this round runs in secagg mode: UploadPlaintext is refused")
+        raise StageError(_HOW_TO[type(server)])
     return server
 
 
@@ -56,7 +69,7 @@ def _expect(request: object, kind: type[R]) -> R:
     return request
 
 
-class AggregationServicer(pb_grpc.AggregationServicer):
+class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
     def __init__(self, coordinator: RoundCoordinator, roster: Roster, *, insecure: bool) -> None:
         self.coordinator = coordinator
         self.roster = roster
@@ -94,9 +107,14 @@ class AggregationServicer(pb_grpc.AggregationServicer):
         submit: Callable[[str], Callable[..., object]],
         reply: Callable[[ActiveRound, str], T],
         message: object,
+        kind: type = ServerRound,
     ) -> T:
         async def work() -> T:
             client_id = self._caller(context, claimed)
+            active = self.coordinator.rounds.get(round_id)
+            if active is not None and not isinstance(active.server, kind):
+                # the mode is named before the stage: "not open yet" would mislead
+                raise StageError(_HOW_TO[type(active.server)])
             active, _ = await self.coordinator.submit(
                 round_id, stage, submit(client_id), message=message
             )
@@ -105,6 +123,11 @@ class AggregationServicer(pb_grpc.AggregationServicer):
                 return reply(active, client_id)
 
         return await self._guard(context, work())
+
+    def _round_or_none(self, round_id: int) -> object:
+        """The round's state machine, or None (the stage call then names the error)."""
+        active = self.coordinator.rounds.get(round_id)
+        return active.server if active is not None else None
 
     # --- discovery ----------------------------------------------------------------------
 
@@ -117,11 +140,13 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             if active is None:
                 raise RoundFailedError("no round is open on this server (all rounds have run)")
             stage = convert.STAGE_TO_PB[active.server.stage]
-            if (
-                isinstance(active.server, PlaintextRound)
-                and active.server.stage is Stage.MASKED_INPUT
-            ):
+            collects = isinstance(active.server, PlaintextRound | CkksServerRound)
+            if collects and active.server.stage is Stage.MASKED_INPUT:
                 stage = pb.ROUND_STAGE_COLLECT
+            if isinstance(active.server, CkksServerRound) and active.server.stage is (
+                Stage.SHARE_KEYS
+            ):
+                stage = pb.ROUND_STAGE_DISTRIBUTE_KEYS
             return pb.RoundInfo(spec=active.spec, stage=stage)
 
         return await self._guard(context, work())
@@ -131,6 +156,8 @@ class AggregationServicer(pb_grpc.AggregationServicer):
     async def AdvertiseKeys(
         self, request: pb.AdvertiseKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.NeighbourKeys:  # noqa: N802
+        if isinstance(self._round_or_none(request.round_id), CkksServerRound):
+            return await self._ckks_advertise(request, context)
         advert = convert.advertisement_from_pb(request.advertisement)
         return await self._stage_call(
             context,
@@ -237,7 +264,7 @@ class AggregationServicer(pb_grpc.AggregationServicer):
 
     async def _take_chunk(self, active: ActiveRound, client_id: str, chunk: pb.VectorChunk) -> bool:
         """Store and add one chunk; True once the upload is complete."""
-        uploads = active.server.uploads
+        uploads = _secagg(active.server).uploads
         journal = self.coordinator.journal
 
         if chunk.index == uploads.chunk_count and not chunk.data:
@@ -276,11 +303,12 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             client_id = self._caller(context, request.client_id)
             active = self.coordinator.get(request.round_id)
             async with self.coordinator.lock:
-                progress = active.server.uploads.progress(client_id)
+                uploads = active.server.uploads
+                if uploads is None:
+                    raise StageError(f"round {request.round_id} is not collecting uploads yet")
+                progress = uploads.progress(client_id)
                 if client_id in active.server.uploaded:
-                    return pb.UploadStatus(
-                        next_index=active.server.uploads.chunk_count, complete=True
-                    )
+                    return pb.UploadStatus(next_index=uploads.chunk_count, complete=True)
                 return pb.UploadStatus(
                     next_index=progress.next_index if progress else 0, complete=False
                 )
@@ -303,6 +331,7 @@ class AggregationServicer(pb_grpc.AggregationServicer):
         self, active: ActiveRound, client_id: str, chunk: pb.VectorChunk
     ) -> bool:
         journal = self.coordinator.journal
+        _plain(active.server)
 
         def apply(server: object) -> bool:
             plain = _plain(server)
@@ -346,24 +375,33 @@ class AggregationServicer(pb_grpc.AggregationServicer):
         except FedveilError as exc:
             await abort_with(context, exc)
             return
-        data, digest = active.serialised_result()
+        pieces, digest = active.serialised_result(int(active.spec.chunk_bytes))
         header = pb.ResultHeader(
             round_id=request.round_id,
             survivors=list(result.survivors),
-            total_weight=result.estimate.total_weight,
-            dimension=len(result.estimate.weighted_mean),
-            error_bound=result.estimate.error_bound,
-            total_bytes=len(data),
+            dimension=int(active.spec.dimension),
+            total_bytes=sum(len(piece) for piece in pieces),
+            mode=active.spec.mode,
+            chunk_count=len(pieces),
         )
-        size = active.server.uploads.chunk_bytes
-        view = memoryview(data)
-        count = max(1, -(-len(data) // size))
-        for index in range(count):
-            last = index == count - 1
+        if isinstance(result, CkksResult):
+            header.key_fingerprint = active.spec.ckks.key_fingerprint or _fingerprint(active)
+        else:
+            header.total_weight = result.estimate.total_weight
+            header.error_bound = result.estimate.error_bound
+        for index, piece in enumerate(pieces):
+            last = index == len(pieces) - 1
             yield pb.ResultChunk(
                 header=header if index == 0 else None,
                 index=index,
-                data=bytes(view[index * size : (index + 1) * size]),
+                data=piece,
                 sha256=digest if last else b"",
             )
         self.coordinator.record_download(request.round_id, request.client_id)
+
+
+def _fingerprint(active: ActiveRound) -> bytes:
+    """The key a CKKS round's sum is under (its own, in the round that made the key)."""
+    server = active.server
+    assert isinstance(server, CkksServerRound) and server.epoch is not None
+    return server.epoch.fingerprint

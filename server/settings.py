@@ -8,10 +8,13 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from secagg.ckks.presets import DEFAULT_PRESET, preset
 from secagg.errors import ConfigError
 from secagg.protocol.upload import DEFAULT_CHUNK_BYTES
 
 DEFAULT_MODEL_HASH = hashlib.sha256(b"fedveil-unspecified-model").digest()
+MODES = ("secagg", "ckks", "plaintext")
+CKKS_MESSAGE_BYTES = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,9 @@ class RoundSettings:
     """How every round of this server is run; rounds follow each other in sequence."""
 
     dimension: int
-    mode: str = "secagg"  # or "plaintext": the unprotected baseline, for comparison only
+    # "secagg" (pairwise masking), "ckks" (homomorphic encryption; the server never holds
+    # the key) or "plaintext" (the unprotected baseline, for comparison only)
+    mode: str = "secagg"
     threshold: int | None = None  # default: the smallest majority of a neighbourhood
     neighbours: int | None = None  # default: floor(2 log2 n + 1)
     bits: int = 32
@@ -31,10 +36,18 @@ class RoundSettings:
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     model_hash: bytes = DEFAULT_MODEL_HASH
     keep_results: int = 8
+    ckks_preset: str = DEFAULT_PRESET
+    ckks_rotate_every: int = 10  # rounds per CKKS key epoch
+    ckks_key_holder: str | None = None  # default: the first client id of the sorted roster
 
     def __post_init__(self) -> None:
-        if self.mode not in ("secagg", "plaintext"):
-            raise ConfigError(f"round.mode must be 'secagg' or 'plaintext', got {self.mode!r}")
+        if self.mode not in MODES:
+            raise ConfigError(f"round.mode must be one of {MODES}, got {self.mode!r}")
+        preset(self.ckks_preset)  # raises, naming the known presets
+        if self.ckks_rotate_every < 1:
+            raise ConfigError(
+                f"round.ckks_rotate_every must be >= 1 round, got {self.ckks_rotate_every}"
+            )
         if self.dimension < 1:
             raise ConfigError(f"round.dimension must be >= 1, got {self.dimension}")
         if self.min_cohort < 2:
@@ -73,8 +86,13 @@ class ServerSettings:
 
     @property
     def max_message_bytes(self) -> int:
-        """Largest request accepted: one chunk plus framing; larger -> RESOURCE_EXHAUSTED."""
-        return self.round.chunk_bytes + 64 * 1024
+        """Largest request accepted: one chunk plus framing; larger -> RESOURCE_EXHAUSTED.
+
+        In CKKS mode also the key holder's publication (public context plus the sealed
+        secret context: about 0.7 MB at 8192 slots, 1.3 MB at 16384).
+        """
+        floor = CKKS_MESSAGE_BYTES if self.round.mode == "ckks" else 0
+        return max(self.round.chunk_bytes, floor) + 64 * 1024
 
 
 def _coerce(name: str, value: Any) -> Any:

@@ -246,6 +246,7 @@ class CkksClientSession:
             weight,
             max_weight=self.config.max_weight,
             value_bound=bound,
+            weight_scale=self.config.weight_scale,
             workers=workers,
         )
 
@@ -262,4 +263,5 @@ class CkksClientSession:
             list(result.ciphertexts),
             self.config.dimension,
             max_weight=self.config.max_weight,
+            weight_scale=self.config.weight_scale,
         )

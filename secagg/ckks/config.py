@@ -12,7 +12,7 @@ import hashlib
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from secagg.ckks.codec import chunk_count
+from secagg.ckks.codec import chunk_count, weight_scale_for
 from secagg.ckks.presets import CkksPreset, preset
 from secagg.crypto.encoding import encode_fields
 from secagg.crypto.envelope import AeadAlgorithm
@@ -87,6 +87,11 @@ class CkksRoundConfig:
     def distributes_keys(self) -> bool:
         """True in the round that hands out a fresh secret context for its epoch."""
         return not self.key_fingerprint
+
+    @property
+    def weight_scale(self) -> float:
+        """How far client weights are scaled up to use the preset's headroom."""
+        return weight_scale_for(self.preset, len(self.roster), self.value_bound)
 
     @property
     def chunk_count(self) -> int:

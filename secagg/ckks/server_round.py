@@ -227,6 +227,7 @@ class CkksServerRound:
             self.config.dimension,
             max_cohort=len(self.config.roster),
             value_bound=self.config.value_bound,
+            weight_scale=self.config.weight_scale,
         )
         self.epoch = epoch
         self.uploads = CiphertextUploads(encrypted_sum, epoch.fingerprint)
