@@ -65,6 +65,9 @@ _STAGE_OF_RPC: dict[str, Stage] = {
     "UploadMaskedInput": Stage.MASKED_INPUT,
     "ConfirmSurvivors": Stage.CONSISTENCY_CHECK,
     "Unmask": Stage.UNMASK,
+    "PublishCkksKeys": Stage.SHARE_KEYS,
+    "FetchCkksKeys": Stage.SHARE_KEYS,
+    "UploadCiphertext": Stage.MASKED_INPUT,
 }
 
 
