@@ -11,8 +11,8 @@ d=4e6, and a server peak RSS that grows with d, not with n * d.
 
 Usage: python benchmarks/e2e_bench.py [--quick] [--json OUT] [--repeats R] [--log-dir DIR]
 
-Matrix (full): n in {10, 50} x d in {1e6, 4e6} x mode in {plaintext, secagg}.
---quick: n=10, d=1e6, both modes.
+Matrix (full): n in {10, 50} x d in {1e6, 4e6} x mode in {plaintext, secagg, ckks}.
+--quick: n=10, d=1e6, every mode. --modes secagg,ckks picks modes (plaintext always runs).
 
 How one round is measured:
 
@@ -110,7 +110,8 @@ from server.keys_store import client_dir, init_keys, load_roster
 REPO = Path(__file__).resolve().parent.parent
 COHORTS = (10, 50)
 DIMENSIONS = (1_000_000, 4_000_000)
-MODES = ("plaintext", "secagg")  # plaintext first: it is every secagg record's reference
+# plaintext first: it is every other record's reference
+MODES = ("plaintext", "secagg", "ckks")
 QUICK = ((10, 1_000_000),)
 INPUT_STD = 0.1
 MAX_WEIGHT = 1000
@@ -131,6 +132,14 @@ ROUND_ORDER = {
         "GetResult",
     ),
     "plaintext": ("GetRound", "UploadPlaintext", "GetResult"),
+    "ckks": (
+        "GetRound",
+        "AdvertiseKeys",
+        "PublishCkksKeys",
+        "FetchCkksKeys",
+        "UploadCiphertext",
+        "GetResult",
+    ),
 }
 
 
@@ -367,7 +376,7 @@ def _check(results: Sequence[AggregateResult], inputs: Inputs, mode: str) -> tup
     n = len(inputs.vectors)
     first = results[0]
     error = float(np.max(np.abs(first.weighted_mean - inputs.expected)))
-    bound = first.error_bound if mode == "secagg" else PLAINTEXT_TOLERANCE
+    bound = PLAINTEXT_TOLERANCE if mode == "plaintext" else first.error_bound
     ok = error <= bound * (1 + 1e-9) and all(
         len(r.survivors) == n
         and r.total_weight == inputs.total_weight
@@ -481,12 +490,13 @@ def bench_config(
     scratch: Path,
     log_dir: Path | None,
     machine: Mapping[str, Any],
+    modes: Sequence[str] = MODES,
 ) -> list[dict[str, Any]]:
     wall = time.perf_counter()
     inputs = make_inputs(n, d, seed)
-    runs: dict[str, list[RoundRun]] = {mode: [] for mode in MODES}
+    runs: dict[str, list[RoundRun]] = {mode: [] for mode in modes}
     for repeat in range(repeats):
-        for mode in MODES:
+        for mode in modes:
             work = scratch / f"{mode}-n{n}-d{d}-r{repeat}"
             run = asyncio.run(run_one_round(mode, n, d, keys, ids, inputs, work))
             runs[mode].append(run)
@@ -499,7 +509,7 @@ def bench_config(
     config_wall = time.perf_counter() - wall
     plain_s = min(r.round_s for r in runs["plaintext"])
     records = []
-    for mode in MODES:
+    for mode in modes:
         best = min(runs[mode], key=lambda r: r.round_s)
         peak = max(r.server_peak_rss for r in runs[mode])
         base = min(r.server_base_rss for r in runs[mode])
@@ -612,7 +622,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="rounds per mode (min taken)")
     parser.add_argument("--seed", type=int, default=20240601, help="numpy seed for the inputs")
     parser.add_argument("--log-dir", type=Path, help="keep every server's log in this folder")
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="comma-separated modes to run; plaintext is always run (the reference)",
+    )
     args = parser.parse_args(argv)
+    modes = tuple(m for m in MODES if m == "plaintext" or m in args.modes.split(","))
+    unknown = set(args.modes.split(",")) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {MODES}")
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
 
@@ -652,6 +671,7 @@ def main(argv: list[str] | None = None) -> int:
                 scratch=scratch,
                 log_dir=args.log_dir,
                 machine=machine,
+                modes=modes,
             ):
                 records.append(record)
                 print(table_row(record), flush=True)
