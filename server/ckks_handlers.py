@@ -17,7 +17,7 @@ import grpc
 from proto import aggregation_pb2 as pb
 from proto import convert_ckks
 from secagg.ckks.server_round import CkksServerRound
-from secagg.errors import InvalidMessageError, StageError
+from secagg.errors import StageError
 from secagg.protocol.stages import Stage
 from server.coordinator import ActiveRound, RoundCoordinator
 
@@ -118,11 +118,7 @@ class CkksHandlers:
         journal = self.coordinator.journal
         server = ckks_round(active.server)
         if chunk.index == server.config.chunk_count and not chunk.data:
-            # "already complete": a client whose stream broke after its last chunk
-            async with self.coordinator.lock:
-                if client_id in server.uploaded:
-                    return True
-            raise InvalidMessageError("the upload is not complete: resume from GetUploadStatus")
+            return await self.coordinator.rejoin_complete_upload(active, client_id)
 
         def apply(round_server: object) -> bool:
             del round_server  # the same object as `server`
@@ -133,17 +129,9 @@ class CkksHandlers:
                     active.round_id, "ckks-begin", client_id, str(chunk.total_bytes).encode()
                 )
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
-            if chunk.sha256:
-                try:
-                    server.finish_upload(client_id, bytes(chunk.sha256))
-                except InvalidMessageError as exc:
-                    self.coordinator.roll_back_upload(active, client_id)
-                    raise InvalidMessageError(
-                        f"{exc}; the upload was discarded: re-send it from chunk 0"
-                    ) from exc
-                journal.record(active.round_id, "finish", client_id, bytes(chunk.sha256))
-                return True
-            return False
+            return self.coordinator.finish_if_last(
+                active, client_id, bytes(chunk.sha256), server.finish_upload
+            )
 
         _, done = await self.coordinator.submit(active.round_id, Stage.MASKED_INPUT, apply)
         return bool(done)

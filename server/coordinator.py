@@ -27,7 +27,12 @@ from secagg.ckks.keys import key_epoch
 from secagg.ckks.messages import CkksResult
 from secagg.ckks.server_round import CkksServerRound
 from secagg.crypto.identity import VerifyingIdentity
-from secagg.errors import DuplicateSubmissionError, FedveilError, StageError
+from secagg.errors import (
+    DuplicateSubmissionError,
+    FedveilError,
+    InvalidMessageError,
+    StageError,
+)
 from secagg.protocol.config import RoundConfig
 from secagg.protocol.graph import default_neighbours, default_threshold
 from secagg.protocol.server import ServerRound
@@ -376,6 +381,35 @@ class RoundCoordinator:
         active.server.abort_masked_input(client_id, chunks)
         self.journal.forget_upload(active.round_id, client_id)
 
+    def finish_if_last(
+        self,
+        active: ActiveRound,
+        client_id: str,
+        digest: bytes,
+        finish: Callable[[str, bytes], None],
+    ) -> bool:
+        """After a chunk (lock held): on the last one, which carries the digest, close the
+        upload and journal it, or roll it back whole; True once the upload is complete."""
+        if not digest:
+            return False
+        try:
+            finish(client_id, digest)
+        except InvalidMessageError as exc:
+            self.roll_back_upload(active, client_id)
+            raise InvalidMessageError(
+                f"{exc}; the upload was discarded: re-send it from chunk 0"
+            ) from exc
+        self.journal.record(active.round_id, "finish", client_id, digest)
+        return True
+
+    async def rejoin_complete_upload(self, active: ActiveRound, client_id: str) -> bool:
+        """The "already complete" marker: a client whose stream broke after its last chunk
+        (or after a server restart) only rejoins the wait, like a resend."""
+        async with self.lock:
+            if client_id in active.server.uploaded:
+                return True
+        raise InvalidMessageError("the upload is not complete: resume from GetUploadStatus")
+
     def _close_in_background(self, active: ActiveRound, stage: Stage) -> None:
         """Close `stage` in a task of its own, not in the RPC handler of the last sender.
 
@@ -422,6 +456,10 @@ class RoundCoordinator:
             await asyncio.sleep(poll_s)
 
     async def shutdown(self) -> None:
+        """Stop the deadlines and let stage closes already under way finish (they write
+        the journal, which the caller closes next)."""
         for active in self.rounds.values():
             if active.deadline is not None:
                 active.deadline.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)

@@ -11,11 +11,14 @@ Payloads are protobuf bytes of the fedveil.v1 messages: nothing is ever unpickle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from secagg.ckks.messages import EpochKeys
 
@@ -68,6 +71,11 @@ class RoundJournal:
     """Append-only log of rounds and their events, plus the chunks of uploads."""
 
     def __init__(self, path: Path | str) -> None:
+        # One connection shared by the event loop and worker threads (a round's end runs in
+        # a thread): every statement, and every transaction as a whole, holds this lock, so
+        # statements never interleave inside another thread's transaction and close() waits
+        # for work in flight instead of pulling the connection from under it.
+        self._lock = threading.RLock()
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -77,36 +85,34 @@ class RoundJournal:
     # --- rounds -------------------------------------------------------------------------
 
     def begin_round(self, round_id: int, spec: bytes) -> None:
-        self._db.execute("INSERT INTO rounds VALUES (?, ?, 'open', '')", (round_id, spec))
+        self._rows("INSERT INTO rounds VALUES (?, ?, 'open', '')", (round_id, spec))
 
     def end_round(self, round_id: int, status: str, reason: str = "") -> None:
         """Mark a round done or failed and drop its bulky data."""
         with self._transaction():
-            self._db.execute(
+            self._rows(
                 "UPDATE rounds SET status = ?, reason = ? WHERE round_id = ?",
                 (status, reason, round_id),
             )
-            self._db.execute("DELETE FROM upload_chunks WHERE round_id = ?", (round_id,))
-            self._db.execute("DELETE FROM events WHERE round_id = ?", (round_id,))
+            self._rows("DELETE FROM upload_chunks WHERE round_id = ?", (round_id,))
+            self._rows("DELETE FROM events WHERE round_id = ?", (round_id,))
 
     def last_round_id(self) -> int:
-        row = self._db.execute("SELECT MAX(round_id) FROM rounds").fetchone()
-        return int(row[0]) if row and row[0] is not None else 0
+        rows = self._rows("SELECT MAX(round_id) FROM rounds")
+        return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
     def round_status(self, round_id: int) -> tuple[str, str] | None:
-        row = self._db.execute(
-            "SELECT status, reason FROM rounds WHERE round_id = ?", (round_id,)
-        ).fetchone()
-        return (row[0], row[1]) if row else None
+        rows = self._rows("SELECT status, reason FROM rounds WHERE round_id = ?", (round_id,))
+        return (rows[0][0], rows[0][1]) if rows else None
 
     def open_rounds(self) -> list[OpenRound]:
         rounds = []
-        for round_id, spec in self._db.execute(
+        for round_id, spec in self._rows(
             "SELECT round_id, spec FROM rounds WHERE status = 'open' ORDER BY round_id"
-        ).fetchall():
+        ):
             events = tuple(
                 JournalEvent(kind, client_id, bytes(payload))
-                for kind, client_id, payload in self._db.execute(
+                for kind, client_id, payload in self._rows(
                     "SELECT kind, client_id, payload FROM events WHERE round_id = ? ORDER BY seq",
                     (round_id,),
                 )
@@ -117,7 +123,7 @@ class RoundJournal:
     # --- events -------------------------------------------------------------------------
 
     def record(self, round_id: int, kind: str, client_id: str = "", payload: bytes = b"") -> None:
-        self._db.execute(
+        self._rows(
             "INSERT INTO events (round_id, kind, client_id, payload) VALUES (?, ?, ?, ?)",
             (round_id, kind, client_id, payload),
         )
@@ -125,27 +131,27 @@ class RoundJournal:
     def record_chunk(self, round_id: int, client_id: str, index: int, data: bytes) -> None:
         """Store a chunk and its event atomically: replay sees both or neither."""
         with self._transaction():
-            self._db.execute(
+            self._rows(
                 "INSERT OR REPLACE INTO upload_chunks VALUES (?, ?, ?, ?)",
                 (round_id, client_id, index, data),
             )
             self.record(round_id, "chunk", client_id, str(index).encode())
 
     def chunk(self, round_id: int, client_id: str, index: int) -> bytes:
-        row = self._db.execute(
+        rows = self._rows(
             "SELECT data FROM upload_chunks WHERE round_id = ? AND client_id = ? AND idx = ?",
             (round_id, client_id, index),
-        ).fetchone()
-        if row is None:
+        )
+        if not rows:
             raise KeyError(f"chunk {index} of {client_id!r} in round {round_id} is missing")
-        return bytes(row[0])
+        return bytes(rows[0][0])
 
     def chunks(self, round_id: int, client_id: str) -> Iterator[bytes]:
-        rows = self._db.execute(
+        rows = self._rows(
             "SELECT data FROM upload_chunks WHERE round_id = ? AND client_id = ? ORDER BY idx",
             (round_id, client_id),
         )
-        for (data,) in rows.fetchall():
+        for (data,) in rows:
             yield bytes(data)
 
     def forget_upload(self, round_id: int, client_id: str) -> None:
@@ -155,11 +161,11 @@ class RoundJournal:
         upload is then journalled afresh.
         """
         with self._transaction():
-            self._db.execute(
+            self._rows(
                 "DELETE FROM upload_chunks WHERE round_id = ? AND client_id = ?",
                 (round_id, client_id),
             )
-            self._db.execute(
+            self._rows(
                 "DELETE FROM events WHERE round_id = ? AND client_id = ? "
                 "AND kind IN ('chunk', 'plain-begin', 'ckks-begin', 'finish')",
                 (round_id, client_id),
@@ -169,7 +175,7 @@ class RoundJournal:
 
     def save_epoch_keys(self, keys: EpochKeys) -> None:
         """Keep an epoch's public context across rounds and restarts."""
-        self._db.execute(
+        self._rows(
             "INSERT OR REPLACE INTO ckks_epochs VALUES (?, ?, ?, ?, ?)",
             (
                 keys.key_epoch,
@@ -181,14 +187,14 @@ class RoundJournal:
         )
 
     def epoch_keys(self, key_epoch: int) -> EpochKeys | None:
-        row = self._db.execute(
+        rows = self._rows(
             "SELECT fingerprint, public_context, members, key_round FROM ckks_epochs "
             "WHERE key_epoch = ?",
             (key_epoch,),
-        ).fetchone()
-        if row is None:
+        )
+        if not rows:
             return None
-        fingerprint, public_context, members, key_round = row
+        fingerprint, public_context, members, key_round = rows[0]
         return EpochKeys(
             key_epoch=key_epoch,
             fingerprint=bytes(fingerprint),
@@ -197,19 +203,22 @@ class RoundJournal:
             key_round=int(key_round),
         )
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db)
+    def _rows(self, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run one statement and fetch its rows, all under the lock."""
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
 
     def close(self) -> None:
-        self._db.close()
-
-
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type: object, *_: object) -> None:
-        self._db.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        with self._lock:
+            self._db.close()

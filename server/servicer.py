@@ -268,12 +268,7 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
         journal = self.coordinator.journal
 
         if chunk.index == uploads.chunk_count and not chunk.data:
-            # "already complete": a client whose stream broke after its last chunk, or
-            # after a server restart; like a resend it only rejoins the wait.
-            async with self.coordinator.lock:
-                if client_id in active.server.uploaded:
-                    return True
-            raise InvalidMessageError("the upload is not complete: resume from GetUploadStatus")
+            return await self.coordinator.rejoin_complete_upload(active, client_id)
 
         def apply(server: object) -> bool:
             round_server = _secagg(active.server)
@@ -281,17 +276,9 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
             round_server.begin_masked_input(client_id, chunk.total_bytes)
             round_server.add_masked_chunk(client_id, chunk.index, chunk.data)
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
-            if chunk.sha256:
-                try:
-                    round_server.finish_masked_input(client_id, bytes(chunk.sha256))
-                except InvalidMessageError as exc:
-                    self.coordinator.roll_back_upload(active, client_id)
-                    raise InvalidMessageError(
-                        f"{exc}; the upload was discarded: re-send it from chunk 0"
-                    ) from exc
-                journal.record(active.round_id, "finish", client_id, bytes(chunk.sha256))
-                return True
-            return False
+            return self.coordinator.finish_if_last(
+                active, client_id, bytes(chunk.sha256), round_server.finish_masked_input
+            )
 
         _, done = await self.coordinator.submit(active.round_id, Stage.MASKED_INPUT, apply)
         return bool(done)
@@ -342,17 +329,9 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
                     active.round_id, "plain-begin", client_id, str(chunk.weight).encode()
                 )
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
-            if chunk.sha256:
-                try:
-                    plain.finish_upload(client_id, bytes(chunk.sha256))
-                except InvalidMessageError as exc:
-                    self.coordinator.roll_back_upload(active, client_id)
-                    raise InvalidMessageError(
-                        f"{exc}; the upload was discarded: re-send it from chunk 0"
-                    ) from exc
-                journal.record(active.round_id, "finish", client_id, bytes(chunk.sha256))
-                return True
-            return False
+            return self.coordinator.finish_if_last(
+                active, client_id, bytes(chunk.sha256), plain.finish_upload
+            )
 
         _, done = await self.coordinator.submit(active.round_id, Stage.MASKED_INPUT, apply)
         return bool(done)

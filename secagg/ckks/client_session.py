@@ -41,7 +41,7 @@ from secagg.errors import (
     ProtocolError,
     SessionMismatchError,
 )
-from secagg.protocol.config import ClientPolicy
+from secagg.protocol.config import ClientPolicy, check_enrolment
 
 
 class EpochKeyStore:
@@ -84,13 +84,7 @@ class CkksClientSession:
         expected_model_hash: bytes | None = None,
     ) -> None:
         policy = policy or ClientPolicy()
-        if client_id not in config.roster:
-            raise ConfigError(f"client {client_id!r} is not on this round's roster")
-        if roster_identities.get(client_id) != identity.verifying():
-            raise ConfigError(f"the signing identity given does not match {client_id!r}")
-        missing = [c for c in config.roster if c not in roster_identities]
-        if missing:
-            raise ConfigError(f"no enrolled identity for roster members {missing}")
+        check_enrolment(config.roster, client_id, identity, roster_identities)
         if expected_model_hash is not None and expected_model_hash != config.model_hash:
             raise SessionMismatchError(
                 "the round's global model hash differs from the model this client holds"

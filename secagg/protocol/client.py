@@ -42,7 +42,7 @@ from secagg.errors import (
     SurvivorSetMismatchError,
     ThresholdNotMetError,
 )
-from secagg.protocol.config import ClientPolicy, RoundConfig
+from secagg.protocol.config import ClientPolicy, RoundConfig, check_enrolment
 from secagg.protocol.graph import neighbour_graph
 from secagg.protocol.masking import (
     COMMITMENT_BYTES,
@@ -116,15 +116,7 @@ class ClientSession:
         expected_model_hash: bytes | None = None,
     ) -> None:
         policy = policy or ClientPolicy()
-        if client_id not in config.roster:
-            raise ConfigError(f"client {client_id!r} is not on this round's roster")
-        missing = [cid for cid in config.roster if cid not in roster_identities]
-        if missing:
-            raise ConfigError(f"no enrolled identity for roster members {missing}")
-        if roster_identities[client_id] != identity.verifying():
-            raise ConfigError(
-                f"the signing identity given does not match {client_id!r}'s enrolment"
-            )
+        check_enrolment(config.roster, client_id, identity, roster_identities)
         if expected_model_hash is not None and expected_model_hash != config.model_hash:
             raise SessionMismatchError(
                 "the round's global model hash differs from the model this client holds; "

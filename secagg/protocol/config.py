@@ -10,11 +10,13 @@ fails closed.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from secagg.crypto.encoding import encode_fields
 from secagg.crypto.envelope import AeadAlgorithm
+from secagg.crypto.identity import SigningIdentity, VerifyingIdentity
 from secagg.errors import ConfigError, RingOverflowError
 from secagg.quantize import QuantizationConfig
 
@@ -151,3 +153,20 @@ class ClientPolicy:
             raise ConfigError(f"min_threshold must be >= 2, got {self.min_threshold}")
         if self.max_dimension < 1:
             raise ConfigError(f"max_dimension must be >= 1, got {self.max_dimension}")
+
+
+def check_enrolment(
+    roster: tuple[str, ...],
+    client_id: str,
+    identity: SigningIdentity,
+    roster_identities: Mapping[str, VerifyingIdentity],
+) -> None:
+    """Refuse to act for a client that is not on the round's roster, signs with another
+    identity than its enrolment, or whose peers lack enrolled identities to check."""
+    if client_id not in roster:
+        raise ConfigError(f"client {client_id!r} is not on this round's roster")
+    missing = [cid for cid in roster if cid not in roster_identities]
+    if missing:
+        raise ConfigError(f"no enrolled identity for roster members {missing}")
+    if roster_identities[client_id] != identity.verifying():
+        raise ConfigError(f"the signing identity given does not match {client_id!r}'s enrolment")
