@@ -121,6 +121,19 @@ class SessionMismatchError(MaliciousServerError):
     """Peers derived different session ids (model inconsistency); the round fails closed."""
 
 
+# --- differential privacy ------------------------------------------------------------
+
+
+class PrivacyBudgetExceededError(FedveilError):
+    """Taking part in the next round would push cumulative epsilon past the budget.
+
+    Raised by the client before it trains or uploads, so the round simply goes on without
+    it; RESOURCE_EXHAUSTED because a privacy budget is a quota that does not come back.
+    """
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
 # --- authentication ------------------------------------------------------------------
 
 
