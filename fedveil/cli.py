@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedveil.client_command import add_client_parser, run_client
+from fedveil.demo_command import add_demo_parser, run_demo_command
 from fedveil.keys_command import add_keys_parser, run_keys
 from fedveil.server_command import add_server_parser, run_server
 from fedveil.simulation import (
@@ -152,6 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_keys_parser(sub)
     add_server_parser(sub)
     add_client_parser(sub)
+    add_demo_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "simulate-secagg":
         return simulate_secagg(args)
@@ -161,6 +163,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_server(args)
     if args.command == "client":
         return run_client(args)
+    if args.command == "demo":
+        return run_demo_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

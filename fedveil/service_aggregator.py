@@ -109,7 +109,7 @@ class ServiceAggregator:
         assert self._loop is not None
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    def __call__(self, updates: Sequence[tuple[np.ndarray, int]]) -> np.ndarray:
+    def __call__(self, updates: Sequence[tuple[np.ndarray, float]]) -> np.ndarray:
         """One round over the service: every party uploads, every party gets the mean."""
         if len(updates) != len(self._clients):
             raise ConfigError(f"{len(updates)} updates for {len(self._clients)} parties")
@@ -120,7 +120,7 @@ class ServiceAggregator:
         self.results.append(first)
         return first.weighted_mean
 
-    async def _round(self, updates: Sequence[tuple[np.ndarray, int]]) -> list[AggregateResult]:
+    async def _round(self, updates: Sequence[tuple[np.ndarray, float]]) -> list[AggregateResult]:
         watcher = asyncio.ensure_future(self._show_stages())
         try:
             return list(
