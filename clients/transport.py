@@ -45,6 +45,7 @@ from proto.convert import (
     advertisement_to_pb,
     instructions_from_pb,
     neighbour_keys_from_pb,
+    privacy_from_pb,
     relayed_from_pb,
     share_keys_to_pb,
     signature_to_pb,
@@ -55,7 +56,15 @@ from proto.convert import (
 from proto.convert_ckks import spec_to_ckks_config
 from secagg.ckks.client_session import CkksClientSession, EpochKeyStore
 from secagg.crypto.identity import SigningIdentity, VerifyingIdentity
-from secagg.errors import ConfigError, ProtocolError, SurvivorSetMismatchError
+from secagg.dp.accounting import EpsilonReport
+from secagg.dp.budget import PrivacyBudget, PrivacyLedger
+from secagg.dp.report import RoundPrivacyReport
+from secagg.errors import (
+    ConfigError,
+    PrivacyPolicyError,
+    ProtocolError,
+    SurvivorSetMismatchError,
+)
 from secagg.protocol import messages as m
 from secagg.protocol.client import ClientSession
 from secagg.protocol.config import ClientPolicy
@@ -153,7 +162,15 @@ class TransportSecurity:
 
 @dataclass(frozen=True, eq=False)
 class AggregateResult:
-    """The round's weighted mean over its survivors, as the server streamed it."""
+    """The round's weighted mean over its survivors, as the server streamed it.
+
+    DP rounds: the mean is unweighted (total_weight = contributors) and noised;
+    error_bound bounds the rounding error only. `privacy` is the server's report of the
+    round (`privacy.epsilon`: the federation's cumulative epsilon at `privacy.delta`,
+    `privacy.round_epsilon`, `privacy.noise_multiplier`, `privacy.clip_norm`,
+    `privacy.noise_std` per element; `privacy.to_dict()` for JSON); `privacy_spent` is this
+    client's own ledger after the round (None without a privacy budget).
+    """
 
     round_id: int
     survivors: tuple[str, ...]
@@ -161,6 +178,8 @@ class AggregateResult:
     weighted_mean: np.ndarray
     error_bound: float
     layout: TensorLayout | None = None
+    privacy: RoundPrivacyReport | None = None
+    privacy_spent: EpsilonReport | None = None
 
     def as_tensors(self, layout: TensorLayout | None = None) -> dict[str, np.ndarray]:
         """The mean split into named float64 tensors (by `layout`, or the round's own)."""
@@ -324,7 +343,12 @@ class AsyncAggregationClient:
         retry: RetryPolicy | None = None,
         rpc_timeout_s: float | None = None,
         ckks_workers: int = 1,
+        privacy_budget: PrivacyBudget | PrivacyLedger | None = None,
     ) -> None:
+        """`privacy_budget`: the most (epsilon, delta) this client spends over the run (or
+        a PrivacyLedger to carry on one). With it the client takes part only in DP rounds
+        (central DP only if policy.accept_central_dp), and raises PrivacyBudgetExceededError
+        before sending anything when a round would take it past the budget."""
         if not isinstance(target, str) or not target:
             raise ConfigError(f"target must be 'host:port', got {target!r}")
         if roster_identities.get(client_id) != identity.verifying():
@@ -351,10 +375,23 @@ class AsyncAggregationClient:
         if ckks_workers < 1:
             raise ConfigError(f"ckks_workers must be >= 1, got {ckks_workers}")
         self._ckks_workers = ckks_workers
+        if isinstance(privacy_budget, PrivacyBudget):
+            privacy_budget = PrivacyLedger(privacy_budget, owner=client_id)
+        elif privacy_budget is not None and not isinstance(privacy_budget, PrivacyLedger):
+            raise ConfigError(
+                f"privacy_budget must be a PrivacyBudget or PrivacyLedger, got "
+                f"{type(privacy_budget).__name__}"
+            )
+        self._ledger: PrivacyLedger | None = privacy_budget
         self._ckks_keys = EpochKeyStore()
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.AggregationStub | None = None
         self._closed = False
+
+    @property
+    def privacy_ledger(self) -> PrivacyLedger | None:
+        """This client's privacy ledger (`.report()`: epsilon spent so far), if budgeted."""
+        return self._ledger
 
     def _ensure_stub(self) -> pb_grpc.AggregationStub:
         if self._closed:
@@ -434,6 +471,12 @@ class AsyncAggregationClient:
         layout = _fit_layout(spec, vector, layout)
         if spec.chunk_bytes <= 0:
             raise ConfigError(f"round {spec.round_id} publishes no upload chunk size")
+        if self._ledger is not None and spec.mode != pb.AGGREGATION_MODE_SECAGG:
+            raise PrivacyPolicyError(
+                f"round {spec.round_id} runs in {pb.AggregationMode.Name(spec.mode)} mode, "
+                "which adds no differential-privacy noise, but this client has a privacy "
+                "budget: refusing to send an un-noised update"
+            )
         if spec.mode == pb.AGGREGATION_MODE_CKKS:
             return await self._run_ckks(spec, vector, weight, layout)
         if spec.mode == pb.AGGREGATION_MODE_PLAINTEXT:
@@ -446,16 +489,28 @@ class AsyncAggregationClient:
                 error_bound=float(header.error_bound),
                 layout=layout,
             )
+        config = spec_to_config(spec)
         session = ClientSession(
-            spec_to_config(spec),
+            config,
             self.client_id,
             self._identity,
             self._roster,
             self._policy,
             expected_model_hash=self._expected_model_hash,
+            ledger=self._ledger,
         )
         session.set_input(vector, weight)
         logger.info("round %d: joined with %d values", spec.round_id, spec.dimension)
+        if config.dp is not None:
+            logger.info(
+                "round %d: %s DP, noise multiplier %.4g, clip norm %.4g; the mean is "
+                "unweighted (weight %d not used)",
+                spec.round_id,
+                config.dp.kind,
+                config.dp.config.noise_multiplier,
+                config.dp.config.clip_norm,
+                weight,
+            )
         driver = _RoundDriver(
             self._ensure_stub(),
             spec,
@@ -465,6 +520,15 @@ class AsyncAggregationClient:
             self._unary_timeout(),
         )
         header, mean = await driver.run()
+        privacy = privacy_from_pb(header.privacy) if header.HasField("privacy") else None
+        if config.dp is not None and privacy is not None:
+            published = (config.dp.config.noise_multiplier, config.dp.config.clip_norm)
+            if (privacy.noise_multiplier, privacy.clip_norm) != published:
+                raise ProtocolError(
+                    f"round {spec.round_id}: the result's privacy report names noise "
+                    f"multiplier / clip norm {(privacy.noise_multiplier, privacy.clip_norm)}, "
+                    f"but the round this client joined used {published}"
+                )
         return AggregateResult(
             round_id=int(header.round_id),
             survivors=tuple(header.survivors),
@@ -472,6 +536,8 @@ class AsyncAggregationClient:
             weighted_mean=mean,
             error_bound=float(header.error_bound),
             layout=layout,
+            privacy=privacy,
+            privacy_spent=session.privacy_spent,
         )
 
     async def _run_ckks(
@@ -588,6 +654,7 @@ class AggregationClient:
         retry: RetryPolicy | None = None,
         rpc_timeout_s: float | None = None,
         ckks_workers: int = 1,
+        privacy_budget: PrivacyBudget | PrivacyLedger | None = None,
     ) -> None:
         self._client = AsyncAggregationClient(
             target,
@@ -600,6 +667,7 @@ class AggregationClient:
             retry,
             rpc_timeout_s,
             ckks_workers,
+            privacy_budget,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -611,6 +679,10 @@ class AggregationClient:
     @property
     def client_id(self) -> str:
         return self._client.client_id
+
+    @property
+    def privacy_ledger(self) -> PrivacyLedger | None:
+        return self._client.privacy_ledger
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:

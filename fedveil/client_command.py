@@ -44,6 +44,7 @@ from clients.credentials import ClientCredentials
 from clients.roster_file import load_roster_identities
 from clients.streams import as_update_vector
 from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
+from secagg.dp.budget import PrivacyBudget
 from secagg.errors import ConfigError, FedveilError
 from secagg.protocol.config import ClientPolicy
 from secagg.protocol.stages import Stage
@@ -92,6 +93,9 @@ class ClientSettings:
     server_name: str | None = None
     model_hash: str | None = None
     log_level: str = "INFO"
+    privacy_epsilon: float | None = None
+    privacy_delta: float = 1e-5
+    max_colluders: int = 0
 
     def __post_init__(self) -> None:
         host, sep, port = self.server.rpartition(":")
@@ -125,11 +129,22 @@ class ClientSettings:
             raise ConfigError(
                 f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}"
             )
-        # ClientPolicy names a bad min_cohort / min_threshold itself.
+        # ClientPolicy and PrivacyBudget name a bad value themselves.
         self.policy()
+        self.privacy_budget()
 
     def policy(self) -> ClientPolicy:
-        return ClientPolicy(min_cohort=self.min_cohort, min_threshold=self.min_threshold)
+        return ClientPolicy(
+            min_cohort=self.min_cohort,
+            min_threshold=self.min_threshold,
+            max_colluders=self.max_colluders,
+        )
+
+    def privacy_budget(self) -> PrivacyBudget | None:
+        """The client-level DP budget over this run, if one was given."""
+        if self.privacy_epsilon is None:
+            return None
+        return PrivacyBudget(self.privacy_epsilon, self.privacy_delta)
 
     def out_path(self, round_id: int) -> Path | None:
         """`--out` with `{round}` replaced, so several rounds can keep every result."""
@@ -159,6 +174,13 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     "server_name": (str, "TLS name to expect in the server certificate, if not the host"),
     "model_hash": (str, "hex SHA-256 of the global model the rounds must be about"),
     "log_level": (str, "DEBUG, INFO (default), WARNING or ERROR"),
+    "privacy_epsilon": (
+        float,
+        "client-level DP budget: take part only in DP rounds, and stop before epsilon "
+        "over the run would exceed this",
+    ),
+    "privacy_delta": (float, "delta of the privacy budget (default 1e-5)"),
+    "max_colluders": (int, "DP rounds: clients assumed to collude with the server (default 0)"),
 }
 
 
@@ -299,13 +321,18 @@ def write_result(path: Path, result: AggregateResult) -> None:
 
 
 def _summary(result: AggregateResult) -> dict[str, Any]:
-    return {
+    summary: dict[str, Any] = {
         "round_id": result.round_id,
         "survivors": list(result.survivors),
         "total_weight": result.total_weight,
         "error_bound": result.error_bound,
         "dimension": int(result.weighted_mean.shape[0]),
     }
+    if result.privacy is not None:
+        summary["privacy"] = result.privacy.to_dict()
+    if result.privacy_spent is not None:
+        summary["privacy_spent"] = result.privacy_spent.to_dict()
+    return summary
 
 
 def _write_summary(path: Path, results: list[AggregateResult]) -> None:
@@ -480,6 +507,7 @@ def prepare(settings: ClientSettings, stop_before: Stage | None = None) -> _Prep
         security,
         policy=settings.policy(),
         expected_model_hash=bytes.fromhex(settings.model_hash) if settings.model_hash else None,
+        privacy_budget=settings.privacy_budget(),
     )
     return _Prepared(settings, client, update)
 
@@ -500,9 +528,15 @@ async def run_rounds(prepared: _Prepared) -> list[AggregateResult]:
                 prepared.update, settings.weight, join_timeout_s=settings.join_timeout_s
             )
             results.append(result)
+            privacy = (
+                f" epsilon={result.privacy.epsilon:.4g} delta={result.privacy.delta:g}"
+                if result.privacy is not None
+                else ""
+            )
             print(
                 f"round {result.round_id} done: survivors={len(result.survivors)} "
-                f"total_weight={result.total_weight} error_bound={result.error_bound:.6g}",
+                f"total_weight={result.total_weight} error_bound={result.error_bound:.6g}"
+                f"{privacy}",
                 flush=True,
             )
             out = settings.out_path(result.round_id)

@@ -7,8 +7,12 @@ import logging
 import sys
 from pathlib import Path
 
-from clients.lora.config import AggregationVariant
 from secagg.errors import FedveilError
+
+# Literal, not AggregationVariant: importing clients.lora pulls in torch and peft (seconds),
+# which every `fedveil client` process would pay at start-up. tests/test_demo checks
+# that these match the enum.
+VARIANTS = ("fedavg", "ffa")
 
 
 def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,8 +31,8 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     p.add_argument(
         "--variant",
-        choices=[v.value for v in AggregationVariant],
-        default=AggregationVariant.FEDAVG.value,
+        choices=VARIANTS,
+        default="fedavg",
         help="fedavg: average A and B; ffa: FFA-LoRA (A frozen, exact aggregate)",
     )
     p.add_argument("--adapter-out", type=Path, default=Path("fedveil-demo-adapter"))
@@ -38,6 +42,7 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
+    from clients.lora.config import AggregationVariant
     from fedveil.demo import DemoOptions, format_table, run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

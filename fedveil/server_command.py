@@ -14,7 +14,17 @@ from secagg.errors import FedveilError
 from server.app import start_server
 from server.settings import load_settings
 
-_ROUND_FLAGS: tuple[tuple[str, type, str], ...] = (
+
+def _boolean(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("true", "yes", "1", "on"):
+        return True
+    if value in ("false", "no", "0", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+_ROUND_FLAGS: tuple[tuple[str, Any, str], ...] = (
     ("dimension", int, "length of the flat update (required unless in the config)"),
     ("mode", str, "secagg (default), ckks, or plaintext (the unprotected baseline)"),
     ("ckks_preset", str, "ckks mode: parameter preset (add-only-8192, add-only-16384)"),
@@ -30,6 +40,22 @@ _ROUND_FLAGS: tuple[tuple[str, type, str], ...] = (
     ("rounds", int, "number of rounds to run (0: until stopped)"),
     ("chunk_bytes", int, "upload/download chunk size in bytes"),
     ("model_hash", str, "hex SHA-256 of the global model"),
+    (
+        "dp",
+        str,
+        "differential privacy: none (default), client (each client adds its share of the "
+        "noise before masking) or central (the server adds it: trusts the server)",
+    ),
+    ("dp_clip_norm", float, "DP: L2 clip norm of each client's update (default 1.0)"),
+    ("dp_noise_multiplier", float, "DP: noise std / clip norm (or give --dp-target-epsilon)"),
+    ("dp_target_epsilon", float, "DP: calibrate the noise to this epsilon over the run"),
+    ("dp_delta", float, "DP: delta epsilon is reported and calibrated at (default 1e-5)"),
+    ("dp_rounds", int, "DP: rounds the target epsilon covers (default: --rounds)"),
+    ("dp_min_clients", int, "DP: honest clients whose noise suffices (default: threshold)"),
+    ("dp_mechanism", str, "DP: discrete_gaussian (default) or skellam"),
+    ("dp_rotate", _boolean, "DP: randomised Hadamard rotation before quantising (true)"),
+    ("dp_sampling_prob", float, "DP: client sampling rate the accountant assumes (1.0)"),
+    ("dp_accountant", str, "DP: prv (default), rdp or pld"),
 )
 
 

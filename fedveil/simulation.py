@@ -18,9 +18,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from secagg.crypto.identity import SigningIdentity, VerifyingIdentity
+from secagg.dp.accounting import EpsilonReport
+from secagg.dp.budget import PrivacyLedger
+from secagg.dp.config import ClientDPConfig
 from secagg.errors import FedveilError
 from secagg.protocol.client import ClientSession
 from secagg.protocol.config import ClientPolicy, RoundConfig
+from secagg.protocol.dp import RoundDP
 from secagg.protocol.graph import default_neighbours, default_threshold
 from secagg.protocol.messages import MaskedInput, RoundResult
 from secagg.protocol.server import ServerRound
@@ -85,6 +89,7 @@ class RoundReport:
     unmask_keystreams: int = 0
     refusals: dict[str, FedveilError] = field(default_factory=dict)
     quantized: dict[str, np.ndarray] = field(default_factory=dict)
+    privacy_spent: dict[str, EpsilonReport] = field(default_factory=dict)
 
 
 def make_config(
@@ -98,18 +103,29 @@ def make_config(
     clip: float = 1.0,
     max_weight: int = 1000,
     model_hash: bytes | None = None,
+    dp: ClientDPConfig | RoundDP | None = None,
 ) -> RoundConfig:
+    """A round for the whole federation. With `dp` (a ClientDPConfig, or a RoundDP with
+    accounting terms) it is a DP round: bits, clip and max_weight then come from the DP
+    config, whose dim must be `dimension`."""
     n = len(federation.identities)
     k = default_neighbours(n) if neighbours is None else neighbours
     t = default_threshold(n, k) if threshold is None else threshold
+    round_dp = RoundDP(dp) if isinstance(dp, ClientDPConfig) else dp
+    quantization = (
+        round_dp.config.quantization
+        if round_dp is not None
+        else QuantizationConfig(clip=clip, bits=bits, max_cohort=n, max_weight=max_weight)
+    )
     return RoundConfig(
         round_id=round_id,
         roster=federation.ids,
         threshold=t,
         neighbours=k,
         dimension=dimension,
-        quantization=QuantizationConfig(clip=clip, bits=bits, max_cohort=n, max_weight=max_weight),
+        quantization=quantization,
         model_hash=model_hash or hashlib.sha256(b"fedveil-simulated-model").digest(),
+        dp=round_dp,
     )
 
 
@@ -117,30 +133,41 @@ def run_round(
     config: RoundConfig,
     federation: Federation,
     inputs: Mapping[str, np.ndarray],
-    weights: Mapping[str, int],
+    weights: Mapping[str, int] | None = None,
     dropouts: Mapping[str, Stage] | None = None,
     policy: ClientPolicy | None = None,
     *,
     keep_quantized: bool = False,
+    ledgers: Mapping[str, PrivacyLedger] | None = None,
+    noise_seed: bytes | None = None,
 ) -> RoundReport:
     """Run one round; a client in `dropouts` stops before sending that stage's message.
 
-    A failure (below threshold, or a refused request) is reported, not raised.
+    A failure (below threshold, or a refused request) is reported, not raised. A client
+    that refuses the round itself (its policy, or its privacy ledger in `ledgers` being
+    over budget) is in `report.refusals` and sends nothing. `weights` default to 1 (and
+    are not used in DP rounds); `noise_seed` keys the server's noise in central DP.
     """
     dropouts = dict(dropouts or {})
     policy = policy or ClientPolicy(min_cohort=2, min_threshold=2)
+    ledgers = dict(ledgers or {})
     roster = federation.roster
-    server = ServerRound(config, roster)
-    clients = {
-        cid: ClientSession(config, cid, federation.identities[cid], roster, policy)
-        for cid in config.roster
-    }
+    server = ServerRound(config, roster, noise_seed=noise_seed)
     report = RoundReport(result=None, failure=None, final_stage=server.stage)
+    clients: dict[str, ClientSession] = {}
+    for cid in config.roster:
+        try:
+            clients[cid] = ClientSession(
+                config, cid, federation.identities[cid], roster, policy, ledger=ledgers.get(cid)
+            )
+        except FedveilError as exc:
+            report.refusals[cid] = exc
     report.upload_bytes = dict.fromkeys(config.roster, 0)
     report.download_bytes = dict.fromkeys(config.roster, 0)
     for cid, session in clients.items():
         if dropouts.get(cid) is not Stage.ADVERTISE_KEYS:
-            quantized = session.set_input(np.asarray(inputs[cid]), int(weights[cid]))
+            weight = 1 if weights is None else int(weights[cid])
+            quantized = session.set_input(np.asarray(inputs[cid]), weight)
             if keep_quantized:
                 report.quantized[cid] = quantized.values.copy()
 
@@ -158,6 +185,11 @@ def run_round(
     report.final_stage = server.stage
     report.failed_at = server.failed_at
     report.result = server.result
+    report.privacy_spent = {
+        cid: session.privacy_spent
+        for cid, session in clients.items()
+        if session.privacy_spent is not None
+    }
     if server.unmask_work is not None:
         report.unmask_keystreams = server.unmask_work.keystreams
     return report

@@ -33,6 +33,12 @@ class DpKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DP_KIND_CLIENT: _ClassVar[DpKind]
     DP_KIND_CENTRAL: _ClassVar[DpKind]
     DP_KIND_SAMPLE: _ClassVar[DpKind]
+
+class DpMechanism(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DP_MECHANISM_UNSPECIFIED: _ClassVar[DpMechanism]
+    DP_MECHANISM_DISCRETE_GAUSSIAN: _ClassVar[DpMechanism]
+    DP_MECHANISM_SKELLAM: _ClassVar[DpMechanism]
 AGGREGATION_MODE_UNSPECIFIED: AggregationMode
 AGGREGATION_MODE_PLAINTEXT: AggregationMode
 AGGREGATION_MODE_SECAGG: AggregationMode
@@ -51,6 +57,9 @@ DP_KIND_NONE: DpKind
 DP_KIND_CLIENT: DpKind
 DP_KIND_CENTRAL: DpKind
 DP_KIND_SAMPLE: DpKind
+DP_MECHANISM_UNSPECIFIED: DpMechanism
+DP_MECHANISM_DISCRETE_GAUSSIAN: DpMechanism
+DP_MECHANISM_SKELLAM: DpMechanism
 
 class TensorSlot(_message.Message):
     __slots__ = ("name", "shape", "offset")
@@ -83,18 +92,72 @@ class QuantizationSpec(_message.Message):
     def __init__(self, clip: _Optional[float] = ..., bits: _Optional[int] = ..., max_cohort: _Optional[int] = ..., max_weight: _Optional[int] = ..., scale: _Optional[float] = ...) -> None: ...
 
 class DpSpec(_message.Message):
-    __slots__ = ("kind", "noise_multiplier", "clip_norm", "target_epsilon", "delta")
+    __slots__ = ("kind", "noise_multiplier", "clip_norm", "target_epsilon", "delta", "mechanism", "min_clients", "rotate", "scale", "sampling_prob", "planned_rounds", "rounding_beta", "coordinate_clip_prob", "overflow_prob")
     KIND_FIELD_NUMBER: _ClassVar[int]
     NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
     CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
     TARGET_EPSILON_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    MIN_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_FIELD_NUMBER: _ClassVar[int]
+    SCALE_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_PROB_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDING_BETA_FIELD_NUMBER: _ClassVar[int]
+    COORDINATE_CLIP_PROB_FIELD_NUMBER: _ClassVar[int]
+    OVERFLOW_PROB_FIELD_NUMBER: _ClassVar[int]
     kind: DpKind
     noise_multiplier: float
     clip_norm: float
     target_epsilon: float
     delta: float
-    def __init__(self, kind: _Optional[_Union[DpKind, str]] = ..., noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ...) -> None: ...
+    mechanism: DpMechanism
+    min_clients: int
+    rotate: bool
+    scale: float
+    sampling_prob: float
+    planned_rounds: int
+    rounding_beta: float
+    coordinate_clip_prob: float
+    overflow_prob: float
+    def __init__(self, kind: _Optional[_Union[DpKind, str]] = ..., noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., target_epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., mechanism: _Optional[_Union[DpMechanism, str]] = ..., min_clients: _Optional[int] = ..., rotate: _Optional[bool] = ..., scale: _Optional[float] = ..., sampling_prob: _Optional[float] = ..., planned_rounds: _Optional[int] = ..., rounding_beta: _Optional[float] = ..., coordinate_clip_prob: _Optional[float] = ..., overflow_prob: _Optional[float] = ...) -> None: ...
+
+class PrivacyReport(_message.Message):
+    __slots__ = ("kind", "epsilon", "delta", "round_epsilon", "rounds", "noise_multiplier", "clip_norm", "mechanism", "min_clients", "sampling_prob", "accountant", "rigorous", "noise_std", "contributors", "trusts_server", "note")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    EPSILON_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    ROUND_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_MULTIPLIER_FIELD_NUMBER: _ClassVar[int]
+    CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    MECHANISM_FIELD_NUMBER: _ClassVar[int]
+    MIN_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_PROB_FIELD_NUMBER: _ClassVar[int]
+    ACCOUNTANT_FIELD_NUMBER: _ClassVar[int]
+    RIGOROUS_FIELD_NUMBER: _ClassVar[int]
+    NOISE_STD_FIELD_NUMBER: _ClassVar[int]
+    CONTRIBUTORS_FIELD_NUMBER: _ClassVar[int]
+    TRUSTS_SERVER_FIELD_NUMBER: _ClassVar[int]
+    NOTE_FIELD_NUMBER: _ClassVar[int]
+    kind: DpKind
+    epsilon: float
+    delta: float
+    round_epsilon: float
+    rounds: int
+    noise_multiplier: float
+    clip_norm: float
+    mechanism: DpMechanism
+    min_clients: int
+    sampling_prob: float
+    accountant: str
+    rigorous: bool
+    noise_std: float
+    contributors: int
+    trusts_server: bool
+    note: str
+    def __init__(self, kind: _Optional[_Union[DpKind, str]] = ..., epsilon: _Optional[float] = ..., delta: _Optional[float] = ..., round_epsilon: _Optional[float] = ..., rounds: _Optional[int] = ..., noise_multiplier: _Optional[float] = ..., clip_norm: _Optional[float] = ..., mechanism: _Optional[_Union[DpMechanism, str]] = ..., min_clients: _Optional[int] = ..., sampling_prob: _Optional[float] = ..., accountant: _Optional[str] = ..., rigorous: _Optional[bool] = ..., noise_std: _Optional[float] = ..., contributors: _Optional[int] = ..., trusts_server: _Optional[bool] = ..., note: _Optional[str] = ...) -> None: ...
 
 class CkksSpec(_message.Message):
     __slots__ = ("preset", "key_epoch", "key_holder", "key_fingerprint", "value_bound", "rotate_every", "chunk_count")
@@ -383,7 +446,7 @@ class GetResultRequest(_message.Message):
     def __init__(self, round_id: _Optional[int] = ..., client_id: _Optional[str] = ...) -> None: ...
 
 class ResultHeader(_message.Message):
-    __slots__ = ("round_id", "survivors", "total_weight", "dimension", "error_bound", "total_bytes", "mode", "key_fingerprint", "chunk_count")
+    __slots__ = ("round_id", "survivors", "total_weight", "dimension", "error_bound", "total_bytes", "mode", "key_fingerprint", "chunk_count", "privacy")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_WEIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -393,6 +456,7 @@ class ResultHeader(_message.Message):
     MODE_FIELD_NUMBER: _ClassVar[int]
     KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     survivors: _containers.RepeatedScalarFieldContainer[str]
     total_weight: int
@@ -402,7 +466,8 @@ class ResultHeader(_message.Message):
     mode: AggregationMode
     key_fingerprint: bytes
     chunk_count: int
-    def __init__(self, round_id: _Optional[int] = ..., survivors: _Optional[_Iterable[str]] = ..., total_weight: _Optional[int] = ..., dimension: _Optional[int] = ..., error_bound: _Optional[float] = ..., total_bytes: _Optional[int] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., key_fingerprint: _Optional[bytes] = ..., chunk_count: _Optional[int] = ...) -> None: ...
+    privacy: PrivacyReport
+    def __init__(self, round_id: _Optional[int] = ..., survivors: _Optional[_Iterable[str]] = ..., total_weight: _Optional[int] = ..., dimension: _Optional[int] = ..., error_bound: _Optional[float] = ..., total_bytes: _Optional[int] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., key_fingerprint: _Optional[bytes] = ..., chunk_count: _Optional[int] = ..., privacy: _Optional[_Union[PrivacyReport, _Mapping]] = ...) -> None: ...
 
 class ResultChunk(_message.Message):
     __slots__ = ("header", "index", "data", "sha256")

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from proto import aggregation_pb2 as pb
 from secagg.crypto.envelope import AeadAlgorithm
+from secagg.dp.config import ClientDPConfig, Mechanism, NoisePlacement
+from secagg.dp.report import RoundPrivacyReport
 from secagg.errors import ConfigError, SessionMismatchError
 from secagg.protocol import messages as m
 from secagg.protocol.config import RoundConfig
+from secagg.protocol.dp import RoundDP
 from secagg.protocol.stages import Stage
 from secagg.quantize import QuantizationConfig
 
@@ -137,6 +140,119 @@ def unmask_from_pb(msg: pb.UnmaskRequest) -> m.UnmaskResponse:
     )
 
 
+# --- differential privacy ---------------------------------------------------------------
+
+_MECHANISM_TO_PB = {
+    Mechanism.DISCRETE_GAUSSIAN: pb.DP_MECHANISM_DISCRETE_GAUSSIAN,
+    Mechanism.SKELLAM: pb.DP_MECHANISM_SKELLAM,
+}
+_MECHANISM_FROM_PB = {v: k for k, v in _MECHANISM_TO_PB.items()}
+_KIND_TO_PB = {"client": pb.DP_KIND_CLIENT, "central": pb.DP_KIND_CENTRAL}
+_KIND_FROM_PB = {v: k for k, v in _KIND_TO_PB.items()}
+
+
+def dp_to_spec(dp: RoundDP) -> pb.DpSpec:
+    c = dp.config
+    return pb.DpSpec(
+        kind=_KIND_TO_PB[dp.kind],
+        noise_multiplier=c.noise_multiplier,
+        clip_norm=c.clip_norm,
+        target_epsilon=dp.target_epsilon,
+        delta=dp.delta,
+        mechanism=_MECHANISM_TO_PB[c.mechanism],
+        min_clients=c.min_clients,
+        rotate=c.rotate,
+        scale=c.effective_scale,
+        sampling_prob=dp.sampling_prob,
+        planned_rounds=dp.planned_rounds,
+        rounding_beta=c.rounding_beta,
+        coordinate_clip_prob=c.coordinate_clip_prob,
+        overflow_prob=c.overflow_prob,
+    )
+
+
+def dp_from_spec(spec: pb.RoundSpec) -> RoundDP | None:
+    """The round's DP terms (None without client-level or central DP).
+
+    The DP configuration is rebuilt and validated here, ring bound included, so a spec
+    whose scale would let the noised sum wrap is refused before any key is derived.
+    """
+    dp = spec.dp
+    if dp.kind not in _KIND_FROM_PB:
+        return None  # no DP, or sample-level DP-SGD, which each client runs on its own
+    if dp.mechanism not in _MECHANISM_FROM_PB:
+        raise ConfigError(f"round {spec.round_id}: unknown DP mechanism {dp.mechanism}")
+    placement = NoisePlacement.SERVER if dp.kind == pb.DP_KIND_CENTRAL else NoisePlacement.CLIENTS
+    config = ClientDPConfig(
+        clip_norm=dp.clip_norm,
+        noise_multiplier=dp.noise_multiplier,
+        min_clients=dp.min_clients,
+        max_cohort=spec.quantization.max_cohort,
+        dim=spec.dimension,
+        bits=spec.quantization.bits,
+        mechanism=_MECHANISM_FROM_PB[dp.mechanism],
+        placement=placement,
+        rotate=dp.rotate,
+        scale=dp.scale,
+        rounding_beta=dp.rounding_beta,
+        coordinate_clip_prob=dp.coordinate_clip_prob,
+        overflow_prob=dp.overflow_prob,
+    )
+    return RoundDP(
+        config,
+        sampling_prob=dp.sampling_prob,
+        delta=dp.delta,
+        planned_rounds=dp.planned_rounds,
+        target_epsilon=dp.target_epsilon,
+    )
+
+
+def privacy_to_pb(report: RoundPrivacyReport) -> pb.PrivacyReport:
+    return pb.PrivacyReport(
+        kind=_KIND_TO_PB[report.kind],
+        epsilon=report.epsilon,
+        delta=report.delta,
+        round_epsilon=report.round_epsilon,
+        rounds=report.rounds,
+        noise_multiplier=report.noise_multiplier,
+        clip_norm=report.clip_norm,
+        mechanism=_MECHANISM_TO_PB[Mechanism(report.mechanism)],
+        min_clients=report.min_clients,
+        sampling_prob=report.sampling_prob,
+        accountant=report.accountant,
+        rigorous=report.rigorous,
+        noise_std=report.noise_std,
+        contributors=report.contributors,
+        trusts_server=report.trusts_server,
+        note=report.note,
+    )
+
+
+def privacy_from_pb(msg: pb.PrivacyReport) -> RoundPrivacyReport:
+    if msg.kind not in _KIND_FROM_PB or msg.mechanism not in _MECHANISM_FROM_PB:
+        raise ConfigError(
+            f"the result's privacy report names DP kind {msg.kind} / mechanism {msg.mechanism}"
+        )
+    return RoundPrivacyReport(
+        kind=_KIND_FROM_PB[msg.kind],
+        epsilon=msg.epsilon,
+        delta=msg.delta,
+        round_epsilon=msg.round_epsilon,
+        rounds=msg.rounds,
+        noise_multiplier=msg.noise_multiplier,
+        clip_norm=msg.clip_norm,
+        mechanism=_MECHANISM_FROM_PB[msg.mechanism].value,
+        min_clients=msg.min_clients,
+        sampling_prob=msg.sampling_prob,
+        accountant=msg.accountant,
+        rigorous=msg.rigorous,
+        noise_std=msg.noise_std,
+        contributors=msg.contributors,
+        trusts_server=msg.trusts_server,
+        note=msg.note,
+    )
+
+
 # --- round specification ----------------------------------------------------------------
 
 _AEADS = {a.value: a for a in AeadAlgorithm}
@@ -173,6 +289,7 @@ def config_to_spec(
         session_id=config.session_id,
         chunk_bytes=chunk_bytes,
         stage_timeout_s=stage_timeout_s,
+        dp=dp_to_spec(config.dp) if config.dp is not None else None,
     )
 
 
@@ -187,17 +304,24 @@ def spec_to_config(spec: pb.RoundSpec) -> RoundConfig:
     if spec.aead not in _AEADS:
         raise ConfigError(f"unknown AEAD {spec.aead!r}; expected one of {sorted(_AEADS)}")
     q = spec.quantization
+    dp = dp_from_spec(spec)
+    quantization = (
+        dp.config.quantization
+        if dp is not None
+        else QuantizationConfig(
+            clip=q.clip, bits=q.bits, max_cohort=q.max_cohort, max_weight=q.max_weight
+        )
+    )
     config = RoundConfig(
         round_id=spec.round_id,
         roster=tuple(spec.roster),
         threshold=spec.threshold,
         neighbours=spec.neighbours,
         dimension=spec.dimension,
-        quantization=QuantizationConfig(
-            clip=q.clip, bits=q.bits, max_cohort=q.max_cohort, max_weight=q.max_weight
-        ),
+        quantization=quantization,
         model_hash=bytes(spec.model_hash),
         aead=_AEADS[spec.aead],
+        dp=dp,
     )
     if config.session_id != bytes(spec.session_id):
         raise SessionMismatchError(

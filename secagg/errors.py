@@ -134,6 +134,16 @@ class PrivacyBudgetExceededError(FedveilError):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+class PrivacyPolicyError(FedveilError):
+    """A round's DP terms do not meet this client's privacy policy: a client with a privacy
+    budget was offered a round without DP noise, or a central-DP round it did not accept.
+
+    Raised by the client before it sends anything, so the round goes on without it.
+    """
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
 # --- authentication ------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -20,13 +21,17 @@ from typing import TypeVar
 import numpy as np
 
 from proto import aggregation_pb2 as pb
-from proto.convert import config_to_spec
+from proto.convert import config_to_spec, dp_from_spec
 from proto.convert_ckks import ckks_config_to_spec
 from secagg.ckks.config import CkksRoundConfig
 from secagg.ckks.keys import key_epoch
 from secagg.ckks.messages import CkksResult
 from secagg.ckks.server_round import CkksServerRound
 from secagg.crypto.identity import VerifyingIdentity
+from secagg.crypto.prg import SEED_BYTES
+from secagg.dp.accounting import calibrate_noise_multiplier
+from secagg.dp.config import ClientDPConfig, Mechanism, NoisePlacement
+from secagg.dp.report import FederationAccountant, RoundPrivacyReport
 from secagg.errors import (
     DuplicateSubmissionError,
     FedveilError,
@@ -34,6 +39,7 @@ from secagg.errors import (
     StageError,
 )
 from secagg.protocol.config import RoundConfig
+from secagg.protocol.dp import RoundDP
 from secagg.protocol.graph import default_neighbours, default_threshold
 from secagg.protocol.server import ServerRound
 from secagg.protocol.stages import ORDER, Stage
@@ -64,6 +70,8 @@ class ActiveRound:
     deadline: asyncio.Task[None] | None = None
     result_pieces: list[bytes] | None = None
     result_digest: bytes = b""
+    noise_seed: bytes | None = None  # central DP: keys the server's noise (journalled)
+    privacy: RoundPrivacyReport | None = None  # DP rounds, once the result is released
 
     def serialised_result(self, chunk_bytes: int) -> tuple[list[bytes], bytes]:
         """The result as download chunks and the SHA-256 of their concatenation.
@@ -120,25 +128,112 @@ class RoundCoordinator:
         self.finished = asyncio.Event()
         self.downloads: dict[int, set[str]] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.round_dp = self._build_dp()
+        self.privacy = FederationAccountant(settings.dp_accountant)
+        self._restore_privacy()
 
-    # --- rounds -----------------------------------------------------------------------
+    # --- differential privacy -----------------------------------------------------------
 
-    def _round_config(self, round_id: int) -> RoundConfig:
+    def _shape(self) -> tuple[tuple[str, ...], int, int]:
+        """The roster, the neighbour degree k and the threshold t of every round."""
         s = self.settings
         ids = tuple(sorted(self.roster))
         n = len(ids)
         k = s.neighbours if s.neighbours is not None else default_neighbours(n)
         t = s.threshold if s.threshold is not None else default_threshold(n, k)
+        return ids, k, t
+
+    def _build_dp(self) -> RoundDP | None:
+        """Every round's DP terms, the noise multiplier calibrated here if not given."""
+        s = self.settings
+        if s.dp == "none":
+            return None
+        ids, _, t = self._shape()
+
+        def config_for(z: float) -> ClientDPConfig:
+            return ClientDPConfig(
+                clip_norm=s.dp_clip_norm,
+                noise_multiplier=z,
+                min_clients=s.dp_min_clients or t,
+                max_cohort=len(ids),
+                dim=s.dimension,
+                bits=s.bits,
+                mechanism=Mechanism(s.dp_mechanism),
+                placement=NoisePlacement.SERVER if s.dp == "central" else NoisePlacement.CLIENTS,
+                rotate=s.dp_rotate,
+            )
+
+        if s.dp_noise_multiplier is not None:
+            z = s.dp_noise_multiplier
+        else:
+            assert s.dp_target_epsilon is not None
+            rounds = s.dp_planned_rounds
+            z = calibrate_noise_multiplier(
+                lambda z: config_for(z).events(s.dp_sampling_prob, steps=rounds),
+                s.dp_target_epsilon,
+                s.dp_delta,
+                method=s.dp_accountant,
+            )
+            log.info(
+                "dp: noise multiplier %.4g spends epsilon <= %g at delta %g over %d rounds",
+                z,
+                s.dp_target_epsilon,
+                s.dp_delta,
+                rounds,
+            )
+        return RoundDP(
+            config_for(z),
+            sampling_prob=s.dp_sampling_prob,
+            delta=s.dp_delta,
+            planned_rounds=s.dp_planned_rounds,
+            target_epsilon=s.dp_target_epsilon or 0.0,
+        )
+
+    def _restore_privacy(self) -> None:
+        """Compose the DP rounds this federation released before a restart."""
+        for spec_bytes in self.journal.round_specs("done"):
+            spec = pb.RoundSpec.FromString(spec_bytes)
+            if spec.mode != pb.AGGREGATION_MODE_SECAGG:
+                continue
+            dp = dp_from_spec(spec)
+            if dp is not None:
+                self.privacy.restore(dp.events())
+
+    def _account(self, server: ServerRound) -> RoundPrivacyReport:
+        """The privacy report of a released DP round (composes it into the federation's)."""
+        dp, result = server.config.dp, server.result
+        assert dp is not None and result is not None and result.dp is not None
+        return self.privacy.record(
+            dp.config,
+            dp.events(),
+            delta=dp.delta,
+            sampling_prob=dp.sampling_prob,
+            noise_std=result.dp.noise_std,
+            contributors=result.dp.contributors,
+        )
+
+    # --- rounds -----------------------------------------------------------------------
+
+    def _round_config(self, round_id: int) -> RoundConfig:
+        s = self.settings
+        ids, k, t = self._shape()
+        dp = self.round_dp
+        quantization = (
+            dp.config.quantization
+            if dp is not None
+            else QuantizationConfig(
+                clip=s.clip, bits=s.bits, max_cohort=len(ids), max_weight=s.max_weight
+            )
+        )
         return RoundConfig(
             round_id=round_id,
             roster=ids,
             threshold=t,
             neighbours=k,
             dimension=s.dimension,
-            quantization=QuantizationConfig(
-                clip=s.clip, bits=s.bits, max_cohort=n, max_weight=s.max_weight
-            ),
+            quantization=quantization,
             model_hash=s.model_hash,
+            dp=dp,
         )
 
     def open_next_round(self) -> ActiveRound | None:
@@ -155,6 +250,8 @@ class RoundCoordinator:
         }[self.settings.mode]
         active = opener(round_id)
         self.journal.begin_round(round_id, active.spec.SerializeToString())
+        if active.noise_seed is not None:
+            self.journal.record(round_id, "dp-noise-seed", "", active.noise_seed)
         self._keep(active)
         self._next_round_id += 1
         self._opened += 1
@@ -171,10 +268,16 @@ class RoundCoordinator:
             chunk_bytes=chunk,
             stage_timeout_s=self.settings.stage_timeout_s,
         )
+        central = config.dp is not None and config.dp.central
+        seed = os.urandom(SEED_BYTES) if central else None
         server = ServerRound(
-            config, self.roster, chunk_bytes=chunk, quorum=self.settings.min_cohort
+            config,
+            self.roster,
+            chunk_bytes=chunk,
+            quorum=self.settings.min_cohort,
+            noise_seed=seed,
         )
-        return ActiveRound(server, spec)
+        return ActiveRound(server, spec, noise_seed=seed)
 
     def _plaintext_round(self, round_id: int) -> ActiveRound:
         s = self.settings
@@ -240,6 +343,9 @@ class RoundCoordinator:
                 continue
             self._next_round_id = max(self._next_round_id, record.round_id + 1)
             if server.stage in (Stage.DONE, Stage.FAILED):
+                if self._released_dp(server):
+                    assert isinstance(server, ServerRound)
+                    self._account(server)  # it may have been served before the crash
                 self.journal.end_round(
                     record.round_id, server.stage.value, str(server.failure or "")
                 )
@@ -350,6 +456,12 @@ class RoundCoordinator:
                 server.advance()
         except FedveilError as exc:
             log.warning("round %d failed at %s: %s", active.round_id, stage.value, exc)
+        if self._released_dp(server):
+            assert isinstance(server, ServerRound)
+            try:
+                active.privacy = await asyncio.to_thread(self._account, server)
+            except Exception:  # noqa: BLE001 - the result is still released, without a report
+                log.exception("round %d: privacy accounting failed", active.round_id)
         self.journal.record(active.round_id, "advance", "", stage.value.encode())
         if (
             isinstance(server, CkksServerRound)
@@ -374,6 +486,14 @@ class RoundCoordinator:
                 self.open_next_round()
         else:
             self._arm_deadline(active)
+
+    @staticmethod
+    def _released_dp(server: AnyRound) -> bool:
+        return (
+            isinstance(server, ServerRound)
+            and server.stage is Stage.DONE
+            and server.config.dp is not None
+        )
 
     def roll_back_upload(self, active: ActiveRound, client_id: str) -> None:
         """Subtract an unfinished upload from the sum and erase it from the journal (lock held)."""

@@ -101,6 +101,11 @@ class RoundJournal:
         rows = self._rows("SELECT MAX(round_id) FROM rounds")
         return int(rows[0][0]) if rows and rows[0][0] is not None else 0
 
+    def round_specs(self, status: str) -> list[bytes]:
+        """The published specs of every round with this status, oldest first."""
+        rows = self._rows("SELECT spec FROM rounds WHERE status = ? ORDER BY round_id", (status,))
+        return [bytes(spec) for (spec,) in rows]
+
     def round_status(self, round_id: int) -> tuple[str, str] | None:
         rows = self._rows("SELECT status, reason FROM rounds WHERE round_id = ?", (round_id,))
         return (rows[0][0], rows[0][1]) if rows else None

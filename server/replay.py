@@ -76,8 +76,17 @@ def replay(
     if spec.mode == pb.AGGREGATION_MODE_CKKS:
         return _replay_ckks(journal, record, spec, roster), spec
     config = convert.spec_to_config(spec)
-    server = ServerRound(config, roster, chunk_bytes=spec.chunk_bytes, quorum=int(spec.min_cohort))
+    seeds = [event.payload for event in record.events if event.kind == "dp-noise-seed"]
+    server = ServerRound(
+        config,
+        roster,
+        chunk_bytes=spec.chunk_bytes,
+        quorum=int(spec.min_cohort),
+        noise_seed=seeds[0] if seeds else None,
+    )
     for event in record.events:
+        if event.kind == "dp-noise-seed":
+            continue  # central DP: the server's noise key, used above
         if event.kind == "chunk":
             index = int(event.payload.decode())
             server.begin_masked_input(event.client_id, server.uploads.total_bytes)

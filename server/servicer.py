@@ -368,6 +368,8 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
         else:
             header.total_weight = result.estimate.total_weight
             header.error_bound = result.estimate.error_bound
+        if active.privacy is not None:
+            header.privacy.CopyFrom(convert.privacy_to_pb(active.privacy))
         for index, piece in enumerate(pieces):
             last = index == len(pieces) - 1
             yield pb.ResultChunk(

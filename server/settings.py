@@ -14,6 +14,9 @@ from secagg.protocol.upload import DEFAULT_CHUNK_BYTES
 
 DEFAULT_MODEL_HASH = hashlib.sha256(b"fedveil-unspecified-model").digest()
 MODES = ("secagg", "ckks", "plaintext")
+DP_KINDS = ("none", "client", "central")
+DP_MECHANISMS = ("discrete_gaussian", "skellam")
+DP_ACCOUNTANTS = ("prv", "rdp", "pld")
 CKKS_MESSAGE_BYTES = 4 << 20
 
 
@@ -39,10 +42,28 @@ class RoundSettings:
     ckks_preset: str = DEFAULT_PRESET
     ckks_rotate_every: int = 10  # rounds per CKKS key epoch
     ckks_key_holder: str | None = None  # default: the first client id of the sorted roster
+    # Differential privacy (secagg mode): "none"; "client" (each client adds its share of
+    # the noise before masking; the server never sees an un-noised sum); "central" (the
+    # server adds the noise after unmasking: for comparison, it trusts the server). The
+    # noise is dp_noise_multiplier, or calibrated so that dp_rounds (default: rounds)
+    # rounds spend at most dp_target_epsilon at dp_delta. DP means are unweighted, and a
+    # DP round quantises with its DP config: `clip` and `max_weight` are not used.
+    dp: str = "none"
+    dp_clip_norm: float = 1.0
+    dp_noise_multiplier: float | None = None
+    dp_target_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_rounds: int = 0  # rounds the target epsilon covers; 0: `rounds`
+    dp_min_clients: int | None = None  # honest clients whose noise suffices; default: threshold
+    dp_mechanism: str = "discrete_gaussian"
+    dp_rotate: bool = True
+    dp_sampling_prob: float = 1.0  # client sampling rate the accountant may assume
+    dp_accountant: str = "prv"  # discrete noise is accounted with rdp whatever this says
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ConfigError(f"round.mode must be one of {MODES}, got {self.mode!r}")
+        self._check_dp()
         preset(self.ckks_preset)  # raises, naming the known presets
         if self.ckks_rotate_every < 1:
             raise ConfigError(
@@ -62,6 +83,62 @@ class RoundSettings:
             raise ConfigError("round.model_hash must be 32 bytes (64 hex characters)")
         if self.keep_results < 1:
             raise ConfigError(f"round.keep_results must be >= 1, got {self.keep_results}")
+
+    @property
+    def dp_planned_rounds(self) -> int:
+        """Rounds the DP target epsilon covers (dp_rounds, else rounds; 0: none planned)."""
+        return self.dp_rounds or self.rounds
+
+    def _check_dp(self) -> None:
+        if self.dp not in DP_KINDS:
+            raise ConfigError(f"round.dp must be one of {DP_KINDS}, got {self.dp!r}")
+        if self.dp_mechanism not in DP_MECHANISMS:
+            raise ConfigError(
+                f"round.dp_mechanism must be one of {DP_MECHANISMS}, got {self.dp_mechanism!r}"
+            )
+        if self.dp_accountant not in DP_ACCOUNTANTS:
+            raise ConfigError(
+                f"round.dp_accountant must be one of {DP_ACCOUNTANTS}, got {self.dp_accountant!r}"
+            )
+        if self.dp_rounds < 0:
+            raise ConfigError(f"round.dp_rounds must be >= 0, got {self.dp_rounds}")
+        if self.dp_min_clients is not None and self.dp_min_clients < 1:
+            raise ConfigError(f"round.dp_min_clients must be >= 1, got {self.dp_min_clients}")
+        if not 0 < self.dp_sampling_prob <= 1:
+            raise ConfigError(
+                f"round.dp_sampling_prob must be in (0, 1], got {self.dp_sampling_prob}"
+            )
+        if not 0 < self.dp_delta < 1:
+            raise ConfigError(f"round.dp_delta must be in (0, 1), got {self.dp_delta}")
+        if self.dp == "none":
+            return
+        if self.mode != "secagg":
+            raise ConfigError(
+                f'round.dp = {self.dp!r} needs mode = "secagg" (got {self.mode!r}): the DP '
+                "noise is added inside secure aggregation"
+            )
+        if not self.dp_clip_norm > 0:
+            raise ConfigError(f"round.dp_clip_norm must be > 0, got {self.dp_clip_norm}")
+        given = (self.dp_noise_multiplier is not None, self.dp_target_epsilon is not None)
+        if given == (True, True) or given == (False, False):
+            raise ConfigError(
+                "with round.dp set, give exactly one of dp_noise_multiplier (the noise) or "
+                "dp_target_epsilon (calibrate the noise for dp_rounds rounds at dp_delta)"
+            )
+        if self.dp_noise_multiplier is not None and self.dp_noise_multiplier < 0:
+            raise ConfigError(
+                f"round.dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}"
+            )
+        if self.dp_target_epsilon is not None:
+            if not self.dp_target_epsilon > 0:
+                raise ConfigError(
+                    f"round.dp_target_epsilon must be > 0, got {self.dp_target_epsilon}"
+                )
+            if self.dp_planned_rounds < 1:
+                raise ConfigError(
+                    "round.dp_target_epsilon needs the number of rounds it covers: set "
+                    "rounds (or dp_rounds) >= 1"
+                )
 
 
 @dataclass(frozen=True)

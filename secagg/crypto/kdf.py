@@ -26,12 +26,15 @@ class Purpose(enum.Enum):
 
     ENVELOPE keys seal Shamir shares (and, later, wrapped CKKS keys); the envelope's
     associated data names the stage, so one label serves each sealed payload kind.
+    DP_ROTATION seeds the round's randomised Hadamard rotation: public, shared by every
+    party of the round, fresh with every session id (it serves utility, not secrecy).
     """
 
     PAIRWISE_MASK = "pairwise-mask"
     SELF_MASK = "self-mask"
     ENVELOPE = "envelope"
     NEIGHBOUR_GRAPH = "neighbour-graph"
+    DP_ROTATION = "dp-rotation"
 
 
 def derive_key(

@@ -26,6 +26,7 @@ from secagg.dp.events import (
     SkellamEvent,
 )
 from secagg.dp.randomness import CryptoRandom
+from secagg.dp.report import FederationAccountant, RoundPrivacyReport
 from secagg.dp.rotation import RandomizedHadamard, fwht
 from secagg.dp.sampling import sample_discrete_gaussian, sample_poisson, sample_skellam
 from secagg.dp.stages import (
@@ -50,6 +51,7 @@ __all__ = [
     "DistributedDiscreteGaussianEvent",
     "DpEvent",
     "EpsilonReport",
+    "FederationAccountant",
     "GaussianEvent",
     "L2ClipStage",
     "Mechanism",
@@ -61,6 +63,7 @@ __all__ = [
     "QuantizeStage",
     "RandomizedHadamard",
     "RotationStage",
+    "RoundPrivacyReport",
     "SkellamEvent",
     "add_central_noise",
     "calibrate_noise_multiplier",

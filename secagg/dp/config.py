@@ -58,6 +58,14 @@ class NoisePlacement(enum.Enum):
     SERVER = "server"
 
 
+MAX_NORM_LEVELS_X_DIM = 2.0**48
+"""Cap on (clip_norm x scale) x padded_dim. Conditional rounding compares a float64 sum of
+D squares, of size (C s)^2, against the norm bound, whose slack over (C s)^2 is about
+C s (Kairouz et al.'s sqrt(2 ln(1/beta)) (C s + sqrt(D)/2) term); the comparison is
+shrunk by D 2^-52 relative to be exact, so the slack must exceed D 2^-52 (C s)^2, i.e.
+C s D < 2^52. Past that, no rounding is ever accepted (seen at D = 2^20 with the scale
+central DP or zero noise derives). 2^48 keeps a factor 16 of margin."""
+
 DEFAULT_ROUNDING_BETA = math.exp(-0.5)
 """Kairouz et al.'s default: a rounding is re-drawn with probability < 0.61 (in practice
 almost never), and the norm bound grows by about sqrt(D)/2 instead of sqrt(D)."""
@@ -310,10 +318,17 @@ class ClientDPConfig:
         return (
             values + Fraction(tail) <= (1 << (self.bits - 1)) - 1
             and self.coordinate_clip * scale <= MAX_DERIVED_LEVELS
+            and self.clip_norm * scale * self.padded_dim <= MAX_NORM_LEVELS_X_DIM
             and self._client_sigma(scale) * math.sqrt(self.min_clients) <= MAX_SIGMA
         )
 
     def _check_ring(self, scale: float) -> None:
+        if self.clip_norm * scale * self.padded_dim > MAX_NORM_LEVELS_X_DIM:
+            raise ConfigError(
+                f"clip_norm * scale * padded_dim = {self.clip_norm * scale * self.padded_dim:.4g}"
+                f" exceeds 2^48: float64 cannot check the rounded norm bound that finely, so "
+                f"conditional rounding would never succeed; lower scale (or scale=None)"
+            )
         limit = (1 << (self.bits - 1)) - 1
         values, tail = self._ring_terms(scale)
         if values + Fraction(tail) > limit:

@@ -7,6 +7,12 @@ the self-mask share and the key share of one peer (no fake dropouts); it refuses
 survivor sets and neighbourhoods below its own minimum cohort and threshold; every key
 is bound to the session id (model inconsistency fails closed). Any violation moves the
 session to FAILED and it answers nothing more: a client fails closed.
+
+Under a DP round (config.dp) the client also encodes through the round's DP stage stack
+(clip -> rotate -> quantise -> its share of the noise) instead of plain quantisation,
+refuses to reveal a sum over fewer than min_clients + max_colluders survivors, and, when
+it holds a privacy ledger, checks its budget before it sends anything and charges it
+just before its noised update leaves (secagg.protocol.dp explains the weight-1 rule).
 """
 
 from __future__ import annotations
@@ -29,6 +35,10 @@ from secagg.crypto.identity import (
     survivor_set_message,
 )
 from secagg.crypto.prg import MaskExpander
+from secagg.dp.accounting import EpsilonReport
+from secagg.dp.budget import PrivacyLedger
+from secagg.dp.events import DpEvent
+from secagg.dp.stages import ClientDPPipeline
 from secagg.errors import (
     CohortTooSmallError,
     ConfigError,
@@ -37,12 +47,14 @@ from secagg.errors import (
     InvalidMessageError,
     InvalidSignatureError,
     KeySubstitutionError,
+    PrivacyPolicyError,
     ProtocolError,
     SessionMismatchError,
     SurvivorSetMismatchError,
     ThresholdNotMetError,
 )
 from secagg.protocol.config import ClientPolicy, RoundConfig, check_enrolment
+from secagg.protocol.dp import DPInputSummary
 from secagg.protocol.graph import neighbour_graph
 from secagg.protocol.masking import (
     COMMITMENT_BYTES,
@@ -114,7 +126,12 @@ class ClientSession:
         policy: ClientPolicy | None = None,
         *,
         expected_model_hash: bytes | None = None,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
+        """`ledger`: this client's privacy budget; with one, the client refuses rounds
+        without DP (and central-DP rounds unless policy.accept_central_dp), and raises
+        PrivacyBudgetExceededError here, before any message, if the round would overspend.
+        """
         policy = policy or ClientPolicy()
         check_enrolment(config.roster, client_id, identity, roster_identities)
         if expected_model_hash is not None and expected_model_hash != config.model_hash:
@@ -137,6 +154,13 @@ class ClientSession:
                 f"round dimension {config.dimension} exceeds this client's limit "
                 f"{policy.max_dimension}"
             )
+        self._dp_pipeline: ClientDPPipeline | None = None
+        self._dp_floor = 0
+        self._ledger_events: tuple[DpEvent, ...] = ()
+        self._check_dp(config, policy, ledger)
+        self._ledger = ledger
+        self.dp_input: DPInputSummary | None = None
+        self.privacy_spent: EpsilonReport | None = None
         self.config = config
         self.client_id = client_id
         self.policy = policy
@@ -162,6 +186,44 @@ class ClientSession:
             UnmaskRequest: (Stage.UNMASK, self._on_unmask),
         }
 
+    def _check_dp(
+        self, config: RoundConfig, policy: ClientPolicy, ledger: PrivacyLedger | None
+    ) -> None:
+        """Refuse DP terms this client cannot accept, and a round that would overspend."""
+        dp = config.dp
+        if dp is None:
+            if ledger is not None:
+                raise PrivacyPolicyError(
+                    f"round {config.round_id} adds no differential-privacy noise, but this "
+                    "client has a privacy budget: refusing to send an un-noised update; ask "
+                    'the operator to run the server with dp = "client"'
+                )
+            return
+        if dp.central:
+            if ledger is not None and not policy.accept_central_dp:
+                raise PrivacyPolicyError(
+                    f"round {config.round_id} runs central DP: the server sees the exact sum "
+                    "and adds the noise itself (it trusts the server); this client's policy "
+                    "requires client-level DP (set accept_central_dp to take part)"
+                )
+        else:
+            honest = config.size - policy.max_colluders
+            if honest < dp.config.min_clients:
+                raise CohortTooSmallError(
+                    f"round {config.round_id} sizes its noise for min_clients="
+                    f"{dp.config.min_clients} honest clients, but its roster of {config.size} "
+                    f"less the {policy.max_colluders} colluders this client assumes leaves "
+                    f"{honest}: the released sum could carry less noise than accounted"
+                )
+            self._dp_floor = dp.config.min_clients + policy.max_colluders
+        self._dp_pipeline = dp.pipeline(config.session_id)
+        if ledger is not None:
+            if not isinstance(ledger, PrivacyLedger):
+                raise ConfigError(f"ledger must be a PrivacyLedger, got {type(ledger).__name__}")
+            q = dp.sampling_prob if policy.trust_server_sampling else 1.0
+            self._ledger_events = dp.events(q)
+            ledger.check(self._ledger_events)
+
     # --- public API --------------------------------------------------------------------
 
     @property
@@ -173,7 +235,11 @@ class ClientSession:
         return self.config.session_id
 
     def set_input(self, update: np.ndarray, weight: int) -> QuantizedUpdate:
-        """Quantise this client's update (and its weight) ahead of the masked-input stage."""
+        """Quantise this client's update (and its weight) ahead of the masked-input stage.
+
+        In a DP round the update goes through the DP stages instead and `weight` is not
+        used: DP means are unweighted, every client counts once (secagg.protocol.dp).
+        """
         if self.stage not in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT):
             raise ProtocolError(f"input can no longer be set in stage {self.stage.value}")
         if update.ndim != 1 or update.shape[0] != self.config.dimension:
@@ -181,6 +247,18 @@ class ClientSession:
                 f"update must be a 1-D vector of {self.config.dimension} values, "
                 f"got shape {update.shape}"
             )
+        if self._dp_pipeline is not None:
+            if update.dtype.kind != "f":
+                raise ConfigError(f"update must be a floating-point array, got {update.dtype}")
+            encoding = self._dp_pipeline.client_encode(update.astype(np.float64, copy=False))
+            self.dp_input = DPInputSummary(
+                norm=encoding.clip.norm,
+                clipped=encoding.clip.clipped,
+                coordinates_clipped=encoding.coordinates_clipped,
+                rounding_attempts=encoding.rounding_attempts,
+            )
+            self._input = encoding.quantized_update
+            return self._input
         self._input = quantize(update, weight, self.config.quantization)
         return self._input
 
@@ -318,6 +396,9 @@ class ClientSession:
         self._require_neighbourhood(len(received), "neighbours sent shares")
         self._mask_peers = frozenset(received)
         assert self._input is not None
+        if self._ledger is not None and self.config.dp is not None:
+            # Spent once the noised update leaves, whether or not the round completes.
+            self.privacy_spent = self._ledger.charge(self._ledger_events)
         masked = self._input.values.copy()
         expander = MaskExpander()
         expander.apply(
@@ -390,11 +471,12 @@ class ClientSession:
             raise SurvivorSetMismatchError(
                 f"{self.client_id!r} uploaded its masked input but is missing from the survivor set"
             )
-        floor = max(self.config.threshold, self.policy.min_cohort)
+        floor = max(self.config.threshold, self.policy.min_cohort, self._dp_floor)
         if len(survivors) < floor:
             raise CohortTooSmallError(
                 f"survivor set of {len(survivors)} clients is below this client's floor of "
-                f"{floor} (max of threshold and minimum cohort); refusing to sign"
+                f"{floor} (max of threshold, minimum cohort and, in a DP round, min_clients "
+                "plus assumed colluders); refusing to sign"
             )
         strangers = sorted((survivors & self._neighbours) - self._mask_peers)
         if strangers:

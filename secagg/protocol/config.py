@@ -17,7 +17,9 @@ from functools import cached_property
 from secagg.crypto.encoding import encode_fields
 from secagg.crypto.envelope import AeadAlgorithm
 from secagg.crypto.identity import SigningIdentity, VerifyingIdentity
+from secagg.dp.config import NoisePlacement
 from secagg.errors import ConfigError, RingOverflowError
+from secagg.protocol.dp import RoundDP
 from secagg.quantize import QuantizationConfig
 
 MODEL_HASH_BYTES = 32
@@ -34,6 +36,10 @@ class RoundConfig:
     with a complete graph); `threshold` t applies within each neighbourhood of k + 1
     share holders and must be a strict majority of it, so a server cannot collect both
     kinds of share for one client from two disjoint groups of holders.
+
+    `dp` (optional) makes it a differentially private round (secagg.protocol.dp): the
+    quantisation must then be `dp.config.quantization` (weight 1, the DP scale), each
+    upload holds `dp.config.padded_dim` values, and every DP field is in the session id.
     """
 
     round_id: int
@@ -44,6 +50,7 @@ class RoundConfig:
     quantization: QuantizationConfig
     model_hash: bytes
     aead: AeadAlgorithm = field(default=AeadAlgorithm.AES_256_GCM)
+    dp: RoundDP | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, int) or self.round_id < 0:
@@ -87,6 +94,37 @@ class RoundConfig:
             )
         if not isinstance(self.model_hash, bytes) or len(self.model_hash) != MODEL_HASH_BYTES:
             raise ConfigError(f"model_hash must be {MODEL_HASH_BYTES} bytes (SHA-256)")
+        if self.dp is not None:
+            self._check_dp(self.dp)
+
+    def _check_dp(self, dp: RoundDP) -> None:
+        if not isinstance(dp, RoundDP):
+            raise ConfigError(f"dp must be a RoundDP or None, got {type(dp).__name__}")
+        c = dp.config
+        if c.dim != self.dimension:
+            raise ConfigError(
+                f"dp.config.dim={c.dim} differs from the round's dimension {self.dimension}"
+            )
+        q, expected = self.quantization, c.quantization
+        mine = (q.clip, q.bits, q.max_cohort, q.max_weight, q.effective_scale)
+        theirs = (
+            expected.clip,
+            expected.bits,
+            expected.max_cohort,
+            expected.max_weight,
+            expected.effective_scale,
+        )
+        if mine != theirs:
+            raise ConfigError(
+                f"a DP round quantises with its DP config: pass quantization="
+                f"dp.config.quantization (clip, bits, max_cohort, max_weight, scale = "
+                f"{theirs}), got {mine}"
+            )
+        if c.placement is NoisePlacement.CLIENTS and c.min_clients > self.size:
+            raise ConfigError(
+                f"dp.config.min_clients={c.min_clients} exceeds the roster size {self.size}: "
+                "no aggregate of this round could carry the accounted noise"
+            )
 
     @property
     def size(self) -> int:
@@ -101,11 +139,15 @@ class RoundConfig:
 
     @property
     def element_count(self) -> int:
-        """Ring elements per upload: the update plus the masked weight element."""
+        """Ring elements per upload: the update (padded for the DP rotation) plus the
+        masked weight element."""
+        if self.dp is not None:
+            return self.dp.config.padded_dim + 1
         return self.dimension + 1
 
     def canonical_bytes(self) -> bytes:
         q = self.quantization
+        dp_fields = self.dp.canonical_fields() if self.dp is not None else ()
         return encode_fields(
             self.threshold,
             self.neighbours,
@@ -116,6 +158,7 @@ class RoundConfig:
             q.max_weight,
             repr(float(q.effective_scale)),
             self.aead.value,
+            *dp_fields,
         )
 
     @cached_property
@@ -140,11 +183,26 @@ class RoundConfig:
 
 @dataclass(frozen=True)
 class ClientPolicy:
-    """A client's own limits, checked against whatever round the server proposes."""
+    """A client's own limits, checked against whatever round the server proposes.
+
+    DP rounds (they matter only when the round has `dp`):
+    max_colluders: how many other clients this one assumes may collude with the server
+        (their noise can be subtracted); it refuses to reveal a sum over fewer than
+        dp.min_clients + max_colluders survivors.
+    trust_server_sampling: account its own privacy with the round's published client
+        sampling rate (amplification by sampling, which only holds if the server really
+        samples at random and keeps the sample secret); False accounts every round as if
+        sampled with probability 1.
+    accept_central_dp: with a privacy budget, take part in central-DP rounds, whose noise
+        the server adds after seeing the exact sum (it trusts the server).
+    """
 
     min_cohort: int = 3
     min_threshold: int = 2
     max_dimension: int = MAX_DIMENSION
+    max_colluders: int = 0
+    trust_server_sampling: bool = False
+    accept_central_dp: bool = False
 
     def __post_init__(self) -> None:
         if self.min_cohort < 2:
@@ -153,6 +211,12 @@ class ClientPolicy:
             raise ConfigError(f"min_threshold must be >= 2, got {self.min_threshold}")
         if self.max_dimension < 1:
             raise ConfigError(f"max_dimension must be >= 1, got {self.max_dimension}")
+        if (
+            isinstance(self.max_colluders, bool)
+            or not isinstance(self.max_colluders, int)
+            or self.max_colluders < 0
+        ):
+            raise ConfigError(f"max_colluders must be an integer >= 0, got {self.max_colluders!r}")
 
 
 def check_enrolment(

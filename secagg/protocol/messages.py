@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from secagg.dp.stages import DPAggregate
 from secagg.quantize import AggregateEstimate
 
 
@@ -113,8 +114,14 @@ class UnmaskResponse:
 
 @dataclass(frozen=True)
 class RoundResult:
-    """Stage 6: what the server learns, and nothing more: the sum over the survivors."""
+    """Stage 6: what the server learns, and nothing more: the sum over the survivors.
+
+    In a DP round `dp` is the decoded, noised aggregate and `estimate` carries its mean
+    (unweighted, total_weight = contributors) with error_bound bounding the rounding error
+    only: the DP noise (std dp.noise_std per element) is on top and is not bounded.
+    """
 
     survivors: tuple[str, ...]
     ring_sum: np.ndarray
     estimate: AggregateEstimate
+    dp: DPAggregate | None = None

@@ -10,6 +10,7 @@ uploads are added into one running sum as they arrive, so memory is O(d), not O(
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +21,7 @@ from secagg.crypto import shamir
 from secagg.crypto.envelope import X25519_KEY_BYTES
 from secagg.crypto.identity import VerifyingIdentity, advertisement_message, survivor_set_message
 from secagg.crypto.prg import MaskExpander
+from secagg.dp.randomness import CryptoRandom
 from secagg.errors import (
     ConfigError,
     DuplicateSubmissionError,
@@ -57,7 +59,7 @@ from secagg.protocol.messages import (
 )
 from secagg.protocol.stages import Stage, check_transition, require_stage
 from secagg.protocol.upload import UploadAccumulator, aligned_chunk_bytes
-from secagg.quantize import dequantize_sum
+from secagg.quantize import AggregateEstimate, dequantize_sum
 
 MAX_ENVELOPE_BYTES = 1024
 
@@ -84,14 +86,25 @@ class ServerRound:
         *,
         chunk_bytes: int | None = None,
         quorum: int | None = None,
+        noise_seed: bytes | None = None,
     ) -> None:
         """`quorum` (default: the threshold) is the fewest clients each stage must keep;
-        a deployment sets it to its minimum cohort, never below the threshold."""
+        a deployment sets it to its minimum cohort, never below the threshold (nor, in a
+        client-level DP round, below dp.min_clients).
+
+        `noise_seed` (central DP only): 32 bytes keying the server's noise, so a round
+        replayed after a restart releases the same noised sum rather than a second draw;
+        None draws fresh OS randomness.
+        """
         missing = [cid for cid in config.roster if cid not in roster_identities]
         if missing:
             raise ConfigError(f"no enrolled identity for roster members {missing}")
         self.config = config
-        self.quorum = max(config.threshold, quorum or 0)
+        dp_floor = 0
+        if config.dp is not None and not config.dp.central:
+            dp_floor = config.dp.config.min_clients
+        self.quorum = max(config.threshold, quorum or 0, dp_floor)
+        self._noise_seed = noise_seed
         self.stage = Stage.ADVERTISE_KEYS
         self.failure: FedveilError | None = None
         self.failed_at: Stage | None = None
@@ -509,5 +522,23 @@ class ServerRound:
         ring = self.config.quantization.ring
         ring.reduce(self._sum)
         self.unmask_work = UnmaskWork(self_masks=len(self._survivors), pairwise_masks=pairwise)
-        estimate = dequantize_sum(self._sum, self.config.quantization, len(self._survivors))
-        self.result = RoundResult(tuple(sorted(self._survivors)), self._sum, estimate)
+        survivors = tuple(sorted(self._survivors))
+        dp = self.config.dp
+        if dp is None:
+            estimate = dequantize_sum(self._sum, self.config.quantization, len(survivors))
+            self.result = RoundResult(survivors, self._sum, estimate)
+            return
+        # Central DP: the server adds the noise here, after seeing the exact sum.
+        rng = CryptoRandom(self._noise_seed) if dp.central else None
+        aggregate = dp.pipeline(session).server_decode(self._sum, len(survivors), rng=rng)
+        # Per element: the rotated rounding error is bounded coordinate-wise; rotating back
+        # spreads it, and |e_i| <= ||e||_2 is what remains.
+        plain_bound = aggregate.rounding_error_l2 / math.sqrt(dp.config.padded_dim)
+        bound = aggregate.rounding_error_l2 if dp.config.rotate else plain_bound
+        estimate = AggregateEstimate(
+            weighted_sum=aggregate.sum,
+            total_weight=aggregate.contributors,
+            weighted_mean=aggregate.mean,
+            error_bound=bound,
+        )
+        self.result = RoundResult(survivors, self._sum, estimate, aggregate)
