@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -245,3 +245,27 @@ def random_dropouts(
     count = round(fraction * len(ids))
     chosen: list[int] = [int(i) for i in rng.choice(len(ids), size=count, replace=False)]
     return {ids[i]: stages[int(rng.integers(len(stages)))] for i in chosen}
+
+
+def secure_mean(
+    updates: Sequence[np.ndarray], weights: Sequence[int], *, bits: int = 32
+) -> tuple[np.ndarray, int]:
+    """A real in-process SecAgg+ round: what the server decodes (the weighted mean and the
+    total weight), and nothing else. The clip is set just above the largest |value|, so
+    nothing is clipped; the attack suite uses this as the "secagg" view."""
+    if not updates or len(updates) != len(weights):
+        raise FedveilError("need one weight per update, and at least one update")
+    federation = Federation.enrol(len(updates))
+    clip = 1.01 * max(float(np.abs(u).max()) for u in updates) or 1.0
+    config = make_config(
+        federation, updates[0].shape[0], clip=clip, bits=bits, max_weight=max(weights)
+    )
+    report = run_round(
+        config,
+        federation,
+        dict(zip(federation.ids, updates, strict=True)),
+        dict(zip(federation.ids, weights, strict=True)),
+    )
+    if report.failure is not None or report.result is None:
+        raise FedveilError(f"the secure round failed: {report.failure}")
+    return report.result.estimate.weighted_mean, report.result.estimate.total_weight
