@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from clients.credentials import ClientCredentials
 from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
+from secagg.dp import PrivacyBudget
 from secagg.errors import ConfigError, ProtocolError
 from secagg.protocol.config import ClientPolicy
 from server.app import RunningServer, start_server
@@ -54,6 +55,12 @@ class ServiceAggregator:
     bits: int = 48
     max_weight: int = 10_000
     stage_timeout_s: float = 300.0
+    # Client-level distributed DP (secagg mode): every party clips its update to L2 <=
+    # dp_clip_norm and adds its share of the noise that makes `rounds` rounds cost at most
+    # dp_epsilon at dp_delta; each party's ledger refuses rounds past that budget.
+    dp_epsilon: float | None = None
+    dp_delta: float = 1e-5
+    dp_clip_norm: float = 1.0
     progress: bool = True
     work_dir: Path | None = None
     results: list[AggregateResult] = field(default_factory=list)
@@ -81,6 +88,7 @@ class ServiceAggregator:
                 bits=self.bits,
                 max_weight=self.max_weight,
                 stage_timeout_s=self.stage_timeout_s,
+                **self._dp_settings(),
             ),
             port=0,
             keys_dir=keys,
@@ -101,9 +109,26 @@ class ServiceAggregator:
                     roster,
                     TransportSecurity.from_credentials(credentials),
                     policy=ClientPolicy(min_cohort=len(self.party_ids), min_threshold=2),
+                    privacy_budget=(
+                        PrivacyBudget(self.dp_epsilon, self.dp_delta)
+                        if self.dp_epsilon is not None
+                        else None
+                    ),
                 )
             )
         return self
+
+    def _dp_settings(self) -> dict[str, Any]:
+        if self.dp_epsilon is None:
+            return {}
+        if self.mode != "secagg":
+            raise ConfigError("client-level DP runs inside SecAgg: use mode 'secagg'")
+        return {
+            "dp": "client",
+            "dp_target_epsilon": self.dp_epsilon,
+            "dp_delta": self.dp_delta,
+            "dp_clip_norm": self.dp_clip_norm,
+        }
 
     def _run(self, coroutine: Any) -> Any:
         assert self._loop is not None

@@ -29,3 +29,25 @@ def test_two_rounds_return_the_weighted_mean_of_small_updates(mode: str) -> None
             assert np.max(np.abs(mean - expected)) <= 1e-9 + 1e-6 * np.max(np.abs(expected))
         assert [r.round_id for r in aggregate.results] == [1, 2]
         assert all(r.survivors == tuple(sorted(parties)) for r in aggregate.results)
+
+
+def test_client_level_dp_reports_epsilon_within_budget_and_noises_the_mean() -> None:
+    rng = np.random.default_rng(8)
+    parties = ["energy", "residential", "urban"]
+    d = 1000
+    with ServiceAggregator(
+        parties, d, rounds=2, progress=False, dp_epsilon=8.0, dp_delta=1e-5, dp_clip_norm=1.0
+    ) as aggregate:
+        means, expected = [], []
+        for _ in range(2):
+            updates = [(rng.normal(0, 1e-3, d).astype(np.float32), 100) for _ in parties]
+            means.append(aggregate(updates))
+            expected.append(np.mean([u.astype(np.float64) for u, _ in updates], axis=0))
+        reports = [r.privacy for r in aggregate.results]
+    assert all(p is not None for p in reports)
+    epsilons = [p.epsilon for p in reports if p is not None]
+    assert 0 < epsilons[0] < epsilons[1] <= 8.0 + 1e-6
+    # the released mean carries the reported noise: far from the exact mean, as it must be
+    noise = means[1] - expected[1]
+    std = reports[1].noise_std if reports[1] is not None else 0.0
+    assert 0.5 * std < float(np.std(noise)) < 2.0 * std
