@@ -6,7 +6,8 @@ view a protection leaves and the same score for a data-free guess. So every reco
 secure-aggregate views come from a real in-process SecAgg+ round (fedveil.simulation),
 not from an ideal sum.
 
-Usage: python benchmarks/leakage_bench.py --attack inversion [--quick] [--json OUT]
+Usage: python benchmarks/leakage_bench.py --attack inversion|membership [--quick] [--json OUT]
+(membership: the records of benchmarks/membership_bench.py)
        [--figures DIR]
 
 Targets: (a) "lenet-32": the DLG LeNet (random init) on procedurally drawn 32x32 images;
@@ -325,9 +326,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--attack",
-        choices=["inversion"],
+        choices=["inversion", "membership"],
         required=True,
-        help="attack family (inversion: gradient inversion, labels, text)",
+        help="attack family (inversion: gradient inversion, labels, text; membership: "
+        "membership inference, canary extraction, filters, empirical epsilon)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer images, shorter attacks")
     parser.add_argument("--json", type=Path, help="write the JSON list of records here")
@@ -341,7 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     start = time.perf_counter()
     with torch_threads(1):  # tiny models: more threads only spin-wait (see torch_threads)
-        records = text_records(args.quick) + image_records(args.quick, args.figures)
+        if args.attack == "membership":
+            sys.path.insert(0, str(Path(__file__).resolve().parent))
+            from membership_bench import run_membership
+
+            records = run_membership(args.quick)
+        else:
+            records = text_records(args.quick) + image_records(args.quick, args.figures)
     print(f"# {len(records)} records in {time.perf_counter() - start:.1f}s", flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
