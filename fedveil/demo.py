@@ -11,41 +11,43 @@ budget) and the federation side by side on the full-caption test set.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from clients.data.concepts import DOMAINS, Domain
-from clients.data.datasets import CityDataConfig, make_party_datasets, make_test_set
-from clients.evaluation.report import EvaluationReport
-from clients.federated_local import run_federated
-from clients.lora.config import AggregationVariant, LoraSettings
+from clients.data.datasets import make_party_datasets, make_test_set
+from clients.federated_local import CaptionerRecipe, compare_local_and_federated, make_parties
+from clients.lora.config import AggregationVariant
 from clients.models.base import build_base_model
 from clients.models.loading import load_model
-from clients.training.batches import encode_images
-from clients.training.loop import TrainConfig
-from clients.training.party import Party, captioner_party
 from fedveil.service_aggregator import ServiceAggregator
 from secagg.errors import ConfigError
 
 MODES = ("secagg", "ckks", "plaintext")
+DP_MODES = ("none", "client")
 
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """One demo run; every field has a command-line flag."""
+    """One demo run; every field has a command-line flag. Unset fields follow
+    `CaptionerRecipe`, the setting the learning claim was measured with."""
 
     mode: str = "secagg"
-    rounds: int = 4
+    rounds: int = CaptionerRecipe.rounds
     parties: int = 3
     model_dir: Path | None = None
     adapter_dir: Path = Path("fedveil-demo-adapter")
     json_out: Path | None = None
-    variant: AggregationVariant = AggregationVariant.FEDAVG
+    variant: AggregationVariant = AggregationVariant.FFA
     seed: int = 0
+    dp: str = "none"
+    epsilon: float = 8.0
+    delta: float = 1e-5
+    dp_clip_norm: float = 1.0
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -57,84 +59,92 @@ class DemoOptions:
             raise ConfigError(
                 f"parties must be in [2, {len(DOMAINS)}] (one per domain), got {self.parties}"
             )
+        if self.dp not in DP_MODES:
+            raise ConfigError(f"dp must be one of {DP_MODES}, got {self.dp!r}")
+        if self.dp == "client" and self.mode != "secagg":
+            raise ConfigError("client-level DP runs inside SecAgg: use --mode secagg")
+        if not self.epsilon > 0 or not 0 < self.delta < 1:
+            raise ConfigError(
+                f"need epsilon > 0 and 0 < delta < 1, got {self.epsilon}, {self.delta}"
+            )
 
     @property
     def domains(self) -> tuple[Domain, ...]:
         return tuple(DOMAINS[: self.parties])
 
-
-def _parties(
-    datasets: dict[str, Any], names: Sequence[str], base: Path, options: DemoOptions
-) -> list[Party]:
-    lora = LoraSettings(variant=options.variant, seed=options.seed)
-    train = TrainConfig(seed=options.seed, progress=options.progress)
-    return [captioner_party(datasets[name], base, lora, train) for name in names]
+    def recipe(self) -> CaptionerRecipe:
+        default = CaptionerRecipe()
+        return CaptionerRecipe(
+            rounds=self.rounds,
+            lora=dataclasses.replace(default.lora, variant=self.variant, seed=self.seed),
+            train=dataclasses.replace(default.train, seed=self.seed, progress=self.progress),
+            data=dataclasses.replace(default.data, seed=self.seed),
+        )
 
 
 def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Build or load the base model, run the baselines and the federation, report."""
     started = time.perf_counter()
+    recipe = options.recipe()
     base_dir = build_base_model(options.model_dir, progress=options.progress)
     loaded = load_model(base_dir)
-    data_config = CityDataConfig(seed=options.seed)
-    datasets = make_party_datasets(data_config, options.domains)
-    test_set = make_test_set(data_config)
-    pixels = encode_images(loaded.image_processor, [s.image for s in test_set])
+    built = time.perf_counter() - started
+    datasets = make_party_datasets(recipe.data, options.domains)
+    test_set = make_test_set(recipe.data)
     names = list(datasets)
-
-    def evaluate(party: Party) -> EvaluationReport:
-        return party.evaluate(test_set, pixel_values=pixels)
-
-    timings: dict[str, float] = {"base_model": time.perf_counter() - started}
-    reference = _parties(datasets, names[:1], base_dir, options)[0]
-    base_report = evaluate(reference)  # the initial adapter leaves the base model unchanged
-
-    local: dict[str, EvaluationReport] = {}
-    mark = time.perf_counter()
-    for name in names:
-        alone = _parties(datasets, [name], base_dir, options)
-        run_federated(alone, options.rounds, progress=options.progress)
-        local[name] = evaluate(alone[0])
-    timings["local_baselines"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    parties = _parties(datasets, names, base_dir, options)
+    # a party of its own holds the layout (the service's dimension) and saves the result
+    keeper = make_parties(loaded, {names[0]: datasets[names[0]]}, recipe)[0]
+    dp_epsilon = options.epsilon if options.dp == "client" else None
     with ServiceAggregator(
         names,
-        parties[0].layout.size,
+        keeper.layout.size,
         mode=options.mode,
         rounds=options.rounds,
+        dp_epsilon=dp_epsilon,
+        dp_delta=options.delta,
+        dp_clip_norm=options.dp_clip_norm,
         progress=options.progress,
     ) as service:
-        run_federated(parties, options.rounds, aggregate=service, progress=options.progress)
-        rounds = [
+        comparison = compare_local_and_federated(
+            loaded, datasets, test_set, recipe, aggregate=service, progress=options.progress
+        )
+        results = list(service.results)
+    keeper.apply_aggregate(comparison.run.global_vector - keeper.global_vector)
+    adapter_path = keeper.save_adapter(options.adapter_dir)
+
+    report: dict[str, Any] = {
+        **comparison.as_dict(),
+        "mode": options.mode,
+        "variant": options.variant.value,
+        "dp": options.dp,
+        "parties": names,
+        "adapter_path": str(adapter_path),
+        "model_dir": str(base_dir),
+        "adapter_size": keeper.layout.size,
+        "service_rounds": [
             {
                 "round_id": r.round_id,
                 "survivors": list(r.survivors),
                 "total_weight": r.total_weight,
                 "error_bound": r.error_bound,
             }
-            for r in service.results
-        ]
-    federated = evaluate(parties[0])
-    timings["federated"] = time.perf_counter() - mark
-    adapter_path = parties[0].save_adapter(options.adapter_dir)
-
-    report: dict[str, Any] = {
-        "base": base_report.as_dict(),
-        "local": {name: r.as_dict() for name, r in local.items()},
-        "federated": federated.as_dict(),
-        "rounds": options.rounds,
-        "mode": options.mode,
-        "variant": options.variant.value,
-        "parties": names,
-        "adapter_path": str(adapter_path),
-        "model_dir": str(base_dir),
-        "adapter_size": parties[0].layout.size,
-        "service_rounds": rounds,
-        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+            for r in results
+        ],
         "seconds": round(time.perf_counter() - started, 2),
+        "base_model_seconds": round(built, 2),
+        "federated_round_seconds": round(
+            sum(r.seconds for r in comparison.run.rounds) / max(1, len(comparison.run.rounds)), 3
+        ),
     }
+    privacy = results[-1].privacy if results else None
+    if privacy is not None:
+        report.update(
+            epsilon=privacy.epsilon,
+            delta=privacy.delta,
+            noise_multiplier=privacy.noise_multiplier,
+            clip_norm=privacy.clip_norm,
+            noise_std=privacy.noise_std,
+        )
     if options.json_out is not None:
         options.json_out.parent.mkdir(parents=True, exist_ok=True)
         options.json_out.write_text(json.dumps(report, indent=2))
@@ -146,8 +156,9 @@ def format_table(report: dict[str, Any]) -> str:
     domains = [d.value for d in DOMAINS]
     rows = [("base model", report["base"])]
     rows += [(f"{name} alone", r) for name, r in report["local"].items()]
-    rows.append((f"federated ({report['mode']})", report["federated"]))
-    header = f"{'model':<22}" + "".join(f"{d:>13}" for d in domains) + f"{'mean':>8}{'BLEU':>8}"
+    dp = f", client DP eps={report['epsilon']:.2f}" if "epsilon" in report else ""
+    rows.append((f"federated ({report['mode']}{dp})", report["federated"]))
+    header = f"{'model':<34}" + "".join(f"{d:>13}" for d in domains) + f"{'mean':>8}{'BLEU':>8}"
     lines = [
         "concept recall on the full-caption test set",
         header,
@@ -155,11 +166,11 @@ def format_table(report: dict[str, Any]) -> str:
     ]
     for label, r in rows:
         recalls = "".join(f"{r['recall_by_domain'].get(d, 0.0):>13.3f}" for d in domains)
-        lines.append(f"{label:<22}{recalls}{r['mean_recall']:>8.3f}{r['bleu']:>8.1f}")
+        lines.append(f"{label:<34}{recalls}{r['mean_recall']:>8.3f}{r['bleu']:>8.1f}")
     best_local = max(r["mean_recall"] for r in report["local"].values())
     lines.append(
         f"federated - best single party: {report['federated']['mean_recall'] - best_local:+.3f} "
-        f"mean recall; {report['rounds']} rounds in {report['seconds']:.0f} s "
-        f"(timings {report['timings_s']})"
+        f"mean recall; {report['rounds']} rounds; {report['seconds']:.0f} s in all "
+        f"(base model {report['base_model_seconds']:.0f} s)"
     )
     return "\n".join(lines)

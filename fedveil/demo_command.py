@@ -21,7 +21,7 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="three organisations fine-tune the built-in captioner over the secure service",
     )
     p.add_argument("--mode", choices=("secagg", "ckks", "plaintext"), default="secagg")
-    p.add_argument("--rounds", type=int, default=4, help="federated rounds (default 4)")
+    p.add_argument("--rounds", type=int, default=20, help="federated rounds (default 20)")
     p.add_argument("--parties", type=int, default=3, help="number of parties, 2 or 3")
     p.add_argument(
         "--model",
@@ -32,12 +32,21 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument(
         "--variant",
         choices=VARIANTS,
-        default="fedavg",
-        help="fedavg: average A and B; ffa: FFA-LoRA (A frozen, exact aggregate)",
+        default="ffa",
+        help="ffa (default): FFA-LoRA, A frozen, exact aggregate; fedavg: average A and B",
     )
     p.add_argument("--adapter-out", type=Path, default=Path("fedveil-demo-adapter"))
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--dp",
+        choices=("none", "client"),
+        default="none",
+        help="client: client-level distributed DP inside SecAgg (budget --epsilon, --delta)",
+    )
+    p.add_argument("--epsilon", type=float, default=8.0, help="DP budget over the whole run")
+    p.add_argument("--delta", type=float, default=1e-5, help="DP delta over the whole run")
+    p.add_argument("--dp-clip-norm", type=float, default=1.0, help="client DP: L2 clip C")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -56,6 +65,10 @@ def run_demo_command(args: argparse.Namespace) -> int:
             json_out=args.json,
             variant=AggregationVariant(args.variant),
             seed=args.seed,
+            dp=args.dp,
+            epsilon=args.epsilon,
+            delta=args.delta,
+            dp_clip_norm=args.dp_clip_norm,
             progress=not args.no_progress,
         )
         report = run_demo(options)

@@ -32,7 +32,8 @@ CLIP = 1.0
 
 def weighted_mean(updates: dict[str, np.ndarray], weights: dict[str, int]) -> np.ndarray:
     total = sum(weights[c] for c in updates)
-    return sum(weights[c] * np.clip(updates[c], -CLIP, CLIP).astype(np.float64) for c in updates) / total
+    clipped = {c: np.clip(updates[c], -CLIP, CLIP).astype(np.float64) for c in updates}
+    return sum(weights[c] * clipped[c] for c in updates) / total
 
 
 def _inputs(ids: list[str], d: int, seed: int) -> tuple[dict, dict]:
