@@ -25,7 +25,7 @@ test-slow: $(STAMP)
 	$(PY) -m pytest -m slow -q
 
 demo: $(STAMP)
-	$(VENV)/bin/fedveil simulate-secagg --clients 20 --dim 1000000 --drop 0.1
+	$(VENV)/bin/fedveil demo --json demo-report.json
 
 bench: $(STAMP)
 	mkdir -p benchmarks/results
