@@ -39,6 +39,7 @@ from clients.lora.codec import AdapterLayout, AdapterMismatchError
 from clients.lora.config import AggregationVariant, LoraSettings
 from clients.models.loading import LoadedModel, load_model
 from clients.training.batches import encode_images
+from clients.training.dp_loop import DPTrainConfig
 from clients.training.loop import TrainConfig
 from clients.training.party import Party, PartyUpdate, captioner_party
 from secagg.errors import ConfigError
@@ -143,6 +144,9 @@ class CaptionerRecipe:
         default_factory=lambda: TrainConfig(epochs=1, batch_size=32, learning_rate=1e-2)
     )
     data: CityDataConfig = field(default_factory=CityDataConfig)
+    dp: DPTrainConfig | None = None
+    """Sample-level DP-SGD for the federation's parties (the local-only baselines of
+    compare_local_and_federated stay non-private)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.rounds, int) or self.rounds < 1:
@@ -157,6 +161,9 @@ class Comparison:
     local: dict[str, EvaluationReport]
     federated: EvaluationReport
     run: FederatedRun
+    privacy: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per federated party under sample-level DP: epsilon spent, delta, noise_multiplier,
+    clip_norm, sample_rate, steps (empty without DP)."""
 
     @property
     def best_local_mean_recall(self) -> float:
@@ -176,7 +183,10 @@ def make_parties(
     base: LoadedModel | str | Path, datasets: dict[str, PartyDataset], recipe: CaptionerRecipe
 ) -> list[Party]:
     """One captioner party per dataset, each with its own copy of the base model."""
-    return [captioner_party(data, base, recipe.lora, recipe.train) for data in datasets.values()]
+    return [
+        captioner_party(data, base, recipe.lora, recipe.train, recipe.dp)
+        for data in datasets.values()
+    ]
 
 
 def compare_local_and_federated(
@@ -189,7 +199,9 @@ def compare_local_and_federated(
 ) -> Comparison:
     """Score the base model, every party trained alone, and the federation.
 
-    Every local-only run gets the federation's budget (same rounds, epochs and seeds).
+    Every local-only run gets the federation's budget (same rounds, epochs and seeds),
+    without DP: with `recipe.dp` this compares the private federation with non-private
+    single parties.
     """
     recipe = recipe or CaptionerRecipe()
     recipe = dataclasses.replace(
@@ -203,9 +215,21 @@ def compare_local_and_federated(
     parties = make_parties(loaded, datasets, recipe)
     run = run_federated(parties, recipe.rounds, aggregate, progress)
     federated = parties[0].evaluate(test_set, pixels)
+    privacy = {}
+    for party in parties:
+        trainer = party.dp_trainer if party.dp is not None else None
+        if trainer is not None:
+            privacy[party.name] = {
+                "epsilon": trainer.epsilon(),
+                "delta": trainer.dp.delta,
+                "noise_multiplier": trainer.noise_multiplier,
+                "clip_norm": trainer.dp.clip_norm,
+                "sample_rate": trainer.sample_rate,
+                "steps": float(trainer.session.steps),
+            }
     local = {}
     for name, data in datasets.items():
-        alone = make_parties(loaded, {name: data}, recipe)
+        alone = make_parties(loaded, {name: data}, dataclasses.replace(recipe, dp=None))
         run_federated(alone, recipe.rounds, weighted_mean, progress)
         local[name] = alone[0].evaluate(test_set, pixels)
-    return Comparison(base_report, local, federated, run)
+    return Comparison(base_report, local, federated, run, privacy)

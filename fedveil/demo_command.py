@@ -40,13 +40,19 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--dp",
-        choices=("none", "client"),
+        choices=("none", "client", "sample"),
         default="none",
-        help="client: client-level distributed DP inside SecAgg (budget --epsilon, --delta)",
+        help="client: client-level distributed DP inside SecAgg; sample: Opacus DP-SGD in "
+        "each party, local-only baselines stay non-private (budget --epsilon, --delta)",
     )
     p.add_argument("--epsilon", type=float, default=8.0, help="DP budget over the whole run")
     p.add_argument("--delta", type=float, default=1e-5, help="DP delta over the whole run")
-    p.add_argument("--dp-clip-norm", type=float, default=1.0, help="client DP: L2 clip C")
+    p.add_argument(
+        "--dp-clip-norm",
+        type=float,
+        default=1.0,
+        help="client DP: L2 clip C of an update; sample DP: per-sample gradient clip",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

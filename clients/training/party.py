@@ -39,6 +39,7 @@ from clients.lora.config import LoraSettings
 from clients.lora.hashing import base_model_hash
 from clients.models.loading import LoadedModel, ModelKind, load_model
 from clients.training.batches import EncodedCaptions, EncodedText, encode_captions, encode_texts
+from clients.training.dp_loop import DPTrainConfig, DPTrainer
 from clients.training.loop import TrainConfig, TrainStats, train
 from secagg.errors import ConfigError
 
@@ -82,6 +83,7 @@ class Party:
         data: EncodedCaptions | EncodedText,
         lora: LoraSettings,
         train_config: TrainConfig,
+        dp: DPTrainConfig | None = None,
     ) -> None:
         if not name:
             raise ConfigError("a party needs a non-empty name")
@@ -96,18 +98,39 @@ class Party:
         self.model = apply_lora(loaded.model, lora)
         self.layout = adapter_layout(self.model, self.base_hash, lora.variant)
         self.global_vector = adapter_vector(self.model, self.layout)
+        self.dp = dp
+        self._dp_trainer: DPTrainer | None = None
+
+    @property
+    def dp_trainer(self) -> DPTrainer | None:
+        """The party's DP-SGD session and ledger (built on first use; None without DP)."""
+        if self.dp is not None and self._dp_trainer is None:
+            self._dp_trainer = DPTrainer(
+                self.model, self.data, self.train_config, self.dp, f"party {self.name!r}"
+            )
+        return self._dp_trainer
 
     @property
     def weight(self) -> int:
         return len(self.data)
 
     def train_round(self, round_index: int) -> PartyUpdate:
-        """Train from the round-start (global) adapter; return the delta to aggregate."""
+        """Train from the round-start (global) adapter; return the delta to aggregate.
+
+        With DP, a round that would overspend the party's budget is refused
+        (PrivacyBudgetExceededError) before anything, the model included, is touched."""
+        trainer = self.dp_trainer
+        if trainer is not None:
+            trainer.check_round()
         load_adapter_vector(self.model, self.layout, self.global_vector)
         config = dataclasses.replace(
             self.train_config, seed=_round_seed(self.train_config.seed, self.name, round_index)
         )
-        stats = train(self.model, self.data, config, f"{self.name} round {round_index}")
+        desc = f"{self.name} round {round_index}"
+        if trainer is None:
+            stats = train(self.model, self.data, config, desc)
+        else:
+            stats = trainer.train_round(config, desc)
         delta = adapter_delta(self.model, self.layout, self.global_vector)
         return PartyUpdate(self.name, round_index, delta, self.weight, self.layout, stats)
 
@@ -158,8 +181,10 @@ def captioner_party(
     base: LoadedModel | str | Path,
     lora: LoraSettings,
     train_config: TrainConfig,
+    dp: DPTrainConfig | None = None,
 ) -> Party:
-    """A party over a city-safety dataset (its captions after its domain prompt)."""
+    """A party over a city-safety dataset (its captions after its domain prompt); with
+    `dp`, it trains with sample-level DP-SGD (clients.training.dp_loop)."""
     loaded = _own_copy(base)
     if loaded.kind is not ModelKind.CAPTIONER:
         raise ConfigError(f"{loaded.path} is a {loaded.kind.value}, not a captioner")
@@ -173,7 +198,7 @@ def captioner_party(
         [e.caption for e in dataset],
         max_length=max_positions,
     )
-    return Party(dataset.name, loaded, data, lora, train_config)
+    return Party(dataset.name, loaded, data, lora, train_config, dp)
 
 
 def text_party(
