@@ -148,8 +148,9 @@ class CkksClientSession:
         by_id = {a.client_id: self._verified(a) for a in adverts}
         if len(by_id) != len(adverts):
             raise ProtocolError("the server relayed two advertisements for one client")
-        own = self.advertise_public()
-        if by_id.get(self.client_id, own).encryption_key != own.encryption_key:
+        own_key = self._encryption_key.public_key().public_bytes_raw()
+        relayed_own = by_id.get(self.client_id)
+        if relayed_own is not None and relayed_own.encryption_key != own_key:
             raise KeySubstitutionError("the server relayed another key under this client's id")
         holder = by_id.get(self.config.key_holder)
         if holder is None:
@@ -174,10 +175,6 @@ class CkksClientSession:
             sealed_context=sealed.ciphertext,
             wrapped_keys=tuple(WrappedKey(r, c) for r, c in sealed.wrapped_keys.items()),
         )
-
-    def advertise_public(self) -> CkksAdvertisement:
-        public = self._encryption_key.public_key().public_bytes_raw()
-        return CkksAdvertisement(self.client_id, public, b"")
 
     def _binding(self) -> KeyBinding:
         return KeyBinding(

@@ -70,14 +70,8 @@ class CkksRoundConfig:
             raise ConfigError(f"model_hash must be {MODEL_HASH_BYTES} bytes")
         if self.key_fingerprint and len(self.key_fingerprint) != FINGERPRINT_BYTES:
             raise ConfigError(f"key_fingerprint must be empty or {FINGERPRINT_BYTES} bytes")
-        chosen = preset(self.preset_name)
-        if not self.value_bound > 0:
-            raise ConfigError(f"value_bound must be > 0, got {self.value_bound}")
-        if len(roster) * self.value_bound >= 2.0**chosen.headroom_bits:
-            raise ConfigError(
-                f"{len(roster)} clients x value bound {self.value_bound:g} can exceed the "
-                f"{chosen.headroom_bits}-bit headroom of preset {chosen.name}: clip harder"
-            )
+        # raises, naming the preset's headroom, when the cohort's sum could wrap
+        weight_scale_for(preset(self.preset_name), len(roster), self.value_bound)
 
     @property
     def preset(self) -> CkksPreset:

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping
 from secagg.ckks.codec import CiphertextSum
 from secagg.ckks.config import CkksRoundConfig
 from secagg.ckks.distribution import WRAPPED_KEY_BYTES, ckks_advertisement_message
-from secagg.ckks.keys import load_public_context
+from secagg.ckks.keys import CkksKeyring, load_public_context
 from secagg.ckks.messages import (
     CkksAdvertisement,
     CkksResult,
@@ -81,7 +81,7 @@ class CkksServerRound:
                     "fingerprint the server holds no public context for"
                 )
             self.stage = Stage.MASKED_INPUT
-            self._open_uploads(epoch)
+            self._open_uploads(epoch, load_public_context(epoch.public_context, config.preset))
 
     # --- what the coordinator asks ----------------------------------------------------
 
@@ -198,7 +198,7 @@ class CkksServerRound:
             key_round=cfg.round_id,
         )
         self.publication = publication
-        self._open_uploads(epoch)
+        self._open_uploads(epoch, public)
 
     def delivery_for(self, client_id: str) -> KeyDelivery:
         """The sealed context and this client's wrapped key, once published."""
@@ -219,8 +219,8 @@ class CkksServerRound:
             wrapped_key=wrapped[client_id],
         )
 
-    def _open_uploads(self, epoch: EpochKeys) -> None:
-        public = load_public_context(epoch.public_context, self.config.preset)
+    def _open_uploads(self, epoch: EpochKeys, public: CkksKeyring) -> None:
+        """Start the encrypted sum under the epoch's (already validated) public context."""
         encrypted_sum = CiphertextSum(
             public,
             self.config.preset,
