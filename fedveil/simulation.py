@@ -269,3 +269,25 @@ def secure_mean(
     if report.failure is not None or report.result is None:
         raise FedveilError(f"the secure round failed: {report.failure}")
     return report.result.estimate.weighted_mean, report.result.estimate.total_weight
+
+
+def secure_dp_mean(
+    updates: Sequence[np.ndarray], weights: Sequence[int], *, dp: ClientDPConfig
+) -> tuple[np.ndarray, int]:
+    """A real in-process SecAgg+ round with client-level distributed DP: the noised mean
+    the server decodes and the number of contributors. Every client clips to
+    dp.clip_norm and adds its share of the noise before masking (secagg/dp's stages);
+    DP rounds weigh clients equally, so `weights` only has to match `updates`. Used as
+    the "secagg+client-dp" view of the attack suite and the audit."""
+    if not updates or len(updates) != len(weights):
+        raise FedveilError("need one weight per update, and at least one update")
+    if updates[0].shape[0] != dp.dim:
+        raise FedveilError(
+            f"the DP config is for updates of length {dp.dim}, got {updates[0].shape[0]}"
+        )
+    federation = Federation.enrol(len(updates))
+    config = make_config(federation, dp.dim, dp=dp)
+    report = run_round(config, federation, dict(zip(federation.ids, updates, strict=True)))
+    if report.failure is not None or report.result is None or report.result.dp is None:
+        raise FedveilError(f"the secure DP round failed: {report.failure}")
+    return report.result.dp.mean, report.result.dp.contributors

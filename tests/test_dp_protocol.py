@@ -575,3 +575,17 @@ def test_large_updates_encode_when_the_scale_has_no_noise_to_leave_room_for(
     assert encoding.rounding_attempts < 20
     with pytest.raises(ConfigError, match="exceeds 2\\^48"):
         ClientDPConfig(1.0, z, 1, 3, dim, placement=placement, scale=2.0**48 / dim * 2)
+
+
+def test_secure_dp_mean_is_the_clipped_noised_mean_the_server_decodes() -> None:
+    from fedveil.simulation import secure_dp_mean
+
+    rng = np.random.default_rng(7)
+    updates = [rng.normal(size=64) * 0.01 for _ in range(3)]
+    exact = np.mean(updates, axis=0)
+    quiet = ClientDPConfig(1.0, 0.0, min_clients=3, max_cohort=3, dim=64)
+    mean, contributors = secure_dp_mean(updates, [1, 1, 1], dp=quiet)
+    assert contributors == 3 and np.max(np.abs(mean - exact)) < 1e-6
+    noisy = ClientDPConfig(1.0, 1.0, min_clients=3, max_cohort=3, dim=64)
+    mean, _ = secure_dp_mean(updates, [1, 1, 1], dp=noisy)
+    assert 0.15 < float(np.std(mean - exact)) < 0.6  # sum noise std ~C*z, divided by 3
