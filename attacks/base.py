@@ -49,6 +49,7 @@ class Protection(enum.Enum):
 
     NONE = "none"
     SECAGG = "secagg"
+    CKKS = "ckks"  # the mean a key-holding client decrypts; the server sees ciphertexts only
     NOISE = "noise"  # explicit Gaussian noise, a stand-in until secagg/dp lands
     SECAGG_CLIENT_DP = "secagg+client-dp"
     DP_SGD = "dp-sgd"
