@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fedveil.audit_command import add_audit_parser, run_audit_command
 from fedveil.client_command import add_client_parser, run_client
 from fedveil.demo_command import add_demo_parser, run_demo_command
 from fedveil.keys_command import add_keys_parser, run_keys
@@ -154,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_server_parser(sub)
     add_client_parser(sub)
     add_demo_parser(sub)
+    add_audit_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "simulate-secagg":
         return simulate_secagg(args)
@@ -165,6 +167,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_client(args)
     if args.command == "demo":
         return run_demo_command(args)
+    if args.command == "audit":
+        return run_audit_command(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -1,0 +1,125 @@
+"""The audit's units of work: what to compute for a cell, and how.
+
+Why jobs are not cells: the four output attacks of a protection all probe one released
+model, which takes most of the time to train, so they are one job; each update attack
+of a protection is its own job. A job returns plain JSON-able records (the attack
+suites' own), which attacks/audit/evaluate.py turns into cells.
+
+Jobs run in worker processes (the two cores: one lane trains and probes the released
+models, the other runs the update attacks), so everything a job needs travels as
+plain data plus an importable aggregators factory (attacks/ may not import fedveil/).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from attacks.audit.config import AuditConfig
+from attacks.audit.matrix import OUTPUT_ATTACKS, UPDATE_ATTACKS
+from attacks.protections import Aggregators, DPSettings
+
+AggregatorsFactory = Callable[[], Aggregators]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: an update attack on one protection's view, or the release of
+    one protection's model with every output attack on it."""
+
+    protection: str
+    family: str  # an UPDATE_ATTACKS name, or "output"
+
+    @property
+    def key(self) -> str:
+        return f"{self.protection}__{self.family}"
+
+    @property
+    def lane(self) -> str:
+        return "output" if self.family == "output" else "update"
+
+
+def plan(config: AuditConfig) -> list[Job]:
+    """Every job the configured matrix needs, output jobs first (they are the longest)."""
+    jobs: list[Job] = []
+    wants_output = any(a in OUTPUT_ATTACKS for a in config.attacks)
+    for protection in config.protections:
+        if wants_output:
+            jobs.append(Job(protection, "output"))
+    for protection in config.protections:
+        for attack in UPDATE_ATTACKS:
+            if attack in config.attacks:
+                jobs.append(Job(protection, attack))
+    return jobs
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a worker needs to run any job (plain, picklable data)."""
+
+    quick: bool
+    seed: int
+    clients: int
+    parties: int
+    rounds: int | None
+    dp: DPSettings
+    figures: Path
+    aggregators_factory: AggregatorsFactory
+
+    @classmethod
+    def of(cls, config: AuditConfig, out_dir: Path, factory: AggregatorsFactory) -> JobContext:
+        return cls(
+            quick=config.profile == "quick",
+            seed=config.seed,
+            clients=config.clients,
+            parties=config.parties,
+            rounds=config.rounds,
+            dp=config.dp,
+            figures=out_dir / "figures",
+            aggregators_factory=factory,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """What a job's result depends on (the store's fingerprint)."""
+        return {
+            "quick": self.quick,
+            "seed": self.seed,
+            "clients": self.clients,
+            "parties": self.parties,
+            "rounds": self.rounds,
+            "dp": [self.dp.clip_norm, self.dp.noise_multiplier, self.dp.delta],
+            "schema": 1,
+        }
+
+
+def _seed_everything(seed: int) -> None:
+    # Attack initialisations and training order only; keys and masks never use these.
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - third-party code (peft, opacus) reads the global
+    torch.manual_seed(seed)
+
+
+def run_job(job: Job, context: JobContext) -> tuple[list[dict[str, Any]], float]:
+    """Run one job with one torch thread; (records, seconds)."""
+    from attacks.gradient_matching import torch_threads
+
+    start = time.perf_counter()
+    _seed_everything(context.seed)
+    aggregators = context.aggregators_factory()
+    with torch_threads(1):
+        if job.family == "output":
+            from attacks.audit.output_jobs import output_job
+
+            records = output_job(job.protection, context, aggregators)
+        else:
+            from attacks.audit.update_jobs import update_job
+
+            records = update_job(job.protection, job.family, context, aggregators)
+    return records, time.perf_counter() - start
