@@ -5,15 +5,17 @@ meaningful if the attack runs on the vector the server really decodes. attacks/ 
 not import fedveil/, so the real SecAgg round is injected as an `Aggregator` by the
 composition root (tests, benchmarks): it takes the clients' flat float updates and
 weights and returns what the server learns, the weighted mean and the total weight.
-The Gaussian view is an explicit stand-in until secagg/dp provides the real mechanisms
-(client-level distributed DP, DP-SGD); it reports sigma and signal-to-noise, not only
-a budget.
+The real DP protections reuse these two views: secagg+client-dp is `aggregate_view`
+over the DP round (attacks.protections), dp-sgd is `plain_view` of the noisy update
+`attacks.local_training.dp_sgd_update` makes; `notes` carries their sigma, C and SNR.
+The Gaussian view is an explicit, mechanism-free probe ("how much noise would stop
+this attack?") kept for the attack tests; it reports sigma and signal-to-noise.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,15 +41,19 @@ def plain_view(
     kind: UpdateKind = UpdateKind.GRADIENT,
     training: LocalTraining | None = None,
     examples: int = 1,
+    protection: Protection = Protection.NONE,
+    notes: Mapping[str, float] | None = None,
 ) -> ObservedUpdate:
-    """One client's update as it leaves the client without protection."""
+    """One client's update as it leaves the client: unprotected, or already privatised on
+    the client (protection=DP_SGD, with the mechanism's sigma and C in `notes`)."""
     return ObservedUpdate(
         _as_tensor(update),
         layout,
         kind=kind,
-        protection=Protection.NONE,
+        protection=protection,
         examples=examples,
         training=training,
+        notes=dict(notes or {}),
     )
 
 
@@ -60,6 +66,7 @@ def aggregate_view(
     kind: UpdateKind = UpdateKind.GRADIENT,
     training: LocalTraining | None = None,
     protection: Protection = Protection.SECAGG,
+    notes: Mapping[str, float] | None = None,
 ) -> ObservedUpdate:
     """What the server decodes from a (secure) aggregation round over these updates."""
     if len(updates) != len(weights) or not updates:
@@ -74,6 +81,7 @@ def aggregate_view(
         n_clients=len(arrays),
         examples=int(total_weight),
         training=training,
+        notes=dict(notes or {}),
     )
 
 

@@ -2,38 +2,44 @@
 
 Why this shape: a privacy claim is a pair of numbers, the attack's score on exactly the
 view a protection leaves and the same score for a data-free guess. So every record is
-(target, protection, n_clients, metric, value, baseline_value, seconds), and the
-secure-aggregate views come from a real in-process SecAgg+ round (fedveil.simulation),
-not from an ideal sum.
+(target, protection, n_clients, metric, value, baseline_value, seconds, params), and the
+protected views come from real in-process rounds (fedveil.aggregators: SecAgg+, CKKS,
+SecAgg+ with client-level distributed DP) or a real DP-SGD step, never an ideal sum.
+The measurements themselves live in attacks.update_leakage, which `fedveil audit`
+calls too, so the benchmark and the audit cannot drift apart.
 
 Usage: python benchmarks/leakage_bench.py --attack inversion|membership [--quick] [--json OUT]
-(membership: the records of benchmarks/membership_bench.py)
        [--figures DIR]
+(membership: the records of benchmarks/membership_bench.py)
 
-Targets: (a) "lenet-32": the DLG LeNet (random init) on procedurally drawn 32x32 images;
-(c) "tiny-gpt2-lora-rR": a GPT-2 (64 wide, 2 layers, word vocabulary) with peft LoRA of
-rank R on c_attn, one sentence per client, 3 local SGD steps (a FedAvg delta). Target
-(b), the vision-language captioner, and the DP protections (secagg+client-dp, dp-sgd)
-join when clients/ and secagg/dp land; until then "noise" is an explicit N(0, sigma^2)
-per element with sigma set by the signal-to-noise ratio snr = ||update|| / (sigma sqrt d).
-
-Protections: none (one client's plain update), secagg (the weighted mean the server
-decodes from n clients; images: the batch-1 attack "dlg" and the batch-n attack
-"dlg-batch" that uses the total weight the server learns), noise.
-
-Metrics: psnr/ssim (baseline: a mid-grey image), label_acc (baseline: 1/classes),
-token_precision/recall/f1 and exact_seq (baseline: a sentence drawn from the same public
-generator, i.e. what knowing the data distribution alone gives). Image metrics of an
-aggregate view are per client: each client's image against its best-matching
-reconstruction, averaged. `params` holds the attack, rank, snr, sigma, iterations.
---quick: one image per setting, DLG at 60 L-BFGS steps, IG at 300 Adam steps, 2 sentences
-per rank (full: 3 images, 300 L-BFGS steps, 2000 Adam steps, 5 sentences); quick runs in
-about a minute on 2 cores, full in about 15.
+--attack inversion loops over attacks.protections.PROTECTIONS:
+  none              one client's plain update (n_clients = 1)
+  secagg, ckks      the weighted mean a SecAgg+ / CKKS round decodes, n = 3 and n = 10
+  secagg+client-dp  the SecAgg+ mean of n = 3 and 10 clients, each clipped to C, with
+                    distributed discrete Gaussian noise of std z*C on the sum
+  dp-sgd            one client's DP-SGD update (per-example clip C, noise z*C, / batch)
+with DPSettings() (C = 1, z = 1, delta = 1e-5); DP rows carry sigma, C, z, the SNR
+||update|| / (noise std * sqrt(d)) and epsilon (one round, or the DP-SGD steps, no
+subsampling). For each, attacks.update_leakage's four measurements:
+  (a) lenet-32: DLG and Inverting Gradients on the DLG LeNet (random init), 32x32
+      shapes; psnr/ssim (baseline: mid-grey image), label_acc (baseline: uniform guess)
+  labels: label_attribution_acc (who had which label; baseline 1/classes) and
+      label_multiset_acc (the cohort's labels, which an aggregate reveals by design)
+  (c) tiny-gpt2-lora-rR: DAGER span check / subspace ranking on a GPT-2 (64 wide,
+      2 layers) with peft LoRA on c_attn, 3 local SGD steps; token precision/recall/F1
+      and exact_seq (baseline: sentences from the same public generator). Plain
+      updates are swept over R = 4, 8, 16, 32; the other protections use R = 16.
+  (b) captioner: the ViT + GPT-2 captioner with peft LoRA (rank 16), one SGD gradient:
+      caption tokens from the decoder's first c_attn LoRA (as (c)) and the image by
+      Inverting Gradients given the true caption (psnr/ssim against grey).
+--quick: DLG 60 L-BFGS steps, IG 300 (captioner 200) Adam steps, 2 single-client texts;
+full: 300, 2000 (1000), 5. On 2 cores quick takes about 1.5 minutes, full about 15.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -41,284 +47,45 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from attacks.base import LocalTraining, ObservedUpdate, Truth, UpdateKind, run_attack
-from attacks.dlg import DLG, DLGConfig
 from attacks.gradient_matching import torch_threads
-from attacks.inverting_gradients import InvertingGradients, InvertingGradientsConfig
-from attacks.local_training import client_update
-from attacks.metrics import save_grid, token_metrics
-from attacks.targets.lenet import lenet_target
-from attacks.targets.shapes import shape_images
-from attacks.targets.tiny_lm import sentences, tiny_lm_target
-from attacks.text_recovery import SpanCheck, SubspaceRanking
-from attacks.views import aggregate_view, gaussian_view, plain_view, sigma_for_snr
-from fedveil.simulation import secure_mean
+from attacks.protections import PROTECTIONS, Aggregators
+from attacks.update_leakage import RECORD_FUNCTIONS, UpdateLeakageSettings, text_recovery_records
+from attacks.update_leakage_core import SINGLE_CLIENT
+from fedveil.aggregators import real_aggregators
 
-TEXT_TRAINING = LocalTraining(steps=3, lr=0.5)
-IMAGE_DELTA = LocalTraining(steps=3, lr=0.1)
+PLAIN_RANKS = (4, 8, 32)
+"""The plain text-recovery rank sweep beyond R = 16 (which every protection gets)."""
+
+COHORTS = (3, 10)
+"""Cohort sizes of the aggregate views."""
 
 
-def record(
-    target: str,
-    protection: str,
-    n: int,
-    metric: str,
-    value: float,
-    baseline: float,
-    seconds: float,
-    **params: Any,
-) -> dict[str, Any]:
-    row = {
-        "target": target,
-        "protection": protection,
-        "n_clients": n,
-        "metric": metric,
-        "value": round(float(value), 4),
-        "baseline_value": round(float(baseline), 4),
-        "seconds": round(float(seconds), 3),
-        "params": params,
-    }
+def show(row: dict[str, Any]) -> dict[str, Any]:
+    params = {k: v for k, v in row["params"].items() if k != "figure"}
     print(
-        f"{target:<22} {protection:<8} n={n:<3} {metric:<16} {row['value']:>9.4f} "
-        f"(baseline {row['baseline_value']:>8.4f}) {row['seconds']:>7.2f}s  {params}",
+        f"{row['target']:<22} {row['protection']:<16} n={row['n_clients']:<3} "
+        f"{row['metric']:<22} {row['value']:>9.4f} (baseline {row['baseline_value']:>8.4f}) "
+        f"{row['seconds']:>7.2f}s  {params}",
         flush=True,
     )
     return row
 
 
-# --- (a) images --------------------------------------------------------------------------
-
-
-def _image_rows(
-    name: str,
-    protection: str,
-    n: int,
-    result: Any,
-    seconds: float,
-    figures: Path | None,
-    originals: torch.Tensor,
-    **params: Any,
-) -> list[dict[str, Any]]:
-    m = result.metrics
-    rows = [
-        record(name, protection, n, "psnr", m["psnr"], m["psnr_baseline"], seconds, **params),
-        record(name, protection, n, "ssim", m["ssim"], m["ssim_baseline"], seconds, **params),
-    ]
-    if "label_acc" in m:
-        chance = 1.0 / 10  # lenet_target's 10 classes, guessed uniformly
-        rows.append(
-            record(name, protection, n, "label_acc", m["label_acc"], chance, seconds, **params)
-        )
-    if figures is not None:
-        tag = "-".join([protection, f"n{n}", *(f"{k}{v}" for k, v in params.items())])
-        save_grid(figures / f"{name}-{tag}.png", [originals, result.inputs])
-    return rows
-
-
-def image_records(quick: bool, figures: Path | None) -> list[dict[str, Any]]:
-    target = lenet_target()
-    name = target.name
-    iterations = 60 if quick else 300
-    images = 1 if quick else 3
-    dlg = DLG(DLGConfig(iterations=iterations, num_examples=1))
+def inversion_records(quick: bool, figures: Path | None) -> list[dict[str, Any]]:
+    """Every protection x measurement, plus the plain rank sweep of text recovery."""
+    aggregators: Aggregators = real_aggregators()
+    base = UpdateLeakageSettings(quick=quick, n_clients=max(COHORTS), figures=figures)
     rows: list[dict[str, Any]] = []
-    for k in range(images):  # plain updates and noise, one client at a time
-        x, y = shape_images(1, seed=100 + k)
-        plain = plain_view(client_update(target, x, y), target.layout)
-        result = run_attack(dlg, plain, target, truth=Truth(inputs=x, labels=y))
-        rows += _image_rows(
-            name,
-            "none",
-            1,
-            result,
-            result.seconds,
-            figures,
-            x,
-            attack="dlg",
-            image=k,
-            iterations=iterations,
-        )
-        for snr in (10.0, 1.0):
-            noisy = gaussian_view(plain, sigma_for_snr(plain, snr), seed=k)
-            result = run_attack(dlg, noisy, target, truth=Truth(inputs=x, labels=y))
-            rows += _image_rows(
-                name,
-                "noise",
-                1,
-                result,
-                result.seconds,
-                figures,
-                x,
-                attack="dlg",
-                image=k,
-                snr=snr,
-                sigma=float(noisy.notes["sigma"]),
-                iterations=iterations,
-            )
-    for n in (3, 10):
-        x, y = shape_images(n, seed=200 + n)
-        updates = [client_update(target, x[i : i + 1], y[i : i + 1]).numpy() for i in range(n)]
-        observed = aggregate_view(updates, [1] * n, target.layout, secure_mean)
-        truth = Truth(inputs=x, labels=y)
-        result = run_attack(dlg, observed, target, truth=truth)
-        rows += _image_rows(
-            name,
-            "secagg",
-            n,
-            result,
-            result.seconds,
-            figures,
-            x,
-            attack="dlg",
-            iterations=iterations,
-        )
-        batch = DLG(DLGConfig(iterations=iterations))  # reconstruct all n examples
-        result = run_attack(batch, observed, target, truth=truth)
-        rows += _image_rows(
-            name,
-            "secagg",
-            n,
-            result,
-            result.seconds,
-            figures,
-            x,
-            attack="dlg-batch",
-            iterations=iterations,
-        )
-    # Inverting Gradients on a 3-step FedAvg delta, which the attacker unrolls
-    ig_iterations = 300 if quick else 2000
-    x, y = shape_images(1, seed=300)
-    update = client_update(target, x, y, UpdateKind.DELTA, IMAGE_DELTA)
-    delta = plain_view(update, target.layout, kind=UpdateKind.DELTA, training=IMAGE_DELTA)
-    ig = InvertingGradients(InvertingGradientsConfig(iterations=ig_iterations))
-    result = run_attack(ig, delta, target, truth=Truth(inputs=x, labels=y))
-    rows += _image_rows(
-        name,
-        "none",
-        1,
-        result,
-        result.seconds,
-        figures,
-        x,
-        attack="inverting_gradients",
-        local_steps=3,
-        iterations=ig_iterations,
-    )
-    return rows
-
-
-# --- (c) text ----------------------------------------------------------------------------
-
-
-def _prior_baseline(truth: list[list[int]], encode: Any, draws: int = 20) -> dict[str, float]:
-    """Token metrics of sentences drawn from the public generator (no access to the update)."""
-    scores: dict[str, list[float]] = {}
-    for d in range(draws):
-        guess = [encode(s) for s in sentences(len(truth), seed=10_000 + d)]
-        for key, value in token_metrics(guess, truth).items():
-            scores.setdefault(key, []).append(value)
-    return {key: float(np.mean(values)) for key, values in scores.items()}
-
-
-def _text_rows(
-    target_name: str,
-    protection: str,
-    n: int,
-    observed: ObservedUpdate,
-    target: Any,
-    truth: list[list[int]],
-    baseline: dict[str, float],
-    **params: Any,
-) -> list[dict[str, Any]]:
-    rows = []
-    for attack in (SpanCheck(), SubspaceRanking()):
-        result = run_attack(attack, observed, target, truth=Truth(tokens=truth))
-        for metric in ("token_precision", "token_recall", "token_f1", "exact_seq"):
-            rows.append(
-                record(
-                    target_name,
-                    protection,
-                    n,
-                    metric,
-                    result.metrics[metric],
-                    baseline[metric],
-                    result.seconds,
-                    attack=attack.name,
-                    **params,
-                )
-            )
-    return rows
-
-
-def text_records(quick: bool) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    clients = 2 if quick else 5
-    for rank in (4, 8, 16, 32):
-        target, vocab = tiny_lm_target(rank=rank)
-
-        def delta(ids: list[int], target: Any = target, vocab: Any = vocab) -> np.ndarray:
-            batch = vocab.pad([ids])
-            return client_update(target, batch, batch, UpdateKind.DELTA, TEXT_TRAINING).numpy()
-
-        for c in range(clients):  # one client's plain update, and under noise
-            ids = [vocab.encode(sentences(1, seed=500 + c)[0])]
-            baseline = _prior_baseline(ids, vocab.encode)
-            plain = plain_view(
-                delta(ids[0]), target.layout, kind=UpdateKind.DELTA, training=TEXT_TRAINING
-            )
-            rows += _text_rows(
-                target.name,
-                "none",
-                1,
-                plain,
-                target,
-                ids,
-                baseline,
-                rank=rank,
-                client=c,
-                tokens=len(ids[0]),
-            )
-            if rank == 16:
-                for snr in (100.0, 10.0, 1.0):
-                    noisy = gaussian_view(plain, sigma_for_snr(plain, snr), seed=c)
-                    rows += _text_rows(
-                        target.name,
-                        "noise",
-                        1,
-                        noisy,
-                        target,
-                        ids,
-                        baseline,
-                        rank=rank,
-                        client=c,
-                        snr=snr,
-                        sigma=float(noisy.notes["sigma"]),
-                    )
-        if rank == 16:
-            for n in (3, 10):
-                texts = [vocab.encode(s) for s in sentences(n, seed=600 + n)]
-                observed = aggregate_view(
-                    [delta(ids) for ids in texts],
-                    [1] * n,
-                    target.layout,
-                    secure_mean,
-                    kind=UpdateKind.DELTA,
-                    training=TEXT_TRAINING,
-                )
-                rows += _text_rows(
-                    target.name,
-                    "secagg",
-                    n,
-                    observed,
-                    target,
-                    texts,
-                    _prior_baseline(texts, vocab.encode),
-                    rank=rank,
-                    tokens=sum(len(t) for t in texts),
-                )
+    for rank in PLAIN_RANKS:
+        rows += [show(r) for r in text_recovery_records("none", base, aggregators, rank=rank)]
+    for protection in PROTECTIONS:
+        cohorts = (max(COHORTS),) if protection in SINGLE_CLIENT else COHORTS
+        for n in cohorts:
+            settings = dataclasses.replace(base, n_clients=n)
+            for function in RECORD_FUNCTIONS.values():
+                rows += [show(r) for r in function(protection, settings, aggregators)]
     return rows
 
 
@@ -349,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
             records = run_membership(args.quick)
         else:
-            records = text_records(args.quick) + image_records(args.quick, args.figures)
+            records = inversion_records(args.quick, args.figures)
     print(f"# {len(records)} records in {time.perf_counter() - start:.1f}s", flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
