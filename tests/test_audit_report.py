@@ -66,7 +66,8 @@ def test_claimed_cells_pass_or_breach_and_unclaimed_cells_only_report() -> None:
     assert breached.status == BREACH
     assert evaluate_cell(config, "secagg", "gradient_inversion", quiet).status == PASS
     (line,) = breach_lines([breached])
-    assert line == "BREACH secagg/gradient_inversion: psnr_over_baseline = 24 exceeds the threshold 3"
+    expected = "BREACH secagg/gradient_inversion: psnr_over_baseline = 24 exceeds the threshold 3"
+    assert line == expected
 
 
 def test_membership_cells_check_auc_tpr_and_the_empirical_epsilon() -> None:

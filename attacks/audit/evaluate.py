@@ -105,17 +105,24 @@ def _over_baseline(cell: Cell, records: list[dict[str, Any]], metric: str, limit
         Check(f"{metric}_over_baseline", excess, limit, excess <= limit, record["baseline_value"])
     )
     cell.details.setdefault("strongest", {})[metric] = {
-        k: record.get(k) for k in ("target", "n_clients", "params", "figure") if k in record
+        k: record.get(k) for k in ("target", "n_clients", "params") if k in record
     }
+
+
+def _figure(record: dict[str, Any]) -> str | None:
+    figure = record.get("figure") or record.get("params", {}).get("figure")
+    return str(figure) if figure else None
 
 
 def _update_cell(cell: Cell, records: list[dict[str, Any]], t: Thresholds) -> None:
     if cell.attack == "gradient_inversion":
         _over_baseline(cell, records, "psnr", t.max_psnr_over_baseline_db)
         _over_baseline(cell, records, "ssim", t.max_ssim_over_baseline)
-        cell.details["figures"] = sorted({r["figure"] for r in records if r.get("figure")})
+        figures = {_figure(r) for r in records if r.get("metric") == "psnr"}
+        cell.details["figures"] = sorted(f for f in figures if f)
     elif cell.attack == "label_leak":
-        _over_baseline(cell, records, "label_acc", t.max_label_acc_over_chance)
+        # who had which label; the cohort's label counts are the aggregate's own content
+        _over_baseline(cell, records, "label_attribution_acc", t.max_label_acc_over_chance)
         multiset = _strongest(records, "label_multiset_acc")
         if multiset is not None:  # reported, not judged: the aggregate's own content
             cell.metrics["label_multiset_acc"] = multiset[1]

@@ -27,7 +27,7 @@ STATUS_COLOURS = {
 
 HEADLINE = {
     "gradient_inversion": ("psnr", "PSNR {v:.1f} dB (grey {b:.1f})"),
-    "label_leak": ("label_acc", "acc {v:.2f} (chance {b:.2f})"),
+    "label_leak": ("label_attribution_acc", "who-had-which {v:.2f} (chance {b:.2f})"),
     "text_recovery": ("token_f1", "F1 {v:.2f} (prior {b:.2f})"),
     "likelihood_mia": ("auc", "AUC {v:.2f} (0.50)"),
     "generation_mia": ("auc", "AUC {v:.2f} (0.50)"),

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from attacks.audit.config import AuditConfig
-from attacks.audit.matrix import OUTPUT_ATTACKS, UPDATE_ATTACKS
+from attacks.audit.matrix import jobs_of
 from attacks.protections import Aggregators, DPSettings
 
 AggregatorsFactory = Callable[[], Aggregators]
@@ -35,7 +35,7 @@ class Job:
     one protection's model with every output attack on it."""
 
     protection: str
-    family: str  # an UPDATE_ATTACKS name, or "output"
+    family: str  # a measurement of attacks.update_leakage.RECORD_FUNCTIONS, or "output"
 
     @property
     def key(self) -> str:
@@ -48,16 +48,9 @@ class Job:
 
 def plan(config: AuditConfig) -> list[Job]:
     """Every job the configured matrix needs, output jobs first (they are the longest)."""
-    jobs: list[Job] = []
-    wants_output = any(a in OUTPUT_ATTACKS for a in config.attacks)
-    for protection in config.protections:
-        if wants_output:
-            jobs.append(Job(protection, "output"))
-    for protection in config.protections:
-        for attack in UPDATE_ATTACKS:
-            if attack in config.attacks:
-                jobs.append(Job(protection, attack))
-    return jobs
+    families = list(dict.fromkeys(f for a in config.attacks for f in jobs_of(a)))
+    families.sort(key=lambda f: f != "output")
+    return [Job(p, f) for f in families for p in config.protections]
 
 
 @dataclass(frozen=True)
@@ -119,7 +112,13 @@ def run_job(job: Job, context: JobContext) -> tuple[list[dict[str, Any]], float]
 
             records = output_job(job.protection, context, aggregators)
         else:
-            from attacks.audit.update_jobs import update_job
+            from attacks.update_leakage import RECORD_FUNCTIONS, UpdateLeakageSettings
 
-            records = update_job(job.protection, job.family, context, aggregators)
+            settings = UpdateLeakageSettings(
+                quick=context.quick,
+                n_clients=context.clients,
+                dp=context.dp,
+                figures=context.figures,
+            )
+            records = RECORD_FUNCTIONS[job.family](job.protection, settings, aggregators)
     return records, time.perf_counter() - start

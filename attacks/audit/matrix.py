@@ -26,6 +26,20 @@ OUTPUT_ATTACKS: tuple[str, ...] = (
 
 ATTACKS: tuple[str, ...] = UPDATE_ATTACKS + OUTPUT_ATTACKS
 
+UPDATE_JOBS: dict[str, tuple[str, ...]] = {
+    "gradient_inversion": ("image_inversion", "captioner"),
+    "label_leak": ("label_leak",),
+    "text_recovery": ("text_recovery", "captioner"),
+}
+"""The measurements (attacks.update_leakage.RECORD_FUNCTIONS) each update cell reads:
+the captioner's records hold both its image and its caption-token attacks."""
+
+
+def jobs_of(attack: str) -> tuple[str, ...]:
+    """The job families whose records judge `attack`'s cells."""
+    return ("output",) if attack in OUTPUT_ATTACKS else UPDATE_JOBS[attack]
+
+
 _DP = ("secagg+client-dp", "dp-sgd")
 
 DEFAULT_CLAIMS: Mapping[str, tuple[str, ...]] = {

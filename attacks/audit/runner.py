@@ -24,7 +24,7 @@ from attacks.audit.config import AuditConfig
 from attacks.audit.evaluate import Cell, evaluate_cell
 from attacks.audit.html import write_html
 from attacks.audit.jobs import AggregatorsFactory, Job, JobContext, plan, run_job
-from attacks.audit.matrix import OUTPUT_ATTACKS
+from attacks.audit.matrix import jobs_of
 from attacks.audit.report import build_report, write_report
 from attacks.audit.store import JobStore, fingerprint
 
@@ -117,14 +117,18 @@ def run_audit(
     cells = []
     for protection in config.protections:
         for attack in config.attacks:
-            family = "output" if attack in OUTPUT_ATTACKS else attack
-            key = Job(protection, family).key
-            stored = store.load(key, fps[key])
-            if stored is None and key in errors:  # judged as "no records", never a pass
-                stored = {"records": [], "seconds": 0.0}
-            cell = evaluate_cell(config, protection, attack, stored)
-            if key in errors:
-                cell.details["error"] = errors[key]
+            keys = [Job(protection, family).key for family in jobs_of(attack)]
+            stored = [s for k in keys if (s := store.load(k, fps[k])) is not None]
+            failed = {k: errors[k] for k in keys if k in errors}
+            combined = None
+            if stored or failed:  # a failed job is judged as "no records", never a pass
+                combined = {
+                    "records": [r for s in stored for r in s["records"]],
+                    "seconds": sum(float(s.get("seconds", 0.0)) for s in stored),
+                }
+            cell = evaluate_cell(config, protection, attack, combined)
+            if failed:
+                cell.details["error"] = "; ".join(f"{k}: {e}" for k, e in failed.items())
             cells.append(cell)
     report = build_report(config, cells, time.perf_counter() - start, lora_rank)
     report["reused_jobs"] = reused
