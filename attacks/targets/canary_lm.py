@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import math
+import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -196,7 +197,7 @@ def trim_padding(ids: Tensor) -> Tensor:
     return ids[:, : max(length, 1)]
 
 
-def _train(
+def train_lm(
     model: nn.Module,
     data: Tensor,
     epochs: int,
@@ -204,13 +205,18 @@ def _train(
     batch: int,
     seed: int,
     threads: int | None,
+    *,
+    lr_end: float = 0.0,
 ) -> None:
+    """AdamW over near-equal shuffled batches, lr decayed linearly from lr to lr_end."""
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     total = epochs * math.ceil(data.shape[0] / batch)
     # Linear decay to zero: a constant step size keeps oscillating around the minimum
-    # instead of settling into it, which is exactly where memorisation happens.
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / total)
+    # instead of settling into it, which is exactly where memorisation happens. lr_end:
+    # where this call's decay stops (a federation's round continues a run-wide decay).
+    drop = 1 - lr_end / lr
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - drop * step / total)
     gen = torch.Generator().manual_seed(seed)
     model.train()
     with flush_denormals(), cpu_threads(threads):
@@ -248,7 +254,8 @@ def build_base_model(tokenizer: PreTrainedTokenizerFast, config: CanaryLMConfig)
     return model.eval()
 
 
-def _lora(model: nn.Module, config: CanaryLMConfig) -> nn.Module:
+def lora_model(model: nn.Module, config: CanaryLMConfig) -> nn.Module:
+    """peft LoRA on the config's targets, built as clients/ builds it (device first)."""
     lora = LoraConfig(
         r=config.lora_rank,
         lora_alpha=2 * config.lora_rank,
@@ -274,6 +281,7 @@ class TrainedModel:
     delta: float
     events: tuple[GaussianEvent, ...] = ()
     final_loss: float = float("nan")
+    train_seconds: float = float("nan")
 
 
 @dataclass(eq=False)
@@ -288,6 +296,10 @@ class CanaryScenario:
     heldout_texts: list[str]
     base: GPT2LMHeadModel
     _released: dict[str, TrainedModel] = field(default_factory=dict)
+    # The federations' releases, keyed by (protection, settings); owned by
+    # attacks.targets.canary_federation.release, kept here so they live and die with
+    # the scenario whose models they were trained from.
+    federated: dict[tuple[str, Any], TrainedModel] = field(default_factory=dict, repr=False)
 
     def released(self, protection: str) -> TrainedModel:
         """The fine-tuned model for "none" (plain LoRA) or "dp-sgd" (Opacus), cached."""
@@ -301,7 +313,8 @@ class CanaryScenario:
         return self._released[protection]
 
 
-def _copy_base(scenario: CanaryScenario) -> GPT2LMHeadModel:
+def copy_base(scenario: CanaryScenario) -> GPT2LMHeadModel:
+    """A fresh copy of the shared base model (the cached one must never be trained)."""
     model = build_base_model(scenario.tokenizer, scenario.config)
     model.load_state_dict(scenario.base.state_dict())
     return model
@@ -310,11 +323,12 @@ def _copy_base(scenario: CanaryScenario) -> GPT2LMHeadModel:
 def finetune_plain(scenario: CanaryScenario) -> TrainedModel:
     """LoRA fine-tuning without DP: several epochs, so the planted canaries are memorised."""
     config = scenario.config
+    start = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(config.seed + 2)
-        model = _lora(_copy_base(scenario), config)
+        model = lora_model(copy_base(scenario), config)
         data = encode_batch(scenario.tokenizer, scenario.private_texts, config.max_length)
-        _train(
+        train_lm(
             model,
             data,
             config.finetune_epochs,
@@ -325,7 +339,10 @@ def finetune_plain(scenario: CanaryScenario) -> TrainedModel:
         )
         with torch.no_grad(), flush_denormals():
             loss = float(per_sample_lm_loss(model, (data,)).mean())
-    return TrainedModel("none", model.eval(), math.inf, config.dp_delta, final_loss=loss)
+    seconds = time.perf_counter() - start
+    return TrainedModel(
+        "none", model.eval(), math.inf, config.dp_delta, final_loss=loss, train_seconds=seconds
+    )
 
 
 def finetune_dp(scenario: CanaryScenario) -> TrainedModel:
@@ -334,9 +351,10 @@ def finetune_dp(scenario: CanaryScenario) -> TrainedModel:
     from clients.dp_sgd import DPSGDConfig, make_private
 
     config = scenario.config
+    start = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(config.seed + 4)
-        model = _lora(_copy_base(scenario), config)
+        model = lora_model(copy_base(scenario), config)
         data = encode_batch(scenario.tokenizer, scenario.private_texts, config.max_length)
         loader = DataLoader(TensorDataset(data), batch_size=config.dp_batch_size)
         optimizer = torch.optim.Adam(
@@ -363,7 +381,8 @@ def finetune_dp(scenario: CanaryScenario) -> TrainedModel:
     for event in events:
         accountant.compose(event)
     epsilon = accountant.epsilon(config.dp_delta)
-    return TrainedModel("dp-sgd", released, epsilon, config.dp_delta, events, loss)
+    seconds = time.perf_counter() - start
+    return TrainedModel("dp-sgd", released, epsilon, config.dp_delta, events, loss, seconds)
 
 
 def build_scenario(config: CanaryLMConfig) -> CanaryScenario:
@@ -386,7 +405,7 @@ def build_scenario(config: CanaryLMConfig) -> CanaryScenario:
         torch.manual_seed(config.seed + 1)
         base = build_base_model(tokenizer, config)
         data = encode_batch(tokenizer, public, config.max_length)
-        _train(
+        train_lm(
             base,
             data,
             config.base_epochs,
