@@ -32,7 +32,7 @@ class Thresholds:
     """
 
     max_auc: float = 0.75
-    max_tpr_at_1pct_fpr: float = 0.3
+    max_tpr_at_1pct_fpr: float = 0.4
     max_psnr_over_baseline_db: float = 3.0
     max_ssim_over_baseline: float = 0.15
     max_label_acc_over_chance: float = 0.3

@@ -158,6 +158,7 @@ def _mia_cell(cell: Cell, records: list[dict[str, Any]], t: Thresholds, family: 
     if t.empirical_epsilon_within_claimed:
         cell.checks.append(Check("epsilon_lower_bound", lower, claimed, lower <= claimed))
     cell.details["strongest_attack"] = best_auc["attack"]
+    cell.details["federation"] = best_auc.get("federation")
     cell.details["roc"] = {r["attack"]: r.get("roc") for r in mine if r.get("roc")}
     cell.details["auc_ci"] = [best_auc.get("auc_low"), best_auc.get("auc_high")]
 

@@ -108,9 +108,7 @@ def run_job(job: Job, context: JobContext) -> tuple[list[dict[str, Any]], float]
     aggregators = context.aggregators_factory()
     with torch_threads(1):
         if job.family == "output":
-            from attacks.audit.output_jobs import output_job
-
-            records = output_job(job.protection, context, aggregators)
+            records = _output_records(job.protection, context, aggregators)
         else:
             from attacks.update_leakage import RECORD_FUNCTIONS, UpdateLeakageSettings
 
@@ -122,3 +120,44 @@ def run_job(job: Job, context: JobContext) -> tuple[list[dict[str, Any]], float]
             )
             records = RECORD_FUNCTIONS[job.family](job.protection, settings, aggregators)
     return records, time.perf_counter() - start
+
+
+def _output_records(
+    protection: str, context: JobContext, aggregators: Aggregators
+) -> list[dict[str, Any]]:
+    """Train the federation's released model under `protection` (party 0 holds the
+    planted canaries) and run every output attack, with and without the filters."""
+    import dataclasses
+
+    from attacks.output_leakage import OutputLeakageSettings, output_leakage_records
+    from attacks.targets.canary_federation import (
+        FederationSettings,
+        federation_scenario,
+        release,
+    )
+
+    federation = FederationSettings.quick() if context.quick else FederationSettings.full()
+    federation = dataclasses.replace(
+        federation,
+        parties=context.parties,
+        rounds=context.rounds or federation.rounds,
+        seed=context.seed,
+    )
+    attack = OutputLeakageSettings.quick() if context.quick else OutputLeakageSettings.full()
+    scenario = federation_scenario(context.quick, context.seed)
+    trained = release(protection, scenario, aggregators, federation)
+    records = output_leakage_records(scenario, trained, attack)
+    noise = {
+        "secagg+client-dp": federation.client_dp,
+        "dp-sgd": federation.dp_sgd,
+    }.get(protection)
+    for record in records:
+        record["federation"] = {
+            "parties": federation.parties,
+            "rounds": federation.rounds,
+            "canaries": len(scenario.registry),
+            "clip_norm": None if noise is None else noise.clip_norm,
+            "noise_multiplier": None if noise is None else noise.noise_multiplier,
+            "train_seconds": trained.train_seconds,
+        }
+    return records
