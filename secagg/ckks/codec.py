@@ -19,6 +19,7 @@ not help; `workers > 1` uses processes, each given the serialised secret context
 from __future__ import annotations
 
 import math
+import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 
@@ -111,8 +112,13 @@ def encrypt_update(
             _WORKER_KEYRING = previous
     bounds = np.linspace(0, count, workers + 1).astype(int) * slots
     pieces = [values[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]  # slices only
+    # forkserver, not fork: forking a process whose other threads (torch's OpenMP pool,
+    # a progress bar's monitor) hold a lock deadlocks the child; seen in the test suite.
     with ProcessPoolExecutor(
-        workers, initializer=_init_worker, initargs=(keyring.to_bytes(),)
+        workers,
+        mp_context=multiprocessing.get_context("forkserver"),
+        initializer=_init_worker,
+        initargs=(keyring.to_bytes(),),
     ) as pool:
         parts = pool.map(_encrypt_chunks, pieces, [slots] * workers)
         return [chunk for part in parts for chunk in part]
