@@ -9,6 +9,8 @@ bookkeeping).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from transformers import PreTrainedTokenizerBase
 from transformers.modeling_outputs import BaseModelOutput
@@ -26,6 +28,11 @@ def _encoder(model: torch.nn.Module) -> torch.nn.Module:
     return encoder
 
 
+LogitsHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""(decoder ids so far, this step's logits) -> logits, like a transformers LogitsProcessor:
+how output filters (attacks/captioner_filters.py) act on the captioner's decoding."""
+
+
 @torch.no_grad()
 def greedy_captions(
     model: torch.nn.Module,
@@ -37,6 +44,27 @@ def greedy_captions(
     threads: int | None = 1,
 ) -> list[str]:
     """One caption per image, generated after `<bos> prompt`; special tokens dropped."""
+    return [
+        str(tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+        for tokens in greedy_token_ids(
+            model, tokenizer, pixel_values, prompt, max_new_tokens, batch_size, threads
+        )
+    ]
+
+
+@torch.no_grad()
+def greedy_token_ids(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    pixel_values: torch.Tensor,
+    prompt: str,
+    max_new_tokens: int = 40,
+    batch_size: int = 128,
+    threads: int | None = 1,
+    logits_hook: LogitsHook | None = None,
+) -> list[list[int]]:
+    """The generated token ids of each caption (eos and what follows dropped);
+    `logits_hook` may rewrite every step's logits before the argmax."""
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     eos = tokenizer.eos_token_id
@@ -45,7 +73,7 @@ def greedy_captions(
     steps = max_new_tokens if limit is None else min(max_new_tokens, int(limit) - len(start))
     was_training = model.training
     model.eval()
-    captions: list[str] = []
+    captions: list[list[int]] = []
     with torch_threads(threads):
         for lo in range(0, pixel_values.shape[0], batch_size):
             images = pixel_values[lo : lo + batch_size]
@@ -54,6 +82,8 @@ def greedy_captions(
             done = torch.zeros(images.shape[0], dtype=torch.bool)
             for _ in range(max(steps, 0)):
                 logits = model(encoder_outputs=encoded, decoder_input_ids=ids).logits[:, -1]
+                if logits_hook is not None:
+                    logits = logits_hook(ids, logits)
                 token = logits.argmax(dim=-1)
                 if eos is not None:
                     token = token.masked_fill(done, int(eos))
@@ -65,6 +95,6 @@ def greedy_captions(
                 tokens = row.tolist()
                 if eos is not None and eos in tokens:
                     tokens = tokens[: tokens.index(eos)]
-                captions.append(str(tokenizer.decode(tokens, skip_special_tokens=True)).strip())
+                captions.append(tokens)
     model.train(was_training)
     return captions
