@@ -47,10 +47,8 @@ from attacks.targets.canary_lm import (
     CanaryLMConfig,
     CanaryScenario,
     TrainedModel,
+    adapted_base,
     canary_scenario,
-    copy_base,
-    encode_batch,
-    lora_model,
     per_sample_lm_loss,
     train_lm,
 )
@@ -142,7 +140,15 @@ def load_adapters(model: nn.Module, vector: np.ndarray) -> None:
 
 def party_texts(scenario: CanaryScenario, settings: FederationSettings) -> list[list[str]]:
     """Party 0: the scenario's private texts with the members planted; the others:
-    fresh city sentences, none of them public, private or held out."""
+    texts none of which is public, private or held out.
+
+    Built-in scenario: fresh city sentences, `n_private` per party. A user's scenario
+    (`party_pool` set): its own pool split in order into equal disjoint shares of at most
+    `n_private` texts (a federation of more parties gets smaller shares, never a
+    sentence the user did not give).
+    """
+    if scenario.party_pool is not None:
+        return [list(scenario.private_texts), *_pool_shares(scenario, settings.parties)]
     taken = {*scenario.public_texts, *scenario.private_texts, *scenario.heldout_texts}
     count = scenario.config.n_private
     out = [list(scenario.private_texts)]
@@ -154,6 +160,18 @@ def party_texts(scenario: CanaryScenario, settings: FederationSettings) -> list[
         taken |= set(fresh)
         out.append(fresh)
     return out
+
+
+def _pool_shares(scenario: CanaryScenario, parties: int) -> list[list[str]]:
+    pool = list(scenario.party_pool or ())
+    others = parties - 1
+    count = min(scenario.config.n_private, len(pool) // others)
+    if count < 1:
+        raise ConfigError(
+            f"{len(pool)} texts for the other parties cannot give each of {others} parties "
+            f"a text; give more texts or run fewer parties"
+        )
+    return [pool[i * count : (i + 1) * count] for i in range(others)]
 
 
 def _plain_mean(updates: Sequence[np.ndarray], weights: Sequence[int]) -> tuple[np.ndarray, int]:
@@ -175,22 +193,27 @@ def _mean_for(
     return aggregators.client_dp(settings.client_dp.client_dp_config(dim, settings.parties))
 
 
-LocalStep = Callable[[nn.Module, Tensor, int, int], tuple[GaussianEvent, ...]]
-"""(model, data, round, party) -> the DP events of that local training (none if no DP)."""
+LocalStep = Callable[[nn.Module, tuple[Tensor, Tensor], int, int], tuple[GaussianEvent, ...]]
+"""(model, (ids, mask), round, party) -> the DP events of that local training (none if
+no DP)."""
 
 
 def _plain_step(scenario: CanaryScenario, settings: FederationSettings) -> LocalStep:
-    def step(model: nn.Module, data: Tensor, rnd: int, party: int) -> tuple[GaussianEvent, ...]:
+    def step(
+        model: nn.Module, data: tuple[Tensor, Tensor], rnd: int, party: int
+    ) -> tuple[GaussianEvent, ...]:
         lr = settings.lr
+        ids, mask = data
         train_lm(
             model,
-            data,
+            ids,
             settings.local_epochs,
             lr * (1 - rnd / settings.rounds),
             settings.batch_size,
             settings.seed + 1000 * rnd + party,
             scenario.config.threads,
             lr_end=lr * (1 - (rnd + 1) / settings.rounds),
+            mask=mask,
         )
         return ()
 
@@ -198,10 +221,12 @@ def _plain_step(scenario: CanaryScenario, settings: FederationSettings) -> Local
 
 
 def _dp_sgd_step(scenario: CanaryScenario, settings: FederationSettings) -> LocalStep:
-    def step(model: nn.Module, data: Tensor, rnd: int, party: int) -> tuple[GaussianEvent, ...]:
+    def step(
+        model: nn.Module, data: tuple[Tensor, Tensor], rnd: int, party: int
+    ) -> tuple[GaussianEvent, ...]:
         from clients.dp_sgd import DPSGDConfig, make_private
 
-        loader = DataLoader(TensorDataset(data), batch_size=settings.dp_sgd_batch_size)
+        loader = DataLoader(TensorDataset(*data), batch_size=settings.dp_sgd_batch_size)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.Adam(params, lr=settings.dp_sgd_lr)
         dp = DPSGDConfig(
@@ -232,7 +257,7 @@ def _federate(
 ) -> TrainedModel:
     config = scenario.config
     texts = party_texts(scenario, settings)
-    data = [encode_batch(scenario.tokenizer, t, config.max_length) for t in texts]
+    data = [scenario.encode(t) for t in texts]
     weights = [len(t) for t in texts]
     local = (
         _dp_sgd_step(scenario, settings)
@@ -243,14 +268,14 @@ def _federate(
     start = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(settings.seed + 11)
-        global_model = lora_model(copy_base(scenario), config)
+        global_model = adapted_base(scenario)
         current = adapter_vector(global_model)
         mean = _mean_for(protection, aggregators, settings, current.size)
         for rnd in range(settings.rounds):
             deltas = []
             for party, party_data in enumerate(data):
                 torch.manual_seed(settings.seed + 1000 * rnd + party)
-                model = lora_model(copy_base(scenario), config)
+                model = adapted_base(scenario)
                 load_adapters(model, current)
                 party_events = local(model, party_data, rnd, party)
                 if party == 0:
@@ -261,7 +286,7 @@ def _federate(
         load_adapters(global_model, current)
         global_model.eval()
         with torch.no_grad(), flush_denormals():
-            loss = float(per_sample_lm_loss(global_model, (data[0],)).mean())
+            loss = float(per_sample_lm_loss(global_model, data[0]).mean())
     seconds = time.perf_counter() - start
     epsilon, delta, claimed = _claim(protection, settings, events, config.dp_delta)
     return TrainedModel(protection, global_model, epsilon, delta, claimed, loss, seconds)
@@ -304,7 +329,9 @@ def release(
     return scenario.federated[key]
 
 
-def federation_scenario(quick: bool, seed: int = 0) -> CanaryScenario:
+def federation_scenario(
+    quick: bool, seed: int = 0, n_canaries: int | None = None
+) -> CanaryScenario:
     """The scenario the benchmark and the audit share: 48 canaries (quick) or 128."""
-    n_canaries = 48 if quick else 128
+    n_canaries = n_canaries or (48 if quick else 128)
     return canary_scenario(CanaryLMConfig(canaries=CanaryConfig(n_canaries=n_canaries), seed=seed))

@@ -17,6 +17,7 @@ what the output filters must cope with. Everything is built from configs, offlin
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import time
@@ -31,7 +32,7 @@ from peft import LoraConfig
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFast
 
 from attacks.canaries import FORMATS, CanaryConfig, CanaryRegistry, format_sentences, plant_canaries
 from attacks.membership_lm import cpu_threads, flush_denormals
@@ -157,31 +158,69 @@ class CanaryLMConfig:
             raise ConfigError(f"n_embd={self.n_embd} must be divisible by n_head={self.n_head}")
 
 
-def encode_batch(
-    tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], max_length: int
-) -> Tensor:
-    """(N, max_length) ids: <eos> as bos, the text, <eos>, right-padded with <pad>.
+def special_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """(bos, eos, pad) ids as the canary code trains with them.
 
-    Longer texts raise: a truncated canary would silently lose its secret.
+    Why fallbacks: the built-in tokenizer has all three (<eos> doubles as bos), but a
+    user's tokenizer may lack a bos (then eos starts a text, as GPT-2 does) or a pad
+    (then eos pads; padding is never read, the attention mask excludes it).
     """
-    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
-    assert bos is not None and eos is not None and pad is not None
-    out = torch.full((len(texts), max_length), int(pad), dtype=torch.long)
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ConfigError("the tokenizer has no eos token; a text's end cannot be trained")
+    bos = eos if tokenizer.bos_token_id is None else tokenizer.bos_token_id
+    pad = eos if tokenizer.pad_token_id is None else tokenizer.pad_token_id
+    return int(bos), int(eos), int(pad)
+
+
+def encode_masked(tokenizer: Any, texts: Sequence[str], max_length: int) -> tuple[Tensor, Tensor]:
+    """(ids, mask), both (N, max_length): bos, the text, eos, right-padded with pad.
+
+    mask is True on the real tokens (bos to eos). Why a mask and not `ids != pad`: a
+    tokenizer whose pad is its eos (GPT-2's, as loaded) would otherwise mask out every
+    text's bos and final eos. Longer texts raise: a truncated canary would silently
+    lose its secret.
+    """
+    bos, eos, pad = special_ids(tokenizer)
+    out = torch.full((len(texts), max_length), pad, dtype=torch.long)
+    mask = torch.zeros((len(texts), max_length), dtype=torch.bool)
     for row, text in enumerate(texts):
-        ids = [int(bos), *tokenizer.encode(text, add_special_tokens=False), int(eos)]
+        ids = [bos, *tokenizer.encode(text, add_special_tokens=False), eos]
         if len(ids) > max_length:
             raise ConfigError(
                 f"text of {len(ids)} tokens exceeds max_length={max_length}: {text!r}"
             )
         out[row, : len(ids)] = torch.tensor(ids)
-    return out
+        mask[row, : len(ids)] = True
+    return out, mask
+
+
+def encode_batch(
+    tokenizer: PreTrainedTokenizerFast, texts: Sequence[str], max_length: int
+) -> Tensor:
+    """(N, max_length) ids: bos, the text, eos, right-padded with pad (see encode_masked,
+    which also returns the mask a tokenizer with pad == eos needs)."""
+    return encode_masked(tokenizer, texts, max_length)[0]
+
+
+def _ids_and_mask(batch: Any) -> tuple[Tensor, Tensor]:
+    """A batch is (ids,) or (ids, mask). Without a mask the pad id is taken to be 0, the
+    built-in word-level tokenizer's <pad> (kept for callers that pass ids alone)."""
+    if len(batch) == 1:
+        (ids,) = batch
+        return ids, ids != 0
+    ids, mask = batch
+    return ids, mask.bool()
 
 
 def per_sample_lm_loss(model: nn.Module, batch: Any) -> Tensor:
-    """Mean next-token loss of each sequence on its own (what DP-SGD needs), shape (B,)."""
-    (ids,) = batch
-    ids = trim_padding(ids)
-    mask = ids != 0
+    """Mean next-token loss of each sequence on its own (what DP-SGD needs), shape (B,).
+
+    batch: (ids,) with pad id 0, or (ids, mask) from encode_masked for any tokenizer.
+    """
+    ids, mask = _ids_and_mask(batch)
+    ids = trim_padding(ids, mask)
+    mask = mask[:, : ids.shape[1]]
     logits = model(input_ids=ids, attention_mask=mask.long()).logits[:, :-1]
     targets = ids[:, 1:]
     keep = mask[:, 1:].to(logits.dtype)
@@ -191,9 +230,13 @@ def per_sample_lm_loss(model: nn.Module, batch: Any) -> Tensor:
     return (losses * keep).sum(dim=1) / keep.sum(dim=1).clamp(min=1)
 
 
-def trim_padding(ids: Tensor) -> Tensor:
-    """Drop the all-padding columns on the right (less work, fewer denormals)."""
-    length = int((ids != 0).sum(dim=1).max()) if ids.numel() else 0
+def trim_padding(ids: Tensor, mask: Tensor | None = None) -> Tensor:
+    """Drop the all-padding columns on the right (less work, fewer denormals).
+
+    mask: True on real tokens (right padding); None: pad id 0 (the built-in tokenizer).
+    """
+    keep = ids != 0 if mask is None else mask.bool()
+    length = int(keep.sum(dim=1).max()) if ids.numel() else 0
     return ids[:, : max(length, 1)]
 
 
@@ -207,8 +250,12 @@ def train_lm(
     threads: int | None,
     *,
     lr_end: float = 0.0,
+    mask: Tensor | None = None,
 ) -> None:
-    """AdamW over near-equal shuffled batches, lr decayed linearly from lr to lr_end."""
+    """AdamW over near-equal shuffled batches, lr decayed linearly from lr to lr_end.
+
+    mask: data's attention mask (encode_masked); None: pad id 0 (built-in tokenizer).
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     total = epochs * math.ceil(data.shape[0] / batch)
@@ -227,7 +274,8 @@ def train_lm(
             order = torch.randperm(data.shape[0], generator=gen)
             for index in torch.tensor_split(order, math.ceil(data.shape[0] / batch)):
                 optimizer.zero_grad(set_to_none=True)
-                per_sample_lm_loss(model, (data[index],)).mean().backward()
+                rows = (data[index],) if mask is None else (data[index], mask[index])
+                per_sample_lm_loss(model, rows).mean().backward()
                 optimizer.step()
                 schedule.step()
     model.eval()
@@ -254,14 +302,25 @@ def build_base_model(tokenizer: PreTrainedTokenizerFast, config: CanaryLMConfig)
     return model.eval()
 
 
-def lora_model(model: nn.Module, config: CanaryLMConfig) -> nn.Module:
-    """peft LoRA on the config's targets, built as clients/ builds it (device first)."""
+def lora_model(
+    model: nn.Module,
+    config: CanaryLMConfig,
+    *,
+    targets: Sequence[str] | None = None,
+    fan_in_fan_out: bool = True,
+) -> nn.Module:
+    """peft LoRA, built as clients/ builds it (device first).
+
+    targets: module-name suffixes (None: config.lora_targets, the built-in GPT-2's);
+    fan_in_fan_out: True for GPT-2's Conv1D layers (weights stored transposed), False
+    for nn.Linear (LLaMA-style). A scenario records both (`adapted_base`).
+    """
     lora = LoraConfig(
         r=config.lora_rank,
         lora_alpha=2 * config.lora_rank,
-        target_modules=list(config.lora_targets),
+        target_modules=list(config.lora_targets if targets is None else targets),
         lora_dropout=0.0,
-        fan_in_fan_out=True,
+        fan_in_fan_out=fan_in_fan_out,
     )
     with warnings.catch_warnings():  # peft asks transformers a deprecated question
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
@@ -286,7 +345,15 @@ class TrainedModel:
 
 @dataclass(eq=False)
 class CanaryScenario:
-    """Everything a membership audit of one party needs, built from one config."""
+    """Everything a membership audit of one party needs.
+
+    Built from one config (`build_scenario`, the built-in tiny GPT-2) or from a user's
+    model directory and texts (attacks.targets.user_lm.user_scenario). The fields after
+    `federated` say how the two differ, with the built-in values as defaults:
+    lora_targets / fan_in_fan_out: the adapter layers (None: config.lora_targets);
+    party_pool: the other parties' texts (None: fresh tiny-LM city sentences are drawn,
+    see attacks.targets.canary_federation.party_texts); origin: what was audited.
+    """
 
     config: CanaryLMConfig
     tokenizer: PreTrainedTokenizerFast
@@ -294,12 +361,16 @@ class CanaryScenario:
     public_texts: list[str]
     private_texts: list[str]
     heldout_texts: list[str]
-    base: GPT2LMHeadModel
+    base: PreTrainedModel
     _released: dict[str, TrainedModel] = field(default_factory=dict)
     # The federations' releases, keyed by (protection, settings); owned by
     # attacks.targets.canary_federation.release, kept here so they live and die with
     # the scenario whose models they were trained from.
     federated: dict[tuple[str, Any], TrainedModel] = field(default_factory=dict, repr=False)
+    lora_targets: tuple[str, ...] | None = None
+    fan_in_fan_out: bool = True
+    party_pool: tuple[str, ...] | None = None
+    origin: str = "built-in tiny GPT-2"
 
     def released(self, protection: str) -> TrainedModel:
         """The fine-tuned model for "none" (plain LoRA) or "dp-sgd" (Opacus), cached."""
@@ -312,12 +383,31 @@ class CanaryScenario:
                 raise ConfigError(f"protection must be 'none' or 'dp-sgd', got {protection!r}")
         return self._released[protection]
 
+    def encode(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """(ids, mask) of `texts` at the scenario's max_length (encode_masked)."""
+        return encode_masked(self.tokenizer, texts, self.config.max_length)
 
-def copy_base(scenario: CanaryScenario) -> GPT2LMHeadModel:
-    """A fresh copy of the shared base model (the cached one must never be trained)."""
-    model = build_base_model(scenario.tokenizer, scenario.config)
-    model.load_state_dict(scenario.base.state_dict())
+
+def copy_base(scenario: CanaryScenario) -> PreTrainedModel:
+    """A fresh copy of the shared base model (the cached one must never be trained).
+
+    A deep copy, so any architecture works; the gradients left from the base's own
+    training are dropped (the copy is adapted, never trained as it is).
+    """
+    model = copy.deepcopy(scenario.base)
+    for param in model.parameters():
+        param.grad = None
     return model
+
+
+def adapted_base(scenario: CanaryScenario) -> nn.Module:
+    """A copy of the base with fresh LoRA adapters on the scenario's targets."""
+    return lora_model(
+        copy_base(scenario),
+        scenario.config,
+        targets=scenario.lora_targets,
+        fan_in_fan_out=scenario.fan_in_fan_out,
+    )
 
 
 def finetune_plain(scenario: CanaryScenario) -> TrainedModel:
@@ -326,8 +416,8 @@ def finetune_plain(scenario: CanaryScenario) -> TrainedModel:
     start = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(config.seed + 2)
-        model = lora_model(copy_base(scenario), config)
-        data = encode_batch(scenario.tokenizer, scenario.private_texts, config.max_length)
+        model = adapted_base(scenario)
+        data, mask = scenario.encode(scenario.private_texts)
         train_lm(
             model,
             data,
@@ -336,9 +426,10 @@ def finetune_plain(scenario: CanaryScenario) -> TrainedModel:
             config.batch_size,
             config.seed + 3,
             config.threads,
+            mask=mask,
         )
         with torch.no_grad(), flush_denormals():
-            loss = float(per_sample_lm_loss(model, (data,)).mean())
+            loss = float(per_sample_lm_loss(model, (data, mask)).mean())
     seconds = time.perf_counter() - start
     return TrainedModel(
         "none", model.eval(), math.inf, config.dp_delta, final_loss=loss, train_seconds=seconds
@@ -354,9 +445,9 @@ def finetune_dp(scenario: CanaryScenario) -> TrainedModel:
     start = time.perf_counter()
     with torch.random.fork_rng():
         torch.manual_seed(config.seed + 4)
-        model = lora_model(copy_base(scenario), config)
-        data = encode_batch(scenario.tokenizer, scenario.private_texts, config.max_length)
-        loader = DataLoader(TensorDataset(data), batch_size=config.dp_batch_size)
+        model = adapted_base(scenario)
+        data, mask = scenario.encode(scenario.private_texts)
+        loader = DataLoader(TensorDataset(data, mask), batch_size=config.dp_batch_size)
         optimizer = torch.optim.Adam(
             [p for p in model.parameters() if p.requires_grad], lr=config.dp_lr
         )
@@ -376,7 +467,7 @@ def finetune_dp(scenario: CanaryScenario) -> TrainedModel:
         )
         released.eval()
         with torch.no_grad(), flush_denormals():
-            loss = float(per_sample_lm_loss(released, (data,)).mean())
+            loss = float(per_sample_lm_loss(released, (data, mask)).mean())
     accountant = PrivacyAccountant("prv")
     for event in events:
         accountant.compose(event)
