@@ -61,6 +61,10 @@ class Thresholds:
 class AuditConfig:
     """One audit: which cells to run, the settings they run with, and how to judge them.
 
+    model_dir / texts: a user's local causal-LM directory (save_pretrained) and JSONL
+      texts ({"text": ...} per line) for the output attacks; None: the built-in tiny
+      GPT-2 and its synthetic texts. The update attacks always use the built-in targets
+      (they measure what the protection's round reveals). canaries: how many to plant.
     clients: the cohort of the secure aggregate the update attacks observe.
     parties: the federation whose released model the output attacks probe (party 0
       holds the planted canaries). rounds: its FedAvg rounds (None: the profile's).
@@ -75,6 +79,9 @@ class AuditConfig:
     clients: int = 10
     parties: int = 3
     rounds: int | None = None
+    model_dir: Path | None = None
+    texts: Path | None = None
+    canaries: int | None = None
     dp: DPSettings = field(default_factory=DPSettings)
     thresholds: Thresholds = field(default_factory=Thresholds)
     claims: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_CLAIMS))
@@ -97,6 +104,17 @@ class AuditConfig:
         _int(self.parties, "[federation] parties", 2)
         if self.rounds is not None:
             _int(self.rounds, "[federation] rounds", 1)
+        if self.canaries is not None:
+            _int(self.canaries, "[target] canaries", 2)
+        if (self.model_dir is None) != (self.texts is None):
+            raise ConfigError("[target] needs both model (a local directory) and texts (JSONL)")
+        if self.model_dir is not None and not self.model_dir.is_dir():
+            raise ConfigError(
+                f"[target] model {self.model_dir} is not a directory: give a local directory "
+                "written by save_pretrained (fedveil never downloads models)"
+            )
+        if self.texts is not None and not self.texts.is_file():
+            raise ConfigError(f"[target] texts {self.texts} is not a file: give a JSONL file")
         object.__setattr__(self, "claims", check_claims(self.claims))
 
     def claimed(self, protection: str, attack: str) -> bool:
@@ -112,6 +130,9 @@ class AuditConfig:
             "clients": self.clients,
             "parties": self.parties,
             "rounds": self.rounds,
+            "model_dir": None if self.model_dir is None else str(self.model_dir),
+            "texts": None if self.texts is None else str(self.texts),
+            "canaries": self.canaries,
             "dp": {
                 "clip_norm": self.dp.clip_norm,
                 "noise_multiplier": self.dp.noise_multiplier,
@@ -147,10 +168,13 @@ def _names(value: object, where: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def config_from_toml(doc: Mapping[str, Any], profile: str | None = None) -> AuditConfig:
+def config_from_toml(
+    doc: Mapping[str, Any], profile: str | None = None, base_dir: Path | None = None
+) -> AuditConfig:
     """Build and validate an AuditConfig from a parsed TOML document; `profile` (the
-    command line's --profile) overrides [audit] profile."""
-    sections = ("audit", "federation", "dp", "thresholds", "claims")
+    command line's --profile) overrides [audit] profile; relative [target] paths are
+    relative to `base_dir` (the config file's directory)."""
+    sections = ("audit", "federation", "target", "dp", "thresholds", "claims")
     unknown = sorted(set(doc) - set(sections))
     if unknown:
         raise ConfigError(
@@ -158,6 +182,7 @@ def config_from_toml(doc: Mapping[str, Any], profile: str | None = None) -> Audi
         )
     audit = _table(doc, "audit", ("protections", "attacks", "profile", "seed"))
     federation = _table(doc, "federation", ("clients", "parties", "rounds"))
+    target = _table(doc, "target", ("model", "texts", "canaries"))
     dp = _table(doc, "dp", ("clip_norm", "noise_multiplier", "delta"))
     thresholds = _table(doc, "thresholds", tuple(f.name for f in fields(Thresholds)))
     claims_doc = _table(doc, "claims", PROTECTIONS)
@@ -172,6 +197,14 @@ def config_from_toml(doc: Mapping[str, Any], profile: str | None = None) -> Audi
     if profile is not None:
         kwargs["profile"] = profile
     kwargs.update(federation)
+    for key, field_name in (("model", "model_dir"), ("texts", "texts")):
+        if key in target:
+            if not isinstance(target[key], str) or not target[key]:
+                raise ConfigError(f"[target] {key} must be a path string, got {target[key]!r}")
+            path = Path(target[key]).expanduser()
+            kwargs[field_name] = path if path.is_absolute() else (base_dir or Path()) / path
+    if "canaries" in target:
+        kwargs["canaries"] = target["canaries"]
     try:
         kwargs["dp"] = DPSettings(**{k: float(v) for k, v in dp.items()})
     except (TypeError, ValueError) as exc:
@@ -196,4 +229,4 @@ def load_config(path: Path | None, profile: str | None = None) -> AuditConfig:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return config_from_toml(doc, profile)
+    return config_from_toml(doc, profile, path.parent)

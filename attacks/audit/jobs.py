@@ -62,6 +62,9 @@ class JobContext:
     clients: int
     parties: int
     rounds: int | None
+    model_dir: Path | None
+    texts: Path | None
+    canaries: int | None
     dp: DPSettings
     figures: Path
     aggregators_factory: AggregatorsFactory
@@ -74,6 +77,9 @@ class JobContext:
             clients=config.clients,
             parties=config.parties,
             rounds=config.rounds,
+            model_dir=config.model_dir,
+            texts=config.texts,
+            canaries=config.canaries,
             dp=config.dp,
             figures=out_dir / "figures",
             aggregators_factory=factory,
@@ -87,9 +93,20 @@ class JobContext:
             "clients": self.clients,
             "parties": self.parties,
             "rounds": self.rounds,
+            "target": _target_identity(self.model_dir, self.texts, self.canaries),
             "dp": [self.dp.clip_norm, self.dp.noise_multiplier, self.dp.delta],
             "schema": 1,
         }
+
+
+def _target_identity(model_dir: Path | None, texts: Path | None, canaries: int | None) -> list[Any]:
+    """A user target's paths with the size and mtime of its files, so that a changed
+    model or corpus is recomputed, never silently reused."""
+    if model_dir is None or texts is None:
+        return ["built-in", canaries]
+    files = sorted(p for p in model_dir.iterdir() if p.is_file()) + [texts]
+    stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return [str(model_dir.resolve()), stamps, canaries]
 
 
 def _seed_everything(seed: int) -> None:
@@ -144,7 +161,14 @@ def _output_records(
         seed=context.seed,
     )
     attack = OutputLeakageSettings.quick() if context.quick else OutputLeakageSettings.full()
-    scenario = federation_scenario(context.quick, context.seed)
+    if context.model_dir is not None and context.texts is not None:
+        from attacks.targets.user_lm import user_scenario
+
+        scenario = user_scenario(
+            context.model_dir, context.texts, n_canaries=context.canaries or 48, seed=context.seed
+        )
+    else:
+        scenario = federation_scenario(context.quick, context.seed, context.canaries)
     trained = release(protection, scenario, aggregators, federation)
     records = output_leakage_records(scenario, trained, attack)
     noise = {
