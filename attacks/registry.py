@@ -36,7 +36,8 @@ def _load_builtin() -> None:
     import attacks.dlg
     import attacks.inverting_gradients
     import attacks.label_leakage
-    import attacks.text_recovery  # noqa: F401
+    import attacks.text_recovery
+    import attacks.text_recovery_ffa  # noqa: F401
 
 
 def available() -> tuple[str, ...]:

@@ -13,6 +13,7 @@ the observed r-dimensional space is a mix and the check fails: the rank bounds w
 layer leaks. Noise perturbs every direction, so the ranking variant instead scores each
 candidate by its distance to the top-k singular subspace and keeps clear outliers.
 Adam steps (elementwise rescaling) break the property; clients here use SGD.
+attacks.text_recovery_ffa measures the project's real recipe (FFA-LoRA, B only, Adam).
 """
 
 from __future__ import annotations
@@ -58,20 +59,24 @@ class TextRankingConfig(TextRecoveryConfig):
     """subspace_dim: k of the top-k subspace (None: the numerical rank, i.e. all of the
     rank-r space under noise: isotropic noise adds directions that bring every
     candidate a little closer alike, so a generous k costs little while a too small
-    one drops true tokens); outlier_ratio: keep the best token at a position only if its
+    one drops true tokens; "gap": the k after which the singular values drop most,
+    for views whose every direction is filled but unevenly, as the B rows of an Adam
+    delta in the rank-r space, where the numerical rank is r and a k of r keeps
+    everything); outlier_ratio: keep the best token at a position only if its
     distance is below this fraction of the median candidate distance there."""
 
-    subspace_dim: int | None = None
+    subspace_dim: int | str | None = None
     outlier_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.subspace_dim is not None and (
-            not isinstance(self.subspace_dim, int) or self.subspace_dim < 1
+        k = self.subspace_dim
+        if (
+            k is not None
+            and k != "gap"
+            and (isinstance(k, bool) or not isinstance(k, int) or k < 1)
         ):
-            raise ConfigError(
-                f"subspace_dim must be None or an int >= 1, got {self.subspace_dim!r}"
-            )
+            raise ConfigError(f"subspace_dim must be None, 'gap' or an int >= 1, got {k!r}")
         if not 0 < self.outlier_ratio <= 1:
             raise ConfigError(f"outlier_ratio must be in (0, 1], got {self.outlier_ratio!r}")
 
@@ -91,16 +96,43 @@ def observed_rows(
     """(rows spanning the inputs, the projection applied to candidates or None, factor used).
 
     A-factor rows live in the input space; B-factor rows in the rank-r space, where the
-    candidates must be projected by the (public, global) A first.
+    candidates must be projected by the (public, global) A first. Under FFA-LoRA the
+    update holds no A at all (it is frozen), so the B factor is used whatever `factor`
+    says, unless it says "A", which is refused.
     """
-    grad_a = observed.parameter(target.lora_a)  # (r, d_in)
     grad_b = observed.parameter(target.lora_b)  # (d_out, r)
+    if target.lora_a not in observed.layout.names:
+        # FFA-LoRA: A is frozen (derived from the public seed), so it is not in the
+        # update; the B rows and the known A are all there is
+        if factor == "A":
+            raise AttackError(
+                f"{target.lora_a!r} is frozen (FFA-LoRA), so the update has no A rows; "
+                "use factor 'B' or 'auto'"
+            )
+        factor = "B"
+    grad_a = observed.parameter(target.lora_a) if factor != "B" else grad_b.new_zeros(0)
     if factor == "auto":
         factor = "A" if float(grad_a.norm()) > 1e-6 * float(grad_b.norm()) else "B"
     if factor == "A":
         return grad_a, None, "A"
     weight_a = dict(target.model.named_parameters())[target.lora_a].detach().to(torch.float64)
     return grad_b, weight_a, "B"
+
+
+def gap_dimension(singular: Tensor, rank_tolerance: float) -> int:
+    """The k (>= 1) maximising singular[k-1] / singular[k]: the largest spectral drop.
+
+    With an exact low rank (plain SGD) the drop at the numerical rank is unbounded, so
+    this is the numerical rank; with a full but uneven spectrum (an Adam delta's B rows)
+    it is the elbow, an estimate of how many tokens the layer read.
+    """
+    if singular.numel() == 0 or float(singular[0]) == 0.0:
+        return 1
+    if singular.numel() == 1:
+        return 1
+    floor = rank_tolerance * float(singular[0])
+    ratios = singular[:-1] / singular[1:].clamp_min(floor)
+    return int(torch.argmax(ratios)) + 1
 
 
 def _distances(candidates: Tensor, basis: Tensor) -> Tensor:
@@ -198,7 +230,11 @@ class SubspaceRanking(_TextAttack):
     def reconstruct(self, observed: ObservedUpdate, target: Target, **side: Any) -> Reconstruction:
         p = self._prepare(observed, target)
         numerical_rank = int((p.singular > self.config.rank_tolerance * p.singular[0]).sum())
-        k = self.config.subspace_dim or max(1, numerical_rank)
+        chosen = self.config.subspace_dim
+        if chosen == "gap":
+            k = gap_dimension(p.singular, self.config.rank_tolerance)
+        else:
+            k = int(chosen) if chosen is not None else max(1, numerical_rank)
         k = min(k, p.basis.shape[0], p.inputs.shape[1] - 1)
         distance = _distances(p.inputs, p.basis[:k])
         keep = torch.zeros_like(distance, dtype=torch.bool)

@@ -60,7 +60,21 @@ def test_caption_tokens_leak_from_one_plain_update(aggregators: Aggregators) -> 
     assert value >= 0.95 and value > baseline + 0.3
     assert _value(rows, "exact_seq", "dager_span")[0] >= 0.95
     assert {r["n_clients"] for r in rows} == {1}
-    assert {r["target"] for r in rows} == {"captioner-caption-r16", "captioner-vit-gpt2"}
+    assert {r["target"] for r in rows} == {
+        "captioner-caption-r16",
+        "captioner-vit-gpt2",
+        "captioner-caption-ffa-gradient",
+        "captioner-caption-ffa-sgd",
+        "captioner-caption-ffa-adam",
+    }
+    # the real adapter (FFA-LoRA, B only): one SGD gradient still gives short captions
+    # away; the Adam delta (the real recipe) gives less than that
+    ffa_sgd = _value([r for r in rows if r["target"] == "captioner-caption-ffa-gradient"],
+                     "token_f1", "dager_b_span")  # fmt: skip
+    assert ffa_sgd[0] >= 0.95 and ffa_sgd[0] > ffa_sgd[1] + 0.3
+    adam = [r for r in rows if r["target"] == "captioner-caption-ffa-adam"]
+    for attack in ("dager_b_span", "dager_b_rank"):
+        assert _value(adam, "token_f1", attack)[0] < ffa_sgd[0]
 
 
 @pytest.mark.parametrize(

@@ -15,12 +15,13 @@ first adapted layer (block 0's c_attn reads ln_1(wte[token] + wpe[position]), ex
 as in the tiny LM), for DAGER-style caption recovery. Both share one model, so an
 update attacked for its caption is the very update attacked for its image.
 
-Deliberate simplifications, stated so results are read right: the adapters are
-FedAvg-LoRA (A and B trained; FFA-LoRA freezes A and leaves only the B-gradient, whose
-rows live in the rank-r space) and warm (B != 0, as after the first round); the client
-update is one SGD gradient (FedSGD). The demo party trains with Adam over several
-steps, which rescales coordinates and breaks the span property: this is the attacker's
-favourable case, an upper bound on what the caption tokens leak.
+Deliberate simplifications, stated so results are read right: by default the adapters
+are FedAvg-LoRA (A and B trained) and warm (B != 0, as after the first round), and the
+client update is one SGD gradient (FedSGD): the attacker's favourable case, an upper
+bound on what the caption tokens leak. variant="ffa" builds the project's real adapter
+(FFA-LoRA: A frozen from the shared seed, only B trained and sent), whose B rows live
+in the rank-r space; attacks.update_leakage_text measures it under SGD and under the
+demo party's Adam steps.
 """
 
 from __future__ import annotations
@@ -137,14 +138,24 @@ class CaptionerTargets:
         return str(self.tokenizer.decode(tokens))
 
 
-def captioner_target(rank: int = 16, *, seed: int = 0, adapter: str = "warm") -> CaptionerTargets:
+def captioner_target(
+    rank: int = 16, *, seed: int = 0, adapter: str = "warm", variant: str = "fedavg"
+) -> CaptionerTargets:
     """The captioner as the server knows it: random base (seeded), peft LoRA of `rank`.
 
     adapter="warm": lora_B drawn N(0, 0.02^2), as in any round after the first (at peft's
     B = 0 the A-gradient vanishes); "fresh": peft's initialisation.
+    variant="fedavg": A and B trained (the attacker's favourable case, A rows in the
+    input space); "ffa": FFA-LoRA, the project's default recipe, A frozen at its
+    seed-derived value (public: every party derives it) and only B in the update, so
+    token recovery works in the rank-r space (attacks.text_recovery_ffa).
     """
     if adapter not in ("warm", "fresh"):
         raise ConfigError(f"adapter must be 'warm' or 'fresh', got {adapter!r}")
+    try:
+        aggregation = AggregationVariant(variant)
+    except ValueError:
+        raise ConfigError(f"variant must be 'fedavg' or 'ffa', got {variant!r}") from None
     prompts = [*GENERIC_PROMPTS, *DOMAIN_PROMPTS.values()]
     tokenizer = build_word_tokenizer(vocabulary_words(), prompts)
     processor = build_image_processor(CAPTIONER_SIZE)
@@ -156,9 +167,7 @@ def captioner_target(rank: int = 16, *, seed: int = 0, adapter: str = "warm") ->
         base.set_attn_implementation("eager")
         model = apply_lora(
             base,
-            LoraSettings(
-                rank=rank, alpha=float(rank), variant=AggregationVariant.FEDAVG, seed=seed
-            ),
+            LoraSettings(rank=rank, alpha=float(rank), variant=aggregation, seed=seed),
         )
     if adapter == "warm":
         generator = torch.Generator().manual_seed(seed + 1)
@@ -167,7 +176,7 @@ def captioner_target(rank: int = 16, *, seed: int = 0, adapter: str = "warm") ->
                 if "lora_B" in name:
                     p.copy_(torch.randn(p.shape, generator=generator) * 0.02)
     model.eval()
-    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    names = [n for n, _ in model.named_parameters()]  # FFA's frozen A included
     lora_a = next(n for n in names if ".decoder." in n and "h.0.attn.c_attn.lora_A" in n)
     transformer = model.get_submodule("base_model.model.decoder.transformer")
     pad = int(tokenizer.pad_token_id)
@@ -186,7 +195,9 @@ def captioner_target(rank: int = 16, *, seed: int = 0, adapter: str = "warm") ->
         num_classes=None,
     )
     tokens = TokenTarget(
-        name=f"captioner-caption-r{rank}",
+        name=f"captioner-caption-r{rank}"
+        if aggregation is AggregationVariant.FEDAVG
+        else f"captioner-caption-ffa-r{rank}",
         model=model,
         loss=caption_loss,
         lora_a=lora_a,
