@@ -9,6 +9,7 @@ breach; unclaimed cells are labelled "leaks" (expected, e.g. a plain update) or
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -94,6 +95,12 @@ def _strongest(
     return best
 
 
+def _run_key(record: dict[str, Any]) -> str:
+    """Which attack run a record belongs to (its metric aside)."""
+    keys = ("target", "protection", "n_clients", "params")
+    return json.dumps({k: record.get(k) for k in keys}, sort_keys=True, default=str)
+
+
 def _over_baseline(cell: Cell, records: list[dict[str, Any]], metric: str, limit: float) -> None:
     found = _strongest(records, metric)
     if found is None:
@@ -128,11 +135,14 @@ def _update_cell(cell: Cell, records: list[dict[str, Any]], t: Thresholds) -> No
             cell.metrics["label_multiset_acc"] = multiset[1]
     elif cell.attack == "text_recovery":
         _over_baseline(cell, records, "token_f1", t.max_token_f1_over_baseline)
-        for metric in ("token_precision", "token_recall", "exact_seq"):
-            found = _strongest(records, metric)
-            if found is not None:
-                cell.metrics[metric] = found[1]
-                cell.baselines[metric] = _number(found[2]["baseline_value"])
+        best = _strongest(records, "token_f1")
+        if best is not None:  # precision, recall, exact sequences of that same attack run
+            run = _run_key(best[2])
+            wanted = ("token_precision", "token_recall", "exact_seq")
+            for r in records:
+                if r.get("metric") in wanted and _run_key(r) == run:
+                    cell.metrics[r["metric"]] = _number(r["value"])
+                    cell.baselines[r["metric"]] = _number(r["baseline_value"])
 
 
 def _mia_cell(cell: Cell, records: list[dict[str, Any]], t: Thresholds, family: str) -> None:
