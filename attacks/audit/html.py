@@ -47,16 +47,12 @@ th{background:#f3f3f3} .banner{padding:10px 14px;font-weight:600;margin:10px 0}
 """
 
 
-def _num(value: Any) -> float:
-    return float(value) if not isinstance(value, str) else float(value)
-
-
 def _cell_text(cell: dict[str, Any]) -> str:
     metric, template = HEADLINE[cell["attack"]]
     if metric not in cell["metrics"]:
         return escape(cell["details"].get("error", cell["status"]))
-    value = _num(cell["metrics"][metric])
-    base = _num(cell["baselines"].get(metric, 0.0))
+    value = float(cell["metrics"][metric])
+    base = float(cell["baselines"].get(metric, 0.0))
     return escape(template.format(v=value, b=base))
 
 
@@ -93,8 +89,8 @@ def _epsilon(report: dict[str, Any]) -> str:
         m = cell["metrics"]
         if "epsilon_lower_bound" not in m:
             continue
-        claimed, lower = m["epsilon_claimed"], _num(m["epsilon_lower_bound"])
-        ok = claimed == "inf" or lower <= _num(claimed)
+        claimed, lower = m["epsilon_claimed"], float(m["epsilon_lower_bound"])
+        ok = claimed == "inf" or lower <= float(claimed)
         rows.append(
             f"<tr><td>{escape(cell['protection'])}</td><td>{escape(cell['attack'])}</td>"
             f"<td>{escape(str(claimed))}</td><td>{lower:.3f}</td>"
@@ -114,16 +110,16 @@ def _filters(report: dict[str, Any]) -> str:
         m = cell["metrics"]
         per = cell["details"].get("filters", {})
         detail = "; ".join(
-            f"{escape(name)}: {_num(f.get('extraction_rate_after', 0)):.0%} extracted, "
-            f"FPR {_num(f.get('benign_fpr', 0)):.0%}"
+            f"{escape(name)}: {float(f.get('extraction_rate_after', 0)):.0%} extracted, "
+            f"FPR {float(f.get('benign_fpr', 0)):.0%}"
             for name, f in per.items()
             if isinstance(f, dict)
         )
         rows.append(
             f"<tr><td>{escape(cell['protection'])}</td>"
-            f"<td>{_num(m.get('extraction_rate', 0)):.0%}</td>"
-            f"<td>{_num(m['extraction_rate_filtered']):.0%}</td>"
-            f"<td>{_num(m.get('filter_fpr', 0)):.0%}</td><td>{detail}</td></tr>"
+            f"<td>{float(m.get('extraction_rate', 0)):.0%}</td>"
+            f"<td>{float(m['extraction_rate_filtered']):.0%}</td>"
+            f"<td>{float(m.get('filter_fpr', 0)):.0%}</td><td>{detail}</td></tr>"
         )
     return f"<table>{''.join(rows)}</table>"
 
@@ -198,7 +194,7 @@ def render_html(report: dict[str, Any], out_dir: Path) -> str:
         f"Secure aggregates over {s['clients']} clients; released models from a federation of "
         f"{s['parties']} parties; LoRA rank {s['lora_rank']}. DP: clip C = {dp['clip_norm']}, "
         f"noise multiplier z = {dp['noise_multiplier']} (sigma = {dp['sigma']}), "
-        f"delta = {dp['delta']}, epsilon of one release = {_num(dp['epsilon_per_round']):.2f}.</p>"
+        f"delta = {dp['delta']}, epsilon of one release = {float(dp['epsilon_per_round']):.2f}.</p>"
         f"<p class='muted'>Threat model: {escape(s['threat_model'])}.</p>"
     )
     return f"""<!DOCTYPE html>

@@ -12,6 +12,7 @@ plain data plus an importable aggregators factory (attacks/ may not import fedve
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import time
 from collections.abc import Callable
@@ -144,8 +145,6 @@ def _output_records(
 ) -> list[dict[str, Any]]:
     """Train the federation's released model under `protection` (party 0 holds the
     planted canaries) and run every output attack, with and without the filters."""
-    import dataclasses
-
     from attacks.output_leakage import OutputLeakageSettings, output_leakage_records
     from attacks.targets.canary_federation import (
         FederationSettings,

@@ -58,6 +58,4 @@ def _jsonable(value: object) -> object:
         return value.tolist()
     if isinstance(value, Path):
         return str(value)
-    if isinstance(value, float):
-        return str(value)
     raise TypeError(f"cannot store {type(value).__name__} in an audit record")
