@@ -121,6 +121,31 @@ class SessionMismatchError(MaliciousServerError):
     """Peers derived different session ids (model inconsistency); the round fails closed."""
 
 
+class SurvivorQuorumError(MaliciousServerError):
+    """Too few roster members signed the survivor set for it to be the round's only one.
+
+    A client reveals shares only against a survivor set signed by more than
+    (roster + max_colluders) / 2 members: two disjoint views would need an honest client
+    to sign twice (secagg.protocol.consistency).
+    """
+
+
+class ModeDowngradeError(MaliciousServerError):
+    """The server announced a protection mode this client's policy does not allow
+    (plaintext or CKKS to a SecAgg-only client); nothing of the update was sent."""
+
+
+class ImplausibleAggregateError(MaliciousServerError):
+    """The server returned an aggregate no honest cohort could have produced (a coordinate
+    or norm beyond what clipped inputs sum to, or a total weight outside the cohort's
+    bounds); the client refuses to apply it."""
+
+
+class RepeatedUpdateError(ProtocolError):
+    """The same update would be sent in two rounds without DP noise: differencing the two
+    aggregates could isolate it. Add DP, or send a new update."""
+
+
 # --- differential privacy ------------------------------------------------------------
 
 

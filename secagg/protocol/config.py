@@ -26,6 +26,8 @@ MODEL_HASH_BYTES = 32
 MAX_CLIENT_ID_CHARS = 128
 MAX_DIMENSION = 1 << 31
 _SESSION_TAG = b"fedveil-session-v1"
+PROTECTION_MODES = frozenset({"secagg", "ckks", "plaintext"})
+DEFAULT_ALLOWED_MODES = frozenset({"secagg"})
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,17 @@ class ClientPolicy:
         sampled with probability 1.
     accept_central_dp: with a privacy budget, take part in central-DP rounds, whose noise
         the server adds after seeing the exact sum (it trusts the server).
+
+    Every round:
+    max_colluders also sizes the consistency quorum: shares are revealed only against a
+        survivor set signed by more than (roster + max_colluders) / 2 members
+        (secagg.protocol.consistency), and a threshold must exceed it.
+    allowed_modes: the protection modes this client takes part in; a server announcing any
+        other gets nothing (ModeDowngradeError). "secagg" only by default: "ckks" trusts
+        the key holder not to collude with the server, "plaintext" shows the update to the
+        server and is for benchmarks only.
+    min_neighbours: the smallest neighbour-graph degree k this client accepts (k >= 2
+        keeps the Harary graph connected).
     """
 
     min_cohort: int = 3
@@ -203,6 +216,8 @@ class ClientPolicy:
     max_colluders: int = 0
     trust_server_sampling: bool = False
     accept_central_dp: bool = False
+    allowed_modes: frozenset[str] = DEFAULT_ALLOWED_MODES
+    min_neighbours: int = 2
 
     def __post_init__(self) -> None:
         if self.min_cohort < 2:
@@ -217,6 +232,21 @@ class ClientPolicy:
             or self.max_colluders < 0
         ):
             raise ConfigError(f"max_colluders must be an integer >= 0, got {self.max_colluders!r}")
+        modes = frozenset(self.allowed_modes)
+        unknown = sorted(modes - PROTECTION_MODES)
+        if unknown or not modes:
+            raise ConfigError(
+                f"allowed_modes must be a non-empty subset of {sorted(PROTECTION_MODES)}, "
+                f"got {sorted(modes)}"
+            )
+        object.__setattr__(self, "allowed_modes", modes)
+        if isinstance(self.min_neighbours, bool) or not isinstance(self.min_neighbours, int):
+            raise ConfigError(f"min_neighbours must be an integer, got {self.min_neighbours!r}")
+        if self.min_neighbours < 2:
+            raise ConfigError(
+                f"min_neighbours must be >= 2 (k = 1 pairs clients off into a disconnected "
+                f"graph), got {self.min_neighbours}"
+            )
 
 
 def check_enrolment(
