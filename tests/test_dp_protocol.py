@@ -395,7 +395,8 @@ def test_server_quorum_is_at_least_min_clients() -> None:
 
 def test_client_refuses_when_colluders_leave_too_few_honest_clients() -> None:
     federation = Federation.enrol(5)
-    config = make_config(federation, 50, dp=ClientDPConfig(1.0, 1.0, 4, 5, 50))
+    # t = 4 of 5: classic SecAgg needs 2t > n + c for the one colluder assumed below.
+    config = make_config(federation, 50, threshold=4, dp=ClientDPConfig(1.0, 1.0, 4, 5, 50))
     cid = federation.ids[0]
     args = (config, cid, federation.identities[cid], federation.roster)
     ClientSession(*args, ClientPolicy(min_cohort=2, max_colluders=1))
@@ -404,10 +405,11 @@ def test_client_refuses_when_colluders_leave_too_few_honest_clients() -> None:
 
 
 def test_client_will_not_reveal_a_sum_of_too_few_honest_clients() -> None:
-    """min_clients 3 + 1 assumed colluder: a survivor set of 3 is refused at signing."""
+    """min_clients 4 + 1 assumed colluder: a survivor set of 4 is refused at signing."""
     dim = 64
-    federation = Federation.enrol(5)
-    config = make_config(federation, dim, dp=ClientDPConfig(1.0, 1.0, 3, 5, dim))
+    federation = Federation.enrol(6)
+    # t = 4 of 6: classic SecAgg needs 2t > n + c for the one colluder assumed below.
+    config = make_config(federation, dim, threshold=4, dp=ClientDPConfig(1.0, 1.0, 4, 6, dim))
     inputs = _inputs(federation, dim, scale=0.01)
     drops = {federation.ids[0]: Stage.MASKED_INPUT, federation.ids[1]: Stage.MASKED_INPUT}
     trusting = run_round(config, federation, inputs, dropouts=drops, policy=POLICY)
@@ -472,12 +474,12 @@ def test_a_client_is_charged_only_once_its_noised_update_leaves() -> None:
     config = make_config(federation, dim, dp=ClientDPConfig(1.0, 2.0, 3, 5, dim))
     ledgers = _ledgers_with(2, config, federation.ids)
     early, late = federation.ids[0], federation.ids[1]
-    drops = {early: Stage.SHARE_KEYS, late: Stage.CONSISTENCY_CHECK}
+    drops = {early: Stage.SHARE_KEYS, late: Stage.UNMASK}
     inputs = _inputs(federation, dim, 0.01)
     report = run_round(config, federation, inputs, dropouts=drops, ledgers=ledgers)
     assert report.result is not None
     assert ledgers[early].rounds == 0  # dropped before uploading: nothing spent
-    assert ledgers[late].rounds == 1  # uploaded, then vanished: spent all the same
+    assert ledgers[late].rounds == 1  # uploaded, signed, then vanished: spent all the same
     assert all(ledgers[c].rounds == 1 for c in federation.ids[2:])
 
 

@@ -19,6 +19,7 @@ from secagg.errors import (
     InvalidSignatureError,
     KeySubstitutionError,
     SessionMismatchError,
+    SurvivorQuorumError,
     SurvivorSetMismatchError,
     ThresholdNotMetError,
 )
@@ -158,7 +159,7 @@ def test_survivor_set_isolating_a_client_is_refused() -> None:
     live = LiveRound.start(n=8, neighbours=2, threshold=2).run_to(Stage.CONSISTENCY_CHECK)
     client = live.clients[VICTIM]
     others = [c for c in live.config.roster if c != VICTIM and c not in client.neighbours]
-    with pytest.raises(CohortTooSmallError, match="no neighbour this client masked with"):
+    with pytest.raises(CohortTooSmallError, match="of the neighbours this client masked with survive"):
         client.handle(ConsistencyRequest((VICTIM, *others)))
 
 
@@ -172,10 +173,12 @@ def test_survivor_signatures_must_verify() -> None:
 
 
 def test_too_few_survivor_signatures_are_refused() -> None:
-    live = LiveRound.start(n=5).run_to(Stage.UNMASK)
+    """t signatures are not enough: the set needs more than half the roster's."""
+    live = LiveRound.start(n=9, neighbours=4).run_to(Stage.UNMASK)
     request = live.server.request_for(VICTIM)
-    few = request.signatures[: live.config.threshold - 1]
-    with pytest.raises(ThresholdNotMetError):
+    assert live.config.threshold < 5
+    few = request.signatures[:4]  # t of them, but not > 9 / 2
+    with pytest.raises(SurvivorQuorumError, match="5 are required"):
         live.clients[VICTIM].handle(dataclasses.replace(request, signatures=few))
 
 

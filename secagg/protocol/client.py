@@ -50,10 +50,21 @@ from secagg.errors import (
     PrivacyPolicyError,
     ProtocolError,
     SessionMismatchError,
+    SurvivorQuorumError,
     SurvivorSetMismatchError,
     ThresholdNotMetError,
 )
-from secagg.protocol.config import ClientPolicy, RoundConfig, check_enrolment
+from secagg.protocol.config import (
+    ClientPolicy,
+    RoundConfig,
+    check_enrolment,
+    check_round_floors,
+)
+from secagg.protocol.consistency import (
+    consistency_quorum,
+    require_owner_signatures,
+    require_unique_survivor_set,
+)
 from secagg.protocol.dp import DPInputSummary
 from secagg.protocol.graph import neighbour_graph
 from secagg.protocol.masking import (
@@ -93,27 +104,6 @@ def raw_public(key: X25519PrivateKey) -> bytes:
     return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
-def check_survivor_signatures(
-    config: RoundConfig,
-    survivors: frozenset[str],
-    signatures: tuple[ConsistencySignature, ...],
-    identities: Mapping[str, VerifyingIdentity],
-) -> int:
-    """Verify every consistency signature over `survivors`; return how many distinct signers."""
-    message = survivor_set_message(config.session_id, survivors)
-    signers: set[str] = set()
-    for item in signatures:
-        if item.client_id not in survivors:
-            raise SurvivorSetMismatchError(
-                f"consistency signature from {item.client_id!r}, who is not a survivor"
-            )
-        if item.client_id in signers:
-            raise InvalidMessageError(f"two consistency signatures from {item.client_id!r}")
-        identities[item.client_id].verify(item.signature, message)
-        signers.add(item.client_id)
-    return len(signers)
-
-
 class ClientSession:
     """One client's participation in one SecAgg+ round."""
 
@@ -139,21 +129,7 @@ class ClientSession:
                 "the round's global model hash differs from the model this client holds; "
                 "refusing (model inconsistency)"
             )
-        if config.size < policy.min_cohort:
-            raise CohortTooSmallError(
-                f"round roster has {config.size} clients, below this client's minimum cohort "
-                f"{policy.min_cohort}"
-            )
-        if config.threshold < policy.min_threshold:
-            raise CohortTooSmallError(
-                f"round threshold {config.threshold} is below this client's minimum threshold "
-                f"{policy.min_threshold}"
-            )
-        if config.dimension > policy.max_dimension:
-            raise ConfigError(
-                f"round dimension {config.dimension} exceeds this client's limit "
-                f"{policy.max_dimension}"
-            )
+        check_round_floors(config, policy)
         self._dp_pipeline: ClientDPPipeline | None = None
         self._dp_floor = 0
         self._ledger_events: tuple[DpEvent, ...] = ()
@@ -439,13 +415,15 @@ class ClientSession:
                 f"the server asks for both the self-mask share and the key share of {both}; "
                 "revealing both would unmask their inputs, refusing"
             )
-        signers = check_survivor_signatures(
-            self.config, survivors, request.signatures, self._identities
+        signers = require_unique_survivor_set(
+            self.session_id,
+            self.config.size,
+            self.policy.max_colluders,
+            survivors,
+            request.signatures,
+            self._identities,
         )
-        if signers < self.config.threshold:
-            raise ThresholdNotMetError(
-                f"{signers} valid consistency signatures, {self.config.threshold} required"
-            )
+        require_owner_signatures(frozenset(self._held) & survivors, signers)
         self_mask_shares, key_shares = [], []
         for owner, (b_share, s_share) in sorted(self._held.items()):
             if owner in survivors:
@@ -478,16 +456,26 @@ class ClientSession:
                 f"{floor} (max of threshold, minimum cohort and, in a DP round, min_clients "
                 "plus assumed colluders); refusing to sign"
             )
+        quorum = consistency_quorum(self.config.size, self.policy.max_colluders)
+        if len(survivors) < quorum:
+            raise SurvivorQuorumError(
+                f"survivor set of {len(survivors)} clients cannot gather the {quorum} signatures "
+                f"(more than half of the roster of {self.config.size} plus "
+                f"{self.policy.max_colluders} assumed colluders) that make it the round's only "
+                "survivor set; refusing to sign"
+            )
         strangers = sorted((survivors & self._neighbours) - self._mask_peers)
         if strangers:
             raise SurvivorSetMismatchError(
                 f"survivors {strangers} are neighbours that never sent this client shares, so "
                 "they cannot have masked with it: the server's views are inconsistent"
             )
-        if not survivors & self._mask_peers:
+        surviving_peers = len(survivors & self._mask_peers)
+        if surviving_peers <= self.policy.max_colluders:
             raise CohortTooSmallError(
-                "no neighbour this client masked with survives: revealing its self-mask would "
-                "expose its update alone; refusing to sign"
+                f"{surviving_peers} of the neighbours this client masked with survive, not more "
+                f"than the {self.policy.max_colluders} colluders it assumes: revealing its "
+                "self-mask would let them and the server expose its update; refusing to sign"
             )
         return survivors
 

@@ -18,8 +18,9 @@ from secagg.crypto.encoding import encode_fields
 from secagg.crypto.envelope import AeadAlgorithm
 from secagg.crypto.identity import SigningIdentity, VerifyingIdentity
 from secagg.dp.config import NoisePlacement
-from secagg.errors import ConfigError, RingOverflowError
+from secagg.errors import CohortTooSmallError, ConfigError, RingOverflowError
 from secagg.protocol.dp import RoundDP
+from secagg.protocol.graph import effective_degree
 from secagg.quantize import QuantizationConfig
 
 MODEL_HASH_BYTES = 32
@@ -135,8 +136,6 @@ class RoundConfig:
     @property
     def neighbourhood_size(self) -> int:
         """Share holders per client: its effective degree plus itself."""
-        from secagg.protocol.graph import effective_degree
-
         return effective_degree(self.size, self.neighbours) + 1
 
     @property
@@ -264,3 +263,43 @@ def check_enrolment(
         raise ConfigError(f"no enrolled identity for roster members {missing}")
     if roster_identities[client_id] != identity.verifying():
         raise ConfigError(f"the signing identity given does not match {client_id!r}'s enrolment")
+
+
+def check_round_floors(config: RoundConfig, policy: ClientPolicy) -> None:
+    """Refuse a round shaped below this client's own floors, before any key leaves.
+
+    Why each floor: a small roster or threshold makes the sum close to one input; a
+    degree below 2 (beyond two clients) splits the Harary graph into pairs; a threshold
+    of at most `max_colluders` lets the colluders alone rebuild a neighbour's secrets;
+    and in classic SecAgg (complete graph) 2t <= n + c is Bonawitz et al.'s bound below
+    which the active-adversary argument fails, so it is refused outright.
+    """
+    n, t, c = config.size, config.threshold, policy.max_colluders
+    if n < policy.min_cohort:
+        raise CohortTooSmallError(
+            f"round roster has {n} clients, below this client's minimum cohort {policy.min_cohort}"
+        )
+    if t < policy.min_threshold:
+        raise CohortTooSmallError(
+            f"round threshold {t} is below this client's minimum threshold {policy.min_threshold}"
+        )
+    if config.dimension > policy.max_dimension:
+        raise ConfigError(
+            f"round dimension {config.dimension} exceeds this client's limit {policy.max_dimension}"
+        )
+    degree = effective_degree(n, config.neighbours)
+    if degree < min(policy.min_neighbours, n - 1):
+        raise CohortTooSmallError(
+            f"round neighbour degree k={degree} is below this client's floor "
+            f"{policy.min_neighbours}: the neighbour graph would fall apart into small groups"
+        )
+    if t <= c:
+        raise CohortTooSmallError(
+            f"round threshold {t} does not exceed the {c} colluders this client assumes: they "
+            "could rebuild its secrets on their own"
+        )
+    if degree == n - 1 and 2 * t <= n + c:
+        raise CohortTooSmallError(
+            f"classic SecAgg round (complete graph of {n}) with threshold {t}: with {c} assumed "
+            f"colluders it needs 2t > n + c, i.e. t >= {(n + c) // 2 + 1}"
+        )

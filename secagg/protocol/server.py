@@ -37,6 +37,7 @@ from secagg.errors import (
 )
 from secagg.protocol.client import raw_public
 from secagg.protocol.config import RoundConfig
+from secagg.protocol.consistency import consistency_quorum
 from secagg.protocol.graph import neighbour_graph
 from secagg.protocol.masking import (
     COMMITMENT_BYTES,
@@ -417,10 +418,19 @@ class ServerRound:
                 self._move(Stage.MASKED_INPUT)
             elif self.stage is Stage.MASKED_INPUT:
                 self._quorum(len(self._uploaded), "clients uploaded masked input")
+                self._signer_quorum(len(self._uploaded), "clients uploaded masked input")
                 self._survivors = frozenset(self._uploaded)
                 self._move(Stage.CONSISTENCY_CHECK)
             elif self.stage is Stage.CONSISTENCY_CHECK:
                 self._quorum(len(self._signatures), "clients signed the survivor set")
+                self._signer_quorum(len(self._signatures), "clients signed the survivor set")
+                unsigned = sorted(self._survivors - set(self._signatures))
+                if unsigned:
+                    raise ThresholdNotMetError(
+                        f"round {self.config.round_id} failed at stage {self.stage.value}: "
+                        f"survivors {unsigned[:5]} uploaded but did not sign the survivor set, "
+                        "and clients reveal self-mask shares only for survivors that signed"
+                    )
                 self._move(Stage.UNMASK)
             elif self.stage is Stage.UNMASK:
                 self._quorum(len(self._reveals), "clients revealed shares")
@@ -438,6 +448,17 @@ class ServerRound:
             raise ThresholdNotMetError(
                 f"round {self.config.round_id} failed at stage {self.stage.value}: only {count} "
                 f"{what}, the quorum is {self.quorum} (threshold {self.config.threshold})"
+            )
+
+    def _signer_quorum(self, count: int, what: str) -> None:
+        """Fail now rather than let every client refuse: no client reveals against a
+        survivor set signed by half the roster or fewer (secagg.protocol.consistency)."""
+        needed = consistency_quorum(self.config.size)
+        if count < needed:
+            raise ThresholdNotMetError(
+                f"round {self.config.round_id} failed at stage {self.stage.value}: only {count} "
+                f"{what}; clients reveal shares only for a survivor set signed by more than "
+                f"half of the roster of {self.config.size} ({needed})"
             )
 
     def _move(self, target: Stage) -> None:
