@@ -89,6 +89,7 @@ from typing import Any
 
 import cryptography
 import numpy as np
+from consistency_cost import MASK_DIMENSION, consistency_records
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fedveil.simulation import (
@@ -100,7 +101,7 @@ from fedveil.simulation import (
 )
 from secagg.protocol.graph import effective_degree
 from secagg.protocol.stages import Stage
-from secagg.quantize import quantize
+from secagg.quantize import dtype_for_bits, quantize
 
 DIMENSIONS = (100_000, 1_000_000, 4_000_000)
 COHORTS = (10, 50)
@@ -464,6 +465,28 @@ def table_row(record: Mapping[str, Any]) -> str:
     return " ".join(cells)
 
 
+def report_consistency(path: Path, bits: int, repeats: int, machine: dict[str, Any]) -> None:
+    """The one-survivor-set rule's cost (benchmarks/consistency_cost.py), as a table + JSON."""
+    limit = KeystreamLimit(MASK_DIMENSION + 1, dtype_for_bits(bits))
+    rows = consistency_records(limit, repeats=repeats)
+    print(
+        "# consistency quorum: signatures, download bytes, verify time vs mask floor, "
+        "dropout tolerance (old rule -> new rule)",
+        flush=True,
+    )
+    for r in rows:
+        print(
+            f"# n={r['n']:3d} k={r['k']:2d} t={r['t']:2d} signatures {r['signatures_before']}"
+            f" -> {r['signatures_after']}, instructions {r['instructions_bytes_before']} B -> "
+            f"{r['instructions_bytes_after']} B, verify {r['verify_s_before'] * 1e3:.2f} ms -> "
+            f"{r['verify_s_after'] * 1e3:.2f} ms = {r['verify_ratio_after']:.3f} x the "
+            f"{r['mask_floor_s'] * 1e3:.1f} ms mask floor (d={r['mask_dimension']}), "
+            f"tolerance {r['tolerance_before']:.2f} -> {r['tolerance_after']:.2f}",
+            flush=True,
+        )
+    write_json(path, [{**r, "machine": machine} for r in rows])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="d=1e6 and the default degree only")
@@ -476,6 +499,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--seed", type=int, default=20240601, help="numpy seed for inputs and dropouts"
+    )
+    parser.add_argument(
+        "--consistency-json",
+        type=Path,
+        help="also measure the consistency quorum's cost at n=50 and n=500 and write it here",
     )
     args = parser.parse_args(argv)
     if args.repeats < 1:
@@ -512,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             write_json(args.json, records)
     elapsed = time.perf_counter() - start
     print(f"# {len(records)} configurations in {elapsed:.1f} s", flush=True)
+    if args.consistency_json is not None:
+        report_consistency(args.consistency_json, args.bits, args.repeats, machine)
     failed = [r for r in records if not r["round_ok"]]
     for r in failed:
         print(
