@@ -19,9 +19,17 @@ make_private, can leave LoRA parameters, optimizer state and Opacus' hooks on di
 tensors or devices; prepare_lora_model moves the base model first and then checks every
 LoRA parameter is on the device, trainable, and the only trainable thing.
 
-Randomness: Opacus draws DP noise from torch's generator unless secure_mode=True, which
-needs the `torchcsprng` package; without it secure_mode fails loudly here, it is never
-silently dropped. For production DP, install torchcsprng and set secure_mode=True.
+Randomness: the Gaussian noise and the Poisson batch masks, the two draws the privacy
+claim rests on, come from the OS's cryptographically secure generator, never from torch's
+seeded one (otherwise anyone who knows the config seed regenerates the noise and the
+reported epsilon does not hold against them). secure_mode=True asks Opacus for its own
+secure generator, which needs the `torchcsprng` package (not installed here: it fails
+loudly, it is never silently dropped); by default make_private switches the session to
+clients.dp_randomness (ChaCha20 keyed from os.urandom per draw, with Opacus' secure_mode
+noise recipe). Opacus still warns "Secure RNG turned off" about its own generator, which
+is then unused; its warnings are never silenced here. torch.manual_seed keeps governing
+data order and dropout only. Fixed-size batches (poisson_sampling=False) are refused:
+every accountant offered here assumes Poisson sampling.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ from peft import PeftConfig, PeftModel, get_peft_model
 from torch import nn
 from torch.utils.data import DataLoader
 
+from clients.dp_randomness import use_os_csprng
 from secagg.dp.events import GaussianEvent
 from secagg.errors import ConfigError
 
@@ -46,6 +55,8 @@ PerSampleLoss = Callable[[nn.Module, Any], torch.Tensor]
 breaks the per-sample sensitivity; compute the loss per sample and let this module average.)"""
 
 _ACCOUNTANTS = ("prv", "rdp", "gdp")
+_POISSON_ACCOUNTANTS = frozenset(_ACCOUNTANTS)
+"""Accountants whose epsilon assumes Poisson-subsampled steps (all of Opacus' three)."""
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -112,6 +123,8 @@ class DPSGDConfig:
     epochs: int = 1
     accountant: str = "prv"
     secure_mode: bool = False
+    """True: Opacus' own secure generator (needs torchcsprng). False: the OS CSPRNG via
+    clients.dp_randomness. Either way no privacy draw comes from torch's generator."""
     poisson_sampling: bool = True
     grad_sample_mode: str = "hooks"
 
@@ -137,6 +150,12 @@ class DPSGDConfig:
             raise ConfigError(f"epochs must be an integer >= 1, got {self.epochs!r}")
         if self.accountant not in _ACCOUNTANTS:
             raise ConfigError(f"accountant must be one of {_ACCOUNTANTS}, got {self.accountant!r}")
+        if not self.poisson_sampling and self.accountant in _POISSON_ACCOUNTANTS:
+            raise ConfigError(
+                f"poisson_sampling=False with accountant {self.accountant!r}: that accountant "
+                f"assumes Poisson sampling, so fixed-size batches would make the reported "
+                f"epsilon wrong; keep poisson_sampling=True"
+            )
         if self.grad_sample_mode != "hooks":
             raise ConfigError(
                 f"grad_sample_mode must be 'hooks' (the mode LoRA layers are tested with), got "
@@ -254,7 +273,9 @@ def make_private(
     model: nn.Module, optimizer: torch.optim.Optimizer, data_loader: DataLoader, config: DPSGDConfig
 ) -> DPSGDSession:
     """Wrap with Opacus (hooks mode): per-sample clipping to max_grad_norm, Gaussian noise,
-    Poisson sampling, the chosen accountant. The model must already be on its device."""
+    Poisson sampling, the chosen accountant. The model must already be on its device.
+    The noise and the Poisson batches come from a CSPRNG seeded by the OS: Opacus' own
+    with secure_mode, else clients.dp_randomness (torch's generator draws neither)."""
     try:
         engine = PrivacyEngine(accountant=config.accountant, secure_mode=config.secure_mode)
     except ImportError as exc:
@@ -280,4 +301,6 @@ def make_private(
     else:
         private = engine.make_private(noise_multiplier=config.noise_multiplier, **common)
     module, dp_optimizer, loader = private[0], private[1], private[-1]
+    if not config.secure_mode:
+        use_os_csprng(dp_optimizer, loader)
     return DPSGDSession(module, dp_optimizer, loader, engine, config)

@@ -15,6 +15,11 @@ refused with PrivacyBudgetExceededError and leaves the adapter untouched.
 Why calibrate for the whole run: the noise multiplier is the smallest z (secagg.dp's
 PRV accountant, the one the ledger uses) with which `rounds` rounds of Poisson-sampled
 steps (rate batch_size / n, ceil(n / batch_size) steps per round) stay within epsilon.
+
+Why the round seed does not fix the noise: DP-SGD's noise and Poisson batches come from
+the OS's cryptographically secure generator (clients.dp_sgd), so rerunning a round with
+the same config seed draws fresh ones; the seed still fixes dropout. A private round is
+therefore not reproducible, by design; a non-private one still is.
 """
 
 from __future__ import annotations
@@ -152,20 +157,19 @@ class DPTrainer:
         optimizer = torch.optim.AdamW(
             params, lr=train_config.learning_rate, weight_decay=train_config.weight_decay
         )
-        with warnings.catch_warnings():
-            # Opacus warns that secure_mode is off (documented in clients.dp_sgd).
-            warnings.filterwarnings("ignore", message=".*[Ss]ecure.*")
-            self.session: DPSGDSession = make_private(
-                model,
-                optimizer,
-                loader,
-                DPSGDConfig(
-                    max_grad_norm=dp.clip_norm,
-                    noise_multiplier=self.noise_multiplier,
-                    target_delta=dp.delta,
-                    accountant=dp.accountant,
-                ),
-            )
+        # Noise and Poisson batches from the OS CSPRNG (clients.dp_sgd); Opacus' warnings,
+        # "Secure RNG turned off" about its own unused generator included, are left on.
+        self.session: DPSGDSession = make_private(
+            model,
+            optimizer,
+            loader,
+            DPSGDConfig(
+                max_grad_norm=dp.clip_norm,
+                noise_multiplier=self.noise_multiplier,
+                target_delta=dp.delta,
+                accountant=dp.accountant,
+            ),
+        )
         self.steps_per_round = steps_per_round(len(data), train_config.batch_size)
 
     @property
@@ -203,7 +207,9 @@ class DPTrainer:
             # inputs of the frozen base never require grad; Opacus' hooks still fire on the
             # LoRA modules' outputs, which is all they need.
             warnings.filterwarnings("ignore", message=".*Full backward hook is firing.*")
-            torch.manual_seed(config.seed)  # Poisson sampling, noise and dropout
+            # Dropout only: the noise and the Poisson batches come from the OS CSPRNG, so
+            # knowing this seed does not replay them (clients.dp_randomness).
+            torch.manual_seed(config.seed)
             with tqdm(
                 total=self.steps_per_round, desc=desc, disable=not config.progress, leave=False
             ) as bar:

@@ -6,7 +6,9 @@ to the same start, so all parties hold the identical global adapter after every 
 without it ever being sent (the layout fingerprint and base hash guard that assumption).
 
 Why the round seed is derived from (seed, party, round): a party's run is reproducible,
-and two parties never share a data order or dropout mask by accident.
+and two parties never share a data order or dropout mask by accident. With DP-SGD the
+noise and Poisson batches are not seeded (OS CSPRNG, clients.dp_sgd): a private round
+rerun with the same seed differs, so nobody can replay its noise from the config.
 """
 
 from __future__ import annotations
