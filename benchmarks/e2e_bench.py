@@ -21,10 +21,10 @@ How one round is measured:
   and weights uniform in [1, 1000], from numpy seeded by (--seed, n, d), generated once
   per (n, d) before anything is timed and shared by both modes and every repetition.
 - Server: `python -m fedveil.cli server --config C --keys-dir K --port 0 --state-dir S
-  --dimension d --rounds 0 --stage-timeout-s 120 --min-cohort 3`, where C is a TOML file
-  holding only `[round] mode = ...`, started as a SUBPROCESS (so its memory is its own),
-  fresh for every repetition with a fresh state folder. Its port is parsed from its
-  "fedveil server listening on HOST:PORT" line. `--rounds 0` and SIGTERM after the
+  --dimension d --rounds 0 --stage-timeout-s 120 --min-cohort 3 --model-hash H`, where
+  C is a TOML file holding only `[round] mode = ...`, started as a SUBPROCESS (so its
+  memory is its own), fresh for every repetition with a fresh state folder. Its port is
+  parsed from its "fedveil server listening on HOST:PORT" line. `--rounds 0` and SIGTERM after the
   measurement, rather than `--rounds 1`, so the server is certainly alive to be measured
   when the last client has its result (a `--rounds 1` server exits once every result
   was fetched, which races with reading its memory).
@@ -84,6 +84,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import hashlib
 import logging
 import os
 import re
@@ -118,6 +119,8 @@ MAX_WEIGHT = 1000
 CLIP = 1.0
 STAGE_TIMEOUT_S = 120.0
 MIN_COHORT = 3
+# The base model the server and every client hold (each round chains it with its result).
+BENCH_MODEL_HASH = hashlib.sha256(b"fedveil-bench-base-model").digest()
 SERVER_START_TIMEOUT_S = 60.0
 PLAINTEXT_TOLERANCE = 1e-6
 LISTENING = re.compile(r"fedveil server listening on (\S+):(\d+)")
@@ -294,6 +297,7 @@ class ServerProcess:
             "--rounds", "0",
             "--stage-timeout-s", str(STAGE_TIMEOUT_S),
             "--min-cohort", str(MIN_COHORT),
+            "--model-hash", BENCH_MODEL_HASH.hex(),
         ]  # fmt: skip
         with open(self._stdout_path, "wb") as out, open(self.log_path, "wb") as err:
             self.proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=err)
@@ -423,7 +427,11 @@ async def run_one_round(
                     creds.identity,
                     roster,
                     security,
-                    policy=ClientPolicy(min_cohort=MIN_COHORT, min_threshold=2),
+                    base_model_hash=BENCH_MODEL_HASH,
+                    # the benchmark opts in to the mode it measures, plaintext included
+                    policy=ClientPolicy(
+                        min_cohort=MIN_COHORT, min_threshold=2, allowed_modes=frozenset({mode})
+                    ),
                 )
             )
         infos = await asyncio.gather(*(client.get_round() for client in clients))  # connect

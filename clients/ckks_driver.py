@@ -20,18 +20,22 @@ from proto import aggregation_pb2 as pb
 from proto import convert_ckks
 from secagg.ckks.client_session import CkksClientSession
 from secagg.ckks.messages import CkksResult
+from secagg.protocol.model_chain import payload_digest
 
 logger = logging.getLogger("clients.transport")
 
 
 @dataclass(frozen=True)
 class CkksOutcome:
-    """A decrypted CKKS round result."""
+    """A decrypted CKKS round result; `payload_sha256` and `header` are what was
+    downloaded (the summed ciphertexts and their header), for the result digest."""
 
     round_id: int
     survivors: tuple[str, ...]
     weighted_mean: np.ndarray
     total_weight: float
+    payload_sha256: bytes = b""
+    header: pb.ResultHeader | None = None
 
 
 @dataclass
@@ -83,7 +87,14 @@ class CkksRoundDriver:
         header, pieces = await self._result()
         result = CkksResult(tuple(header.survivors), tuple(pieces))
         mean, total_weight = await asyncio.to_thread(self.session.decrypt, result)
-        return CkksOutcome(self.round_id, result.survivors, mean, total_weight)
+        return CkksOutcome(
+            self.round_id,
+            result.survivors,
+            mean,
+            total_weight,
+            payload_sha256=payload_digest(pieces),
+            header=header,
+        )
 
     async def _obtain_keys(self) -> None:
         """Advertise; then publish the epoch's keys (holder) or fetch this client's."""

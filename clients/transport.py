@@ -14,8 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Coroutine, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -33,12 +33,14 @@ from clients.calls import (
 from clients.ckks_driver import CkksRoundDriver
 from clients.credentials import ClientCredentials
 from clients.errors import TransportError
+from clients.mode_policy import require_allowed_mode
 from clients.streams import (
     ChunkedPayload,
     TensorLayout,
     as_update_vector,
     layout_from_pb,
 )
+from clients.weights import WeightMode, effective_weight
 from proto import aggregation_pb2 as pb
 from proto import aggregation_pb2_grpc as pb_grpc
 from proto.convert import (
@@ -58,6 +60,7 @@ from secagg.ckks.client_session import CkksClientSession, EpochKeyStore
 from secagg.crypto.identity import SigningIdentity, VerifyingIdentity
 from secagg.dp.accounting import EpsilonReport
 from secagg.dp.budget import PrivacyBudget, PrivacyLedger
+from secagg.dp.config import NoisePlacement
 from secagg.dp.report import RoundPrivacyReport
 from secagg.errors import (
     ConfigError,
@@ -66,8 +69,18 @@ from secagg.errors import (
     SurvivorSetMismatchError,
 )
 from secagg.protocol import messages as m
+from secagg.protocol.aggregate_bounds import (
+    CohortLimits,
+    ValueLimits,
+    bounded_value_limits,
+    check_cohort,
+    check_values,
+    dp_value_limits,
+    secagg_value_limits,
+)
 from secagg.protocol.client import ClientSession
 from secagg.protocol.config import ClientPolicy
+from secagg.protocol.model_chain import ModelChain, mean_payload_digest, result_digest
 from secagg.protocol.stages import Stage
 
 logger = logging.getLogger(__name__)
@@ -76,6 +89,9 @@ DEFAULT_UNARY_TIMEOUT_S = 30.0
 # CKKS has no analytic per-element bound here; this is the bound its tests hold it to
 # (max |error| <= 1e-6 x the value bound; measured about 1e-8).
 CKKS_TESTED_ERROR = 1e-6
+# What the aggregate sanity bound allows CKKS on top of the value bound (relative): 100x
+# the tested error, so an honest result is never refused; a crafted one gains 1e-4.
+CKKS_PLAUSIBLE_ERROR = 1e-4
 DEFAULT_JOIN_TIMEOUT_S = 60.0
 # Used when a spec publishes no stage timeout: long enough for a slow cohort's stage.
 FALLBACK_STAGE_TIMEOUT_S = 300.0
@@ -170,6 +186,8 @@ class AggregateResult:
     `privacy.round_epsilon`, `privacy.noise_multiplier`, `privacy.clip_norm`,
     `privacy.noise_std` per element; `privacy.to_dict()` for JSON); `privacy_spent` is this
     client's own ledger after the round (None without a privacy budget).
+    `result_digest`: the digest of the result as this client received it; the client's
+    next round's model hash chains it (secagg.protocol.model_chain).
     """
 
     round_id: int
@@ -180,6 +198,7 @@ class AggregateResult:
     layout: TensorLayout | None = None
     privacy: RoundPrivacyReport | None = None
     privacy_spent: EpsilonReport | None = None
+    result_digest: bytes | None = None
 
     def as_tensors(self, layout: TensorLayout | None = None) -> dict[str, np.ndarray]:
         """The mean split into named float64 tensors (by `layout`, or the round's own)."""
@@ -339,13 +358,24 @@ class AsyncAggregationClient:
         roster_identities: Mapping[str, VerifyingIdentity],
         security: TransportSecurity,
         policy: ClientPolicy | None = None,
-        expected_model_hash: bytes | None = None,
+        *,
+        base_model_hash: bytes,
+        model_chain: ModelChain | None = None,
         retry: RetryPolicy | None = None,
         rpc_timeout_s: float | None = None,
         ckks_workers: int = 1,
         privacy_budget: PrivacyBudget | PrivacyLedger | None = None,
     ) -> None:
-        """`privacy_budget`: the most (epsilon, delta) this client spends over the run (or
+        """`base_model_hash` (required): SHA-256 of the base model this client holds (e.g.
+        clients.lora.base_model_hash). The client derives each round's model hash itself
+        from it and from the last result it accepted (secagg.protocol.model_chain), and
+        refuses, before sending anything, a round that announces another one
+        (SessionMismatchError). `model_chain` resumes a chain kept from an earlier run
+        (`client.model_chain` after its last round); without it the chain starts at the
+        base model, so a client that joins a federation after its first round must pass
+        the chain of the rounds it missed.
+
+        `privacy_budget`: the most (epsilon, delta) this client spends over the run (or
         a PrivacyLedger to carry on one). With it the client takes part only in DP rounds
         (central DP only if policy.accept_central_dp), and raises PrivacyBudgetExceededError
         before sending anything when a round would take it past the budget."""
@@ -369,7 +399,11 @@ class AsyncAggregationClient:
         self._roster = dict(roster_identities)
         self._security = security
         self._policy = policy
-        self._expected_model_hash = expected_model_hash
+        if model_chain is None:
+            model_chain = ModelChain(base_model_hash)
+        elif model_chain.base_model_hash != base_model_hash:
+            raise ConfigError("model_chain starts from another base model than base_model_hash")
+        self._chain = model_chain
         self._retry = retry or RetryPolicy()
         self._rpc_timeout_s = rpc_timeout_s
         if ckks_workers < 1:
@@ -392,6 +426,11 @@ class AsyncAggregationClient:
     def privacy_ledger(self) -> PrivacyLedger | None:
         """This client's privacy ledger (`.report()`: epsilon spent so far), if budgeted."""
         return self._ledger
+
+    @property
+    def model_chain(self) -> ModelChain:
+        """The base model and the last result this client accepted (keep it to resume)."""
+        return self._chain
 
     def _ensure_stub(self) -> pb_grpc.AggregationStub:
         if self._closed:
@@ -459,15 +498,28 @@ class AsyncAggregationClient:
         weight: int,
         *,
         join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S,
+        weight_mode: WeightMode | str = WeightMode.EXACT,
     ) -> AggregateResult:
         """Join the next round, take part in every stage, and return the aggregate.
 
         `update` is a 1-D vector, or a dict of named tensors (numpy or torch) that is
         flattened in sorted-name order; the result then splits back with `as_tensors()`.
+        `weight` is this client's example count; `weight_mode` (clients.weights) decides
+        how much of it is sent: exact, fixed (1) or bucketed (next power of two), so the
+        total weight across rounds does not reveal small changes in a client's data.
+        A mode the policy does not allow (policy.allowed_modes) is refused with
+        ModeDowngradeError before anything but the GetRound poll was sent.
         """
         vector, layout = as_update_vector(update)
+        weight_mode = WeightMode.parse(weight_mode)
         info = await self.wait_for_round(timeout_s=join_timeout_s)
         spec = info.spec
+        require_allowed_mode(int(spec.round_id), int(spec.mode), self._policy)
+        weight = effective_weight(
+            weight, weight_mode, max_weight=int(spec.quantization.max_weight) or None
+        )
+        # Before anything is sent: the round must be about the model this client holds.
+        self._chain.check(int(spec.round_id), bytes(spec.model_hash))
         layout = _fit_layout(spec, vector, layout)
         if spec.chunk_bytes <= 0:
             raise ConfigError(f"round {spec.round_id} publishes no upload chunk size")
@@ -481,13 +533,29 @@ class AsyncAggregationClient:
             return await self._run_ckks(spec, vector, weight, layout)
         if spec.mode == pb.AGGREGATION_MODE_PLAINTEXT:
             header, mean = await self._run_plaintext(spec, vector, weight)
-            return AggregateResult(
+            plain = AggregateResult(
                 round_id=int(header.round_id),
                 survivors=tuple(header.survivors),
                 total_weight=int(header.total_weight),
                 weighted_mean=mean,
                 error_bound=float(header.error_bound),
                 layout=layout,
+            )
+            clip, dimension = float(spec.quantization.clip), int(spec.dimension)
+            return self._accept(
+                plain,
+                mode="plaintext",
+                header=header,
+                payload_sha256=mean_payload_digest(mean),
+                cohort=CohortLimits(
+                    plain.round_id,
+                    self.client_id,
+                    frozenset(spec.roster),
+                    int(spec.threshold),
+                    int(spec.quantization.max_weight),
+                    own_weight=weight,
+                ),
+                values=lambda n, w: bounded_value_limits(clip, dimension, 0.0),
             )
         config = spec_to_config(spec)
         session = ClientSession(
@@ -496,7 +564,7 @@ class AsyncAggregationClient:
             self._identity,
             self._roster,
             self._policy,
-            expected_model_hash=self._expected_model_hash,
+            expected_model_hash=self._chain.model_hash,
             ledger=self._ledger,
         )
         session.set_input(vector, weight)
@@ -529,7 +597,7 @@ class AsyncAggregationClient:
                     f"multiplier / clip norm {(privacy.noise_multiplier, privacy.clip_norm)}, "
                     f"but the round this client joined used {published}"
                 )
-        return AggregateResult(
+        result = AggregateResult(
             round_id=int(header.round_id),
             survivors=tuple(header.survivors),
             total_weight=int(header.total_weight),
@@ -539,6 +607,62 @@ class AsyncAggregationClient:
             privacy=privacy,
             privacy_spent=session.privacy_spent,
         )
+        dp = config.dp
+        floor = max(config.threshold, int(spec.min_cohort))
+        if dp is not None and dp.config.placement is NoisePlacement.CLIENTS:
+            floor = max(floor, dp.config.min_clients)
+        dp_config = dp.config if dp is not None else None
+
+        def values(survivors: int, total_weight: int) -> ValueLimits:
+            if dp_config is not None:
+                return dp_value_limits(dp_config, survivors)
+            return secagg_value_limits(
+                config.quantization, config.dimension, survivors, total_weight
+            )
+
+        return self._accept(
+            result,
+            mode="secagg",
+            header=header,
+            payload_sha256=mean_payload_digest(mean),
+            cohort=CohortLimits(
+                result.round_id,
+                self.client_id,
+                frozenset(config.roster),
+                floor,
+                config.quantization.max_weight,
+                own_weight=None if dp is not None else weight,
+                weight_per_survivor=1 if dp is not None else None,
+            ),
+            values=values,
+        )
+
+    def _accept(
+        self,
+        result: AggregateResult,
+        *,
+        mode: str,
+        header: pb.ResultHeader | None,
+        payload_sha256: bytes,
+        cohort: CohortLimits,
+        values: Callable[[int, int], ValueLimits],
+    ) -> AggregateResult:
+        """Refuse an aggregate no honest cohort could produce (ImplausibleAggregateError,
+        secagg.protocol.aggregate_bounds), then chain the result as received into the
+        next round's model hash (secagg.protocol.model_chain)."""
+        check_cohort(cohort, result.survivors, result.total_weight)
+        limits = values(len(result.survivors), result.total_weight)
+        check_values(result.round_id, result.weighted_mean, limits)
+        digest = result_digest(
+            round_id=result.round_id,
+            mode=mode,
+            survivors=result.survivors,
+            total_weight=int(header.total_weight) if header is not None else 0,
+            error_bound=float(header.error_bound) if header is not None else 0.0,
+            payload_sha256=payload_sha256,
+        )
+        self._chain.advance(result.round_id, digest)
+        return replace(result, result_digest=digest)
 
     async def _run_ckks(
         self, spec: pb.RoundSpec, vector: np.ndarray, weight: int, layout: TensorLayout | None
@@ -552,7 +676,7 @@ class AsyncAggregationClient:
             self._roster,
             self._ckks_keys,
             self._policy,
-            expected_model_hash=self._expected_model_hash,
+            expected_model_hash=self._chain.model_hash,
         )
         if not config.distributes_keys and not session.has_key:
             raise ConfigError(
@@ -570,13 +694,30 @@ class AsyncAggregationClient:
             workers=self._ckks_workers,
         )
         outcome = await driver.run(vector, weight)
-        return AggregateResult(
+        result = AggregateResult(
             round_id=outcome.round_id,
             survivors=outcome.survivors,
             total_weight=round(outcome.total_weight),
             weighted_mean=outcome.weighted_mean,
             error_bound=CKKS_TESTED_ERROR * config.value_bound,
             layout=layout,
+        )
+        return self._accept(
+            result,
+            mode="ckks",
+            header=outcome.header,
+            payload_sha256=outcome.payload_sha256,
+            cohort=CohortLimits(
+                result.round_id,
+                self.client_id,
+                frozenset(config.roster),
+                config.min_cohort,
+                config.max_weight,
+                own_weight=weight,
+            ),
+            values=lambda n, w: bounded_value_limits(
+                config.value_bound, config.dimension, CKKS_PLAUSIBLE_ERROR * config.value_bound
+            ),
         )
 
     async def _run_plaintext(
@@ -650,7 +791,9 @@ class AggregationClient:
         roster_identities: Mapping[str, VerifyingIdentity],
         security: TransportSecurity,
         policy: ClientPolicy | None = None,
-        expected_model_hash: bytes | None = None,
+        *,
+        base_model_hash: bytes,
+        model_chain: ModelChain | None = None,
         retry: RetryPolicy | None = None,
         rpc_timeout_s: float | None = None,
         ckks_workers: int = 1,
@@ -663,11 +806,12 @@ class AggregationClient:
             roster_identities,
             security,
             policy,
-            expected_model_hash,
-            retry,
-            rpc_timeout_s,
-            ckks_workers,
-            privacy_budget,
+            base_model_hash=base_model_hash,
+            model_chain=model_chain,
+            retry=retry,
+            rpc_timeout_s=rpc_timeout_s,
+            ckks_workers=ckks_workers,
+            privacy_budget=privacy_budget,
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
@@ -683,6 +827,10 @@ class AggregationClient:
     @property
     def privacy_ledger(self) -> PrivacyLedger | None:
         return self._client.privacy_ledger
+
+    @property
+    def model_chain(self) -> ModelChain:
+        return self._client.model_chain
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._closed:
@@ -712,8 +860,13 @@ class AggregationClient:
         weight: int,
         *,
         join_timeout_s: float = DEFAULT_JOIN_TIMEOUT_S,
+        weight_mode: WeightMode | str = WeightMode.EXACT,
     ) -> AggregateResult:
-        return self._run(self._client.run_round(update, weight, join_timeout_s=join_timeout_s))
+        return self._run(
+            self._client.run_round(
+                update, weight, join_timeout_s=join_timeout_s, weight_mode=weight_mode
+            )
+        )
 
     def close(self) -> None:
         if self._closed:

@@ -14,6 +14,7 @@ from fedveil.audit_command import add_audit_parser, run_audit_command
 from fedveil.client_command import add_client_parser, run_client
 from fedveil.demo_command import add_demo_parser, run_demo_command
 from fedveil.keys_command import add_keys_parser, run_keys
+from fedveil.model_hash_command import add_model_hash_parser, run_model_hash
 from fedveil.server_command import add_server_parser, run_server
 from fedveil.simulation import (
     CLIENT_STAGES,
@@ -156,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_client_parser(sub)
     add_demo_parser(sub)
     add_audit_parser(sub)
+    add_model_hash_parser(sub)
     args = parser.parse_args(argv)
     if args.command == "simulate-secagg":
         return simulate_secagg(args)
@@ -169,6 +171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_demo_command(args)
     if args.command == "audit":
         return run_audit_command(args)
+    if args.command == "model-hash":
+        return run_model_hash(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -16,8 +16,17 @@ contract rather than depend on the SDK's log wording.
 Options come from flags, or from a TOML file whose [client] table uses the same names
 (`min_cohort` or `min-cohort`); flags override the file. Relative paths are taken from
 the working directory, as `fedveil server` does. Exit status: 0 when every round ended
-with a result, 1 when a round failed or the service refused (the reason on stderr),
-2 for bad arguments, configuration or input files.
+with a result, 1 when a round failed, the service refused, or this client refused the
+server (a protection mode it does not allow: ModeDowngradeError; the reason on stderr),
+2 for bad arguments, configuration or input files (including `--rounds` > 1 without
+DP, which would send one update twice: RepeatedUpdateError).
+
+`--model-hash` (required) is the SHA-256 of the base model this client holds. Each round's
+model hash is derived from it and the results this process accepted (never from the
+server), so a round about another model, or after results this client did not get, is
+refused before anything is sent (SessionMismatchError, exit 1); an aggregate no honest
+cohort could produce is refused too (ImplausibleAggregateError, exit 1). A later run
+resumes the chain with `--previous-result ROUND:DIGEST` from the last summary.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import sys
 import tempfile
 import tomllib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +50,16 @@ import grpc
 import numpy as np
 
 from clients.credentials import ClientCredentials
+from clients.mode_policy import allowed_modes_from_flags
 from clients.roster_file import load_roster_identities
 from clients.streams import as_update_vector
 from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
+from clients.update_guard import RepeatedUpdateGuard
+from clients.weights import WeightMode
 from secagg.dp.budget import PrivacyBudget
 from secagg.errors import ConfigError, FedveilError
 from secagg.protocol.config import ClientPolicy
+from secagg.protocol.model_chain import ModelChain
 from secagg.protocol.stages import Stage
 
 logger = logging.getLogger("fedveil.client")
@@ -92,10 +105,14 @@ class ClientSettings:
     join_timeout_s: float = 60.0
     server_name: str | None = None
     model_hash: str | None = None
+    previous_result: str | None = None
     log_level: str = "INFO"
     privacy_epsilon: float | None = None
     privacy_delta: float = 1e-5
     max_colluders: int = 0
+    allow_mode: tuple[str, ...] = ()
+    allow_plaintext_for_benchmarks: bool = False
+    weight_mode: str = WeightMode.EXACT.value
 
     def __post_init__(self) -> None:
         host, sep, port = self.server.rpartition(":")
@@ -125,10 +142,18 @@ class ClientSettings:
                 size = -1
             if size != 32:
                 raise ConfigError(f"model_hash must be 64 hex characters, got {self.model_hash!r}")
+        if self.previous_result is not None:
+            self.model_chain(bytes(32))  # names a bad value itself
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigError(
                 f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}"
             )
+        if not isinstance(self.allow_mode, list | tuple) or not all(
+            isinstance(mode, str) for mode in self.allow_mode
+        ):
+            raise ConfigError(f"allow_mode must be a list of mode names, got {self.allow_mode!r}")
+        object.__setattr__(self, "allow_mode", tuple(self.allow_mode))
+        WeightMode.parse(self.weight_mode)
         # ClientPolicy and PrivacyBudget name a bad value themselves.
         self.policy()
         self.privacy_budget()
@@ -138,7 +163,27 @@ class ClientSettings:
             min_cohort=self.min_cohort,
             min_threshold=self.min_threshold,
             max_colluders=self.max_colluders,
+            allowed_modes=allowed_modes_from_flags(
+                self.allow_mode, self.allow_plaintext_for_benchmarks
+            ),
         )
+
+    def model_chain(self, base_model_hash: bytes) -> ModelChain:
+        """The chain this run starts from: the base model, plus the last result a previous
+        run applied when --previous-result ROUND:DIGEST is given."""
+        if self.previous_result is None:
+            return ModelChain(base_model_hash)
+        round_text, sep, digest_text = self.previous_result.partition(":")
+        try:
+            digest = bytes.fromhex(digest_text)
+        except ValueError:
+            digest = b""
+        if not sep or not round_text.isdigit() or len(digest) != 32:
+            raise ConfigError(
+                "previous_result must be ROUND:DIGEST (the round id and the 64-hex "
+                f"result_digest of the last round applied), got {self.previous_result!r}"
+            )
+        return ModelChain(base_model_hash, result_digest=digest, round_id=int(round_text))
 
     def privacy_budget(self) -> PrivacyBudget | None:
         """The client-level DP budget over this run, if one was given."""
@@ -172,7 +217,16 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     "min_threshold": (int, "refuse rounds whose threshold t is below this (default 2)"),
     "join_timeout_s": (float, "seconds to wait for a round to open (default 60)"),
     "server_name": (str, "TLS name to expect in the server certificate, if not the host"),
-    "model_hash": (str, "hex SHA-256 of the global model the rounds must be about"),
+    "model_hash": (
+        str,
+        "hex SHA-256 of the base model this client holds (required; the server's "
+        "round.model_hash); each round's model hash chains it with the results applied",
+    ),
+    "previous_result": (
+        str,
+        "ROUND:DIGEST of the last round result this client applied in an earlier run (its "
+        "summary's result_digest), to resume the model chain",
+    ),
     "log_level": (str, "DEBUG, INFO (default), WARNING or ERROR"),
     "privacy_epsilon": (
         float,
@@ -181,6 +235,20 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     ),
     "privacy_delta": (float, "delta of the privacy budget (default 1e-5)"),
     "max_colluders": (int, "DP rounds: clients assumed to collude with the server (default 0)"),
+    "allow_mode": (
+        list,
+        "also take part in rounds of this protection mode (ckks; repeatable); SecAgg only "
+        "by default, any other mode the server announces is refused",
+    ),
+    "allow_plaintext_for_benchmarks": (
+        bool,
+        "also take part in PLAINTEXT rounds, where the server sees the update (benchmarks only)",
+    ),
+    "weight_mode": (
+        str,
+        "exact (default: the example count), fixed (1) or bucketed (next power of two): "
+        "how much of the example count the round's total weight reveals",
+    ),
 }
 
 
@@ -195,7 +263,13 @@ def add_client_parser(
     )
     p.add_argument("--config", type=Path, default=None, help="TOML file with a [client] table")
     for name, (kind, text) in _FLAG_TYPES.items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
+        flag = f"--{name.replace('_', '-')}"
+        if kind is list:
+            p.add_argument(flag, action="append", default=None, help=text)
+        elif kind is bool:
+            p.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            p.add_argument(flag, type=kind, default=None, help=text)
     p.add_argument(
         "--stop-before-stage",
         type=Stage,
@@ -245,6 +319,14 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{source}: {name} must be a path string, got {value!r}")
         return Path(value)
+    if kind is list:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{source}: {name} must be a list of strings, got {value!r}")
+        return tuple(value)
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
+        return value
     if kind is float and _is_int(value):
         return float(value)
     if not isinstance(value, kind) or isinstance(value, bool):
@@ -327,6 +409,8 @@ def _summary(result: AggregateResult) -> dict[str, Any]:
         "total_weight": result.total_weight,
         "error_bound": result.error_bound,
         "dimension": int(result.weighted_mean.shape[0]),
+        # resume a later run after this round with --previous-result ROUND:DIGEST
+        "result_digest": result.result_digest.hex() if result.result_digest else None,
     }
     if result.privacy is not None:
         summary["privacy"] = result.privacy.to_dict()
@@ -485,6 +569,21 @@ class _Prepared:
     settings: ClientSettings
     client: AsyncAggregationClient
     update: np.ndarray | dict[str, np.ndarray]
+    guard: RepeatedUpdateGuard = field(
+        default_factory=lambda: RepeatedUpdateGuard(dp_protected=False)
+    )
+
+
+def _base_model_hash(settings: ClientSettings) -> bytes:
+    """The base model hash (required): each round's model hash is derived from it and the
+    results this process accepted, never taken from the server."""
+    if settings.model_hash is None:
+        raise ConfigError(
+            "missing --model-hash: the hex SHA-256 of the base model this client holds (the "
+            "server's round.model_hash); every round must be about that model plus the "
+            "results this client applied"
+        )
+    return bytes.fromhex(settings.model_hash)
 
 
 def prepare(settings: ClientSettings, stop_before: Stage | None = None) -> _Prepared:
@@ -492,6 +591,10 @@ def prepare(settings: ClientSettings, stop_before: Stage | None = None) -> _Prep
     credentials = ClientCredentials.load(settings.credentials)
     roster = load_roster_identities(settings.roster)
     update = load_update(settings.update)
+    # With a privacy budget the SDK refuses every round without DP noise, so only then may
+    # one update go to several rounds; otherwise refuse now, before anything is sent.
+    guard = RepeatedUpdateGuard(dp_protected=settings.privacy_budget() is not None)
+    guard.check_plan(update, settings.rounds)
     security = ObservedTransportSecurity(
         ca_pem=credentials.ca_pem,
         cert_pem=credentials.cert_pem,
@@ -499,6 +602,7 @@ def prepare(settings: ClientSettings, stop_before: Stage | None = None) -> _Prep
         server_name_override=settings.server_name,
         stop_before=stop_before,
     )
+    base = _base_model_hash(settings)
     client = AsyncAggregationClient(
         settings.server,
         credentials.client_id,
@@ -506,10 +610,11 @@ def prepare(settings: ClientSettings, stop_before: Stage | None = None) -> _Prep
         roster,
         security,
         policy=settings.policy(),
-        expected_model_hash=bytes.fromhex(settings.model_hash) if settings.model_hash else None,
+        base_model_hash=base,
+        model_chain=settings.model_chain(base),
         privacy_budget=settings.privacy_budget(),
     )
-    return _Prepared(settings, client, update)
+    return _Prepared(settings, client, update, guard)
 
 
 async def run_rounds(prepared: _Prepared) -> list[AggregateResult]:
@@ -524,8 +629,12 @@ async def run_rounds(prepared: _Prepared) -> list[AggregateResult]:
                 settings.rounds,
                 settings.server,
             )
+            prepared.guard.admit(prepared.update)
             result = await client.run_round(
-                prepared.update, settings.weight, join_timeout_s=settings.join_timeout_s
+                prepared.update,
+                settings.weight,
+                join_timeout_s=settings.join_timeout_s,
+                weight_mode=settings.weight_mode,
             )
             results.append(result)
             privacy = (

@@ -118,6 +118,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     with ServiceAggregator(
         names,
         keeper.layout.size,
+        base_model_hash=keeper.base_hash,
         mode=options.mode,
         rounds=options.rounds,
         dp_epsilon=dp_epsilon,

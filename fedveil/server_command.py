@@ -39,7 +39,12 @@ _ROUND_FLAGS: tuple[tuple[str, Any, str], ...] = (
     ("stage_timeout_s", float, "seconds each stage waits for missing clients"),
     ("rounds", int, "number of rounds to run (0: until stopped)"),
     ("chunk_bytes", int, "upload/download chunk size in bytes"),
-    ("model_hash", str, "hex SHA-256 of the global model"),
+    (
+        "model_hash",
+        str,
+        "hex SHA-256 of the base model every client holds (required); each round's model "
+        "hash chains it with the previous round's published result",
+    ),
     (
         "dp",
         str,

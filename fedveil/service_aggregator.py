@@ -47,6 +47,9 @@ class ServiceAggregator:
 
     party_ids: Sequence[str]
     dimension: int
+    # SHA-256 of the base model every party holds (required; e.g. Party.base_hash): each
+    # round's model hash chains it with the previous result (secagg.protocol.model_chain).
+    base_model_hash: bytes | None = None
     mode: str = "secagg"
     rounds: int = 0
     clip: float = 1.0
@@ -73,6 +76,10 @@ class ServiceAggregator:
     def __enter__(self) -> ServiceAggregator:
         if len(set(self.party_ids)) != len(self.party_ids) or len(self.party_ids) < 2:
             raise ConfigError(f"need at least two distinct parties, got {list(self.party_ids)}")
+        if self.base_model_hash is None:
+            raise ConfigError(
+                "base_model_hash is required: the SHA-256 of the base model every party holds"
+            )
         if self.work_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="fedveil-demo-")
             self.work_dir = Path(self._tmp.name)
@@ -88,6 +95,7 @@ class ServiceAggregator:
                 bits=self.bits,
                 max_weight=self.max_weight,
                 stage_timeout_s=self.stage_timeout_s,
+                model_hash=self.base_model_hash,
                 **self._dp_settings(),
             ),
             port=0,
@@ -108,7 +116,16 @@ class ServiceAggregator:
                     credentials.identity,
                     roster,
                     TransportSecurity.from_credentials(credentials),
-                    policy=ClientPolicy(min_cohort=len(self.party_ids), min_threshold=2),
+                    base_model_hash=self.base_model_hash,
+                    policy=ClientPolicy(
+                        min_cohort=len(self.party_ids),
+                        min_threshold=2,
+                        # The pin comes from the same local choice that configured this
+                        # in-process server, not from the wire: its clients opt in to
+                        # exactly that mode (plaintext only when a caller asked for the
+                        # unprotected baseline).
+                        allowed_modes=frozenset({"secagg", self.mode}),
+                    ),
                     privacy_budget=(
                         PrivacyBudget(self.dp_epsilon, self.dp_delta)
                         if self.dp_epsilon is not None

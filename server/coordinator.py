@@ -33,6 +33,7 @@ from secagg.dp.accounting import calibrate_noise_multiplier
 from secagg.dp.config import ClientDPConfig, Mechanism, NoisePlacement
 from secagg.dp.report import FederationAccountant, RoundPrivacyReport
 from secagg.errors import (
+    ConfigError,
     DuplicateSubmissionError,
     FedveilError,
     InvalidMessageError,
@@ -41,6 +42,7 @@ from secagg.errors import (
 from secagg.protocol.config import RoundConfig
 from secagg.protocol.dp import RoundDP
 from secagg.protocol.graph import default_neighbours, default_threshold
+from secagg.protocol.model_chain import ModelChain, result_digest
 from secagg.protocol.server import ServerRound
 from secagg.protocol.stages import ORDER, Stage
 from secagg.protocol.upload import aligned_chunk_bytes
@@ -98,6 +100,25 @@ class ActiveRound:
             self.result_pieces, self.result_digest = pieces, digest.digest()
         return self.result_pieces, self.result_digest
 
+    def published_digest(self) -> bytes:
+        """The digest of the result as every client downloads it (the header's round id,
+        mode, survivors, total weight and error bound, and the SHA-256 of the chunks):
+        the next round's model hash chains it (secagg.protocol.model_chain)."""
+        result = self.server.result
+        assert result is not None
+        _, payload = self.serialised_result(int(self.spec.chunk_bytes))
+        weight, bound = 0, 0.0
+        if not isinstance(result, CkksResult):
+            weight, bound = int(result.estimate.total_weight), float(result.estimate.error_bound)
+        return result_digest(
+            round_id=self.round_id,
+            mode=pb.AggregationMode.Name(self.spec.mode).removeprefix("AGGREGATION_MODE_").lower(),
+            survivors=result.survivors,
+            total_weight=weight,
+            error_bound=bound,
+            payload_sha256=payload,
+        )
+
     @property
     def round_id(self) -> int:
         return int(self.spec.round_id)
@@ -116,9 +137,22 @@ class RoundCoordinator:
             raise FedveilError(
                 f"the roster has {len(roster)} clients, below min_cohort {settings.min_cohort}"
             )
+        if settings.model_hash is None:
+            raise ConfigError(
+                "round.model_hash is required: the SHA-256 of the base model every client "
+                "holds (each round's model hash chains it with the previous result)"
+            )
         self.settings = settings
         self.roster = dict(roster)
         self.journal = journal
+        last = journal.last_result_digest()
+        # The model every client should hold at the next round: the base model plus every
+        # result this server published (secagg.protocol.model_chain).
+        self.chain = ModelChain(
+            settings.model_hash,
+            result_digest=last[1] if last else None,
+            round_id=last[0] if last else None,
+        )
         self.failed_rounds: dict[int, str] = {}
         self.lock = asyncio.Lock()
         self.rounds: OrderedDict[int, ActiveRound] = OrderedDict()
@@ -232,7 +266,7 @@ class RoundCoordinator:
             neighbours=k,
             dimension=s.dimension,
             quantization=quantization,
-            model_hash=s.model_hash,
+            model_hash=self.chain.model_hash,
             dp=dp,
         )
 
@@ -281,7 +315,7 @@ class RoundCoordinator:
 
     def _plaintext_round(self, round_id: int) -> ActiveRound:
         s = self.settings
-        spec = plaintext_spec(round_id, tuple(sorted(self.roster)), s)
+        spec = plaintext_spec(round_id, tuple(sorted(self.roster)), s, self.chain.model_hash)
         server = PlaintextRound(
             round_id,
             spec.roster,
@@ -309,7 +343,7 @@ class RoundCoordinator:
             max_weight=s.max_weight,
             value_bound=s.clip,
             min_cohort=s.min_cohort,
-            model_hash=s.model_hash,
+            model_hash=self.chain.model_hash,
             key_fingerprint=keys.fingerprint if keys else b"",
         )
         spec = ckks_config_to_spec(
@@ -346,6 +380,13 @@ class RoundCoordinator:
                 if self._released_dp(server):
                     assert isinstance(server, ServerRound)
                     self._account(server)  # it may have been served before the crash
+                if server.stage is Stage.DONE:
+                    # Keep serving the result, and chain it: its survivors may hold it.
+                    finished = ActiveRound(server, spec)
+                    for event in finished.closed.values():
+                        event.set()
+                    self._publish(finished, finished.published_digest())
+                    self.rounds[finished.round_id] = finished
                 self.journal.end_round(
                     record.round_id, server.stage.value, str(server.failure or "")
                 )
@@ -470,6 +511,10 @@ class RoundCoordinator:
             and server.epoch is not None
         ):
             self.journal.save_epoch_keys(server.epoch)
+        if server.stage is Stage.DONE:
+            # Before any client downloads it or the next round opens (whose model hash
+            # chains it); the serialised result is cached for the downloads.
+            self._publish(active, await asyncio.to_thread(active.published_digest))
         active.closed[stage].set()
         if server.stage in (Stage.DONE, Stage.FAILED):
             for event in active.closed.values():
@@ -486,6 +531,12 @@ class RoundCoordinator:
                 self.open_next_round()
         else:
             self._arm_deadline(active)
+
+    def _publish(self, active: ActiveRound, digest: bytes) -> None:
+        """Chain a released result into the model hash of the rounds after it."""
+        self.journal.record_result_digest(active.round_id, digest)
+        if self.chain.round_id is None or active.round_id > self.chain.round_id:
+            self.chain.advance(active.round_id, digest)
 
     @staticmethod
     def _released_dp(server: AnyRound) -> bool:

@@ -43,6 +43,10 @@ _SCHEMA = (
         data BLOB NOT NULL,
         PRIMARY KEY (round_id, client_id, idx)
     )""",
+    """CREATE TABLE IF NOT EXISTS result_digests (
+        round_id INTEGER PRIMARY KEY,
+        digest BLOB NOT NULL
+    )""",
     """CREATE TABLE IF NOT EXISTS ckks_epochs (
         key_epoch INTEGER PRIMARY KEY,
         fingerprint BLOB NOT NULL,
@@ -124,6 +128,18 @@ class RoundJournal:
             )
             rounds.append(OpenRound(int(round_id), bytes(spec), events))
         return rounds
+
+    def record_result_digest(self, round_id: int, digest: bytes) -> None:
+        """Keep the digest of a published result: the next round's model hash chains it
+        (secagg.protocol.model_chain), also after a restart."""
+        self._rows("INSERT OR REPLACE INTO result_digests VALUES (?, ?)", (round_id, digest))
+
+    def last_result_digest(self) -> tuple[int, bytes] | None:
+        """(round id, digest) of the latest published result, None before the first."""
+        rows = self._rows(
+            "SELECT round_id, digest FROM result_digests ORDER BY round_id DESC LIMIT 1"
+        )
+        return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
 
     # --- events -------------------------------------------------------------------------
 

@@ -152,8 +152,11 @@ class PlaintextRound:
         return self.stage
 
 
-def plaintext_spec(round_id: int, roster: tuple[str, ...], settings: RoundSettings) -> pb.RoundSpec:
-    """The published spec of a plaintext round; `threshold` is its quorum."""
+def plaintext_spec(
+    round_id: int, roster: tuple[str, ...], settings: RoundSettings, model_hash: bytes
+) -> pb.RoundSpec:
+    """The published spec of a plaintext round; `threshold` is its quorum, `model_hash`
+    the round's chained model hash (secagg.protocol.model_chain)."""
     chunk = max(FLOAT_BYTES, settings.chunk_bytes // FLOAT_BYTES * FLOAT_BYTES)
     quorum = settings.threshold if settings.threshold is not None else settings.min_cohort
     return pb.RoundSpec(
@@ -165,7 +168,7 @@ def plaintext_spec(round_id: int, roster: tuple[str, ...], settings: RoundSettin
         min_cohort=settings.min_cohort,
         max_cohort=len(roster),
         roster=list(roster),
-        model_hash=settings.model_hash,
+        model_hash=model_hash,
         chunk_bytes=chunk,
         stage_timeout_s=settings.stage_timeout_s,
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -12,7 +11,6 @@ from secagg.ckks.presets import DEFAULT_PRESET, preset
 from secagg.errors import ConfigError
 from secagg.protocol.upload import DEFAULT_CHUNK_BYTES
 
-DEFAULT_MODEL_HASH = hashlib.sha256(b"fedveil-unspecified-model").digest()
 MODES = ("secagg", "ckks", "plaintext")
 DP_KINDS = ("none", "client", "central")
 DP_MECHANISMS = ("discrete_gaussian", "skellam")
@@ -37,7 +35,10 @@ class RoundSettings:
     stage_timeout_s: float = 60.0
     rounds: int = 0  # 0: run rounds until stopped
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    model_hash: bytes = DEFAULT_MODEL_HASH
+    # SHA-256 of the base model every client holds (e.g. clients.lora.base_model_hash):
+    # required to run rounds, no default. Each round's model hash chains it with the
+    # digest of the previous round's published result (secagg.protocol.model_chain).
+    model_hash: bytes | None = None
     keep_results: int = 8
     ckks_preset: str = DEFAULT_PRESET
     ckks_rotate_every: int = 10  # rounds per CKKS key epoch
@@ -79,7 +80,9 @@ class RoundSettings:
             raise ConfigError(f"round.rounds must be >= 0 (0 = unlimited), got {self.rounds}")
         if self.chunk_bytes < 4096:
             raise ConfigError(f"round.chunk_bytes must be >= 4096, got {self.chunk_bytes}")
-        if len(self.model_hash) != 32:
+        if self.model_hash is not None and (
+            not isinstance(self.model_hash, bytes) or len(self.model_hash) != 32
+        ):
             raise ConfigError("round.model_hash must be 32 bytes (64 hex characters)")
         if self.keep_results < 1:
             raise ConfigError(f"round.keep_results must be >= 1, got {self.keep_results}")
@@ -218,6 +221,12 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
             raise ConfigError(f"unknown [{table}] settings {sorted(bad)}; known: {sorted(names)}")
     if "dimension" not in round_data:
         raise ConfigError("round.dimension is required (the length of the flat update)")
+    if "model_hash" not in round_data:
+        raise ConfigError(
+            "round.model_hash is required: the hex SHA-256 of the base model every client "
+            "holds (clients pass the same hash; each round chains it with the previous "
+            "round's result)"
+        )
     round_settings = RoundSettings(**{k: _coerce(k, v) for k, v in round_data.items()})
     return ServerSettings(
         round=round_settings, **{k: _coerce(k, v) for k, v in server_data.items()}

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import hashlib
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 from pathlib import Path
 
@@ -12,10 +13,14 @@ import grpc
 from clients.credentials import ClientCredentials
 from clients.transport import AsyncAggregationClient, TransportSecurity
 from proto import aggregation_pb2_grpc as pb_grpc
-from secagg.protocol.config import ClientPolicy
+from secagg.protocol.config import DEFAULT_ALLOWED_MODES, ClientPolicy
 from server.app import RunningServer, start_server
 from server.keys_store import client_dir, init_keys, load_roster
 from server.settings import RoundSettings, ServerSettings
+
+# The base model every test client and server holds; each round chains it with the previous
+# result (secagg.protocol.model_chain).
+BASE_MODEL_HASH = hashlib.sha256(b"fedveil-test-base-model").digest()
 
 
 def make_keys(root: Path, n: int) -> tuple[Path, list[str]]:
@@ -26,7 +31,12 @@ def make_keys(root: Path, n: int) -> tuple[Path, list[str]]:
 
 
 def settings_for(root: Path, keys: Path, **round_kwargs: object) -> ServerSettings:
-    defaults: dict[str, object] = {"dimension": 1000, "stage_timeout_s": 5.0, "min_cohort": 3}
+    defaults: dict[str, object] = {
+        "dimension": 1000,
+        "stage_timeout_s": 5.0,
+        "min_cohort": 3,
+        "model_hash": BASE_MODEL_HASH,
+    }
     defaults.update(round_kwargs)
     return ServerSettings(
         round=RoundSettings(**defaults),  # type: ignore[arg-type]
@@ -45,16 +55,26 @@ async def running_server(settings: ServerSettings) -> AsyncIterator[RunningServe
         await running.stop(grace_s=0.1)
 
 
-def client_for(keys: Path, client_id: str, port: int, **kwargs: object) -> AsyncAggregationClient:
+def client_for(
+    keys: Path,
+    client_id: str,
+    port: int,
+    *,
+    allowed_modes: Iterable[str] = DEFAULT_ALLOWED_MODES,
+    **kwargs: object,
+) -> AsyncAggregationClient:
+    """A client with the default mode pin (SecAgg only); CKKS and plaintext tests opt in
+    with `allowed_modes`, as a real deployment must."""
     credentials = ClientCredentials.load(client_dir(keys, client_id))
     roster = load_roster(keys).identities()
+    kwargs.setdefault("base_model_hash", BASE_MODEL_HASH)
     return AsyncAggregationClient(
         f"localhost:{port}",
         client_id,
         credentials.identity,
         roster,
         TransportSecurity.from_credentials(credentials),
-        policy=ClientPolicy(min_cohort=3, min_threshold=2),
+        policy=ClientPolicy(min_cohort=3, min_threshold=2, allowed_modes=frozenset(allowed_modes)),
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -68,4 +88,12 @@ def raw_stub(
     return channel, pb_grpc.AggregationStub(channel)
 
 
-__all__ = ["client_for", "make_keys", "raw_stub", "replace", "running_server", "settings_for"]
+__all__ = [
+    "BASE_MODEL_HASH",
+    "client_for",
+    "make_keys",
+    "raw_stub",
+    "replace",
+    "running_server",
+    "settings_for",
+]

@@ -159,7 +159,9 @@ def test_survivor_set_isolating_a_client_is_refused() -> None:
     live = LiveRound.start(n=8, neighbours=2, threshold=2).run_to(Stage.CONSISTENCY_CHECK)
     client = live.clients[VICTIM]
     others = [c for c in live.config.roster if c != VICTIM and c not in client.neighbours]
-    with pytest.raises(CohortTooSmallError, match="of the neighbours this client masked with survive"):
+    with pytest.raises(
+        CohortTooSmallError, match="of the neighbours this client masked with survive"
+    ):
         client.handle(ConsistencyRequest((VICTIM, *others)))
 
 

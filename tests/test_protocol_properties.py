@@ -59,8 +59,8 @@ def rounds(draw: st.DrawFn) -> tuple[RoundConfig, dict[str, Stage], int]:
 
 def surely_survivable(config: RoundConfig, dropouts: dict[str, Stage]) -> bool:
     """A sufficient condition for success: more than half the roster signs the survivor
-    set, every uploader signs it, every closed neighbourhood keeps >= t live members and every live client keeps
-    a live neighbour."""
+    set, every uploader signs it, every closed neighbourhood keeps >= t live members and
+    every live client keeps a live neighbour."""
     graph = neighbour_graph(config.roster, config.neighbours, config.session_id)
     gone = set(dropouts)
     signers = [c for c in config.roster if dropouts.get(c, Stage.UNMASK) is Stage.UNMASK]

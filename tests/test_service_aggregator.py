@@ -7,10 +7,14 @@ plain weighted mean over two consecutive rounds, as the demo runs them.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
 from fedveil.service_aggregator import ServiceAggregator
+
+BASE = hashlib.sha256(b"fedveil-test-base-model").digest()
 
 
 @pytest.mark.parametrize("mode", ["secagg", "ckks", "plaintext"])
@@ -18,7 +22,9 @@ def test_two_rounds_return_the_weighted_mean_of_small_updates(mode: str) -> None
     rng = np.random.default_rng(4)
     parties = ["energy", "residential", "urban"]
     d = 2000
-    with ServiceAggregator(parties, d, mode=mode, rounds=2, progress=False) as aggregate:
+    with ServiceAggregator(
+        parties, d, base_model_hash=BASE, mode=mode, rounds=2, progress=False
+    ) as aggregate:
         for _ in range(2):
             updates = [(rng.normal(0, 1e-3, d).astype(np.float32), int(w)) for w in (240, 180, 90)]
             mean = aggregate(updates)
@@ -36,7 +42,14 @@ def test_client_level_dp_reports_epsilon_within_budget_and_noises_the_mean() -> 
     parties = ["energy", "residential", "urban"]
     d = 1000
     with ServiceAggregator(
-        parties, d, rounds=2, progress=False, dp_epsilon=8.0, dp_delta=1e-5, dp_clip_norm=1.0
+        parties,
+        d,
+        base_model_hash=BASE,
+        rounds=2,
+        progress=False,
+        dp_epsilon=8.0,
+        dp_delta=1e-5,
+        dp_clip_norm=1.0,
     ) as aggregate:
         means, expected = [], []
         for _ in range(2):

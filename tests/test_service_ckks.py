@@ -28,6 +28,7 @@ from secagg.errors import ConfigError
 from secagg.protocol.stages import Stage
 
 CLIP = 1.0
+CKKS = ("secagg", "ckks")  # these clients opt in to CKKS (a default client refuses it)
 
 
 def weighted_mean(updates: dict[str, np.ndarray], weights: dict[str, int]) -> np.ndarray:
@@ -55,7 +56,7 @@ def test_ten_clients_d_1e5_match_the_plaintext_mean_and_the_server_cannot_decryp
         )
         updates, weights = _inputs(ids, d, seed=11)
         async with running_server(settings) as server:
-            clients = [client_for(keys, c, server.port) for c in ids]
+            clients = [client_for(keys, c, server.port, allowed_modes=CKKS) for c in ids]
             results = await asyncio.gather(
                 *(cl.run_round(updates[c], weights[c]) for cl, c in zip(clients, ids, strict=True))
             )
@@ -99,13 +100,17 @@ def test_dropouts_need_no_recovery_and_keys_rotate_every_n_rounds(tmp_path: Path
         results: dict[int, list] = {}
         specs: list[pb.RoundSpec] = []
         async with running_server(settings) as server:
-            clients = {c: client_for(keys, c, server.port) for c in ids}
+            clients = {c: client_for(keys, c, server.port, allowed_modes=CKKS) for c in ids}
             for round_id in range(1, 5):
                 taking_part = [c for c in ids if not (round_id == 2 and c == ids[-1])]
                 results[round_id] = await asyncio.gather(
                     *(clients[c].run_round(updates[c], weights[c]) for c in taking_part)
                 )
                 specs.append(server.coordinator.rounds[round_id].spec)
+                if round_id == 2:
+                    # The client that sat out applies round 2's result (from a peer here)
+                    # before it rejoins: round 3's model hash chains it.
+                    clients[ids[-1]].model_chain.advance(2, results[2][0].result_digest)
             for cl in clients.values():
                 await cl.close()
         return updates, weights, results, specs
@@ -173,7 +178,7 @@ def test_a_bad_ciphertext_upload_is_refused_and_the_round_goes_on(
         )
         updates, weights = _inputs(ids, d, seed=9)
         async with running_server(settings) as server:
-            clients = {c: client_for(keys, c, server.port) for c in ids}
+            clients = {c: client_for(keys, c, server.port, allowed_modes=CKKS) for c in ids}
             # round 1 hands out the epoch's keys; round 2 reuses them
             await asyncio.gather(*(clients[c].run_round(updates[c], weights[c]) for c in ids))
             bad, good = ids[-1], ids[:-1]
@@ -230,8 +235,14 @@ def test_a_client_that_missed_the_key_round_is_told_when_it_can_rejoin(tmp_path:
         )
         updates, weights = _inputs(ids, 200, seed=1)
         async with running_server(settings) as server:
-            clients = {c: client_for(keys, c, server.port) for c in ids}
-            await asyncio.gather(*(clients[c].run_round(updates[c], weights[c]) for c in ids[:3]))
+            clients = {c: client_for(keys, c, server.port, allowed_modes=CKKS) for c in ids}
+            first = await asyncio.gather(
+                *(clients[c].run_round(updates[c], weights[c]) for c in ids[:3])
+            )
+            # it applied round 1's result (from a peer), so its model chain is current
+            digest = first[0].result_digest
+            assert digest is not None
+            clients[ids[3]].model_chain.advance(1, digest)
             try:
                 await clients[ids[3]].run_round(updates[ids[3]], weights[ids[3]])
             except (ConfigError, TransportError) as exc:
@@ -270,7 +281,7 @@ def test_server_killed_while_collecting_ciphertexts_resumes_the_round(tmp_path: 
             await close_stage(active)
 
         first.coordinator._close_stage = hang_before_closing  # type: ignore[method-assign]
-        clients = {c: client_for(keys, c, settings.port) for c in ids}
+        clients = {c: client_for(keys, c, settings.port, allowed_modes=CKKS) for c in ids}
         tasks = [asyncio.ensure_future(clients[c].run_round(updates[c], weights[c])) for c in ids]
         await asyncio.wait_for(reached.wait(), 60)
         await first.server.stop(0)

@@ -259,7 +259,7 @@ def test_server_flags_turn_on_client_dp() -> None:
     flags = (
         "server --insecure --dimension 100 --rounds 5 --dp client --dp-target-epsilon 8 "
         "--dp-delta 1e-5 --dp-clip-norm 0.5 --dp-min-clients 3 --dp-mechanism skellam "
-        "--dp-rotate false --dp-accountant rdp"
+        "--dp-rotate false --dp-accountant rdp --model-hash " + "ab" * 32
     )
     args = parser.parse_args(shlex.split(flags))
     overrides = {name: getattr(args, name) for name, _, _ in _ROUND_FLAGS}
@@ -273,7 +273,12 @@ def test_server_flags_turn_on_client_dp() -> None:
 def test_coordinator_calibrates_to_the_target_and_restores_after_restart(tmp_path: Path) -> None:
     async def run() -> None:
         settings = RoundSettings(
-            dimension=1000, rounds=10, dp="client", dp_target_epsilon=4.0, dp_delta=1e-5
+            dimension=1000,
+            rounds=10,
+            dp="client",
+            dp_target_epsilon=4.0,
+            dp_delta=1e-5,
+            model_hash=bytes(32),
         )
         roster = _roster(5)
         journal = RoundJournal(tmp_path / "journal.sqlite3")

@@ -126,7 +126,8 @@ def test_plaintext_baseline_round_gives_the_same_mean(tmp_path: Path) -> None:
         updates = {c: rng.normal(0, 0.6, 3000).astype(np.float32) for c in ids}
         weights = {c: int(rng.integers(1, 50)) for c in ids}
         async with running_server(settings) as server:
-            clients = [client_for(keys, c, server.port) for c in ids]
+            # the baseline opts in to plaintext explicitly (a default client refuses it)
+            clients = [client_for(keys, c, server.port, allowed_modes=("plaintext",)) for c in ids]
             results = await asyncio.gather(
                 *(cl.run_round(updates[c], weights[c]) for cl, c in zip(clients, ids, strict=True))
             )

@@ -14,6 +14,7 @@ and start the server once every client reports that it is waiting.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -44,6 +45,8 @@ HOST = "127.0.0.1"
 LISTENING = re.compile(r"fedveil server listening on (\S+):(\d+)")
 ROUND_LINE = re.compile(r"round (\d+) done: survivors=(\d+) total_weight=(\d+) error_bound=(\S+)")
 CLIP = 1.0
+# The base model the server and every client hold (each round chains it with its result).
+MODEL_HASH_HEX = hashlib.sha256(b"fedveil-process-test-model").hexdigest()
 START_TIMEOUT_S = 30.0
 STAGES = ("advertise-keys", "share-keys", "masked-input", "consistency-check", "unmask")
 
@@ -249,6 +252,8 @@ def start_server(
             str(min_cohort),
             "--state-dir",
             str(group.folder / "server-state"),
+            "--model-hash",
+            MODEL_HASH_HEX,
         ],
         command,
     )
@@ -280,6 +285,8 @@ def start_client(
             str(out),
             "--summary-json",
             str(group.folder / f"{client_id}.summary.json"),
+            "--model-hash",
+            MODEL_HASH_HEX,
             *extra,
         ],
     )
@@ -360,6 +367,8 @@ def test_three_client_processes_complete_a_round(tmp_path: Path) -> None:
                     str(group.folder / f"{third}.result.npy"),
                     "--summary-json",
                     str(group.folder / f"{third}.summary.json"),
+                    "--model-hash",
+                    MODEL_HASH_HEX,
                 ],
             )
         )
@@ -623,6 +632,7 @@ def test_one_hundred_concurrent_clients(tmp_path: Path) -> None:
             roster,
             TransportSecurity.from_credentials(credentials),
             policy=ClientPolicy(min_cohort=3),
+            base_model_hash=bytes.fromhex(MODEL_HASH_HEX),
         )
 
     async def federation(port: int) -> list[AggregateResult]:

@@ -49,9 +49,11 @@ from fedveil.simulation import Federation, make_config
 from proto import aggregation_pb2 as pb
 from proto.convert import config_to_spec
 from secagg.errors import ConfigError, FedveilError, ProtocolError
+from secagg.protocol.model_chain import round_model_hash
 from secagg.protocol.upload import UploadAccumulator
 
 FAST = RetryPolicy(attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002)
+BASE = bytes(range(32))  # a base model hash; no round here is about a model
 
 
 def rpc_error(code: grpc.StatusCode, details: str = "boom") -> grpc.aio.AioRpcError:
@@ -360,11 +362,23 @@ def test_client_refuses_a_certificate_for_another_client() -> None:
     cert, key = self_signed("someone-else")
     security = TransportSecurity(ca_pem=cert, cert_pem=cert, key_pem=key)
     with pytest.raises(ConfigError, match="certificate names 'someone-else'"):
-        AsyncAggregationClient("h:1", cid, federation.identities[cid], federation.roster, security)
+        AsyncAggregationClient(
+            "h:1",
+            cid,
+            federation.identities[cid],
+            federation.roster,
+            security,
+            base_model_hash=BASE,
+        )
     other = federation.identities[federation.ids[1]]
     with pytest.raises(ConfigError, match="not enrolled"):
         AsyncAggregationClient(
-            "h:1", cid, other, federation.roster, TransportSecurity(insecure=True)
+            "h:1",
+            cid,
+            other,
+            federation.roster,
+            TransportSecurity(insecure=True),
+            base_model_hash=BASE,
         )
 
 
@@ -524,15 +538,16 @@ class RoundStub:
 def stubbed_client(stub: RoundStub) -> tuple[AsyncAggregationClient, pb.RoundSpec]:
     federation = Federation.enrol(3)
     cid = federation.ids[0]
-    spec = config_to_spec(
-        make_config(federation, 10), min_cohort=3, chunk_bytes=64, stage_timeout_s=1
-    )
+    # the first round about BASE, as this client derives it (secagg.protocol.model_chain)
+    config = make_config(federation, 10, model_hash=round_model_hash(BASE, None))
+    spec = config_to_spec(config, min_cohort=3, chunk_bytes=64, stage_timeout_s=1)
     client = AsyncAggregationClient(
         "h:1",
         cid,
         federation.identities[cid],
         federation.roster,
         TransportSecurity(insecure=True),
+        base_model_hash=BASE,
         retry=FAST,
     )
     setattr(client, "_ensure_stub", lambda: stub)  # noqa: B010 (a fake stub, no server)
@@ -584,6 +599,7 @@ def test_blocking_client_maps_errors_inside_a_running_loop_and_closes_once() -> 
         federation.identities[cid],
         federation.roster,
         TransportSecurity(insecure=True),
+        base_model_hash=BASE,
         retry=FAST,
         rpc_timeout_s=2,
     )
