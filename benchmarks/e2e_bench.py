@@ -16,8 +16,9 @@ Matrix (full): n in {10, 50} x d in {1e6, 4e6} x mode in {plaintext, secagg, ckk
 
 How one round is measured:
 
-- Keys: `init_keys` enrols n clients (once per n, in a temporary folder; the server
-  certificate names localhost and 127.0.0.1). Inputs: float32 N(0, 0.1^2) per client
+- Keys: the dealer-free flow enrols n clients (once per n, in a temporary folder: a CA
+  folder, the server's folder and one folder per client made by its own request; the
+  server certificate names localhost and 127.0.0.1). Inputs: float32 N(0, 0.1^2) per client
   and weights uniform in [1, 1000], from numpy seeded by (--seed, n, d), generated once
   per (n, d) before anything is timed and shared by both modes and every repetition.
 - Server: `python -m fedveil.cli server --config C --keys-dir K --port 0 --state-dir S
@@ -104,9 +105,10 @@ import numpy as np
 from secagg_bench import machine_info, write_json
 
 from clients.credentials import ClientCredentials
+from clients.enrolment import REQUEST_FILE, request_enrolment
 from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
 from secagg.protocol.config import ClientPolicy
-from server.keys_store import client_dir, init_keys, load_roster
+from server.keys_store import enrol_request, init_federation, load_roster
 
 REPO = Path(__file__).resolve().parent.parent
 COHORTS = (10, 50)
@@ -407,7 +409,7 @@ async def run_one_round(
     mode: str, n: int, d: int, keys: Path, ids: Sequence[str], inputs: Inputs, work: Path
 ) -> RoundRun:
     roster = load_roster(keys).identities()
-    credentials = [ClientCredentials.load(client_dir(keys, cid)) for cid in ids]
+    credentials = [ClientCredentials.load(keys.parent / "clients" / cid) for cid in ids]
     server = ServerProcess(work, keys, mode, d)
     meters = [RpcMeter() for _ in ids]
     counter = RetryCounter()
@@ -665,8 +667,12 @@ def main(argv: list[str] | None = None) -> int:
         for n, d in chosen:
             if n not in enrolled:
                 ids = [f"org-{i:02d}" for i in range(n)]
-                keys = scratch / f"keys-{n}"
-                init_keys(keys, ["localhost", "127.0.0.1"], ids)
+                keys = scratch / f"keys-{n}" / "server"
+                init_federation(keys.parent / "ca", keys, ["localhost", "127.0.0.1"])
+                for cid in ids:
+                    folder = keys.parent / "clients" / cid
+                    request_enrolment(folder, cid)
+                    enrol_request(folder / REQUEST_FILE, keys.parent / "ca", keys)
                 enrolled[n] = (keys, ids)
             keys, ids = enrolled[n]
             for record in bench_config(

@@ -37,7 +37,8 @@ def _read(folder: Path, name: str) -> bytes:
         return (folder / name).read_bytes()
     except FileNotFoundError as exc:
         raise ConfigError(
-            f"{folder / name} is missing; the operator creates it with `fedveil keys add-client`"
+            f"{folder / name} is missing; make the keys with `fedveil keys request` and "
+            "get client.pem and ca.pem from the operator's `fedveil keys enrol`"
         ) from exc
 
 

@@ -14,13 +14,26 @@ from pathlib import Path
 
 from secagg.crypto.identity import VerifyingIdentity
 from secagg.errors import ConfigError
-from secagg.roster_format import RosterEntry, parse_roster
+from secagg.roster_format import RosterEntry, parse_roster, roster_sha256
 
-__all__ = ["RosterEntry", "load_roster_entries", "load_roster_identities", "parse_roster"]
+__all__ = [
+    "RosterEntry",
+    "load_roster_entries",
+    "load_roster_identities",
+    "parse_roster",
+    "roster_sha256",
+]
 
 
-def load_roster_entries(path: str | os.PathLike[str]) -> dict[str, RosterEntry]:
-    """Read and validate roster.json (as written by `fedveil keys`)."""
+def load_roster_entries(
+    path: str | os.PathLike[str], expected_sha256: bytes | None = None
+) -> dict[str, RosterEntry]:
+    """Read and validate roster.json (as written by `fedveil keys`).
+
+    `expected_sha256`: the roster fingerprint the operator gave out of band (`fedveil
+    keys show`); a roster with another one (a client added, removed or re-keyed by
+    whoever handed over the file, e.g. the server) is refused with ConfigError.
+    """
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError as exc:
@@ -34,9 +47,22 @@ def load_roster_entries(path: str | os.PathLike[str]) -> dict[str, RosterEntry]:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
-    return parse_roster(data, source=str(path))
+    entries = parse_roster(data, source=str(path))
+    if expected_sha256 is not None:
+        actual = roster_sha256(entries.values())
+        if actual != expected_sha256:
+            raise ConfigError(
+                f"the roster {path} has SHA-256 {actual.hex()}, not the "
+                f"{expected_sha256.hex()} the operator gave: refusing it (get the roster "
+                "again and compare with `fedveil keys show` on the operator's side)"
+            )
+    return entries
 
 
-def load_roster_identities(path: str | os.PathLike[str]) -> dict[str, VerifyingIdentity]:
+def load_roster_identities(
+    path: str | os.PathLike[str], expected_sha256: bytes | None = None
+) -> dict[str, VerifyingIdentity]:
     """client_id -> enrolled Ed25519 identity: what a ClientSession checks peers against."""
-    return {cid: entry.identity for cid, entry in load_roster_entries(path).items()}
+    return {
+        cid: entry.identity for cid, entry in load_roster_entries(path, expected_sha256).items()
+    }

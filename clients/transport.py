@@ -376,9 +376,12 @@ class AsyncAggregationClient:
         the chain of the rounds it missed.
 
         `privacy_budget`: the most (epsilon, delta) this client spends over the run (or
-        a PrivacyLedger to carry on one). With it the client takes part only in DP rounds
-        (central DP only if policy.accept_central_dp), and raises PrivacyBudgetExceededError
-        before sending anything when a round would take it past the budget."""
+        a PrivacyLedger to carry on one; a PrivacyBudget alone is kept in memory only, so
+        a client that restarts passes clients.privacy_ledger.PersistentPrivacyLedger,
+        which writes each charge to its file before the upload leaves). With it the
+        client takes part only in DP rounds (central DP only if policy.accept_central_dp),
+        and raises PrivacyBudgetExceededError before sending anything when a round would
+        take it past the budget."""
         if not isinstance(target, str) or not target:
             raise ConfigError(f"target must be 'host:port', got {target!r}")
         if roster_identities.get(client_id) != identity.verifying():

@@ -22,8 +22,9 @@ from clients.streams import as_update_vector
 from secagg.errors import RepeatedUpdateError
 
 _FIX = (
-    "differencing two rounds' aggregates could isolate it; enable DP (--privacy-epsilon: "
-    "the client then joins only DP rounds) or send a fresh update each round (one "
+    "differencing two rounds' aggregates could isolate it; enable DP (--privacy-epsilon "
+    "with --privacy-ledger: the client then joins only DP rounds) or send a fresh update "
+    "each round (one "
     "`fedveil client` run per update)"
 )
 

@@ -7,6 +7,7 @@ import json
 import statistics
 import sys
 from collections.abc import Sequence
+from typing import NoReturn, cast
 
 import numpy as np
 
@@ -25,6 +26,14 @@ from fedveil.simulation import (
 )
 from secagg.errors import FedveilError
 from secagg.protocol.stages import Stage
+
+
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A bad flag is one line on stderr (what is wrong, where the options are), exit 2:
+    not the usage block, which for `fedveil server` runs to a screenful."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
 def _stage_choice(value: str) -> tuple[Stage, ...]:
@@ -149,8 +158,11 @@ def simulate_secagg(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedveil", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = OneLineErrorParser(prog="fedveil", description=__doc__)
+    sub = cast(
+        "argparse._SubParsersAction[argparse.ArgumentParser]",
+        parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrorParser),
+    )
     _add_simulate(sub)
     add_keys_parser(sub)
     add_server_parser(sub)

@@ -27,6 +27,12 @@ server), so a round about another model, or after results this client did not ge
 refused before anything is sent (SessionMismatchError, exit 1); an aggregate no honest
 cohort could produce is refused too (ImplausibleAggregateError, exit 1). A later run
 resumes the chain with `--previous-result ROUND:DIGEST` from the last summary.
+
+`--privacy-epsilon` (a client-level DP budget) needs `--privacy-ledger PATH`: a JSON file
+(clients.privacy_ledger) that records every round this client was charged for, written
+and fsync'd before each noised upload leaves, and loaded by the next run, so a restart
+does not start the budget from zero. It is bound to the federation (the CA certificate's
+SHA-256), the client and the budget: any mismatch, or a corrupt file, exits 2.
 """
 
 from __future__ import annotations
@@ -51,6 +57,7 @@ import numpy as np
 
 from clients.credentials import ClientCredentials
 from clients.mode_policy import allowed_modes_from_flags
+from clients.privacy_ledger import PersistentPrivacyLedger, federation_fingerprint
 from clients.roster_file import load_roster_identities
 from clients.streams import as_update_vector
 from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
@@ -97,6 +104,7 @@ class ClientSettings:
     roster: Path
     update: Path
     weight: int
+    roster_sha256: str | None = None
     rounds: int = 1
     out: Path | None = None
     summary_json: Path | None = None
@@ -109,6 +117,7 @@ class ClientSettings:
     log_level: str = "INFO"
     privacy_epsilon: float | None = None
     privacy_delta: float = 1e-5
+    privacy_ledger: Path | None = None
     max_colluders: int = 0
     allow_mode: tuple[str, ...] = ()
     allow_plaintext_for_benchmarks: bool = False
@@ -120,6 +129,7 @@ class ClientSettings:
             raise ConfigError(
                 f"server must be HOST:PORT with a port in 1..65535, got {self.server!r}"
             )
+        self.roster_fingerprint()  # a malformed --roster-sha256 is named before any I/O
         if not _is_int(self.weight) or self.weight < 0:
             raise ConfigError(f"weight must be a non-negative example count, got {self.weight!r}")
         if not _is_int(self.rounds) or self.rounds < 1:
@@ -157,6 +167,29 @@ class ClientSettings:
         # ClientPolicy and PrivacyBudget name a bad value themselves.
         self.policy()
         self.privacy_budget()
+        if self.privacy_epsilon is not None and self.privacy_ledger is None:
+            raise ConfigError(
+                "privacy_epsilon needs --privacy-ledger PATH, the file that records the "
+                "privacy this client spends (e.g. privacy-ledger.json in its credentials "
+                "folder): without it a restart would start the budget from zero"
+            )
+        if self.privacy_ledger is not None and self.privacy_epsilon is None:
+            raise ConfigError(
+                "privacy_ledger needs --privacy-epsilon (and --privacy-delta): the budget "
+                "the ledger enforces, the same on every run"
+            )
+
+    def roster_fingerprint(self) -> bytes | None:
+        """The roster SHA-256 given out of band (`fedveil keys show`), if any."""
+        if self.roster_sha256 is None:
+            return None
+        text = self.roster_sha256.strip().lower()
+        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+            raise ConfigError(
+                f"roster_sha256 must be 64 hex digits (from `fedveil keys show`), "
+                f"got {self.roster_sha256!r}"
+            )
+        return bytes.fromhex(text)
 
     def policy(self) -> ClientPolicy:
         return ClientPolicy(
@@ -203,11 +236,16 @@ def _is_int(value: object) -> bool:
 
 
 _REQUIRED = ("server", "credentials", "roster", "update", "weight")
-_PATHS = frozenset({"credentials", "roster", "update", "out", "summary_json"})
+_PATHS = frozenset({"credentials", "roster", "update", "out", "summary_json", "privacy_ledger"})
 _FLAG_TYPES: dict[str, tuple[type, str]] = {
     "server": (str, "HOST:PORT of the aggregation service"),
-    "credentials": (Path, "this client's folder from `fedveil keys` (DIR/clients/<id>)"),
-    "roster": (Path, "the federation's roster.json (DIR/roster.json)"),
+    "credentials": (Path, "this client's folder (`fedveil keys request --dir`, plus client.pem)"),
+    "roster": (Path, "the federation's roster.json (the operator's SERVER/roster.json)"),
+    "roster_sha256": (
+        str,
+        "the roster's SHA-256 the operator gave out of band (`fedveil keys show`); a "
+        "roster with another one is refused",
+    ),
     "update": (Path, "the update: a flat .npy vector, or named tensors in .npz/.safetensors"),
     "weight": (int, "this client's weight (example count) in the weighted mean"),
     "rounds": (int, "rounds to take part in, one after another (default 1)"),
@@ -234,6 +272,12 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
         "over the run would exceed this",
     ),
     "privacy_delta": (float, "delta of the privacy budget (default 1e-5)"),
+    "privacy_ledger": (
+        Path,
+        "the file that records the privacy spent (required with --privacy-epsilon; "
+        "written at the first charge, fsync'd before each noised upload, bound to the CA and "
+        "the budget)",
+    ),
     "max_colluders": (int, "DP rounds: clients assumed to collude with the server (default 0)"),
     "allow_mode": (
         list,
@@ -289,6 +333,12 @@ def load_client_settings(path: Path | None, overrides: Mapping[str, Any]) -> Cli
                 data = tomllib.load(fh)
         except FileNotFoundError as exc:
             raise ConfigError(f"config file {path} does not exist") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read the config file {path}: {exc.strerror}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                f"{path} is not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})"
+            ) from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
         unknown_tables = sorted(set(data) - {"client"})
@@ -589,7 +639,13 @@ def _base_model_hash(settings: ClientSettings) -> bytes:
 def prepare(settings: ClientSettings, stop_before: Stage | None = None) -> _Prepared:
     """Everything that can be checked offline: credentials, roster, update, the client."""
     credentials = ClientCredentials.load(settings.credentials)
-    roster = load_roster_identities(settings.roster)
+    roster = load_roster_identities(settings.roster, settings.roster_fingerprint())
+    if settings.roster_sha256 is None:
+        logger.warning(
+            "no --roster-sha256: the roster %s is trusted as given; pass the fingerprint "
+            "the operator printed with `fedveil keys show`",
+            settings.roster,
+        )
     update = load_update(settings.update)
     # With a privacy budget the SDK refuses every round without DP noise, so only then may
     # one update go to several rounds; otherwise refuse now, before anything is sent.
@@ -603,18 +659,48 @@ def prepare(settings: ClientSettings, stop_before: Stage | None = None) -> _Prep
         stop_before=stop_before,
     )
     base = _base_model_hash(settings)
-    client = AsyncAggregationClient(
-        settings.server,
-        credentials.client_id,
-        credentials.identity,
-        roster,
-        security,
-        policy=settings.policy(),
-        base_model_hash=base,
-        model_chain=settings.model_chain(base),
-        privacy_budget=settings.privacy_budget(),
-    )
+    ledger = _open_ledger(settings, credentials)
+    try:
+        client = AsyncAggregationClient(
+            settings.server,
+            credentials.client_id,
+            credentials.identity,
+            roster,
+            security,
+            policy=settings.policy(),
+            base_model_hash=base,
+            model_chain=settings.model_chain(base),
+            privacy_budget=ledger,
+        )
+    except BaseException:
+        _close_ledger(ledger)
+        raise
     return _Prepared(settings, client, update, guard)
+
+
+def _open_ledger(
+    settings: ClientSettings, credentials: ClientCredentials
+) -> PersistentPrivacyLedger | None:
+    """The privacy ledger file (loaded if it exists; written at the first charge)."""
+    budget = settings.privacy_budget()
+    if budget is None or settings.privacy_ledger is None:
+        return None
+    ledger = PersistentPrivacyLedger.open(
+        settings.privacy_ledger,
+        budget,
+        federation=federation_fingerprint(credentials.ca_pem),
+        owner=credentials.client_id,
+    )
+    spent = f"epsilon {ledger.spent_epsilon:.4g}" if ledger.rounds else "nothing"
+    logger.info(
+        "privacy ledger %s: %s spent over %d round(s), budget epsilon %g at delta %g",
+        settings.privacy_ledger,
+        spent,
+        ledger.rounds,
+        budget.epsilon,
+        budget.delta,
+    )
+    return ledger
 
 
 async def run_rounds(prepared: _Prepared) -> list[AggregateResult]:
@@ -680,4 +766,12 @@ def run_client(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    finally:
+        _close_ledger(prepared.client.privacy_ledger)
     return 0
+
+
+def _close_ledger(ledger: object) -> None:
+    """Release the ledger file's lock (every charge is already on disk)."""
+    if isinstance(ledger, PersistentPrivacyLedger):
+        ledger.close()

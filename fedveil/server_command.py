@@ -12,6 +12,8 @@ from typing import Any
 
 from secagg.errors import FedveilError
 from server.app import start_server
+from server.keys_store import check_server_folders
+from server.preflight import check_startup
 from server.settings import load_settings
 
 
@@ -78,6 +80,19 @@ def add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=None,
         help="run WITHOUT TLS (local experiments only; logged as a warning at every start)",
     )
+    p.add_argument(
+        "--reflection",
+        action="store_const",
+        const=True,
+        default=None,
+        help="serve gRPC reflection (off by default: it lists the whole API to anyone)",
+    )
+    p.add_argument(
+        "--max-calls-per-client",
+        type=int,
+        default=None,
+        help="calls one client may have in flight at once (default 8; past it RESOURCE_EXHAUSTED)",
+    )
     for name, kind, text in _ROUND_FLAGS:
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
 
@@ -89,10 +104,15 @@ def run_server(args: argparse.Namespace) -> int:
         "keys_dir": args.keys_dir,
         "state_dir": args.state_dir,
         "insecure": args.insecure,
+        "reflection": args.reflection,
+        "max_calls_per_client": args.max_calls_per_client,
     }
     overrides.update({name: getattr(args, name) for name, _, _ in _ROUND_FLAGS})
     try:
         settings = load_settings(args.config, overrides)
+        # No CA or client private key readable by the server (no dealer): before any bind.
+        check_server_folders(settings.keys_dir, settings.state_dir)
+        check_startup(settings)  # the roster, and a round it can run: before any bind
     except (FedveilError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -23,12 +23,20 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from clients.credentials import ClientCredentials
+from clients.enrolment import REQUEST_FILE, request_enrolment
+from clients.roster_file import load_roster_identities
 from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
 from secagg.dp import PrivacyBudget
 from secagg.errors import ConfigError, ProtocolError
 from secagg.protocol.config import ClientPolicy
 from server.app import RunningServer, start_server
-from server.keys_store import client_dir, init_keys, load_roster
+from server.keys_store import (
+    ROSTER_FILE,
+    check_server_folders,
+    enrol_request,
+    init_federation,
+    load_roster,
+)
 from server.settings import RoundSettings, ServerSettings
 
 STAGE_LABELS = {
@@ -83,8 +91,7 @@ class ServiceAggregator:
         if self.work_dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="fedveil-demo-")
             self.work_dir = Path(self._tmp.name)
-        keys = self.work_dir / "keys"
-        init_keys(keys, ["localhost", "127.0.0.1"], list(self.party_ids), overwrite=True)
+        keys, party_dirs = self._enrol()
         settings = ServerSettings(
             round=RoundSettings(
                 dimension=self.dimension,
@@ -106,9 +113,11 @@ class ServiceAggregator:
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._thread.start()
         self._server = self._run(start_server(settings))
-        roster = load_roster(keys).identities()
+        # Each party checks the roster against the fingerprint the operator printed
+        # (`fedveil keys show`), here read straight from the operator's side.
+        roster = load_roster_identities(keys / ROSTER_FILE, load_roster(keys).sha256())
         for party in self.party_ids:
-            credentials = ClientCredentials.load(client_dir(keys, party))
+            credentials = ClientCredentials.load(party_dirs[party])
             self._clients.append(
                 AsyncAggregationClient(
                     f"localhost:{self._server.port}",
@@ -134,6 +143,20 @@ class ServiceAggregator:
                 )
             )
         return self
+
+    def _enrol(self) -> tuple[Path, dict[str, Path]]:
+        """The dealer-free flow on one machine: the operator's CA and server folders, and
+        one folder per party whose keys that party's own request made (never copied into
+        the server's folder, which the server checks before it starts)."""
+        assert self.work_dir is not None
+        ca, keys = self.work_dir / "ca", self.work_dir / "server-keys"
+        init_federation(ca, keys, ["localhost", "127.0.0.1"], overwrite=True)
+        party_dirs = {party: self.work_dir / "parties" / party for party in self.party_ids}
+        for party, folder in party_dirs.items():
+            request_enrolment(folder, party, force=True)  # on the party's machine
+            enrol_request(folder / REQUEST_FILE, ca, keys)  # the operator signs and lists it
+        check_server_folders(keys, self.work_dir / "server-state")
+        return keys, party_dirs
 
     def _dp_settings(self) -> dict[str, Any]:
         if self.dp_epsilon is None:

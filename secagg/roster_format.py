@@ -9,10 +9,17 @@ decoded JSON document; reading and writing files stays with each side::
                                 "certificate_sha256": "<hex>"}]}
 
 Every wrong field is named with its position, so an operator can fix the file by hand.
+
+`roster_sha256` is the roster's fingerprint, handed to every client out of band (`fedveil
+keys show` prints it, `fedveil client --roster-sha256` checks it): it covers the parsed
+entries in a canonical form, so re-indenting the file does not change it but adding,
+removing or re-keying a client does.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -102,3 +109,9 @@ def roster_document(entries: Iterable[RosterEntry]) -> dict[str, Any]:
             for e in sorted(entries, key=lambda e: e.client_id)
         ],
     }
+
+
+def roster_sha256(entries: Iterable[RosterEntry]) -> bytes:
+    """SHA-256 over the canonical JSON of `entries` (sorted by id, no whitespace)."""
+    canonical = json.dumps(roster_document(entries), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).digest()

@@ -1,4 +1,5 @@
-"""Build and run the grpc.aio server: TLS (mutual by default), health, reflection.
+"""Build and run the grpc.aio server: TLS (mutual by default), health, a per-client call
+cap, and reflection only when the `reflection` setting asks for it.
 
 Why TLS is not optional: updates, shares and signatures all cross this channel. The only
 way to run without it is the explicit `insecure` setting, which logs a warning at every
@@ -17,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from proto import aggregation_pb2 as pb
 from proto import aggregation_pb2_grpc as pb_grpc
+from server.call_guard import CallGuard
 from server.coordinator import RoundCoordinator
 from server.journal import RoundJournal
 from server.keys_store import load_roster, load_server_credentials
@@ -59,6 +61,7 @@ def _roster_for(settings: ServerSettings, roster: Roster | None) -> Roster:
 
 async def start_server(settings: ServerSettings, roster: Roster | None = None) -> RunningServer:
     """Start listening; the first round opens at once."""
+    from_file = settings.keys_dir if roster is None else None
     roster = _roster_for(settings, roster)
     options = [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
@@ -68,23 +71,31 @@ async def start_server(settings: ServerSettings, roster: Roster | None = None) -
         # n concurrent uploads times a large window (measured: 409 -> 256 MB at n=50).
         ("grpc.http2.bdp_probe", 0),
     ]
-    server = grpc.aio.server(options=options)
-    Path(settings.state_dir).mkdir(parents=True, exist_ok=True)
+    guard = CallGuard(settings.max_calls_per_client, SERVICE_NAME)
+    server = grpc.aio.server(options=options, interceptors=[guard])
+    # The owner's alone (0700; the journal tightens an existing folder and its files).
+    Path(settings.state_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
     journal = RoundJournal(Path(settings.state_dir) / "journal.sqlite3")
     coordinator = RoundCoordinator(settings.round, roster.identities(), journal)
-    pb_grpc.add_AggregationServicer_to_server(
-        AggregationServicer(coordinator, roster, insecure=settings.insecure), server
-    )
+    servicer = AggregationServicer(coordinator, roster, insecure=settings.insecure)
+    pb_grpc.add_AggregationServicer_to_server(servicer, server)
+    if from_file is not None:
+        # Revocation / re-enrolment: the roster file is re-read at every round open.
+        roster_dir = from_file
+        coordinator.follow_roster(
+            lambda: load_roster(roster_dir), lambda fresh: setattr(servicer, "roster", fresh)
+        )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    reflection.enable_server_reflection(
-        (
-            SERVICE_NAME,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    if settings.reflection:  # off by default: it lists the whole API to anyone
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
     address = f"{settings.host}:{settings.port}"
     if settings.insecure:
         log.warning(

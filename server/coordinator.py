@@ -51,6 +51,7 @@ from server.errors import RoundFailedError, StageClosedError, UnknownRoundError
 from server.journal import RoundJournal
 from server.plaintext import PlaintextRound, plaintext_spec
 from server.replay import encode_message, replay
+from server.roster import Roster
 from server.settings import RoundSettings
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,72 @@ class RoundCoordinator:
         self.round_dp = self._build_dp()
         self.privacy = FederationAccountant(settings.dp_accountant)
         self._restore_privacy()
+        self._roster_source: tuple[Callable[[], Roster], Callable[[Roster], None]] | None = None
+
+    # --- the roster (revocation, re-enrolment) -----------------------------------------
+
+    def follow_roster(
+        self, load: Callable[[], Roster], on_change: Callable[[Roster], None]
+    ) -> None:
+        """Re-read the roster with `load` at every round open and hand it to `on_change`
+        (the servicer's authorisation): a client revoked with `fedveil keys revoke` is
+        refused from the next round on, and one re-enrolled takes part with its new
+        certificate and identity."""
+        self._roster_source = (load, on_change)
+
+    def _reload_roster(self, round_id: int) -> bool:
+        """False (and nothing changed) when the roster cannot be used for the next round:
+        the server then opens no more rounds, rather than keep a revoked client in."""
+        if self._roster_source is None:
+            return True
+        load, on_change = self._roster_source
+        previous = self.roster
+        try:
+            roster = load()
+            identities = roster.identities()
+            if identities != previous:
+                self._check_roster(identities, round_id)
+        except (ConfigError, OSError) as exc:
+            self.roster = previous
+            log.error(
+                "round %d not opened, no further rounds: the roster cannot be used (%s); "
+                "fix it and restart the server",
+                round_id,
+                exc,
+            )
+            return False
+        if identities != previous:
+            removed = sorted(set(previous) - set(identities))
+            rekeyed = sorted(
+                c for c in identities if c in previous and identities[c] != previous[c]
+            )
+            added = sorted(set(identities) - set(previous))
+            log.info(
+                "roster changed before round %d: removed %s, re-keyed %s, added %s",
+                round_id,
+                removed,
+                rekeyed,
+                added,
+            )
+        self.roster = identities
+        on_change(roster)
+        return True
+
+    def _check_roster(self, identities: dict[str, VerifyingIdentity], round_id: int) -> None:
+        """A changed roster must still shape a valid round (sets self.roster on success)."""
+        s = self.settings
+        if len(identities) < s.min_cohort:
+            raise ConfigError(
+                f"the roster has {len(identities)} clients, below min_cohort {s.min_cohort}"
+            )
+        if self.round_dp is not None and len(identities) > self.round_dp.config.max_cohort:
+            raise ConfigError(
+                f"the roster grew to {len(identities)} clients, past the "
+                f"{self.round_dp.config.max_cohort} the DP noise was calibrated for"
+            )
+        self.roster = identities
+        if s.mode == "secagg":
+            self._round_config(round_id)  # the threshold and degree still fit
 
     # --- differential privacy -----------------------------------------------------------
 
@@ -277,6 +344,10 @@ class RoundCoordinator:
             self.finished.set()
             return None
         round_id = self._next_round_id
+        if not self._reload_roster(round_id):
+            self.current = None
+            self.finished.set()
+            return None
         opener = {
             "plaintext": self._plaintext_round,
             "ckks": self._ckks_round,

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from secagg.ckks.messages import EpochKeys
+from secagg.errors import ConfigError
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS rounds (
@@ -57,6 +60,35 @@ _SCHEMA = (
 )
 
 
+def _tighten(path: Path, mode: int) -> None:
+    """Take group and other permissions off an existing path of ours (or say why not)."""
+    current = stat.S_IMODE(path.stat().st_mode)
+    if current & 0o077:
+        try:
+            path.chmod(mode)
+        except OSError as exc:
+            raise ConfigError(
+                f"{path} is open to other users (mode {current:04o}) and cannot be made "
+                f"private ({exc.strerror}): give the server a state folder of its own"
+            ) from exc
+
+
+def _private_files(path: Path) -> None:
+    """The journal's folder 0700 and its files 0600, whatever the umask.
+
+    The journal holds what clients sent (masked uploads, encrypted shares, signatures) and,
+    with central DP, the seed of the server's noise: no other local user may read it.
+    SQLite creates the -wal and -shm files with the main file's permissions.
+    """
+    folder = path.parent
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(folder, 0o700)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    for file in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        if file.exists():
+            _tighten(file, 0o600)
+
+
 @dataclass(frozen=True)
 class JournalEvent:
     kind: str
@@ -80,6 +112,7 @@ class RoundJournal:
         # statements never interleave inside another thread's transaction and close() waits
         # for work in flight instead of pulling the connection from under it.
         self._lock = threading.RLock()
+        _private_files(Path(path))
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -181,13 +181,25 @@ class CertificateAuthority:
         valid_days: int,
     ) -> IssuedCertificate:
         key = ec.generate_private_key(ec.SECP256R1())
+        cert = self._sign(subject, san, usage, key.public_key(), valid_days)
+        return IssuedCertificate(cert, key)
+
+    def _sign(
+        self,
+        subject: str,
+        san: list[x509.GeneralName],
+        usage: x509.ObjectIdentifier,
+        public_key: ec.EllipticCurvePublicKey,
+        valid_days: int,
+    ) -> x509.Certificate:
+        """A leaf certificate for a key held elsewhere (the CA never sees its private half)."""
         not_before, not_after = _validity(valid_days, self.certificate.not_valid_after_utc)
         ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-        cert = (
+        return (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
             .issuer_name(self.certificate.subject)
-            .public_key(key.public_key())
+            .public_key(public_key)
             .serial_number(x509.random_serial_number())
             .not_valid_before(not_before)
             .not_valid_after(not_after)
@@ -195,14 +207,13 @@ class CertificateAuthority:
             .add_extension(_key_usage(digital_signature=True), critical=True)
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
             .add_extension(
                 x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski.value),
                 critical=False,
             )
             .sign(self.private_key, hashes.SHA256())
         )
-        return IssuedCertificate(cert, key)
 
 
 def _key_usage(*, digital_signature: bool = False, cert_sign: bool = False) -> x509.KeyUsage:
@@ -275,6 +286,24 @@ def issue_client_certificate(
         x509.UniformResourceIdentifier(f"{CLIENT_URI_PREFIX}{client_id}")
     ]
     return ca._issue(client_id, san, ExtendedKeyUsageOID.CLIENT_AUTH, valid_days)
+
+
+def sign_client_certificate(
+    ca: CertificateAuthority,
+    client_id: str,
+    public_key: ec.EllipticCurvePublicKey,
+    valid_days: int = DEFAULT_VALID_DAYS,
+) -> x509.Certificate:
+    """Certify a TLS key the client made itself (from its enrolment request's CSR)."""
+    validate_client_id(client_id)
+    if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
+        public_key.curve, ec.SECP256R1
+    ):
+        raise ConfigError(f"client {client_id!r}: the TLS key must be ECDSA P-256")
+    san: list[x509.GeneralName] = [
+        x509.UniformResourceIdentifier(f"{CLIENT_URI_PREFIX}{client_id}")
+    ]
+    return ca._sign(client_id, san, ExtendedKeyUsageOID.CLIENT_AUTH, public_key, valid_days)
 
 
 def certificate_common_name(certificate: x509.Certificate) -> str:

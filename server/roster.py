@@ -34,6 +34,7 @@ from secagg.roster_format import (
     RosterEntry,
     parse_roster,
     roster_document,
+    roster_sha256,
 )
 from server.pki import validate_client_id
 
@@ -108,6 +109,13 @@ class Roster(Mapping[str, EnrolledClient]):
         """What the protocol state machines need to check signed advertisements."""
         return {cid: c.identity for cid, c in self._clients.items()}
 
+    def sha256(self) -> bytes:
+        """The fingerprint clients check out of band (secagg.roster_format.roster_sha256)."""
+        return roster_sha256(
+            RosterEntry(c.client_id, c.identity, c.certificate_sha256)
+            for c in self._clients.values()
+        )
+
     # --- changes -----------------------------------------------------------------------
 
     def with_client(self, client: EnrolledClient) -> Roster:
@@ -137,8 +145,9 @@ class Roster(Mapping[str, EnrolledClient]):
         client = self._clients.get(common_name)
         if client is None:
             raise UnknownClientError(
-                f"client {common_name!r} is not enrolled on this server; ask the operator "
-                "to run `fedveil keys add-client`"
+                f"client {common_name!r} is not enrolled on this server (or was revoked); "
+                "send a request from `fedveil keys request` to the operator, who enrols it "
+                "with `fedveil keys enrol`"
             )
         if not hmac.compare_digest(certificate_sha256(certificate_der), client.certificate_sha256):
             raise UnauthenticatedError(

@@ -242,11 +242,12 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
     ) -> tuple[ActiveRound, str, int]:
         """Feed a chunk stream to `take` until it reports the upload complete.
 
-        Every chunk must name the caller and one round; returns the round, the caller and
-        the bytes received in this stream.
+        Every chunk must name the caller and one round; a stream that ends before the
+        upload is complete is refused (INVALID_ARGUMENT, resume from GetUploadStatus).
+        Returns the round, the caller and the bytes received in this stream.
         """
         active: ActiveRound | None = None
-        client_id, received = "", 0
+        client_id, received, complete, last = "", 0, False, -1
         async for chunk in request_iterator:
             if active is None:
                 client_id = self._caller(context, chunk.client_id)
@@ -256,10 +257,21 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
                     "every chunk of one upload must name the same round and client"
                 )
             received += len(chunk.data)
+            last = chunk.index
             if await take(active, client_id, chunk):
+                complete = True
                 break
         if active is None:
             raise InvalidMessageError("empty upload stream: send at least one chunk")
+        if not complete:
+            # Not a long poll on an upload that cannot finish: the chunks are kept, and
+            # the client resumes (the stream of an honest client only ends after the
+            # last chunk, which carries the digest).
+            raise InvalidMessageError(
+                f"the upload stream ended after chunk {last}, before the last chunk (the "
+                "one that carries the SHA-256); the chunks received are kept: resume from "
+                "GetUploadStatus's next_index"
+            )
         return active, client_id, received
 
     async def _take_chunk(self, active: ActiveRound, client_id: str, chunk: pb.VectorChunk) -> bool:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Any, get_args, get_type_hints
 
 from secagg.ckks.presets import DEFAULT_PRESET, preset
 from secagg.errors import ConfigError
@@ -154,10 +156,22 @@ class ServerSettings:
     keys_dir: Path | None = None
     state_dir: Path = field(default_factory=lambda: Path(".fedveil-server"))
     insecure: bool = False
+    # Calls one client may have in flight at once (long polls, upload and result
+    # streams, unary calls); past it: RESOURCE_EXHAUSTED. An honest client holds 1-2.
+    max_calls_per_client: int = 8
+    # gRPC server reflection lists the whole API to anyone who connects: off unless asked.
+    reflection: bool = False
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in [0, 65535], got {self.port}")
+        cap = self.max_calls_per_client
+        if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= 10_000:
+            raise ConfigError(
+                f"server.max_calls_per_client must be an integer in [1, 10000], got {cap!r}"
+            )
+        if not isinstance(self.reflection, bool):
+            raise ConfigError(f"server.reflection must be true or false, got {self.reflection!r}")
         if not self.insecure and self.keys_dir is None:
             raise ConfigError(
                 "TLS is always on: give keys_dir (made by `fedveil keys init`), or pass "
@@ -173,6 +187,68 @@ class ServerSettings:
         """
         floor = CKKS_MESSAGE_BYTES if self.round.mode == "ckks" else 0
         return max(self.round.chunk_bytes, floor) + 64 * 1024
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+
+
+_WANTED = {
+    bool: "true or false",
+    int: "an integer",
+    float: "a finite number",
+    str: "a string",
+    Path: "a path string",
+    bytes: "a hex string",
+}
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """`value` if it has the field's type (an integer also for a float); else ConfigError
+    naming the key, so a TOML `dimension = "1000"` or `bits = 32.5` is one clear line."""
+    options = get_args(hint) if isinstance(hint, UnionType) else (hint,)
+    kinds = [k for k in options if k is not type(None)]
+    if value is None and len(kinds) < len(options):
+        return value
+    kind = kinds[0] if len(kinds) == 1 else None
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = number and isinstance(value, int)
+    elif kind is float:
+        ok = number and math.isfinite(value)
+    elif kind is str:
+        ok = isinstance(value, str)
+    elif kind is Path:
+        ok = isinstance(value, str | Path)
+    elif kind is bytes:
+        ok = isinstance(value, str | bytes)
+    else:
+        return value
+    if ok:
+        return value
+    fix = ""
+    if isinstance(value, str) and kind in (int, float):
+        try:
+            float(value)
+            fix = f" (write {key.split('.')[-1]} = {value.strip()}, without quotes)"
+        except ValueError:
+            pass
+    raise ConfigError(f"{key} must be {_WANTED[kind]}, got {value!r}{fix}")
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -191,15 +267,15 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
 
     Override keys are field names; round fields may be given bare or as "round.<name>".
     """
-    data: dict[str, Any] = {}
-    if path is not None:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+    data: dict[str, Any] = {} if path is None else _read_toml(path)
     unknown_tables = set(data) - {"server", "round"}
     if unknown_tables:
         raise ConfigError(
             f"unknown tables {sorted(unknown_tables)} in {path}; use [server], [round]"
         )
+    for table in ("server", "round"):
+        if not isinstance(data.get(table, {}), dict):
+            raise ConfigError(f"{path}: [{table}] must be a table, got {data[table]!r}")
     server_data = dict(data.get("server", {}))
     round_data = dict(data.get("round", {}))
     round_names = {f.name for f in fields(RoundSettings)}
@@ -219,6 +295,13 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
         bad = set(source) - names
         if bad:
             raise ConfigError(f"unknown [{table}] settings {sorted(bad)}; known: {sorted(names)}")
+    for table, source, kind in (
+        ("server", server_data, ServerSettings),
+        ("round", round_data, RoundSettings),
+    ):
+        hints = get_type_hints(kind)
+        for name, value in source.items():
+            source[name] = _check_type(f"{table}.{name}", value, hints[name])
     if "dimension" not in round_data:
         raise ConfigError("round.dimension is required (the length of the flat update)")
     if "model_hash" not in round_data:

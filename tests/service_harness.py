@@ -11,11 +11,12 @@ from pathlib import Path
 import grpc
 
 from clients.credentials import ClientCredentials
+from clients.enrolment import request_enrolment
 from clients.transport import AsyncAggregationClient, TransportSecurity
 from proto import aggregation_pb2_grpc as pb_grpc
 from secagg.protocol.config import DEFAULT_ALLOWED_MODES, ClientPolicy
 from server.app import RunningServer, start_server
-from server.keys_store import client_dir, init_keys, load_roster
+from server.keys_store import client_dir, enrol_request, init_federation, init_keys, load_roster
 from server.settings import RoundSettings, ServerSettings
 
 # The base model every test client and server holds; each round chains it with the previous
@@ -28,6 +29,28 @@ def make_keys(root: Path, n: int) -> tuple[Path, list[str]]:
     keys = root / "keys"
     init_keys(keys, ["localhost", "127.0.0.1"], ids)
     return keys, ids
+
+
+def enrol_federation(root: Path, ids: Iterable[str], hosts: Iterable[str] = ()) -> Path:
+    """The dealer-free layout: ROOT/ca (CA key), ROOT/server (what `fedveil server` gets)
+    and ROOT/clients/<id>, each made by that client's own request. Returns ROOT/server;
+    `enrolled_client_dir` finds a client's folder."""
+    server_dir = root / "server"
+    init_federation(
+        root / "ca", server_dir, list(dict.fromkeys(["localhost", "127.0.0.1", *hosts]))
+    )
+    for cid in ids:
+        request_enrolment(enrolled_client_dir(server_dir, cid), cid)
+        enrol_request(
+            enrolled_client_dir(server_dir, cid) / "request.json", root / "ca", server_dir
+        )
+    return server_dir
+
+
+def enrolled_client_dir(server_dir: Path, client_id: str) -> Path:
+    """A client's own folder in the layout `enrol_federation` writes (beside, never
+    inside, the server's folder)."""
+    return server_dir.parent / "clients" / client_id
 
 
 def settings_for(root: Path, keys: Path, **round_kwargs: object) -> ServerSettings:
@@ -91,6 +114,8 @@ def raw_stub(
 __all__ = [
     "BASE_MODEL_HASH",
     "client_for",
+    "enrol_federation",
+    "enrolled_client_dir",
     "make_keys",
     "raw_stub",
     "replace",

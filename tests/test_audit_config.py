@@ -62,7 +62,7 @@ def test_a_toml_document_sets_every_section() -> None:
         ({"federation": {"clients": 1}}, "[federation] clients must be an integer >= 2"),
         ({"federation": {"rounds": 0}}, "[federation] rounds must be an integer >= 1"),
         ({"dp": {"noise_multiplier": 0}}, "noise_multiplier must be a finite number > 0"),
-        ({"dp": {"clip_norm": "big"}}, "[dp] values must be numbers"),
+        ({"dp": {"clip_norm": "big"}}, "[dp] clip_norm must be a number"),
         ({"thresholds": {"max_auc": 1.5}}, "max_auc must be in [0, 1]"),
         ({"thresholds": {"max_psnr_over_baseline_db": "3"}}, "must be a number"),
         ({"thresholds": {"empirical_epsilon_within_claimed": 1}}, "must be true or false"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -179,7 +180,9 @@ def test_settings_carry_the_mode_flags_into_the_policy(tmp_path: Path) -> None:
 def test_a_downgrade_is_one_line_and_exit_1(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setattr(client_command, "prepare", lambda settings, stop_before=None: None)
+    # A prepared run without a server: only what run_client touches after the rounds.
+    prepared = SimpleNamespace(client=SimpleNamespace(privacy_ledger=None))
+    monkeypatch.setattr(client_command, "prepare", lambda settings, stop_before=None: prepared)
 
     async def refused(prepared: object) -> list[object]:
         require_allowed_mode(3, pb.AGGREGATION_MODE_PLAINTEXT, None)

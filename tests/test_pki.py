@@ -335,25 +335,35 @@ def _run(argv: list[str]) -> int:
 
 
 def test_keys_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    d = str(tmp_path / "k")
-    assert (
-        _run(["keys", "init", "--dir", d, "--hosts", "localhost, 127.0.0.1", "--clients", "a,b"])
-        == 0
-    )
-    assert _run(["keys", "add-client", "--dir", d, "--id", "c"]) == 0
+    """init (CA and server folders apart), request per client, enrol, show, revoke."""
+    ca, srv = str(tmp_path / "ca"), str(tmp_path / "server")
+    assert _run(["keys", "init", "--ca-dir", ca, "--server-dir", srv, "--hosts", "localhost"]) == 0
+    for cid in ("a", "b", "c"):
+        folder = str(tmp_path / cid)
+        assert _run(["keys", "request", "--client-id", cid, "--dir", folder]) == 0
+        request = f"{folder}/request.json"
+        assert _run(["keys", "enrol", request, "--ca-dir", ca, "--server-dir", srv]) == 0
     capsys.readouterr()
-    assert _run(["keys", "show", "--dir", d]) == 0
+    assert _run(["keys", "show", "--server-dir", srv]) == 0
     shown = capsys.readouterr().out
-    roster = load_roster(d)
+    roster = load_roster(srv)
     for cid in ("a", "b", "c"):
         assert cid in shown and roster[cid].certificate_sha256.hex() in shown
-    assert _run(["keys", "init", "--dir", d, "--hosts", "localhost"]) == 2
-    assert "already holds a CA" in capsys.readouterr().err
-    assert _run(["keys", "add-client", "--dir", d, "--id", "c"]) == 2
+    assert f"roster SHA-256 {roster.sha256().hex()}" in shown
+    assert _run(["keys", "init", "--ca-dir", ca, "--server-dir", srv, "--hosts", "x"]) == 2
+    assert "already exists" in capsys.readouterr().err
+    again = f"{tmp_path / 'c'}/request.json"
+    assert _run(["keys", "enrol", again, "--ca-dir", ca, "--server-dir", srv]) == 2
     assert "already enrolled" in capsys.readouterr().err
-    assert _run(["keys", "init", "--dir", d, "--hosts", "", "--force"]) == 2
+    assert _run(["keys", "revoke", "c", "--server-dir", srv]) == 0
+    assert "c" not in load_roster(srv)
+    assert _run(["keys", "revoke", "c", "--server-dir", srv]) == 2
+    assert "not on the roster" in capsys.readouterr().err
+    assert (
+        _run(["keys", "init", "--ca-dir", ca, "--server-dir", srv, "--hosts", "", "--force"]) == 2
+    )
     assert "hostname" in capsys.readouterr().err
-    assert _run(["keys", "show", "--dir", str(tmp_path / "none")]) == 2
+    assert _run(["keys", "show", "--server-dir", str(tmp_path / "none")]) == 2
 
 
 # --- real mutual TLS on loopback ------------------------------------------------------

@@ -103,6 +103,7 @@ def test_fedveil_client_refuses_rounds_2_without_dp_with_exit_2(
             "weight": 3,
             "rounds": 2,
             "privacy_epsilon": 8.0,
+            "privacy_ledger": tmp_path / "privacy-ledger.json",
             "model_hash": MODEL_HASH,
         },
     )

@@ -1,8 +1,9 @@
 """The service as it is deployed: `fedveil server` and `fedveil client` as real processes.
 
-Everything runs on loopback with mutual TLS and keys from `init_keys`. Every process is
-started inside a ProcessGroup, whose exit kills whatever still runs, and every wait has
-a deadline, so a hang fails the test instead of blocking CI.
+Everything runs on loopback with mutual TLS and keys from the dealer-free enrolment
+(`enrol_federation`: each client's own request, the server given only its folder). Every
+process is started inside a ProcessGroup, whose exit kills whatever still runs, and every
+wait has a deadline, so a hang fails the test instead of blocking CI.
 
 Why the server is sometimes started *after* its clients: a round's first stage
 (advertise-keys) is timed from the moment the round opens, so with a short stage timeout
@@ -32,6 +33,7 @@ from types import TracebackType
 
 import numpy as np
 import pytest
+from service_harness import enrol_federation, enrolled_client_dir
 
 from clients.credentials import ClientCredentials
 from clients.roster_file import load_roster_identities
@@ -202,8 +204,7 @@ class Federation:
 
 def make_federation(root: Path, n: int, d: int, seed: int, *, write: bool = True) -> Federation:
     ids = [f"org-{i:03d}" for i in range(n)]
-    keys = root / "keys"
-    init_keys(keys, ["localhost", HOST], ids)
+    keys = enrol_federation(root, ids, [HOST])
     rng = np.random.default_rng(seed)
     # sigma 0.6: a fair share of the values lies beyond the clip bound, so clipping is tested.
     updates = {c: rng.normal(0.0, 0.6, d).astype(np.float32) for c in ids}
@@ -274,7 +275,7 @@ def start_client(
             "--server",
             f"{HOST}:{port}",
             "--credentials",
-            str(client_dir(fed.keys, client_id)),
+            str(enrolled_client_dir(fed.keys, client_id)),
             "--roster",
             str(fed.keys / "roster.json"),
             "--update",
@@ -360,7 +361,7 @@ def test_three_client_processes_complete_a_round(tmp_path: Path) -> None:
                     "--server",
                     f"{HOST}:{port}",
                     "--credentials",
-                    str(client_dir(fed.keys, third)),
+                    str(enrolled_client_dir(fed.keys, third)),
                     "--update",
                     str(tensors),
                     "--out",
@@ -624,7 +625,7 @@ def test_one_hundred_concurrent_clients(tmp_path: Path) -> None:
     roster = load_roster_identities(fed.keys / "roster.json")
 
     def client(client_id: str, port: int) -> AsyncAggregationClient:
-        credentials = ClientCredentials.load(client_dir(fed.keys, client_id))
+        credentials = ClientCredentials.load(enrolled_client_dir(fed.keys, client_id))
         return AsyncAggregationClient(
             f"{HOST}:{port}",
             client_id,

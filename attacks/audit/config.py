@@ -205,10 +205,13 @@ def config_from_toml(
             kwargs[field_name] = path if path.is_absolute() else (base_dir or Path()) / path
     if "canaries" in target:
         kwargs["canaries"] = target["canaries"]
+    for key, value in dp.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"[dp] {key} must be a number, got {value!r}")
     try:
         kwargs["dp"] = DPSettings(**{k: float(v) for k, v in dp.items()})
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[dp] values must be numbers: {exc}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"[dp] {str(exc).removeprefix('DPSettings.')}") from None
     kwargs["thresholds"] = Thresholds(**thresholds)
     claims = dict(DEFAULT_CLAIMS)
     for protection, attacks in claims_doc.items():
@@ -222,9 +225,13 @@ def load_config(path: Path | None, profile: str | None = None) -> AuditConfig:
     if path is None:
         return config_from_toml({}, profile)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read the audit config {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -24,7 +24,7 @@ from secagg.ckks.distribution import (
     open_secret_context,
     seal_secret_context,
 )
-from secagg.ckks.keys import CkksKeyring
+from secagg.ckks.keys import CkksKeyring, check_secret_context
 from secagg.ckks.messages import (
     CkksAdvertisement,
     CkksResult,
@@ -141,9 +141,7 @@ class CkksClientSession:
             ) from exc
         return advert
 
-    def handle_advertisements(
-        self, adverts: Sequence[CkksAdvertisement]
-    ) -> KeyPublication | None:
+    def handle_advertisements(self, adverts: Sequence[CkksAdvertisement]) -> KeyPublication | None:
         """The holder answers with the key publication; any other client with None."""
         by_id = {a.client_id: self._verified(a) for a in adverts}
         if len(by_id) != len(adverts):
@@ -182,7 +180,8 @@ class CkksClientSession:
         )
 
     def handle_delivery(self, delivery: KeyDelivery) -> bytes:
-        """Open the sealed secret context; returns its fingerprint."""
+        """Open the sealed secret context, check it is the round's preset; returns its
+        fingerprint."""
         if self._holder is None:
             raise ProtocolError("key delivery before the advertisements were seen")
         if delivery.holder != self._holder:
@@ -203,6 +202,7 @@ class CkksClientSession:
             delivery.wrapped_key,
             self._binding(),
         )
+        check_secret_context(keyring, self.config.preset, self.config.key_epoch)
         return self._keys.add(self.config.key_epoch, keyring)
 
     def _keyring(self) -> CkksKeyring:

@@ -22,6 +22,7 @@ import math
 import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from typing import Any
 
 import numpy as np
 import tenseal as ts
@@ -148,6 +149,12 @@ class CiphertextSum:
             )
         self._public = public
         self._fingerprint = public.fingerprint()
+        # What every honest, fresh encryption under the round's key carries: two parts
+        # at the top data level of the modulus chain, at exactly the preset's scale.
+        seal_context = public.context.seal_context().data
+        self._top_level = seal_context.first_parms_id()
+        self._top_primes = len(seal_context.first_context_data().parms().coeff_modulus())
+        self._scale = 2.0**chosen.scale_bits
         self.chosen = chosen
         self.dimension = dimension
         self.count = chunk_count(dimension, chosen)
@@ -172,33 +179,62 @@ class CiphertextSum:
                 f"chunk {index} is not a valid CKKS ciphertext: {exc}"
             ) from exc
         expected = self._expected_size(index)
-        if len(vector.ciphertext()) != 1 or vector.size() != expected:
+        parts = vector.ciphertext()
+        if len(parts) != 1 or vector.size() != expected:
             raise InvalidMessageError(
                 f"chunk {index} encrypts {vector.size()} values; expected {expected}"
             )
+        self._check_fresh(index, parts[0])
         return vector
+
+    def _check_fresh(self, index: int, ciphertext: Any) -> None:
+        """Refuse what an honest encryption never is: a ciphertext at another scale or
+        level would become a chunk's running sum (as its first contribution) or fail
+        every later add against it; one of another size or form, or transparent, breaks
+        the sum's arithmetic. Nothing here touches the sum."""
+        if ciphertext.parms_id() != self._top_level:
+            raise InvalidMessageError(
+                f"chunk {index} is at another level of the modulus chain "
+                f"({ciphertext.coeff_modulus_size()} primes; a fresh encryption under the "
+                f"round's key has {self._top_primes}): encrypt afresh, without rescaling"
+            )
+        if ciphertext.scale != self._scale:
+            scale = float(ciphertext.scale)
+            shown = f"2^{math.log2(scale):g}" if scale > 0 else repr(scale)
+            raise InvalidMessageError(
+                f"chunk {index} has scale {shown}; the round's preset "
+                f"{self.chosen.name} encrypts at scale 2^{self.chosen.scale_bits}"
+            )
+        if ciphertext.size() != 2 or not ciphertext.is_ntt_form() or ciphertext.is_transparent():
+            raise InvalidMessageError(
+                f"chunk {index} is not a fresh two-part CKKS ciphertext in NTT form"
+            )
 
     def add(self, index: int, vector: ts.CKKSVector, *, subtract: bool = False) -> None:
         """Add (or, to roll a client back, subtract) one parsed chunk; `vector` is not
         modified, so a caller may keep it for a later rollback."""
         current = self._sums[index]
-        if current is None:
-            # A new vector that shares the public context: CKKSVector.copy() would copy
-            # the whole context as well (18 ms a chunk, 20x the server's work at d=4e6).
-            negated = -vector
-            self._sums[index] = negated if subtract else -negated
-            return
         try:
-            if subtract:
+            if current is None:
+                # A new vector that shares the public context: CKKSVector.copy() would
+                # copy the whole context as well (18 ms a chunk, 20x the server's work at
+                # d=4e6).
+                negated = -vector
+                self._sums[index] = negated if subtract else -negated
+            elif subtract:
                 current.sub_(vector)
             else:
                 current.add_(vector)
-        except RuntimeError as exc:
-            if "transparent" not in str(exc):
-                raise
-            # The contributions cancelled exactly (a rollback of the only contributor):
-            # the chunk holds nothing again.
-            self._sums[index] = None
+        except (RuntimeError, ValueError, TypeError) as exc:
+            if current is not None and "transparent" in str(exc):
+                # The contributions cancelled exactly (a rollback of the only
+                # contributor): the chunk holds nothing again.
+                self._sums[index] = None
+                return
+            # TenSEAL checks before it computes: the sum is unchanged.
+            raise InvalidMessageError(
+                f"chunk {index} cannot be added to the encrypted sum: {exc}"
+            ) from exc
 
     def serialised(self) -> list[bytes]:
         """The summed ciphertexts, for the clients to decrypt."""

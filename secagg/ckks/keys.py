@@ -7,13 +7,11 @@ serialised without pickle (TenSEAL's protobuf format).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import math
-import warnings
 
 import tenseal as ts
+import tenseal.sealapi  # noqa: F401 - registers SEAL's Modulus type, read by preset_mismatch
 
 from secagg.ckks.presets import CkksPreset
 from secagg.errors import ConfigError, CryptoError
@@ -100,12 +98,53 @@ def key_epoch(round_id: int, rotate_every: int) -> int:
     return (round_id - 1) // rotate_every
 
 
+def context_parameters(keyring: CkksKeyring) -> tuple[int, tuple[int, ...], float]:
+    """(poly modulus degree, bit size of every prime of the coefficient modulus including
+    the special prime, global scale) of a context, as SEAL and TenSEAL hold them."""
+    parms = keyring.context.seal_context().data.key_context_data().parms()
+    sizes = tuple(int(prime.bit_count()) for prime in parms.coeff_modulus())
+    return int(parms.poly_modulus_degree()), sizes, float(keyring.context.global_scale)
+
+
+def preset_mismatch(keyring: CkksKeyring, chosen: CkksPreset) -> str | None:
+    """What differs between a context's parameters and the preset, or None."""
+    degree, sizes, scale = context_parameters(keyring)
+    problems = []
+    if degree != chosen.poly_modulus_degree:
+        problems.append(
+            f"poly modulus degree {degree}, the preset's is {chosen.poly_modulus_degree}"
+        )
+    if sizes != tuple(chosen.coeff_mod_bit_sizes):
+        problems.append(
+            f"coeff modulus bit sizes {list(sizes)}, the preset's are "
+            f"{list(chosen.coeff_mod_bit_sizes)}"
+        )
+    if scale != 2.0**chosen.scale_bits:
+        shown = f"2^{math.log2(scale):g}" if scale > 0 else repr(scale)
+        problems.append(f"scale {shown}, the preset's is 2^{chosen.scale_bits}")
+    return "; ".join(problems) or None
+
+
+def check_secret_context(keyring: CkksKeyring, chosen: CkksPreset, key_epoch: int) -> None:
+    """A client's check of the secret context it received: it encrypts under nothing but
+    the round's preset (a key holder, or a server relaying for one, could otherwise pick
+    weaker parameters or a chain whose headroom the round's bounds do not fit)."""
+    if not keyring.is_private:
+        raise CryptoError(f"the context delivered for key epoch {key_epoch} holds no secret key")
+    problem = preset_mismatch(keyring, chosen)
+    if problem is not None:
+        raise CryptoError(
+            f"the secret context delivered for key epoch {key_epoch} is not the round's "
+            f"preset {chosen.name} ({problem}); refusing to encrypt under it"
+        )
+
+
 def load_public_context(data: bytes, chosen: CkksPreset) -> CkksKeyring:
     """Parse a context published for the server and check it fits the round's preset.
 
     Refuses a context that holds the secret key (the server must never receive one), one
-    without a public key, and one whose scale or ring degree differ from the preset (the
-    degree is pinned by how many slots one ciphertext holds).
+    without a public key, and one whose ring degree, modulus chain or scale differ from
+    the preset.
     """
     keyring = CkksKeyring.from_bytes(data)
     context = keyring.context
@@ -116,18 +155,7 @@ def load_public_context(data: bytes, chosen: CkksPreset) -> CkksKeyring:
         )
     if not context.has_public_key():
         raise CryptoError("the published context has no public key")
-    if context.global_scale != 2.0**chosen.scale_bits:
-        raise CryptoError(
-            f"the published context's scale is 2^{math.log2(context.global_scale):g}; "
-            f"preset {chosen.name} uses 2^{chosen.scale_bits}"
-        )
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        one = ts.ckks_vector(context, [0.0] * chosen.slot_count)
-        two = ts.ckks_vector(context, [0.0] * (chosen.slot_count + 1))
-    if len(one.ciphertext()) != 1 or len(two.ciphertext()) != 2:
-        raise CryptoError(
-            f"the published context's ring degree is not {chosen.poly_modulus_degree} "
-            f"(preset {chosen.name})"
-        )
+    problem = preset_mismatch(keyring, chosen)
+    if problem is not None:
+        raise CryptoError(f"the published context is not preset {chosen.name}: {problem}")
     return keyring

@@ -99,11 +99,29 @@ class PrivacyLedger:
             )
         return after
 
+    @property
+    def method(self) -> AccountingMethod:
+        """The accounting method this ledger composes its events with."""
+        return self._accountant.method
+
+    @property
+    def discrete_as_gaussian(self) -> bool:
+        return self._accountant.discrete_as_gaussian
+
     def charge(self, events: Sequence[DpEvent]) -> EpsilonReport:
-        """Check, then record `events` as spent; returns the new cumulative report."""
+        """Check, then record `events` as spent; returns the new cumulative report.
+
+        A subclass that keeps the ledger elsewhere (clients.privacy_ledger writes a file)
+        overrides this to store the round *before* `_record`, so that an error while
+        storing leaves nothing recorded and the caller sends nothing."""
         events = list(events)
         after = self.check(events)
+        self._record(events)
+        return after
+
+    def _record(self, events: Sequence[DpEvent]) -> None:
+        """Record one round's events as spent, unchecked (charge checks; a stored ledger
+        replays the rounds it already charged)."""
         for event in events:
             self._accountant.compose(event)
         self._rounds += 1
-        return after
