@@ -36,12 +36,18 @@ bench: $(STAMP)
 	mkdir -p benchmarks/results
 	$(PY) benchmarks/secagg_bench.py --json benchmarks/results/secagg.json
 
+# ruff; the layering contracts in pyproject.toml [tool.importlinter] (`lint-imports`);
+# mypy over every package ([tool.mypy] files).
 lint: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m mypy secagg server fedveil attacks
+	$(VENV)/bin/lint-imports --no-logo
+	$(PY) -m mypy
+
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .hypothesis .mypy_cache .ruff_cache .import_linter_cache
 
 # Regenerate the committed protobuf/gRPC modules (a test fails when they are stale).
 proto: $(STAMP)

@@ -1,13 +1,17 @@
-"""The attack suite: what an observer of an update (plain, secure aggregate, noised) can
-reconstruct. Every privacy claim in fedveil is checked by one of these attacks.
+"""The attack suite: what an observer of a round (a plain update, a secure aggregate, a
+noised one) or of a released model can learn. Every privacy claim in fedveil is checked
+by one of these attacks.
 
-Public API: the interface (`base`), the registry (`registry.create(name, ...)`), the
-protection views (`views`), the metrics (`metrics`), and the attacks themselves, each
-in its own module: `dlg`, `inverting_gradients`, `label_leakage`, `text_recovery`.
-Targets (models and synthetic data to attack) live in `attacks.targets`.
+By kind: `update/` (attacks on an observed update: inversion, labels, text),
+`output/` (membership and extraction on a released model, and the output filters),
+`targets/` (models and synthetic data to attack), `measure/` (the records benchmarks
+and the audit read), `audit/` (`fedveil audit`). Beside them: `registry` (every attack
+by name, update and output alike), `protections` and `views` (what a protection lets an
+observer see), and `survivor_partition` (an active server's attack on the protocol).
 """
 
-from attacks.base import (
+from attacks.registry import attack_class, available, create, output_attack, register
+from attacks.update.base import (
     Attack,
     AttackError,
     InversionTarget,
@@ -20,9 +24,8 @@ from attacks.base import (
     TokenTarget,
     Truth,
     UpdateKind,
-    run_attack,
 )
-from attacks.registry import attack_class, available, create, register
+from attacks.update.run import run_attack
 
 __all__ = [
     "Attack",
@@ -40,6 +43,7 @@ __all__ = [
     "attack_class",
     "available",
     "create",
+    "output_attack",
     "register",
     "run_attack",
 ]

@@ -1,52 +1,140 @@
-"""Attacks by name, so benchmarks and audit reports can select them from the command line.
+"""Every attack by name, update and output alike, so benchmarks and audit reports can
+select them from the command line.
 
 Why a registry instead of imports at call sites: the leakage benchmark and the audit
-report iterate over "every attack that applies to this target", and new attacks (the
-membership-inference and canary issues) register themselves without touching either.
+report iterate over "every attack that applies to this target", and a new attack is
+added here (one row of `_builtin`) without touching either.
+
+Why one explicit table here, and no decorator in the attack modules: the registry
+imports the attacks, the attacks never import the registry, so there is no import cycle
+and one place lists them all. Each entry has one shape: a name, a family (which says
+what the attack observes: an update or the released model's outputs) and the attack:
+an `Attack` class for the update families, a score function over an `OutputTarget` for
+the output families.
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from attacks.base import Attack
+from attacks.update.base import Attack
 from secagg.errors import ConfigError
 
-_ATTACKS: dict[str, type[Attack[Any]]] = {}
+if TYPE_CHECKING:
+    from attacks.output.target import OutputAttack, Score
 
-A = TypeVar("A", bound=type[Attack[Any]])
+
+class Kind(enum.Enum):
+    """What an attack observes: one update (or an aggregate of them), or a released model."""
+
+    UPDATE = "update"
+    OUTPUT = "output"
 
 
-def register(cls: A) -> A:
-    """Class decorator: make `cls` available under `cls.name`."""
-    name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name:
-        raise ConfigError(f"{cls.__name__} must set a non-empty class attribute `name`")
-    existing = _ATTACKS.get(name)
-    if existing is not None and existing is not cls:
-        raise ConfigError(
-            f"attack name {name!r} is taken by {existing.__module__}.{existing.__name__}"
-        )
-    _ATTACKS[name] = cls
-    return cls
+FAMILIES: Mapping[str, Kind] = {
+    "inversion": Kind.UPDATE,
+    "labels": Kind.UPDATE,
+    "text": Kind.UPDATE,
+    "likelihood": Kind.OUTPUT,
+    "generation": Kind.OUTPUT,
+}
+"""Every family, and what its attacks observe."""
+
+UPDATE_FAMILIES: tuple[str, ...] = tuple(f for f, k in FAMILIES.items() if k is Kind.UPDATE)
+OUTPUT_FAMILIES: tuple[str, ...] = tuple(f for f, k in FAMILIES.items() if k is Kind.OUTPUT)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One registered attack: its name, its family, and the attack itself."""
+
+    name: str
+    family: str
+    attack: type[Attack[Any]] | Score
+
+    @property
+    def kind(self) -> Kind:
+        return FAMILIES[self.family]
+
+
+_ATTACKS: dict[str, Entry] = {}
+_loaded = False
+
+
+def _builtin() -> list[Entry]:
+    """The built-in attacks, in the order `available()` lists them (per family)."""
+    from attacks.output.generation import GENERATION_ATTACKS
+    from attacks.output.likelihood import LIKELIHOOD_ATTACKS
+    from attacks.output.target import generation_score, likelihood_score
+    from attacks.update.dlg import DLG
+    from attacks.update.inverting_gradients import InvertingGradients
+    from attacks.update.label_leakage import LabelLeakage
+    from attacks.update.text_recovery import SpanCheck, SubspaceRanking
+    from attacks.update.text_recovery_ffa import BSpanCheck, BSubspaceRanking
+
+    update: list[tuple[str, type[Attack[Any]]]] = [
+        ("inversion", DLG),
+        ("inversion", InvertingGradients),
+        ("labels", LabelLeakage),
+        ("text", SpanCheck),
+        ("text", SubspaceRanking),
+        ("text", BSpanCheck),
+        ("text", BSubspaceRanking),
+    ]
+    return [
+        *(Entry(cls.name, family, cls) for family, cls in update),
+        *(Entry(n, "likelihood", likelihood_score(n)) for n in LIKELIHOOD_ATTACKS),
+        *(Entry(n, "generation", generation_score(n)) for n in GENERATION_ATTACKS),
+    ]
 
 
 def _load_builtin() -> None:
-    # Importing the modules runs their @register decorators.
-    import attacks.dlg
-    import attacks.inverting_gradients
-    import attacks.label_leakage
-    import attacks.text_recovery
-    import attacks.text_recovery_ffa  # noqa: F401
+    # Imported on first use: the output attacks pull in transformers, and `import attacks`
+    # should not.
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        for entry in _builtin():
+            _add(entry)
 
 
-def available() -> tuple[str, ...]:
-    """Names of every registered attack, sorted."""
+def _add(entry: Entry) -> None:
+    if entry.family not in FAMILIES:
+        raise ConfigError(f"family must be one of {tuple(FAMILIES)}, got {entry.family!r}")
+    if not entry.name or entry.name in _ATTACKS:
+        raise ConfigError(f"attack name {entry.name!r} is empty or already registered")
+    is_class = isinstance(entry.attack, type)
+    if is_class != (entry.kind is Kind.UPDATE):
+        raise ConfigError(
+            f"a {entry.family} attack is "
+            + ("an Attack class" if entry.kind is Kind.UPDATE else "a score function")
+        )
+    if is_class and getattr(entry.attack, "name", None) != entry.name:
+        raise ConfigError(f"attack class {entry.attack!r} must set `name = {entry.name!r}`")
+    _ATTACKS[entry.name] = entry
+
+
+def register(name: str, family: str, attack: type[Attack[Any]] | Score) -> None:
+    """Make `attack` available as `name`; a name is registered once."""
     _load_builtin()
-    return tuple(sorted(_ATTACKS))
+    _add(Entry(name, family, attack))
 
 
-def attack_class(name: str) -> type[Attack[Any]]:
+def available(family: str | None = None, kind: Kind | None = None) -> tuple[str, ...]:
+    """Registered names in registration order, optionally of one family or one kind."""
+    _load_builtin()
+    return tuple(
+        n
+        for n, e in _ATTACKS.items()
+        if (family is None or e.family == family) and (kind is None or e.kind is kind)
+    )
+
+
+def entry(name: str) -> Entry:
+    """The registered attack `name`."""
     _load_builtin()
     try:
         return _ATTACKS[name]
@@ -56,11 +144,32 @@ def attack_class(name: str) -> type[Attack[Any]]:
         ) from None
 
 
+def attack_class(name: str) -> type[Attack[Any]]:
+    """The update attack `name`'s class."""
+    found = entry(name).attack
+    if not isinstance(found, type):
+        raise ConfigError(f"{name!r} is an output attack; use output_attack({name!r})")
+    return found
+
+
 def create(name: str, config: object | None = None, **fields: Any) -> Attack[Any]:
-    """An attack instance by name, from a config object or the config's fields."""
+    """An update attack instance by name, from a config object or the config's fields."""
     cls = attack_class(name)
     if config is not None and fields:
         raise ConfigError("pass either a config object or config fields, not both")
     if config is None:
         config = cls.config_type(**fields)
     return cls(config)
+
+
+def output_attack(name: str) -> OutputAttack:
+    """The output attack `name`: its family and its score over an `OutputTarget`."""
+    from attacks.output.target import OutputAttack
+
+    _load_builtin()
+    found = _ATTACKS.get(name)
+    if found is None or found.kind is not Kind.OUTPUT:
+        names = available(kind=Kind.OUTPUT)
+        raise ConfigError(f"unknown output attack {name!r}; available: {', '.join(names)}")
+    assert not isinstance(found.attack, type)
+    return OutputAttack(found.name, found.family, found.attack)

@@ -7,7 +7,7 @@ composition root (tests, benchmarks): it takes the clients' flat float updates a
 weights and returns what the server learns, the weighted mean and the total weight.
 The real DP protections reuse these two views: secagg+client-dp is `aggregate_view`
 over the DP round (attacks.protections), dp-sgd is `plain_view` of the noisy update
-`attacks.local_training.dp_sgd_update` makes; `notes` carries their sigma, C and SNR.
+`attacks.update.local_training.dp_sgd_update` makes; `notes` carries their sigma, C and SNR.
 The Gaussian view is an explicit, mechanism-free probe ("how much noise would stop
 this attack?") kept for the attack tests; it reports sigma and signal-to-noise.
 """
@@ -21,7 +21,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attacks.base import LocalTraining, ObservedUpdate, ParameterLayout, Protection, UpdateKind
+from attacks.update.base import (
+    LocalTraining,
+    ObservedUpdate,
+    ParameterLayout,
+    Protection,
+    UpdateKind,
+)
 from secagg.errors import ConfigError
 
 Aggregator = Callable[[Sequence[np.ndarray], Sequence[int]], tuple[np.ndarray, int]]

@@ -20,13 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from attacks.captioner_filters import (
+from attacks.measure.captioner_filters import (
     captioner_stacks,
     filter_utility_reports,
     secret_block_list,
     training_texts,
 )
-from attacks.membership_lm import cpu_threads
+from attacks.output.language_model import cpu_threads
 from clients.data.datasets import make_party_datasets, make_test_set
 from clients.federated_local import CaptionerRecipe, make_parties, run_federated
 from clients.lora.codec import load_adapter_vector

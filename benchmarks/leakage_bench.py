@@ -5,7 +5,7 @@ view a protection leaves and the same score for a data-free guess. So every reco
 (target, protection, n_clients, metric, value, baseline_value, seconds, params), and the
 protected views come from real in-process rounds (fedveil.aggregators: SecAgg+, CKKS,
 SecAgg+ with client-level distributed DP) or a real DP-SGD step, never an ideal sum.
-The measurements themselves live in attacks.update_leakage, which `fedveil audit`
+The measurements themselves live in attacks.measure.update_leakage, which `fedveil audit`
 calls too, so the benchmark and the audit cannot drift apart.
 
 Usage: python benchmarks/leakage_bench.py --attack inversion|membership [--quick] [--json OUT]
@@ -20,7 +20,7 @@ Usage: python benchmarks/leakage_bench.py --attack inversion|membership [--quick
   dp-sgd            one client's DP-SGD update (per-example clip C, noise z*C, / batch)
 with DPSettings() (C = 1, z = 1, delta = 1e-5); DP rows carry sigma, C, z, the SNR
 ||update|| / (noise std * sqrt(d)) and epsilon (one round, or the DP-SGD steps, no
-subsampling). For each, attacks.update_leakage's four measurements:
+subsampling). For each, attacks.measure.update_leakage's four measurements:
   (a) lenet-32: DLG and Inverting Gradients on the DLG LeNet (random init), 32x32
       shapes; psnr/ssim (baseline: mid-grey image), label_acc (baseline: uniform guess)
   labels: label_attribution_acc (who had which label; baseline 1/classes) and
@@ -49,10 +49,14 @@ from typing import Any
 
 import torch
 
-from attacks.gradient_matching import torch_threads
+from attacks.measure.observe import SINGLE_CLIENT
+from attacks.measure.update_leakage import (
+    RECORD_FUNCTIONS,
+    UpdateLeakageSettings,
+    text_recovery_records,
+)
 from attacks.protections import PROTECTIONS, Aggregators
-from attacks.update_leakage import RECORD_FUNCTIONS, UpdateLeakageSettings, text_recovery_records
-from attacks.update_leakage_core import SINGLE_CLIENT
+from attacks.update.gradient_matching import torch_threads
 from fedveil.aggregators import real_aggregators
 
 PLAIN_RANKS = (4, 8, 32)

@@ -5,7 +5,7 @@ model it releases. Three parties fine-tune LoRA adapters of a tiny GPT-2 by FedA
 (attacks/targets/canary_federation.py); party 0's private texts carry canaries planted
 by fair coins, and the adapter mean of every round is computed by the real round of the
 protection (fedveil.aggregators.real_aggregators). Every output attack then scores every
-canary (attacks/output_leakage.py, the same code `fedveil audit` runs); each record
+canary (attacks/measure/output_leakage.py, the same code `fedveil audit` runs); each record
 states how well the scores separate the coins (AUC, TPR at 1% / 0.1% FPR with 95%
 bootstrap intervals, a ROC curve), the empirical epsilon lower bound from the same
 scores next to the accountant's claim, and what the output filters change.
@@ -52,8 +52,8 @@ from typing import Any
 
 import torch
 
-from attacks.membership_lm import cpu_threads
-from attacks.output_leakage import OutputLeakageSettings, output_leakage_records
+from attacks.measure.output_leakage import OutputLeakageSettings, output_leakage_records
+from attacks.output.language_model import cpu_threads
 from attacks.protections import PROTECTIONS
 from attacks.targets.canary_federation import FederationSettings, federation_scenario, release
 

@@ -279,3 +279,26 @@ def as_update_vector(update: Any) -> tuple[np.ndarray, TensorLayout | None]:
             "named tensors to keep shapes"
         )
     return vector, None
+
+
+def fit_layout(
+    spec: pb.RoundSpec, vector: np.ndarray, layout: TensorLayout | None
+) -> TensorLayout | None:
+    """Refuse an update that does not fit the round; return the layout to split with."""
+    if vector.shape[0] != spec.dimension:
+        raise ConfigError(
+            f"round {spec.round_id} aggregates vectors of {spec.dimension} values, but this "
+            f"update has {vector.shape[0]}; send an update with the round's adapter layout"
+        )
+    published = layout_from_pb(spec.layout)
+    if layout is None or published is None:
+        return layout or published
+    ours = {s.name: (s.shape, s.offset) for s in layout.slots}
+    theirs = {s.name: (s.shape, s.offset) for s in published.slots}
+    if ours != theirs:
+        differ = sorted(n for n in ours.keys() | theirs.keys() if ours.get(n) != theirs.get(n))
+        raise ConfigError(
+            f"round {spec.round_id} publishes a tensor layout that differs from this update's "
+            f"in {differ[:5]}: the tensors would be summed out of place"
+        )
+    return layout

@@ -19,7 +19,8 @@ from proto import convert_ckks
 from secagg.ckks.server_round import CkksServerRound
 from secagg.errors import StageError
 from secagg.protocol.stages import Stage
-from server.coordinator import ActiveRound, RoundCoordinator
+from server.active_round import ActiveRound
+from server.coordinator import RoundCoordinator
 
 T = TypeVar("T")
 
@@ -91,7 +92,7 @@ class CkksHandlers:
                     f"round {request.round_id} reuses the keys of epoch {server.config.key_epoch}"
                     "; they were handed out in that epoch's first round"
                 )
-            await self.coordinator.wait_closed(active, Stage.SHARE_KEYS)
+            await active.wait_closed(Stage.SHARE_KEYS)
             async with self.coordinator.lock:
                 return convert_ckks.delivery_to_pb(server.delivery_for(client_id))
 
@@ -105,7 +106,7 @@ class CkksHandlers:
             active, _, received = await self._consume_upload(
                 request_iterator, context, self._take_ciphertext
             )
-            await self.coordinator.wait_closed(active, Stage.MASKED_INPUT)
+            await active.wait_closed(Stage.MASKED_INPUT)
             return pb.UploadAck(received_bytes=received)
 
         result: pb.UploadAck = await self._guard(context, work())
@@ -118,7 +119,7 @@ class CkksHandlers:
         journal = self.coordinator.journal
         server = ckks_round(active.server)
         if chunk.index == server.config.chunk_count and not chunk.data:
-            return await self.coordinator.rejoin_complete_upload(active, client_id)
+            return await self.coordinator.uploads.rejoin_complete(active, client_id)
 
         def apply(round_server: object) -> bool:
             del round_server  # the same object as `server`
@@ -129,7 +130,7 @@ class CkksHandlers:
                     active.round_id, "ckks-begin", client_id, str(chunk.total_bytes).encode()
                 )
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
-            return self.coordinator.finish_if_last(
+            return self.coordinator.uploads.finish_if_last(
                 active, client_id, bytes(chunk.sha256), server.finish_upload
             )
 

@@ -4,125 +4,43 @@ Why it is separate from the servicer: the servicer only translates protobuf; thi
 owns time. A stage closes as soon as every expected client has answered, or when its
 deadline passes, whichever is first; clients long-poll on the close. All access to a
 ServerRound goes through one asyncio lock, and the heavy unmask step runs in a worker
-thread under that lock so the event loop keeps serving other calls.
+thread under that lock so the event loop keeps serving other calls. What a round of each
+mode is comes from server.round_modes, the federation's noise and privacy account from
+server.dp_policy: the coordinator never names a mode.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import TypeVar
 
-import numpy as np
-
-from proto import aggregation_pb2 as pb
-from proto.convert import config_to_spec, dp_from_spec
-from proto.convert_ckks import ckks_config_to_spec
-from secagg.ckks.config import CkksRoundConfig
-from secagg.ckks.keys import key_epoch
-from secagg.ckks.messages import CkksResult
-from secagg.ckks.server_round import CkksServerRound
 from secagg.crypto.identity import VerifyingIdentity
-from secagg.crypto.prg import SEED_BYTES
-from secagg.dp.accounting import calibrate_noise_multiplier
-from secagg.dp.config import ClientDPConfig, Mechanism, NoisePlacement
-from secagg.dp.report import FederationAccountant, RoundPrivacyReport
+from secagg.dp.report import FederationAccountant
 from secagg.errors import (
     ConfigError,
     DuplicateSubmissionError,
     FedveilError,
-    InvalidMessageError,
-    StageError,
 )
-from secagg.protocol.config import RoundConfig
 from secagg.protocol.dp import RoundDP
-from secagg.protocol.graph import default_neighbours, default_threshold
-from secagg.protocol.model_chain import ModelChain, result_digest
+from secagg.protocol.model_chain import ModelChain
 from secagg.protocol.server import ServerRound
 from secagg.protocol.stages import ORDER, Stage
-from secagg.protocol.upload import aligned_chunk_bytes
-from secagg.quantize import QuantizationConfig
-from server.errors import RoundFailedError, StageClosedError, UnknownRoundError
+from server.active_round import ActiveRound, AnyRound
+from server.dp_policy import FederationDP
+from server.errors import RoundFailedError, UnknownRoundError
 from server.journal import RoundJournal
-from server.plaintext import PlaintextRound, plaintext_spec
 from server.replay import encode_message, replay
 from server.roster import Roster
+from server.roster_watch import RosterWatch
+from server.round_modes import round_shape, rounds_for
 from server.settings import RoundSettings
+from server.uploads import StreamedUploads
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-AnyRound = ServerRound | PlaintextRound | CkksServerRound
-
-
-@dataclass
-class ActiveRound:
-    """One round and the events its waiting clients sleep on."""
-
-    server: AnyRound
-    spec: pb.RoundSpec
-    closed: dict[Stage, asyncio.Event] = field(
-        default_factory=lambda: {stage: asyncio.Event() for stage in ORDER}
-    )
-    deadline: asyncio.Task[None] | None = None
-    result_pieces: list[bytes] | None = None
-    result_digest: bytes = b""
-    noise_seed: bytes | None = None  # central DP: keys the server's noise (journalled)
-    privacy: RoundPrivacyReport | None = None  # DP rounds, once the result is released
-
-    def serialised_result(self, chunk_bytes: int) -> tuple[list[bytes], bytes]:
-        """The result as download chunks and the SHA-256 of their concatenation.
-
-        SecAgg and plaintext: the float64 weighted mean cut into `chunk_bytes` pieces;
-        CKKS: the summed ciphertexts, one per piece. Computed once per round, so n
-        concurrent downloads share one copy instead of holding n.
-        """
-        if self.result_pieces is None:
-            result = self.server.result
-            assert result is not None
-            if isinstance(result, CkksResult):
-                pieces = list(result.ciphertexts)
-            else:
-                data = np.ascontiguousarray(result.estimate.weighted_mean, dtype="<f8").tobytes()
-                view = memoryview(data)
-                count = max(1, -(-len(data) // chunk_bytes))
-                pieces = [
-                    bytes(view[i * chunk_bytes : (i + 1) * chunk_bytes]) for i in range(count)
-                ]
-            digest = hashlib.sha256()
-            for piece in pieces:
-                digest.update(piece)
-            self.result_pieces, self.result_digest = pieces, digest.digest()
-        return self.result_pieces, self.result_digest
-
-    def published_digest(self) -> bytes:
-        """The digest of the result as every client downloads it (the header's round id,
-        mode, survivors, total weight and error bound, and the SHA-256 of the chunks):
-        the next round's model hash chains it (secagg.protocol.model_chain)."""
-        result = self.server.result
-        assert result is not None
-        _, payload = self.serialised_result(int(self.spec.chunk_bytes))
-        weight, bound = 0, 0.0
-        if not isinstance(result, CkksResult):
-            weight, bound = int(result.estimate.total_weight), float(result.estimate.error_bound)
-        return result_digest(
-            round_id=self.round_id,
-            mode=pb.AggregationMode.Name(self.spec.mode).removeprefix("AGGREGATION_MODE_").lower(),
-            survivors=result.survivors,
-            total_weight=weight,
-            error_bound=bound,
-            payload_sha256=payload,
-        )
-
-    @property
-    def round_id(self) -> int:
-        return int(self.spec.round_id)
 
 
 class RoundCoordinator:
@@ -163,10 +81,13 @@ class RoundCoordinator:
         self.finished = asyncio.Event()
         self.downloads: dict[int, set[str]] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self.round_dp = self._build_dp()
-        self.privacy = FederationAccountant(settings.dp_accountant)
-        self._restore_privacy()
-        self._roster_source: tuple[Callable[[], Roster], Callable[[Roster], None]] | None = None
+        _, threshold = round_shape(settings, len(self.roster))
+        # The federation's DP policy: every round's noise, and what released rounds spent.
+        self.dp = FederationDP(settings, cohort=len(self.roster), threshold=threshold)
+        self.dp.restore(journal)
+        self.mode_rounds = rounds_for(settings, journal, self.dp.round_dp)
+        self.uploads = StreamedUploads(journal, self.lock)
+        self._roster_watch: RosterWatch | None = None
 
     # --- the roster (revocation, re-enrolment) -----------------------------------------
 
@@ -177,165 +98,40 @@ class RoundCoordinator:
         (the servicer's authorisation): a client revoked with `fedveil keys revoke` is
         refused from the next round on, and one re-enrolled takes part with its new
         certificate and identity."""
-        self._roster_source = (load, on_change)
+        self._roster_watch = RosterWatch(load, on_change)
 
     def _reload_roster(self, round_id: int) -> bool:
         """False (and nothing changed) when the roster cannot be used for the next round:
         the server then opens no more rounds, rather than keep a revoked client in."""
-        if self._roster_source is None:
+        if self._roster_watch is None:
             return True
-        load, on_change = self._roster_source
-        previous = self.roster
-        try:
-            roster = load()
-            identities = roster.identities()
-            if identities != previous:
-                self._check_roster(identities, round_id)
-        except (ConfigError, OSError) as exc:
-            self.roster = previous
-            log.error(
-                "round %d not opened, no further rounds: the roster cannot be used (%s); "
-                "fix it and restart the server",
-                round_id,
-                exc,
-            )
+        identities = self._roster_watch.reload(self.roster, round_id, self._check_roster)
+        if identities is None:
             return False
-        if identities != previous:
-            removed = sorted(set(previous) - set(identities))
-            rekeyed = sorted(
-                c for c in identities if c in previous and identities[c] != previous[c]
-            )
-            added = sorted(set(identities) - set(previous))
-            log.info(
-                "roster changed before round %d: removed %s, re-keyed %s, added %s",
-                round_id,
-                removed,
-                rekeyed,
-                added,
-            )
         self.roster = identities
-        on_change(roster)
         return True
 
     def _check_roster(self, identities: dict[str, VerifyingIdentity], round_id: int) -> None:
-        """A changed roster must still shape a valid round (sets self.roster on success)."""
+        """A changed roster must still shape a valid round."""
         s = self.settings
         if len(identities) < s.min_cohort:
             raise ConfigError(
                 f"the roster has {len(identities)} clients, below min_cohort {s.min_cohort}"
             )
-        if self.round_dp is not None and len(identities) > self.round_dp.config.max_cohort:
-            raise ConfigError(
-                f"the roster grew to {len(identities)} clients, past the "
-                f"{self.round_dp.config.max_cohort} the DP noise was calibrated for"
-            )
-        self.roster = identities
-        if s.mode == "secagg":
-            self._round_config(round_id)  # the threshold and degree still fit
+        self.dp.check_cohort(len(identities))
+        self.mode_rounds.check_roster(identities, round_id, self.chain.model_hash)
 
-    # --- differential privacy -----------------------------------------------------------
+    @property
+    def round_dp(self) -> RoundDP | None:
+        """Every round's DP terms (None without DP), calibrated when the server started."""
+        return self.dp.round_dp
 
-    def _shape(self) -> tuple[tuple[str, ...], int, int]:
-        """The roster, the neighbour degree k and the threshold t of every round."""
-        s = self.settings
-        ids = tuple(sorted(self.roster))
-        n = len(ids)
-        k = s.neighbours if s.neighbours is not None else default_neighbours(n)
-        t = s.threshold if s.threshold is not None else default_threshold(n, k)
-        return ids, k, t
-
-    def _build_dp(self) -> RoundDP | None:
-        """Every round's DP terms, the noise multiplier calibrated here if not given."""
-        s = self.settings
-        if s.dp == "none":
-            return None
-        ids, _, t = self._shape()
-
-        def config_for(z: float) -> ClientDPConfig:
-            return ClientDPConfig(
-                clip_norm=s.dp_clip_norm,
-                noise_multiplier=z,
-                min_clients=s.dp_min_clients or t,
-                max_cohort=len(ids),
-                dim=s.dimension,
-                bits=s.bits,
-                mechanism=Mechanism(s.dp_mechanism),
-                placement=NoisePlacement.SERVER if s.dp == "central" else NoisePlacement.CLIENTS,
-                rotate=s.dp_rotate,
-            )
-
-        if s.dp_noise_multiplier is not None:
-            z = s.dp_noise_multiplier
-        else:
-            assert s.dp_target_epsilon is not None
-            rounds = s.dp_planned_rounds
-            z = calibrate_noise_multiplier(
-                lambda z: config_for(z).events(s.dp_sampling_prob, steps=rounds),
-                s.dp_target_epsilon,
-                s.dp_delta,
-                method=s.dp_accountant,
-            )
-            log.info(
-                "dp: noise multiplier %.4g spends epsilon <= %g at delta %g over %d rounds",
-                z,
-                s.dp_target_epsilon,
-                s.dp_delta,
-                rounds,
-            )
-        return RoundDP(
-            config_for(z),
-            sampling_prob=s.dp_sampling_prob,
-            delta=s.dp_delta,
-            planned_rounds=s.dp_planned_rounds,
-            target_epsilon=s.dp_target_epsilon or 0.0,
-        )
-
-    def _restore_privacy(self) -> None:
-        """Compose the DP rounds this federation released before a restart."""
-        for spec_bytes in self.journal.round_specs("done"):
-            spec = pb.RoundSpec.FromString(spec_bytes)
-            if spec.mode != pb.AGGREGATION_MODE_SECAGG:
-                continue
-            dp = dp_from_spec(spec)
-            if dp is not None:
-                self.privacy.restore(dp.events())
-
-    def _account(self, server: ServerRound) -> RoundPrivacyReport:
-        """The privacy report of a released DP round (composes it into the federation's)."""
-        dp, result = server.config.dp, server.result
-        assert dp is not None and result is not None and result.dp is not None
-        return self.privacy.record(
-            dp.config,
-            dp.events(),
-            delta=dp.delta,
-            sampling_prob=dp.sampling_prob,
-            noise_std=result.dp.noise_std,
-            contributors=result.dp.contributors,
-        )
+    @property
+    def privacy(self) -> FederationAccountant:
+        """The federation's privacy account over every released DP round."""
+        return self.dp.accountant
 
     # --- rounds -----------------------------------------------------------------------
-
-    def _round_config(self, round_id: int) -> RoundConfig:
-        s = self.settings
-        ids, k, t = self._shape()
-        dp = self.round_dp
-        quantization = (
-            dp.config.quantization
-            if dp is not None
-            else QuantizationConfig(
-                clip=s.clip, bits=s.bits, max_cohort=len(ids), max_weight=s.max_weight
-            )
-        )
-        return RoundConfig(
-            round_id=round_id,
-            roster=ids,
-            threshold=t,
-            neighbours=k,
-            dimension=s.dimension,
-            quantization=quantization,
-            model_hash=self.chain.model_hash,
-            dp=dp,
-        )
 
     def open_next_round(self) -> ActiveRound | None:
         """Open the next round unless the configured number of rounds has run."""
@@ -348,12 +144,7 @@ class RoundCoordinator:
             self.current = None
             self.finished.set()
             return None
-        opener = {
-            "plaintext": self._plaintext_round,
-            "ckks": self._ckks_round,
-            "secagg": self._secagg_round,
-        }[self.settings.mode]
-        active = opener(round_id)
+        active = self.mode_rounds.open(round_id, self.roster, self.chain.model_hash)
         self.journal.begin_round(round_id, active.spec.SerializeToString())
         if active.noise_seed is not None:
             self.journal.record(round_id, "dp-noise-seed", "", active.noise_seed)
@@ -363,67 +154,6 @@ class RoundCoordinator:
         self._arm_deadline(active)
         log.info("round %d open (%s): %s", round_id, self.settings.mode, active.spec.dimension)
         return active
-
-    def _secagg_round(self, round_id: int) -> ActiveRound:
-        config = self._round_config(round_id)
-        chunk = aligned_chunk_bytes(config.quantization.bits, self.settings.chunk_bytes)
-        spec = config_to_spec(
-            config,
-            min_cohort=self.settings.min_cohort,
-            chunk_bytes=chunk,
-            stage_timeout_s=self.settings.stage_timeout_s,
-        )
-        central = config.dp is not None and config.dp.central
-        seed = os.urandom(SEED_BYTES) if central else None
-        server = ServerRound(
-            config,
-            self.roster,
-            chunk_bytes=chunk,
-            quorum=self.settings.min_cohort,
-            noise_seed=seed,
-        )
-        return ActiveRound(server, spec, noise_seed=seed)
-
-    def _plaintext_round(self, round_id: int) -> ActiveRound:
-        s = self.settings
-        spec = plaintext_spec(round_id, tuple(sorted(self.roster)), s, self.chain.model_hash)
-        server = PlaintextRound(
-            round_id,
-            spec.roster,
-            s.dimension,
-            quorum=spec.threshold,
-            max_weight=s.max_weight,
-            chunk_bytes=spec.chunk_bytes,
-            clip=s.clip,
-        )
-        return ActiveRound(server, spec)
-
-    def _ckks_round(self, round_id: int) -> ActiveRound:
-        """A CKKS round; the first of each key epoch distributes a fresh secret context."""
-        s = self.settings
-        ids = tuple(sorted(self.roster))
-        epoch = key_epoch(round_id, s.ckks_rotate_every)
-        keys = self.journal.epoch_keys(epoch)
-        config = CkksRoundConfig(
-            round_id=round_id,
-            roster=ids,
-            dimension=s.dimension,
-            preset_name=s.ckks_preset,
-            key_epoch=epoch,
-            key_holder=s.ckks_key_holder or ids[0],
-            max_weight=s.max_weight,
-            value_bound=s.clip,
-            min_cohort=s.min_cohort,
-            model_hash=self.chain.model_hash,
-            key_fingerprint=keys.fingerprint if keys else b"",
-        )
-        spec = ckks_config_to_spec(
-            config,
-            chunk_bytes=s.chunk_bytes,
-            stage_timeout_s=s.stage_timeout_s,
-            rotate_every=s.ckks_rotate_every,
-        )
-        return ActiveRound(CkksServerRound(config, self.roster, keys), spec)
 
     def _keep(self, active: ActiveRound) -> None:
         self.rounds[active.round_id] = active
@@ -448,9 +178,9 @@ class RoundCoordinator:
                 continue
             self._next_round_id = max(self._next_round_id, record.round_id + 1)
             if server.stage in (Stage.DONE, Stage.FAILED):
-                if self._released_dp(server):
+                if self.dp.released(server):
                     assert isinstance(server, ServerRound)
-                    self._account(server)  # it may have been served before the crash
+                    self.dp.account(server)  # it may have been served before the crash
                 if server.stage is Stage.DONE:
                     # Keep serving the result, and chain it: its survivors may hold it.
                     finished = ActiveRound(server, spec)
@@ -488,23 +218,6 @@ class RoundCoordinator:
 
     # --- stages -----------------------------------------------------------------------
 
-    @staticmethod
-    def check_stage(active: ActiveRound, stage: Stage) -> None:
-        """Raise the specific error for a message that does not fit the round's stage."""
-        current = active.server.stage
-        if current is stage:
-            return
-        if current is Stage.FAILED:
-            raise RoundFailedError(f"round {active.round_id} failed: {active.server.failure}")
-        if ORDER.index(current) > ORDER.index(stage):
-            raise StageClosedError(
-                f"stage {stage.value} of round {active.round_id} is closed (the round is at "
-                f"{current.value}); this client is out of the round — join the next one"
-            )
-        raise StageError(
-            f"round {active.round_id} is at stage {current.value}; {stage.value} is not open yet"
-        )
-
     async def submit(
         self,
         round_id: int,
@@ -532,23 +245,13 @@ class RoundCoordinator:
                     f"{type(message).__name__} in round {round_id}; only an exact resend is "
                     "accepted"
                 )
-            self.check_stage(active, stage)
+            active.check_stage(stage)
             result = action(active.server)
             if message is not None:
                 self.journal.record(active.round_id, *encode_message(active.round_id, message))
             if active.server.stage is stage and not active.server.expected_senders():
                 self._close_in_background(active, stage)
             return active, result
-
-    async def wait_closed(self, active: ActiveRound, stage: Stage) -> None:
-        """Sleep until `stage` closes; raise if the round failed."""
-        await active.closed[stage].wait()
-        if active.server.stage is Stage.FAILED:
-            raise RoundFailedError(
-                f"round {active.round_id} failed at stage "
-                f"{active.server.failed_at.value if active.server.failed_at else '?'}: "
-                f"{active.server.failure}"
-            )
 
     async def _close_stage(self, active: ActiveRound) -> None:
         """Close the round's current stage (lock held)."""
@@ -557,7 +260,7 @@ class RoundCoordinator:
             active.deadline.cancel()
         if stage is Stage.MASKED_INPUT:
             for client_id in sorted(server.uploads_in_flight()):
-                self.roll_back_upload(active, client_id)
+                self.uploads.roll_back(active, client_id)
                 log.info(
                     "round %d: rolled back unfinished upload of %s", active.round_id, client_id
                 )
@@ -568,20 +271,14 @@ class RoundCoordinator:
                 server.advance()
         except FedveilError as exc:
             log.warning("round %d failed at %s: %s", active.round_id, stage.value, exc)
-        if self._released_dp(server):
+        if self.dp.released(server):
             assert isinstance(server, ServerRound)
             try:
-                active.privacy = await asyncio.to_thread(self._account, server)
+                active.privacy = await asyncio.to_thread(self.dp.account, server)
             except Exception:  # noqa: BLE001 - the result is still released, without a report
                 log.exception("round %d: privacy accounting failed", active.round_id)
         self.journal.record(active.round_id, "advance", "", stage.value.encode())
-        if (
-            isinstance(server, CkksServerRound)
-            and stage is Stage.SHARE_KEYS
-            and server.stage is Stage.MASKED_INPUT
-            and server.epoch is not None
-        ):
-            self.journal.save_epoch_keys(server.epoch)
+        self.mode_rounds.after_advance(active, stage)
         if server.stage is Stage.DONE:
             # Before any client downloads it or the next round opens (whose model hash
             # chains it); the serialised result is cached for the downloads.
@@ -608,49 +305,6 @@ class RoundCoordinator:
         self.journal.record_result_digest(active.round_id, digest)
         if self.chain.round_id is None or active.round_id > self.chain.round_id:
             self.chain.advance(active.round_id, digest)
-
-    @staticmethod
-    def _released_dp(server: AnyRound) -> bool:
-        return (
-            isinstance(server, ServerRound)
-            and server.stage is Stage.DONE
-            and server.config.dp is not None
-        )
-
-    def roll_back_upload(self, active: ActiveRound, client_id: str) -> None:
-        """Subtract an unfinished upload from the sum and erase it from the journal (lock held)."""
-        chunks = list(self.journal.chunks(active.round_id, client_id))
-        active.server.abort_masked_input(client_id, chunks)
-        self.journal.forget_upload(active.round_id, client_id)
-
-    def finish_if_last(
-        self,
-        active: ActiveRound,
-        client_id: str,
-        digest: bytes,
-        finish: Callable[[str, bytes], None],
-    ) -> bool:
-        """After a chunk (lock held): on the last one, which carries the digest, close the
-        upload and journal it, or roll it back whole; True once the upload is complete."""
-        if not digest:
-            return False
-        try:
-            finish(client_id, digest)
-        except InvalidMessageError as exc:
-            self.roll_back_upload(active, client_id)
-            raise InvalidMessageError(
-                f"{exc}; the upload was discarded: re-send it from chunk 0"
-            ) from exc
-        self.journal.record(active.round_id, "finish", client_id, digest)
-        return True
-
-    async def rejoin_complete_upload(self, active: ActiveRound, client_id: str) -> bool:
-        """The "already complete" marker: a client whose stream broke after its last chunk
-        (or after a server restart) only rejoins the wait, like a resend."""
-        async with self.lock:
-            if client_id in active.server.uploaded:
-                return True
-        raise InvalidMessageError("the upload is not complete: resume from GetUploadStatus")
 
     def _close_in_background(self, active: ActiveRound, stage: Stage) -> None:
         """Close `stage` in a task of its own, not in the RPC handler of the last sender.

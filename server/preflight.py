@@ -13,13 +13,10 @@ import hashlib
 from pathlib import Path
 
 from secagg.ckks.config import CkksRoundConfig
-from secagg.dp.config import ClientDPConfig, Mechanism, NoisePlacement
 from secagg.errors import ConfigError, FedveilError
-from secagg.protocol.config import RoundConfig
-from secagg.protocol.dp import RoundDP
-from secagg.protocol.graph import default_neighbours, default_threshold
-from secagg.quantize import QuantizationConfig
+from server.dp_policy import dp_config, round_dp
 from server.keys_store import load_roster, load_server_credentials
+from server.round_modes import SecAggRounds, round_shape
 from server.settings import RoundSettings, ServerSettings
 
 
@@ -85,45 +82,12 @@ def check_round(settings: RoundSettings, ids: tuple[str, ...]) -> None:
                 key_fingerprint=b"",
             )
             return
-        k = settings.neighbours if settings.neighbours is not None else default_neighbours(n)
-        t = settings.threshold if settings.threshold is not None else default_threshold(n, k)
-        round_dp = None
+        dp = None
         if settings.dp != "none":
-            dp_config = ClientDPConfig(
-                clip_norm=settings.dp_clip_norm,
-                # the coordinator calibrates a target epsilon; any z checks the rest
-                noise_multiplier=settings.dp_noise_multiplier or 1.0,
-                min_clients=settings.dp_min_clients or t,
-                max_cohort=n,
-                dim=settings.dimension,
-                bits=settings.bits,
-                mechanism=Mechanism(settings.dp_mechanism),
-                placement=(
-                    NoisePlacement.SERVER if settings.dp == "central" else NoisePlacement.CLIENTS
-                ),
-                rotate=settings.dp_rotate,
-            )
-            round_dp = RoundDP(
-                dp_config,
-                sampling_prob=settings.dp_sampling_prob,
-                delta=settings.dp_delta,
-                planned_rounds=settings.dp_planned_rounds,
-                target_epsilon=settings.dp_target_epsilon or 0.0,
-            )
-            quantization = dp_config.quantization
-        else:
-            quantization = QuantizationConfig(
-                clip=settings.clip, bits=settings.bits, max_cohort=n, max_weight=settings.max_weight
-            )
-        RoundConfig(
-            round_id=1,
-            roster=ids,
-            threshold=t,
-            neighbours=k,
-            dimension=settings.dimension,
-            quantization=quantization,
-            model_hash=model_hash,
-            dp=round_dp,
-        )
+            _, t = round_shape(settings, n)
+            # the coordinator calibrates a target epsilon; any z checks the rest
+            z = settings.dp_noise_multiplier or 1.0
+            dp = round_dp(settings, dp_config(settings, cohort=n, threshold=t, noise_multiplier=z))
+        SecAggRounds(settings, dp).config(1, ids, model_hash)
     except ConfigError as exc:
         raise ConfigError(f"the round does not fit the roster of {n} clients: {exc}") from exc

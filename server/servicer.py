@@ -28,8 +28,9 @@ from secagg.protocol.messages import (
 )
 from secagg.protocol.server import ServerRound
 from secagg.protocol.stages import Stage
+from server.active_round import ActiveRound
 from server.ckks_handlers import CkksHandlers
-from server.coordinator import ActiveRound, RoundCoordinator
+from server.coordinator import RoundCoordinator
 from server.errors import RoundFailedError, abort_with
 from server.plaintext import PlaintextRound
 from server.roster import Roster
@@ -118,7 +119,7 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
             active, _ = await self.coordinator.submit(
                 round_id, stage, submit(client_id), message=message
             )
-            await self.coordinator.wait_closed(active, stage)
+            await active.wait_closed(stage)
             async with self.coordinator.lock:
                 return reply(active, client_id)
 
@@ -226,7 +227,7 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
             active, client_id, _ = await self._consume_upload(
                 request_iterator, context, self._take_chunk
             )
-            await self.coordinator.wait_closed(active, Stage.MASKED_INPUT)
+            await active.wait_closed(Stage.MASKED_INPUT)
             async with self.coordinator.lock:
                 return convert.survivors_to_pb(
                     _expect(_secagg(active.server).request_for(client_id), ConsistencyRequest)
@@ -280,7 +281,7 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
         journal = self.coordinator.journal
 
         if chunk.index == uploads.chunk_count and not chunk.data:
-            return await self.coordinator.rejoin_complete_upload(active, client_id)
+            return await self.coordinator.uploads.rejoin_complete(active, client_id)
 
         def apply(server: object) -> bool:
             round_server = _secagg(active.server)
@@ -288,7 +289,7 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
             round_server.begin_masked_input(client_id, chunk.total_bytes)
             round_server.add_masked_chunk(client_id, chunk.index, chunk.data)
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
-            return self.coordinator.finish_if_last(
+            return self.coordinator.uploads.finish_if_last(
                 active, client_id, bytes(chunk.sha256), round_server.finish_masked_input
             )
 
@@ -321,7 +322,7 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
             active, _, received = await self._consume_upload(
                 request_iterator, context, self._take_plain_chunk
             )
-            await self.coordinator.wait_closed(active, Stage.MASKED_INPUT)
+            await active.wait_closed(Stage.MASKED_INPUT)
             return pb.UploadAck(received_bytes=received)
 
         return await self._guard(context, work())
@@ -341,7 +342,7 @@ class AggregationServicer(CkksHandlers, pb_grpc.AggregationServicer):
                     active.round_id, "plain-begin", client_id, str(chunk.weight).encode()
                 )
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
-            return self.coordinator.finish_if_last(
+            return self.coordinator.uploads.finish_if_last(
                 active, client_id, bytes(chunk.sha256), plain.finish_upload
             )
 

@@ -14,22 +14,22 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.base import (
+from attacks.targets.lenet import lenet_target
+from attacks.targets.shapes import shape_images
+from attacks.update.base import (
     InversionTarget,
     LocalTraining,
     ObservedUpdate,
     ParameterLayout,
     Truth,
     UpdateKind,
-    run_attack,
 )
-from attacks.dlg import DLG, DLGConfig
-from attacks.gradient_matching import Distance, MatchingProblem, torch_threads
-from attacks.inverting_gradients import InvertingGradients, InvertingGradientsConfig
-from attacks.local_training import client_update
-from attacks.metrics import grey_image, psnr
-from attacks.targets.lenet import lenet_target
-from attacks.targets.shapes import shape_images
+from attacks.update.dlg import DLG, DLGConfig
+from attacks.update.gradient_matching import Distance, MatchingProblem, torch_threads
+from attacks.update.inverting_gradients import InvertingGradients, InvertingGradientsConfig
+from attacks.update.local_training import client_update
+from attacks.update.metrics import grey_image, psnr
+from attacks.update.run import run_attack
 from attacks.views import aggregate_view, plain_view
 from fedveil.simulation import secure_mean
 

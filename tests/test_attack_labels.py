@@ -11,13 +11,14 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from attacks.base import AttackError, LocalTraining, ObservedUpdate, Truth, UpdateKind, run_attack
-from attacks.gradient_matching import torch_threads
-from attacks.label_leakage import LabelLeakage, LabelLeakageConfig, idlg_label
-from attacks.local_training import client_update
 from attacks.targets.lenet import lenet_target
 from attacks.targets.shapes import shape_images
 from attacks.targets.tiny_lm import tiny_lm_target
+from attacks.update.base import AttackError, LocalTraining, ObservedUpdate, Truth, UpdateKind
+from attacks.update.gradient_matching import torch_threads
+from attacks.update.label_leakage import LabelLeakage, LabelLeakageConfig, idlg_label
+from attacks.update.local_training import client_update
+from attacks.update.run import run_attack
 
 
 @pytest.fixture(autouse=True, scope="module")

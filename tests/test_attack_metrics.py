@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 
 from attacks import registry
-from attacks.base import (
+from attacks.targets.shapes import shape_images
+from attacks.update.base import (
     AttackError,
     LocalTraining,
     ObservedUpdate,
@@ -21,9 +22,9 @@ from attacks.base import (
     Truth,
     UpdateKind,
 )
-from attacks.dlg import DLGConfig
-from attacks.inverting_gradients import InvertingGradientsConfig
-from attacks.metrics import (
+from attacks.update.dlg import DLGConfig
+from attacks.update.inverting_gradients import InvertingGradientsConfig
+from attacks.update.metrics import (
     grey_image,
     image_metrics,
     label_accuracy,
@@ -34,8 +35,7 @@ from attacks.metrics import (
     ssim,
     token_metrics,
 )
-from attacks.targets.shapes import shape_images
-from attacks.text_recovery import TextRankingConfig, TextRecoveryConfig
+from attacks.update.text_recovery import TextRankingConfig, TextRecoveryConfig
 from secagg.errors import ConfigError
 
 

@@ -14,11 +14,12 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from attacks.base import LocalTraining, ObservedUpdate, TokenTarget, Truth, UpdateKind, run_attack
-from attacks.gradient_matching import torch_threads
-from attacks.local_training import client_update
 from attacks.targets.tiny_lm import WordVocab, sentences, tiny_lm_target
-from attacks.text_recovery import SpanCheck, SubspaceRanking
+from attacks.update.base import LocalTraining, ObservedUpdate, TokenTarget, Truth, UpdateKind
+from attacks.update.gradient_matching import torch_threads
+from attacks.update.local_training import client_update
+from attacks.update.run import run_attack
+from attacks.update.text_recovery import SpanCheck, SubspaceRanking
 from attacks.views import aggregate_view, gaussian_view, plain_view, sigma_for_snr
 from fedveil.simulation import secure_mean
 

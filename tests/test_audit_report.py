@@ -18,7 +18,7 @@ from attacks.audit.evaluate import BREACH, CLEAN, LEAKS, PASS, breach_lines, eva
 from attacks.audit.html import write_html
 from attacks.audit.report import SCHEMA, build_report, write_report
 from attacks.audit.store import JobStore, fingerprint
-from attacks.metrics import save_grid
+from attacks.update.metrics import save_grid
 
 
 def _image_records(psnr: float, figure: str | None = None) -> list[dict[str, Any]]:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from attacks.canaries import CanaryConfig
+from attacks.output.canaries import CanaryConfig
 from attacks.targets.canary_lm import CanaryLMConfig, build_scenario
 from attacks.targets.tiny_lm import sentences
 from attacks.targets.user_lm import write_jsonl

@@ -15,14 +15,20 @@ import dataclasses
 import numpy as np
 import pytest
 
-from attacks import output_registry
-from attacks.canaries import CanaryConfig
-from attacks.filters import PII_PATTERNS, BlockList, baseline, measure_filter, standard_stacks
-from attacks.membership_generate import HFGenerator, SamplingConfig
-from attacks.membership_samia import ProbeConfig
-from attacks.mia_metrics import roc_auc, scores_by_label
-from attacks.output_leakage import OutputLeakageSettings, downsampled_roc
-from attacks.output_registry import OutputTarget
+from attacks import registry as attack_registry
+from attacks.measure.output_leakage import OutputLeakageSettings, downsampled_roc
+from attacks.output.canaries import CanaryConfig
+from attacks.output.filters import (
+    PII_PATTERNS,
+    BlockList,
+    baseline,
+    measure_filter,
+    standard_stacks,
+)
+from attacks.output.generation import ProbeConfig
+from attacks.output.generator import HFGenerator, SamplingConfig
+from attacks.output.metrics import roc_auc, scores_by_label
+from attacks.output.target import OutputTarget
 from attacks.protections import Aggregators, DPSettings
 from attacks.targets.canary_federation import FederationSettings, release
 from attacks.targets.canary_lm import CanaryLMConfig, CanaryScenario, TrainedModel, canary_scenario
@@ -53,7 +59,7 @@ def secagg_model(scenario: CanaryScenario, aggregators: Aggregators) -> TrainedM
 def _probe_auc(scenario: CanaryScenario, trained: TrainedModel, attack: str) -> float:
     generate = HFGenerator(trained.model, scenario.tokenizer, ATTACKER)
     target = OutputTarget(scenario.registry, generate=generate, probe_config=PROBE)
-    scores = output_registry.create(attack).score(target)
+    scores = attack_registry.output_attack(attack).score(target)
     return roc_auc(*scores_by_label(scores, scenario.registry.labels()))
 
 
@@ -135,22 +141,22 @@ def test_output_leakage_settings_validation() -> None:
 
 
 def test_output_registry_names_and_errors(scenario: CanaryScenario) -> None:
-    assert output_registry.available("likelihood") == (
+    assert attack_registry.available("likelihood") == (
         "loss",
         "zlib",
         "min_k",
         "min_k_pp",
         "reference",
     )
-    assert output_registry.available("generation") == (
+    assert attack_registry.available("generation") == (
         "samia_rouge_l",
         "samia_ngram",
         "samples_exact",
     )
     with pytest.raises(ConfigError, match="unknown output attack 'nope'"):
-        output_registry.create("nope")
+        attack_registry.output_attack("nope")
     with pytest.raises(ConfigError, match="already registered"):
-        output_registry.register("loss", "likelihood", lambda t: np.zeros(1))
+        attack_registry.register("loss", "likelihood", lambda t: np.zeros(1))
     with pytest.raises(ConfigError, match="likelihood attacks need"):
         OutputTarget(scenario.registry).likelihood_scores()
 

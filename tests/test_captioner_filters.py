@@ -19,7 +19,7 @@ import pytest
 import torch
 from captioner_fixtures import fast_base_dir
 
-from attacks.captioner_filters import (
+from attacks.measure.captioner_filters import (
     NONE,
     SECRET_LITERALS,
     StackUtility,
@@ -30,8 +30,8 @@ from attacks.captioner_filters import (
     secret_block_list,
     training_texts,
 )
-from attacks.filters import REDACTION, BlockList, FilterStack
-from attacks.membership_lm import cpu_threads
+from attacks.output.filters import REDACTION, BlockList, FilterStack
+from attacks.output.language_model import cpu_threads
 from clients.data.concepts import DOMAIN_CONCEPTS, DOMAINS
 from clients.data.datasets import (
     CityDataConfig,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from attacks.empirical_epsilon import (
+from attacks.output.empirical_epsilon import (
     audit,
     best_clopper_pearson,
     best_one_run_audit,

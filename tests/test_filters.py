@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.canaries import CanaryConfig, draw_registry
-from attacks.filters import (
+from attacks.output.canaries import CanaryConfig, draw_registry
+from attacks.output.filters import (
     PII_PATTERNS,
     REDACTION,
     BlockList,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from attacks.filters import (
+from attacks.output.filters import (
     PII_PATTERNS,
     BlockList,
     FilterStack,
@@ -16,8 +16,8 @@ from attacks.filters import (
     output_evasions,
     standard_stacks,
 )
-from attacks.membership_generate import HFGenerator, SamplingConfig
-from attacks.membership_samia import ProbeConfig, generation_probe
+from attacks.output.generation import ProbeConfig, generation_probe
+from attacks.output.generator import HFGenerator, SamplingConfig
 from attacks.targets.canary_lm import CanaryLMConfig, CanaryScenario, canary_scenario
 
 NGRAM = 6

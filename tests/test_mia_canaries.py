@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attacks.canaries import (
+from attacks.output.canaries import (
     FORMATS,
     CanaryConfig,
     CanaryRegistry,

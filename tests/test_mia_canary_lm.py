@@ -13,13 +13,13 @@ import math
 
 import pytest
 
-from attacks.canaries import CanaryConfig
-from attacks.empirical_epsilon import audit
-from attacks.membership_audit import MembershipAuditConfig, MembershipReport, audit_membership
-from attacks.membership_generate import HFGenerator, SamplingConfig
-from attacks.membership_lm import LanguageModel
-from attacks.membership_samia import ProbeConfig, generation_probe
-from attacks.mia_metrics import BootstrapConfig, roc_auc, scores_by_label
+from attacks.output.canaries import CanaryConfig
+from attacks.output.empirical_epsilon import audit
+from attacks.output.generation import ProbeConfig, generation_probe
+from attacks.output.generator import HFGenerator, SamplingConfig
+from attacks.output.language_model import LanguageModel
+from attacks.output.membership import MembershipAuditConfig, MembershipReport, audit_membership
+from attacks.output.metrics import BootstrapConfig, roc_auc, scores_by_label
 from attacks.targets.canary_lm import CanaryLMConfig, CanaryScenario, canary_scenario
 
 ATTACKER = SamplingConfig(max_new_tokens=10, temperature=0.5)

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.canaries import Canary, CanaryFormat, CanaryRegistry, SlotSpace
-from attacks.membership import (
+from attacks.output.canaries import Canary, CanaryFormat, CanaryRegistry, SlotSpace
+from attacks.output.generator import HFGenerator, SamplingConfig
+from attacks.output.language_model import LanguageModel, TokenScores
+from attacks.output.likelihood import (
     LikelihoodConfig,
     likelihood_scores,
     loss_score,
@@ -18,9 +20,7 @@ from attacks.membership import (
     reference_score,
     zlib_score,
 )
-from attacks.membership_audit import canary_exposures
-from attacks.membership_generate import HFGenerator, SamplingConfig
-from attacks.membership_lm import LanguageModel, TokenScores
+from attacks.output.membership import canary_exposures
 from attacks.targets.canary_lm import (
     CanaryLMConfig,
     build_base_model,

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from attacks.mia_metrics import (
+from attacks.output.metrics import (
     BootstrapConfig,
     exposure_exact,
     exposure_sampled,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from attacks.membership_overlap import (
+from attacks.output.generation import score_samples
+from attacks.output.overlap import (
     contains_units,
     lcs_length,
     ngram_recall,
@@ -13,7 +14,6 @@ from attacks.membership_overlap import (
     units,
     verbatim,
 )
-from attacks.membership_samia import score_samples
 
 
 def test_units_ignore_spacing_casing_and_digit_grouping() -> None:

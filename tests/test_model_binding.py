@@ -31,7 +31,8 @@ from service_harness import (
     settings_for,
 )
 
-import clients.transport as transport
+import clients.result as client_result
+import clients.secagg_driver as secagg_driver
 from clients.errors import TransportError
 from clients.transport import AggregateResult, AsyncAggregationClient
 from proto import aggregation_pb2 as pb
@@ -129,7 +130,7 @@ def tamper_result_of(
     monkeypatch: pytest.MonkeyPatch, victim: str, change: Callable[[np.ndarray], np.ndarray]
 ) -> None:
     """The malicious server: `victim` downloads a changed mean; everyone else the real one."""
-    real = transport.fetch_result
+    real = secagg_driver.fetch_result
 
     async def fetch(stub: Any, request: pb.GetResultRequest, **kwargs: Any) -> Any:
         header, mean = await real(stub, request, **kwargs)
@@ -137,7 +138,7 @@ def tamper_result_of(
             mean = change(mean.copy())
         return header, mean
 
-    monkeypatch.setattr(transport, "fetch_result", fetch)
+    monkeypatch.setattr(secagg_driver, "fetch_result", fetch)
 
 
 class AcceptsAnything:
@@ -344,7 +345,7 @@ def test_a_crafted_aggregate_beyond_the_clip_is_not_applied(
         return mean
 
     if not defended:
-        monkeypatch.setattr(transport, "check_values", lambda *args: None)
+        monkeypatch.setattr(client_result, "check_values", lambda *args: None)
 
     async def run() -> None:
         keys, ids = make_keys(tmp_path, 3)

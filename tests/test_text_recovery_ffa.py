@@ -16,20 +16,26 @@ from typing import Any
 import pytest
 import torch
 
-from attacks.base import Attack, AttackError, LocalTraining, Truth, UpdateKind, run_attack
-from attacks.gradient_matching import torch_threads
-from attacks.local_training import client_update
+from attacks.measure.text_leakage import FFA_ADAM, FFA_RANK, FFA_SGD, prior_baseline
 from attacks.registry import create
 from attacks.targets.captioner import CaptionerTargets, captioner_target, prior_captions
-from attacks.text_recovery import SpanCheck, TextRankingConfig, TextRecoveryConfig, gap_dimension
-from attacks.text_recovery_ffa import (
+from attacks.update.base import Attack, AttackError, LocalTraining, Truth, UpdateKind
+from attacks.update.gradient_matching import torch_threads
+from attacks.update.local_training import client_update
+from attacks.update.run import run_attack
+from attacks.update.text_recovery import (
+    SpanCheck,
+    TextRankingConfig,
+    TextRecoveryConfig,
+    gap_dimension,
+)
+from attacks.update.text_recovery_ffa import (
     AdamTraining,
     BRecoveryConfig,
     BSpanCheck,
     BSubspaceRanking,
     adam_delta,
 )
-from attacks.update_leakage_text import FFA_ADAM, FFA_RANK, FFA_SGD, prior_baseline
 from attacks.views import aggregate_view, plain_view
 from fedveil.aggregators import real_aggregators
 from secagg.errors import ConfigError

@@ -14,21 +14,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from attacks.base import Truth, UpdateKind, run_attack
-from attacks.dlg import DLG, DLGConfig
-from attacks.gradient_matching import torch_threads
-from attacks.local_training import client_update, dp_sgd_update, per_example_gradients
-from attacks.protections import Aggregators, DPSettings
-from attacks.targets.captioner import captioner_target
-from attacks.targets.lenet import lenet_target
-from attacks.targets.shapes import shape_images
-from attacks.update_leakage import (
+from attacks.measure.observe import chance_multiset_accuracy, observe
+from attacks.measure.update_leakage import (
     UpdateLeakageSettings,
     captioner_records,
     label_leak_records,
     text_recovery_records,
 )
-from attacks.update_leakage_core import chance_multiset_accuracy, observe
+from attacks.protections import Aggregators, DPSettings
+from attacks.targets.captioner import captioner_target
+from attacks.targets.lenet import lenet_target
+from attacks.targets.shapes import shape_images
+from attacks.update.base import Truth, UpdateKind
+from attacks.update.dlg import DLG, DLGConfig
+from attacks.update.gradient_matching import torch_threads
+from attacks.update.local_training import client_update, dp_sgd_update, per_example_gradients
+from attacks.update.run import run_attack
 from fedveil.aggregators import real_aggregators
 from secagg.errors import ConfigError
 
@@ -157,7 +158,7 @@ def test_per_example_gradients_match_opacus() -> None:
 
 
 def test_dp_sgd_delta_takes_the_recipes_steps() -> None:
-    from attacks.base import LocalTraining
+    from attacks.update.base import LocalTraining
 
     target = lenet_target()
     x, y = shape_images(2, seed=13)

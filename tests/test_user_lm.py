@@ -17,9 +17,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from attacks import output_registry
-from attacks.canaries import CanaryConfig
-from attacks.output_leakage import OutputLeakageSettings, output_leakage_records
+from attacks import registry as attack_registry
+from attacks.measure.output_leakage import OutputLeakageSettings, output_leakage_records
+from attacks.output.canaries import CanaryConfig
 from attacks.protections import Aggregators
 from attacks.targets.canary_federation import FederationSettings, party_texts, release
 from attacks.targets.canary_lm import (
@@ -112,8 +112,8 @@ def test_secagg_release_of_a_user_model_leaks_and_filters_stop_extraction(
         OutputLeakageSettings(n_samples=4, exposure_candidates=64, bootstrap=50, evasions=False),
     )
     by_name = {r["attack"]: r for r in records}
-    assert set(by_name) == set(output_registry.available())
-    assert {r["attack_family"] for r in records} == set(output_registry.FAMILIES)
+    assert set(by_name) == set(attack_registry.available(kind=attack_registry.Kind.OUTPUT))
+    assert {r["attack_family"] for r in records} == set(attack_registry.OUTPUT_FAMILIES)
     # Not a DP run: the planted members are found (1.0 measured; loose bound).
     assert by_name["reference"]["auc"] > 0.7
     assert by_name["loss"]["auc"] > 0.55
@@ -176,7 +176,9 @@ def test_every_protection_releases_a_user_model(
         trained,
         OutputLeakageSettings(n_samples=2, exposure_candidates=16, bootstrap=10, evasions=False),
     )
-    assert {r["attack"] for r in records} == set(output_registry.available())
+    assert {r["attack"] for r in records} == set(
+        attack_registry.available(kind=attack_registry.Kind.OUTPUT)
+    )
     dp = protection in ("secagg+client-dp", "dp-sgd")
     assert math.isfinite(trained.epsilon) == dp
 

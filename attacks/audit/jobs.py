@@ -36,7 +36,7 @@ class Job:
     one protection's model with every output attack on it."""
 
     protection: str
-    family: str  # a measurement of attacks.update_leakage.RECORD_FUNCTIONS, or "output"
+    family: str  # a measurement of attacks.measure.update_leakage.RECORD_FUNCTIONS, or "output"
 
     @property
     def key(self) -> str:
@@ -119,7 +119,7 @@ def _seed_everything(seed: int) -> None:
 
 def run_job(job: Job, context: JobContext) -> tuple[list[dict[str, Any]], float]:
     """Run one job with one torch thread; (records, seconds)."""
-    from attacks.gradient_matching import torch_threads
+    from attacks.update.gradient_matching import torch_threads
 
     start = time.perf_counter()
     _seed_everything(context.seed)
@@ -128,7 +128,7 @@ def run_job(job: Job, context: JobContext) -> tuple[list[dict[str, Any]], float]
         if job.family == "output":
             records = _output_records(job.protection, context, aggregators)
         else:
-            from attacks.update_leakage import RECORD_FUNCTIONS, UpdateLeakageSettings
+            from attacks.measure.update_leakage import RECORD_FUNCTIONS, UpdateLeakageSettings
 
             settings = UpdateLeakageSettings(
                 quick=context.quick,
@@ -145,7 +145,7 @@ def _output_records(
 ) -> list[dict[str, Any]]:
     """Train the federation's released model under `protection` (party 0 holds the
     planted canaries) and run every output attack, with and without the filters."""
-    from attacks.output_leakage import OutputLeakageSettings, output_leakage_records
+    from attacks.measure.output_leakage import OutputLeakageSettings, output_leakage_records
     from attacks.targets.canary_federation import (
         FederationSettings,
         federation_scenario,

@@ -31,7 +31,7 @@ UPDATE_JOBS: dict[str, tuple[str, ...]] = {
     "label_leak": ("label_leak",),
     "text_recovery": ("text_recovery", "captioner"),
 }
-"""The measurements (attacks.update_leakage.RECORD_FUNCTIONS) each update cell reads:
+"""The measurements (attacks.measure.update_leakage.RECORD_FUNCTIONS) each update cell reads:
 the captioner's records hold both its image and its caption-token attacks."""
 
 

@@ -40,8 +40,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.utils.data import DataLoader, TensorDataset
 
-from attacks.canaries import CanaryConfig
-from attacks.membership_lm import cpu_threads, flush_denormals
+from attacks.output.canaries import CanaryConfig
+from attacks.output.language_model import cpu_threads, flush_denormals
 from attacks.protections import Aggregators, DPSettings, check_protection
 from attacks.targets.canary_lm import (
     CanaryLMConfig,

@@ -34,8 +34,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFast
 
-from attacks.canaries import FORMATS, CanaryConfig, CanaryRegistry, format_sentences, plant_canaries
-from attacks.membership_lm import cpu_threads, flush_denormals
+from attacks.output.canaries import (
+    FORMATS,
+    CanaryConfig,
+    CanaryRegistry,
+    format_sentences,
+    plant_canaries,
+)
+from attacks.output.language_model import cpu_threads, flush_denormals
 from attacks.targets.tiny_lm import WordVocab, sentences
 from secagg.dp import GaussianEvent, PrivacyAccountant
 from secagg.errors import ConfigError

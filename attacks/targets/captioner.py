@@ -20,7 +20,7 @@ are FedAvg-LoRA (A and B trained) and warm (B != 0, as after the first round), a
 client update is one SGD gradient (FedSGD): the attacker's favourable case, an upper
 bound on what the caption tokens leak. variant="ffa" builds the project's real adapter
 (FFA-LoRA: A frozen from the shared seed, only B trained and sent), whose B rows live
-in the rank-r space; attacks.update_leakage_text measures it under SGD and under the
+in the rank-r space; attacks.measure.text_leakage measures it under SGD and under the
 demo party's Adam steps.
 """
 
@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attacks.base import InversionTarget, TokenTarget
 from attacks.targets.tiny_lm import gpt2_block0_inputs
+from attacks.update.base import InversionTarget, TokenTarget
 from clients.data.concepts import DOMAIN_PROMPTS, DOMAINS, GENERIC_PROMPTS, vocabulary_words
 from clients.data.datasets import CityDataConfig, make_party_dataset
 from clients.lora.adapter import apply_lora
@@ -148,7 +148,7 @@ def captioner_target(
     variant="fedavg": A and B trained (the attacker's favourable case, A rows in the
     input space); "ffa": FFA-LoRA, the project's default recipe, A frozen at its
     seed-derived value (public: every party derives it) and only B in the update, so
-    token recovery works in the rank-r space (attacks.text_recovery_ffa).
+    token recovery works in the rank-r space (attacks.update.text_recovery_ffa).
     """
     if adapter not in ("warm", "fresh"):
         raise ConfigError(f"adapter must be 'warm' or 'fresh', got {adapter!r}")

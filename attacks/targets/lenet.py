@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from attacks.base import InversionTarget
+from attacks.update.base import InversionTarget
 
 
 class LeNet(nn.Module):

@@ -21,7 +21,7 @@ from peft import LoraConfig, get_peft_model
 from torch import Tensor, nn
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from attacks.base import TokenTarget
+from attacks.update.base import TokenTarget
 from secagg.errors import ConfigError
 
 PAD, EOS = "<pad>", "<eos>"

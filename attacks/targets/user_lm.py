@@ -7,7 +7,7 @@ attack); the user's JSONL texts are split, deterministically from the seed, into
 held-out texts (benign prompts, held-out loss), party 0's private texts (with canaries
 planted by fair coins, as in the built-in scenario) and a pool the other parties' texts
 are taken from. The result is an ordinary `CanaryScenario`, so
-attacks.targets.canary_federation.release and attacks.output_leakage work unchanged
+attacks.targets.canary_federation.release and attacks.measure.output_leakage work unchanged
 for every protection.
 
 Everything is refused early with a `ConfigError` that says what to fix: a directory
@@ -28,7 +28,7 @@ import numpy as np
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from attacks.canaries import CanaryConfig, CanaryRegistry, plant_canaries
+from attacks.output.canaries import CanaryConfig, CanaryRegistry, plant_canaries
 from attacks.targets.canary_lm import CanaryLMConfig, CanaryScenario, special_ids
 from clients.data.text import load_jsonl_texts
 from clients.lora.config import default_target_modules

@@ -30,7 +30,7 @@ def _encoder(model: torch.nn.Module) -> torch.nn.Module:
 
 LogitsHook = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 """(decoder ids so far, this step's logits) -> logits, like a transformers LogitsProcessor:
-how output filters (attacks/captioner_filters.py) act on the captioner's decoding."""
+how output filters (attacks/measure/captioner_filters.py) act on the captioner's decoding."""
 
 
 @torch.no_grad()
