@@ -51,4 +51,4 @@ clean:
 
 # Regenerate the committed protobuf/gRPC modules (a test fails when they are stale).
 proto: $(STAMP)
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. proto/aggregation.proto
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --grpc_python_out=. --pyi_out=. fedveil/proto/aggregation.proto

@@ -20,17 +20,17 @@ import sys
 import time
 from pathlib import Path
 
-from attacks.measure.captioner_filters import (
+from fedveil.attacks.measure.captioner_filters import (
     captioner_stacks,
     filter_utility_reports,
     secret_block_list,
     training_texts,
 )
-from attacks.output.language_model import cpu_threads
-from clients.data.datasets import make_party_datasets, make_test_set
-from clients.federated_local import CaptionerRecipe, make_parties, run_federated
-from clients.lora.codec import load_adapter_vector
-from clients.models import load_base_model
+from fedveil.attacks.output.language_model import cpu_threads
+from fedveil.clients.data.datasets import make_party_datasets, make_test_set
+from fedveil.clients.federated_local import CaptionerRecipe, make_parties, run_federated
+from fedveil.clients.lora.codec import load_adapter_vector
+from fedveil.clients.models import load_base_model
 
 
 def main(argv: list[str] | None = None) -> int:

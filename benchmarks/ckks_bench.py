@@ -112,9 +112,9 @@ import numpy as np
 import tenseal as ts
 from secagg_bench import machine_info, write_json
 
-from secagg.ckks import PRESETS, CiphertextSum, CkksKeyring, decrypt_mean, encrypt_update
-from secagg.ckks.codec import chunk_count
-from secagg.ckks.presets import CkksPreset
+from fedveil.secagg.ckks import PRESETS, CiphertextSum, CkksKeyring, decrypt_mean, encrypt_update
+from fedveil.secagg.ckks.codec import chunk_count
+from fedveil.secagg.ckks.presets import CkksPreset
 
 DIMENSIONS = (100_000, 1_000_000, 4_000_000)
 QUICK_DIMENSION = 1_000_000

@@ -29,12 +29,12 @@ from typing import Any
 
 import numpy as np
 
+from fedveil.proto.convert import instructions_to_pb
+from fedveil.secagg.crypto.identity import survivor_set_message
+from fedveil.secagg.protocol.consistency import consistency_quorum, survivor_signers
+from fedveil.secagg.protocol.graph import default_neighbours, default_threshold, neighbour_graph
+from fedveil.secagg.protocol.messages import ConsistencySignature, UnmaskRequest
 from fedveil.simulation import Federation
-from proto.convert import instructions_to_pb
-from secagg.crypto.identity import survivor_set_message
-from secagg.protocol.consistency import consistency_quorum, survivor_signers
-from secagg.protocol.graph import default_neighbours, default_threshold, neighbour_graph
-from secagg.protocol.messages import ConsistencySignature, UnmaskRequest
 
 COHORTS = (50, 500)
 MASK_DIMENSION = 1_000_000

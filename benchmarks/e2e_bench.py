@@ -104,11 +104,11 @@ import grpc
 import numpy as np
 from secagg_bench import machine_info, write_json
 
-from clients.credentials import ClientCredentials
-from clients.enrolment import REQUEST_FILE, request_enrolment
-from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
-from secagg.protocol.config import ClientPolicy
-from server.keys_store import enrol_request, init_federation, load_roster
+from fedveil.clients.credentials import ClientCredentials
+from fedveil.clients.enrolment import REQUEST_FILE, request_enrolment
+from fedveil.clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.server.keys_store import enrol_request, init_federation, load_roster
 
 REPO = Path(__file__).resolve().parent.parent
 COHORTS = (10, 50)
@@ -413,7 +413,7 @@ async def run_one_round(
     server = ServerProcess(work, keys, mode, d)
     meters = [RpcMeter() for _ in ids]
     counter = RetryCounter()
-    transport_log = logging.getLogger("clients.transport")
+    transport_log = logging.getLogger("fedveil.clients.transport")
     transport_log.addHandler(counter)
     transport_log.propagate = False
     clients: list[AsyncAggregationClient] = []

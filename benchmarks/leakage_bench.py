@@ -49,15 +49,15 @@ from typing import Any
 
 import torch
 
-from attacks.measure.observe import SINGLE_CLIENT
-from attacks.measure.update_leakage import (
+from fedveil.aggregators import real_aggregators
+from fedveil.attacks.measure.observe import SINGLE_CLIENT
+from fedveil.attacks.measure.update_leakage import (
     RECORD_FUNCTIONS,
     UpdateLeakageSettings,
     text_recovery_records,
 )
-from attacks.protections import PROTECTIONS, Aggregators
-from attacks.update.gradient_matching import torch_threads
-from fedveil.aggregators import real_aggregators
+from fedveil.attacks.protections import PROTECTIONS, Aggregators
+from fedveil.attacks.update.gradient_matching import torch_threads
 
 PLAIN_RANKS = (4, 8, 32)
 """The plain text-recovery rank sweep beyond R = 16 (which every protection gets)."""

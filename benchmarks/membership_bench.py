@@ -52,10 +52,14 @@ from typing import Any
 
 import torch
 
-from attacks.measure.output_leakage import OutputLeakageSettings, output_leakage_records
-from attacks.output.language_model import cpu_threads
-from attacks.protections import PROTECTIONS
-from attacks.targets.canary_federation import FederationSettings, federation_scenario, release
+from fedveil.attacks.measure.output_leakage import OutputLeakageSettings, output_leakage_records
+from fedveil.attacks.output.language_model import cpu_threads
+from fedveil.attacks.protections import PROTECTIONS
+from fedveil.attacks.targets.canary_federation import (
+    FederationSettings,
+    federation_scenario,
+    release,
+)
 
 
 def run_membership(quick: bool) -> list[dict[str, Any]]:

@@ -92,6 +92,9 @@ import numpy as np
 from consistency_cost import MASK_DIMENSION, consistency_records
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from fedveil.secagg.protocol.graph import effective_degree
+from fedveil.secagg.protocol.stages import Stage
+from fedveil.secagg.quantize import dtype_for_bits, quantize
 from fedveil.simulation import (
     Federation,
     default_neighbours,
@@ -99,9 +102,6 @@ from fedveil.simulation import (
     random_dropouts,
     run_round,
 )
-from secagg.protocol.graph import effective_degree
-from secagg.protocol.stages import Stage
-from secagg.quantize import dtype_for_bits, quantize
 
 DIMENSIONS = (100_000, 1_000_000, 4_000_000)
 COHORTS = (10, 50)

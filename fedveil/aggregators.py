@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 
-from attacks.protections import Aggregators
+from fedveil.attacks.protections import Aggregators
 from fedveil.ckks_simulation import ckks_mean
 from fedveil.simulation import secure_dp_mean, secure_mean
 

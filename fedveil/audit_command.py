@@ -13,7 +13,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from secagg.errors import ConfigError
+from fedveil.errors import ConfigError
 
 
 def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -44,7 +44,7 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
 
 
 def run_audit_command(args: argparse.Namespace) -> int:
-    from attacks.audit.config import load_config
+    from fedveil.attacks.audit.config import load_config
 
     try:
         config = load_config(args.config, args.profile)
@@ -55,8 +55,8 @@ def run_audit_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fedveil audit: configuration error: {exc}", file=sys.stderr)
         return 2
-    from attacks.audit.runner import run_audit
     from fedveil.aggregators import real_aggregators
+    from fedveil.attacks.audit.runner import run_audit
 
     if args.fresh and (args.out / "work").is_dir():
         shutil.rmtree(args.out / "work")

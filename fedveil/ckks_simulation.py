@@ -16,13 +16,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from secagg.ckks.client_session import CkksClientSession, EpochKeyStore
-from secagg.ckks.config import CkksRoundConfig
-from secagg.ckks.server_round import CkksServerRound
-from secagg.crypto.identity import SigningIdentity
-from secagg.errors import FedveilError
-from secagg.protocol.config import ClientPolicy
-from secagg.protocol.stages import Stage
+from fedveil.errors import FedveilError
+from fedveil.secagg.ckks.client_session import CkksClientSession, EpochKeyStore
+from fedveil.secagg.ckks.config import CkksRoundConfig
+from fedveil.secagg.ckks.server_round import CkksServerRound
+from fedveil.secagg.crypto.identity import SigningIdentity
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.secagg.protocol.stages import Stage
 
 
 def ckks_mean(

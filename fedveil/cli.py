@@ -14,8 +14,10 @@ import numpy as np
 from fedveil.audit_command import add_audit_parser, run_audit_command
 from fedveil.client_command import add_client_parser, run_client
 from fedveil.demo_command import add_demo_parser, run_demo_command
+from fedveil.errors import FedveilError
 from fedveil.keys_command import add_keys_parser, run_keys
 from fedveil.model_hash_command import add_model_hash_parser, run_model_hash
+from fedveil.secagg.protocol.stages import Stage
 from fedveil.server_command import add_server_parser, run_server
 from fedveil.simulation import (
     CLIENT_STAGES,
@@ -24,8 +26,6 @@ from fedveil.simulation import (
     random_dropouts,
     run_round,
 )
-from secagg.errors import FedveilError
-from secagg.protocol.stages import Stage
 
 
 class OneLineErrorParser(argparse.ArgumentParser):

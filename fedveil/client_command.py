@@ -55,19 +55,19 @@ from typing import Any
 import grpc
 import numpy as np
 
-from clients.credentials import ClientCredentials
-from clients.mode_policy import allowed_modes_from_flags
-from clients.privacy_ledger import PersistentPrivacyLedger, federation_fingerprint
-from clients.roster_file import load_roster_identities
-from clients.streams import as_update_vector
-from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
-from clients.update_guard import RepeatedUpdateGuard
-from clients.weights import WeightMode
-from secagg.dp.budget import PrivacyBudget
-from secagg.errors import ConfigError, FedveilError
-from secagg.protocol.config import ClientPolicy
-from secagg.protocol.model_chain import ModelChain
-from secagg.protocol.stages import Stage
+from fedveil.clients.credentials import ClientCredentials
+from fedveil.clients.mode_policy import allowed_modes_from_flags
+from fedveil.clients.privacy_ledger import PersistentPrivacyLedger, federation_fingerprint
+from fedveil.clients.roster_file import load_roster_identities
+from fedveil.clients.streams import as_update_vector
+from fedveil.clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
+from fedveil.clients.update_guard import RepeatedUpdateGuard
+from fedveil.clients.weights import WeightMode
+from fedveil.errors import ConfigError, FedveilError
+from fedveil.secagg.dp.budget import PrivacyBudget
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.secagg.protocol.model_chain import ModelChain
+from fedveil.secagg.protocol.stages import Stage
 
 logger = logging.getLogger("fedveil.client")
 

@@ -18,15 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clients.data.concepts import DOMAINS, Domain
-from clients.data.datasets import make_party_datasets, make_test_set
-from clients.federated_local import CaptionerRecipe, compare_local_and_federated, make_parties
-from clients.lora.config import AggregationVariant
-from clients.models.base import build_base_model
-from clients.models.loading import load_model
-from clients.training.dp_loop import DPTrainConfig
+from fedveil.clients.data.concepts import DOMAINS, Domain
+from fedveil.clients.data.datasets import make_party_datasets, make_test_set
+from fedveil.clients.federated_local import (
+    CaptionerRecipe,
+    compare_local_and_federated,
+    make_parties,
+)
+from fedveil.clients.lora.config import AggregationVariant
+from fedveil.clients.models.base import build_base_model
+from fedveil.clients.models.loading import load_model
+from fedveil.clients.training.dp_loop import DPTrainConfig
+from fedveil.errors import ConfigError
 from fedveil.service_aggregator import ServiceAggregator
-from secagg.errors import ConfigError
 
 MODES = ("secagg", "ckks", "plaintext")
 DP_MODES = ("none", "client", "sample")

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from secagg.errors import FedveilError
+from fedveil.errors import FedveilError
 
 # Literal, not AggregationVariant: importing clients.lora pulls in torch and peft (seconds),
 # which every `fedveil client` process would pay at start-up. tests/test_demo checks
@@ -57,7 +57,7 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    from clients.lora.config import AggregationVariant
+    from fedveil.clients.lora.config import AggregationVariant
     from fedveil.demo import DemoOptions, format_table, run_demo
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

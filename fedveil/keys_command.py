@@ -18,9 +18,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from clients.enrolment import REQUEST_FILE, request_enrolment
-from secagg.errors import FedveilError
-from server.keys_store import (
+from fedveil.clients.enrolment import REQUEST_FILE, request_enrolment
+from fedveil.errors import FedveilError
+from fedveil.server.keys_store import (
     CA_CERT,
     CA_KEY,
     ROSTER_FILE,
@@ -30,8 +30,8 @@ from server.keys_store import (
     read_request,
     revoke_client,
 )
-from server.pki import validate_client_id
-from server.roster import Roster
+from fedveil.server.pki import validate_client_id
+from fedveil.server.roster import Roster
 
 
 def _csv(value: str) -> list[str]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from secagg.errors import FedveilError
+from fedveil.errors import FedveilError
 
 
 def add_model_hash_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,8 +24,8 @@ def add_model_hash_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
 def run_model_hash(args: argparse.Namespace) -> int:
     """Print the hex hash; a missing or unsupported directory exits 2 with one line."""
-    from clients.lora.hashing import base_model_hash
-    from clients.models.loading import load_model
+    from fedveil.clients.lora.hashing import base_model_hash
+    from fedveil.clients.models.loading import load_model
 
     try:
         loaded = load_model(args.model_dir)

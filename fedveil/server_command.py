@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from secagg.errors import FedveilError
-from server.app import start_server
-from server.keys_store import check_server_folders
-from server.preflight import check_startup
-from server.settings import load_settings
+from fedveil.errors import FedveilError
+from fedveil.server.app import start_server
+from fedveil.server.keys_store import check_server_folders
+from fedveil.server.preflight import check_startup
+from fedveil.server.settings import load_settings
 
 
 def _boolean(text: str) -> bool:

@@ -22,22 +22,22 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from clients.credentials import ClientCredentials
-from clients.enrolment import REQUEST_FILE, request_enrolment
-from clients.roster_file import load_roster_identities
-from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
-from secagg.dp import PrivacyBudget
-from secagg.errors import ConfigError, ProtocolError
-from secagg.protocol.config import ClientPolicy
-from server.app import RunningServer, start_server
-from server.keys_store import (
+from fedveil.clients.credentials import ClientCredentials
+from fedveil.clients.enrolment import REQUEST_FILE, request_enrolment
+from fedveil.clients.roster_file import load_roster_identities
+from fedveil.clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
+from fedveil.errors import ConfigError, ProtocolError
+from fedveil.secagg.dp import PrivacyBudget
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.server.app import RunningServer, start_server
+from fedveil.server.keys_store import (
     ROSTER_FILE,
     check_server_folders,
     enrol_request,
     init_federation,
     load_roster,
 )
-from server.settings import RoundSettings, ServerSettings
+from fedveil.server.settings import RoundSettings, ServerSettings
 
 STAGE_LABELS = {
     "advertise-keys": "advertise keys",

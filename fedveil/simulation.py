@@ -17,19 +17,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from secagg.crypto.identity import SigningIdentity, VerifyingIdentity
-from secagg.dp.accounting import EpsilonReport
-from secagg.dp.budget import PrivacyLedger
-from secagg.dp.config import ClientDPConfig
-from secagg.errors import FedveilError
-from secagg.protocol.client import ClientSession
-from secagg.protocol.config import ClientPolicy, RoundConfig
-from secagg.protocol.dp import RoundDP
-from secagg.protocol.graph import default_neighbours, default_threshold
-from secagg.protocol.messages import MaskedInput, RoundResult
-from secagg.protocol.server import ServerRound
-from secagg.protocol.stages import Stage
-from secagg.quantize import QuantizationConfig
+from fedveil.errors import FedveilError
+from fedveil.secagg.crypto.identity import SigningIdentity, VerifyingIdentity
+from fedveil.secagg.dp.accounting import EpsilonReport
+from fedveil.secagg.dp.budget import PrivacyLedger
+from fedveil.secagg.dp.config import ClientDPConfig
+from fedveil.secagg.protocol.client import ClientSession
+from fedveil.secagg.protocol.config import ClientPolicy, RoundConfig
+from fedveil.secagg.protocol.dp import RoundDP
+from fedveil.secagg.protocol.graph import default_neighbours, default_threshold
+from fedveil.secagg.protocol.messages import MaskedInput, RoundResult
+from fedveil.secagg.protocol.server import ServerRound
+from fedveil.secagg.protocol.stages import Stage
+from fedveil.secagg.quantize import QuantizationConfig
 
 CLIENT_STAGES = (
     Stage.ADVERTISE_KEYS,

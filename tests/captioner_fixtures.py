@@ -12,9 +12,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from clients.models import BaseModelConfig, CaptionerConfig, LoadedModel, build_base_model
-from clients.models.loading import load_model
-from clients.training import TrainConfig
+from fedveil.clients.models import BaseModelConfig, CaptionerConfig, LoadedModel, build_base_model
+from fedveil.clients.models.loading import load_model
+from fedveil.clients.training import TrainConfig
 
 _ROOT = Path(tempfile.mkdtemp(prefix="fedveil-test-models-"))
 atexit.register(shutil.rmtree, _ROOT, True)

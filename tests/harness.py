@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedveil.secagg.protocol.client import ClientSession
+from fedveil.secagg.protocol.config import ClientPolicy, RoundConfig
+from fedveil.secagg.protocol.server import ServerRound
+from fedveil.secagg.protocol.stages import Stage
+from fedveil.secagg.quantize import QuantizationConfig
 from fedveil.simulation import Federation
-from secagg.protocol.client import ClientSession
-from secagg.protocol.config import ClientPolicy, RoundConfig
-from secagg.protocol.server import ServerRound
-from secagg.protocol.stages import Stage
-from secagg.quantize import QuantizationConfig
 
 MODEL_HASH = hashlib.sha256(b"fedveil-test-model").digest()
 

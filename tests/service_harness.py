@@ -10,14 +10,20 @@ from pathlib import Path
 
 import grpc
 
-from clients.credentials import ClientCredentials
-from clients.enrolment import request_enrolment
-from clients.transport import AsyncAggregationClient, TransportSecurity
-from proto import aggregation_pb2_grpc as pb_grpc
-from secagg.protocol.config import DEFAULT_ALLOWED_MODES, ClientPolicy
-from server.app import RunningServer, start_server
-from server.keys_store import client_dir, enrol_request, init_federation, init_keys, load_roster
-from server.settings import RoundSettings, ServerSettings
+from fedveil.clients.credentials import ClientCredentials
+from fedveil.clients.enrolment import request_enrolment
+from fedveil.clients.transport import AsyncAggregationClient, TransportSecurity
+from fedveil.proto import aggregation_pb2_grpc as pb_grpc
+from fedveil.secagg.protocol.config import DEFAULT_ALLOWED_MODES, ClientPolicy
+from fedveil.server.app import RunningServer, start_server
+from fedveil.server.keys_store import (
+    client_dir,
+    enrol_request,
+    init_federation,
+    init_keys,
+    load_roster,
+)
+from fedveil.server.settings import RoundSettings, ServerSettings
 
 # The base model every test client and server holds; each round chains it with the previous
 # result (secagg.protocol.model_chain).

@@ -12,12 +12,11 @@ import math
 import numpy as np
 import pytest
 
-from fedveil.simulation import Federation, make_config
-from secagg.dp.config import ClientDPConfig, Mechanism, NoisePlacement
-from secagg.dp.randomness import CryptoRandom
-from secagg.dp.stages import ClientDPPipeline
-from secagg.errors import ImplausibleAggregateError, MaliciousServerError
-from secagg.protocol.aggregate_bounds import (
+from fedveil.errors import ImplausibleAggregateError, MaliciousServerError
+from fedveil.secagg.dp.config import ClientDPConfig, Mechanism, NoisePlacement
+from fedveil.secagg.dp.randomness import CryptoRandom
+from fedveil.secagg.dp.stages import ClientDPPipeline
+from fedveil.secagg.protocol.aggregate_bounds import (
     CohortLimits,
     ValueLimits,
     bounded_value_limits,
@@ -26,8 +25,9 @@ from secagg.protocol.aggregate_bounds import (
     dp_value_limits,
     secagg_value_limits,
 )
-from secagg.quantize import QuantizationConfig
-from secagg.quantize.fixed_point import dequantize_sum, quantize
+from fedveil.secagg.quantize import QuantizationConfig
+from fedveil.secagg.quantize.fixed_point import dequantize_sum, quantize
+from fedveil.simulation import Federation, make_config
 
 ROSTER = frozenset({"a", "b", "c", "d", "e"})
 CLIP, MAX_WEIGHT, D = 1.0, 1000, 64

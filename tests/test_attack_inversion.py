@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.targets.lenet import lenet_target
-from attacks.targets.shapes import shape_images
-from attacks.update.base import (
+from fedveil.attacks.targets.lenet import lenet_target
+from fedveil.attacks.targets.shapes import shape_images
+from fedveil.attacks.update.base import (
     InversionTarget,
     LocalTraining,
     ObservedUpdate,
@@ -24,13 +24,13 @@ from attacks.update.base import (
     Truth,
     UpdateKind,
 )
-from attacks.update.dlg import DLG, DLGConfig
-from attacks.update.gradient_matching import Distance, MatchingProblem, torch_threads
-from attacks.update.inverting_gradients import InvertingGradients, InvertingGradientsConfig
-from attacks.update.local_training import client_update
-from attacks.update.metrics import grey_image, psnr
-from attacks.update.run import run_attack
-from attacks.views import aggregate_view, plain_view
+from fedveil.attacks.update.dlg import DLG, DLGConfig
+from fedveil.attacks.update.gradient_matching import Distance, MatchingProblem, torch_threads
+from fedveil.attacks.update.inverting_gradients import InvertingGradients, InvertingGradientsConfig
+from fedveil.attacks.update.local_training import client_update
+from fedveil.attacks.update.metrics import grey_image, psnr
+from fedveil.attacks.update.run import run_attack
+from fedveil.attacks.views import aggregate_view, plain_view
 from fedveil.simulation import secure_mean
 
 

@@ -11,14 +11,20 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from attacks.targets.lenet import lenet_target
-from attacks.targets.shapes import shape_images
-from attacks.targets.tiny_lm import tiny_lm_target
-from attacks.update.base import AttackError, LocalTraining, ObservedUpdate, Truth, UpdateKind
-from attacks.update.gradient_matching import torch_threads
-from attacks.update.label_leakage import LabelLeakage, LabelLeakageConfig, idlg_label
-from attacks.update.local_training import client_update
-from attacks.update.run import run_attack
+from fedveil.attacks.targets.lenet import lenet_target
+from fedveil.attacks.targets.shapes import shape_images
+from fedveil.attacks.targets.tiny_lm import tiny_lm_target
+from fedveil.attacks.update.base import (
+    AttackError,
+    LocalTraining,
+    ObservedUpdate,
+    Truth,
+    UpdateKind,
+)
+from fedveil.attacks.update.gradient_matching import torch_threads
+from fedveil.attacks.update.label_leakage import LabelLeakage, LabelLeakageConfig, idlg_label
+from fedveil.attacks.update.local_training import client_update
+from fedveil.attacks.update.run import run_attack
 
 
 @pytest.fixture(autouse=True, scope="module")

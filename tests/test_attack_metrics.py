@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from attacks import registry
-from attacks.targets.shapes import shape_images
-from attacks.update.base import (
+from fedveil.attacks import registry
+from fedveil.attacks.targets.shapes import shape_images
+from fedveil.attacks.update.base import (
     AttackError,
     LocalTraining,
     ObservedUpdate,
@@ -22,9 +22,9 @@ from attacks.update.base import (
     Truth,
     UpdateKind,
 )
-from attacks.update.dlg import DLGConfig
-from attacks.update.inverting_gradients import InvertingGradientsConfig
-from attacks.update.metrics import (
+from fedveil.attacks.update.dlg import DLGConfig
+from fedveil.attacks.update.inverting_gradients import InvertingGradientsConfig
+from fedveil.attacks.update.metrics import (
     grey_image,
     image_metrics,
     label_accuracy,
@@ -35,8 +35,8 @@ from attacks.update.metrics import (
     ssim,
     token_metrics,
 )
-from attacks.update.text_recovery import TextRankingConfig, TextRecoveryConfig
-from secagg.errors import ConfigError
+from fedveil.attacks.update.text_recovery import TextRankingConfig, TextRecoveryConfig
+from fedveil.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,19 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from attacks.targets.tiny_lm import WordVocab, sentences, tiny_lm_target
-from attacks.update.base import LocalTraining, ObservedUpdate, TokenTarget, Truth, UpdateKind
-from attacks.update.gradient_matching import torch_threads
-from attacks.update.local_training import client_update
-from attacks.update.run import run_attack
-from attacks.update.text_recovery import SpanCheck, SubspaceRanking
-from attacks.views import aggregate_view, gaussian_view, plain_view, sigma_for_snr
+from fedveil.attacks.targets.tiny_lm import WordVocab, sentences, tiny_lm_target
+from fedveil.attacks.update.base import (
+    LocalTraining,
+    ObservedUpdate,
+    TokenTarget,
+    Truth,
+    UpdateKind,
+)
+from fedveil.attacks.update.gradient_matching import torch_threads
+from fedveil.attacks.update.local_training import client_update
+from fedveil.attacks.update.run import run_attack
+from fedveil.attacks.update.text_recovery import SpanCheck, SubspaceRanking
+from fedveil.attacks.views import aggregate_view, gaussian_view, plain_view, sigma_for_snr
 from fedveil.simulation import secure_mean
 
 TRAINING = LocalTraining(steps=3, lr=0.5)  # FedAvg: 3 local SGD steps

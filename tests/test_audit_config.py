@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from attacks.audit.config import AuditConfig, Thresholds, config_from_toml, load_config
-from attacks.audit.matrix import ATTACKS, DEFAULT_CLAIMS, UPDATE_ATTACKS
-from attacks.protections import PROTECTIONS
-from secagg.errors import ConfigError
+from fedveil.attacks.audit.config import AuditConfig, Thresholds, config_from_toml, load_config
+from fedveil.attacks.audit.matrix import ATTACKS, DEFAULT_CLAIMS, UPDATE_ATTACKS
+from fedveil.attacks.protections import PROTECTIONS
+from fedveil.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from attacks.audit.config import load_config
-from attacks.audit.evaluate import BREACH, CLEAN, LEAKS, PASS, breach_lines, evaluate_cell
-from attacks.audit.html import write_html
-from attacks.audit.report import SCHEMA, build_report, write_report
-from attacks.audit.store import JobStore, fingerprint
-from attacks.update.metrics import save_grid
+from fedveil.attacks.audit.config import load_config
+from fedveil.attacks.audit.evaluate import BREACH, CLEAN, LEAKS, PASS, breach_lines, evaluate_cell
+from fedveil.attacks.audit.html import write_html
+from fedveil.attacks.audit.report import SCHEMA, build_report, write_report
+from fedveil.attacks.audit.store import JobStore, fingerprint
+from fedveil.attacks.update.metrics import save_grid
 
 
 def _image_records(psnr: float, figure: str | None = None) -> list[dict[str, Any]]:

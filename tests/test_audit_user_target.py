@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from attacks.output.canaries import CanaryConfig
-from attacks.targets.canary_lm import CanaryLMConfig, build_scenario
-from attacks.targets.tiny_lm import sentences
-from attacks.targets.user_lm import write_jsonl
+from fedveil.attacks.output.canaries import CanaryConfig
+from fedveil.attacks.targets.canary_lm import CanaryLMConfig, build_scenario
+from fedveil.attacks.targets.tiny_lm import sentences
+from fedveil.attacks.targets.user_lm import write_jsonl
 from fedveil.cli import main
 
 

@@ -15,25 +15,30 @@ import dataclasses
 import numpy as np
 import pytest
 
-from attacks import registry as attack_registry
-from attacks.measure.output_leakage import OutputLeakageSettings, downsampled_roc
-from attacks.output.canaries import CanaryConfig
-from attacks.output.filters import (
+from fedveil.aggregators import real_aggregators
+from fedveil.attacks import registry as attack_registry
+from fedveil.attacks.measure.output_leakage import OutputLeakageSettings, downsampled_roc
+from fedveil.attacks.output.canaries import CanaryConfig
+from fedveil.attacks.output.filters import (
     PII_PATTERNS,
     BlockList,
     baseline,
     measure_filter,
     standard_stacks,
 )
-from attacks.output.generation import ProbeConfig
-from attacks.output.generator import HFGenerator, SamplingConfig
-from attacks.output.metrics import roc_auc, scores_by_label
-from attacks.output.target import OutputTarget
-from attacks.protections import Aggregators, DPSettings
-from attacks.targets.canary_federation import FederationSettings, release
-from attacks.targets.canary_lm import CanaryLMConfig, CanaryScenario, TrainedModel, canary_scenario
-from fedveil.aggregators import real_aggregators
-from secagg.errors import ConfigError
+from fedveil.attacks.output.generation import ProbeConfig
+from fedveil.attacks.output.generator import HFGenerator, SamplingConfig
+from fedveil.attacks.output.metrics import roc_auc, scores_by_label
+from fedveil.attacks.output.target import OutputTarget
+from fedveil.attacks.protections import Aggregators, DPSettings
+from fedveil.attacks.targets.canary_federation import FederationSettings, release
+from fedveil.attacks.targets.canary_lm import (
+    CanaryLMConfig,
+    CanaryScenario,
+    TrainedModel,
+    canary_scenario,
+)
+from fedveil.errors import ConfigError
 
 ATTACKER = SamplingConfig(max_new_tokens=10, temperature=0.5)
 PROBE = ProbeConfig(n_samples=8)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from clients.data import DOMAIN_CONCEPTS, Domain
-from clients.metrics import concept_scores, corpus_bleu, find_concepts, words
-from secagg.errors import ConfigError
+from fedveil.clients.data import DOMAIN_CONCEPTS, Domain
+from fedveil.clients.metrics import concept_scores, corpus_bleu, find_concepts, words
+from fedveil.errors import ConfigError
 
 E, R, U = Domain.ENERGY, Domain.RESIDENTIAL, Domain.URBAN
 ALL = [c for cs in DOMAIN_CONCEPTS.values() for c in cs]

@@ -16,10 +16,10 @@ import torch
 from captioner_fixtures import TINY, tiny_base, tiny_base_dir
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from clients.data import DOMAIN_PROMPTS, CityDataConfig, Domain, make_party_dataset
-from clients.data.text import load_jsonl_texts
-from clients.lora import LoraSettings, default_target_modules
-from clients.models import (
+from fedveil.clients.data import DOMAIN_PROMPTS, CityDataConfig, Domain, make_party_dataset
+from fedveil.clients.data.text import load_jsonl_texts
+from fedveil.clients.lora import LoraSettings, default_target_modules
+from fedveil.clients.models import (
     MARKER,
     ModelKind,
     ModelLoadError,
@@ -29,9 +29,9 @@ from clients.models import (
     is_built,
     load_model,
 )
-from clients.training import TrainConfig, encode_captions, train
-from clients.training.party import Party, captioner_party, text_party
-from secagg.errors import ConfigError
+from fedveil.clients.training import TrainConfig, encode_captions, train
+from fedveil.clients.training.party import Party, captioner_party, text_party
+from fedveil.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = TrainConfig(epochs=1, batch_size=8, learning_rate=1e-2, progress=False)
@@ -76,8 +76,8 @@ path = sys.argv[1]
 model = VisionEncoderDecoderModel.from_pretrained(path)
 tokenizer = AutoTokenizer.from_pretrained(path)
 processor = AutoImageProcessor.from_pretrained(path)
-from clients.models import load_model
-from clients.evaluation import greedy_captions
+from fedveil.clients.models import load_model
+from fedveil.clients.evaluation import greedy_captions
 loaded = load_model(path)
 pixels = processor([torch.zeros(64, 64, 3, dtype=torch.uint8).numpy()], return_tensors="pt")
 caption = greedy_captions(loaded.model, loaded.tokenizer, pixels["pixel_values"], "<scene>", 8)

@@ -19,7 +19,7 @@ import pytest
 import torch
 from captioner_fixtures import fast_base_dir
 
-from attacks.measure.captioner_filters import (
+from fedveil.attacks.measure.captioner_filters import (
     NONE,
     SECRET_LITERALS,
     StackUtility,
@@ -30,23 +30,23 @@ from attacks.measure.captioner_filters import (
     secret_block_list,
     training_texts,
 )
-from attacks.output.filters import REDACTION, BlockList, FilterStack
-from attacks.output.language_model import cpu_threads
-from clients.data.concepts import DOMAIN_CONCEPTS, DOMAINS
-from clients.data.datasets import (
+from fedveil.attacks.output.filters import REDACTION, BlockList, FilterStack
+from fedveil.attacks.output.language_model import cpu_threads
+from fedveil.clients.data.concepts import DOMAIN_CONCEPTS, DOMAINS
+from fedveil.clients.data.datasets import (
     CityDataConfig,
     PartyDataset,
     SceneExample,
     make_party_datasets,
     make_test_set,
 )
-from clients.evaluation.report import full_captions
-from clients.federated_local import CaptionerRecipe, make_parties, run_federated
-from clients.lora.codec import load_adapter_vector
-from clients.metrics import find_concepts
-from clients.models.loading import load_model
-from clients.training.batches import encode_images
-from secagg.errors import ConfigError
+from fedveil.clients.evaluation.report import full_captions
+from fedveil.clients.federated_local import CaptionerRecipe, make_parties, run_federated
+from fedveil.clients.lora.codec import load_adapter_vector
+from fedveil.clients.metrics import find_concepts
+from fedveil.clients.models.loading import load_model
+from fedveil.clients.training.batches import encode_images
+from fedveil.errors import ConfigError
 
 BAN_STACKS = ("sequence-ban", "text-ban", "redactor")
 

@@ -8,10 +8,10 @@ import hashlib
 import numpy as np
 import pytest
 
-from secagg.errors import ConfigError, InvalidMessageError, ProtocolError, StageError
-from secagg.protocol.messages import MaskedInput
-from secagg.protocol.stages import Stage
-from secagg.protocol.upload import aligned_chunk_bytes
+from fedveil.errors import ConfigError, InvalidMessageError, ProtocolError, StageError
+from fedveil.secagg.protocol.messages import MaskedInput
+from fedveil.secagg.protocol.stages import Stage
+from fedveil.secagg.protocol.upload import aligned_chunk_bytes
 
 from harness import LiveRound
 

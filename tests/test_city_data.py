@@ -8,7 +8,7 @@ from collections.abc import Iterable
 import numpy as np
 import pytest
 
-from clients.data import (
+from fedveil.clients.data import (
     DOMAIN_CONCEPTS,
     DOMAINS,
     CaptionExample,
@@ -21,10 +21,10 @@ from clients.data import (
     make_party_datasets,
     make_test_set,
 )
-from clients.data.concepts import PIPELINE_STATES, domain_words, vocabulary_words
-from clients.data.scenes import Scene, render, sample_scene
-from clients.metrics import find_concepts
-from secagg.errors import ConfigError
+from fedveil.clients.data.concepts import PIPELINE_STATES, domain_words, vocabulary_words
+from fedveil.clients.data.scenes import Scene, render, sample_scene
+from fedveil.clients.metrics import find_concepts
+from fedveil.errors import ConfigError
 
 SMALL = CityDataConfig(seed=3, samples_per_party=40, test_samples=40)
 

@@ -18,7 +18,8 @@ import pytest
 import tenseal as ts
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from secagg.ckks import (
+from fedveil.errors import ConfigError, DecryptionError, InvalidMessageError
+from fedveil.secagg.ckks import (
     PRESETS,
     CiphertextSum,
     CkksKeyring,
@@ -31,8 +32,7 @@ from secagg.ckks import (
     preset,
     seal_secret_context,
 )
-from secagg.ckks.presets import DEFAULT_PRESET
-from secagg.errors import ConfigError, DecryptionError, InvalidMessageError
+from fedveil.secagg.ckks.presets import DEFAULT_PRESET
 
 PRESET = preset("add-only-8192")
 MAX_WEIGHT = 1000

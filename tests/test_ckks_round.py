@@ -15,13 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from secagg.ckks.client_session import CkksClientSession, EpochKeyStore
-from secagg.ckks.config import CkksRoundConfig
-from secagg.ckks.keys import CkksKeyring
-from secagg.ckks.messages import CkksAdvertisement, KeyPublication
-from secagg.ckks.server_round import CkksServerRound
-from secagg.crypto.identity import SigningIdentity
-from secagg.errors import (
+from fedveil.errors import (
     CohortTooSmallError,
     ConfigError,
     CryptoError,
@@ -33,8 +27,14 @@ from secagg.errors import (
     ThresholdNotMetError,
     UnknownClientError,
 )
-from secagg.protocol.config import ClientPolicy
-from secagg.protocol.stages import Stage
+from fedveil.secagg.ckks.client_session import CkksClientSession, EpochKeyStore
+from fedveil.secagg.ckks.config import CkksRoundConfig
+from fedveil.secagg.ckks.keys import CkksKeyring
+from fedveil.secagg.ckks.messages import CkksAdvertisement, KeyPublication
+from fedveil.secagg.ckks.server_round import CkksServerRound
+from fedveil.secagg.crypto.identity import SigningIdentity
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.secagg.protocol.stages import Stage
 
 D = 5_000  # two ciphertexts at 4096 slots, the second one short
 MAX_WEIGHT = 1000
@@ -181,7 +181,7 @@ def test_the_server_holds_only_a_public_context_and_cannot_decrypt(
     assert server.uploads is not None
     _run_uploads(federation, server, sessions)
     assert server.result is not None
-    from secagg.ckks.codec import decrypt_mean
+    from fedveil.secagg.ckks.codec import decrypt_mean
 
     with pytest.raises(ConfigError, match="secret"):
         decrypt_mean(public, list(server.result.ciphertexts), D, max_weight=MAX_WEIGHT)
@@ -271,9 +271,7 @@ def test_a_delivery_naming_another_holder_key_is_refused(federation: Federation)
 
 
 @pytest.mark.parametrize("fault", ["fingerprint", "malformed", "short_count", "digest", "order"])
-def test_a_bad_upload_is_refused_and_the_round_goes_on(
-    federation: Federation, fault: str
-) -> None:
+def test_a_bad_upload_is_refused_and_the_round_goes_on(federation: Federation, fault: str) -> None:
     config = _config()
     server = CkksServerRound(config, federation.roster)
     sessions = federation.sessions(config)

@@ -22,9 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from secagg.crypto import envelope, identity, kdf, prg, shamir
-from secagg.crypto.encoding import decode_fields, encode_fields, encode_id_set
-from secagg.errors import (
+from fedveil.errors import (
     ConfigError,
     CryptoError,
     DecryptionError,
@@ -34,6 +32,8 @@ from secagg.errors import (
     InvalidMessageError,
     InvalidSignatureError,
 )
+from fedveil.secagg.crypto import envelope, identity, kdf, prg, shamir
+from fedveil.secagg.crypto.encoding import decode_fields, encode_fields, encode_id_set
 
 REPO = Path(__file__).resolve().parents[1]
 MASK_DTYPES = [np.uint16, np.uint32, np.uint64]
@@ -239,7 +239,7 @@ def _rng_uses(path: Path) -> list[str]:
 
 def test_secagg_uses_no_non_cryptographic_rng() -> None:
     """Masks, shares and rounding noise must never come from numpy's or Python's RNG."""
-    files = sorted((REPO / "secagg").rglob("*.py"))
+    files = sorted((REPO / "fedveil" / "secagg").rglob("*.py"))
     assert files, "secagg sources not found"
     offenders = [use for path in files for use in _rng_uses(path)]
     assert offenders == []

@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from secagg.crypto import envelope, identity, kdf, prg, shamir
-from secagg.crypto.encoding import encode_fields
+from fedveil.secagg.crypto import envelope, identity, kdf, prg, shamir
+from fedveil.secagg.crypto.encoding import encode_fields
 
 VECTORS = Path(__file__).resolve().parent / "vectors"
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from clients.lora.config import AggregationVariant
+from fedveil.clients.lora.config import AggregationVariant
 from fedveil.demo import DemoOptions, format_table, run_demo
 from fedveil.demo_command import VARIANTS
-from secagg.errors import ConfigError
+from fedveil.errors import ConfigError
 
 
 def test_the_command_line_variants_are_the_aggregation_variants() -> None:

@@ -17,14 +17,14 @@ import pytest
 import torch
 from captioner_fixtures import tiny_base
 
-from clients.data.concepts import DOMAINS
-from clients.data.datasets import CityDataConfig, make_party_datasets
-from clients.federated_local import CaptionerRecipe, make_parties
-from clients.lora.codec import adapter_vector
-from clients.training.dp_loop import DPTrainConfig, per_sample_caption_loss
-from clients.training.party import Party
+from fedveil.clients.data.concepts import DOMAINS
+from fedveil.clients.data.datasets import CityDataConfig, make_party_datasets
+from fedveil.clients.federated_local import CaptionerRecipe, make_parties
+from fedveil.clients.lora.codec import adapter_vector
+from fedveil.clients.training.dp_loop import DPTrainConfig, per_sample_caption_loss
+from fedveil.clients.training.party import Party
 from fedveil.demo import DemoOptions, format_table, run_demo
-from secagg.errors import ConfigError, PrivacyBudgetExceededError
+from fedveil.errors import ConfigError, PrivacyBudgetExceededError
 
 ROUNDS = 2
 

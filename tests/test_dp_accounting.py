@@ -11,7 +11,8 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 from scipy import optimize, stats
 
-from secagg.dp import (
+from fedveil.errors import ConfigError
+from fedveil.secagg.dp import (
     DEFAULT_ORDERS,
     AccountingMethod,
     DistributedDiscreteGaussianEvent,
@@ -19,8 +20,7 @@ from secagg.dp import (
     PrivacyAccountant,
     SkellamEvent,
 )
-from secagg.dp.events import poisson_subsampled_rdp
-from secagg.errors import ConfigError
+from fedveil.secagg.dp.events import poisson_subsampled_rdp
 
 ORDERS = np.array(DEFAULT_ORDERS)
 
@@ -245,7 +245,7 @@ def test_extended_does_not_change_the_original() -> None:
 def test_calibrated_noise_is_the_least_that_fits_the_budget() -> None:
     import dataclasses
 
-    from secagg.dp import ClientDPConfig, calibrate_noise_multiplier
+    from fedveil.secagg.dp import ClientDPConfig, calibrate_noise_multiplier
 
     base = ClientDPConfig(1.0, 1.0, min_clients=5, max_cohort=10, dim=20_000)
 

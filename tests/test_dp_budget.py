@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from secagg.dp import (
+from fedveil.errors import ConfigError, FedveilError, PrivacyBudgetExceededError
+from fedveil.secagg.dp import (
     AccountingMethod,
     ClientDPConfig,
     GaussianEvent,
@@ -12,7 +13,6 @@ from secagg.dp import (
     PrivacyBudget,
     PrivacyLedger,
 )
-from secagg.errors import ConfigError, FedveilError, PrivacyBudgetExceededError
 
 
 def test_ledger_charges_until_the_budget_and_then_refuses() -> None:

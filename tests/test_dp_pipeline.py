@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy import stats
 
-from secagg.dp import (
+from fedveil.errors import ConfigError, RingOverflowError
+from fedveil.secagg.dp import (
     ClientDPConfig,
     ClientDPPipeline,
     CryptoRandom,
@@ -27,9 +28,8 @@ from secagg.dp import (
     fwht,
     l2_clip,
 )
-from secagg.dp import central as central_module
-from secagg.errors import ConfigError, RingOverflowError
-from secagg.quantize import dequantize_sum, quantize
+from fedveil.secagg.dp import central as central_module
+from fedveil.secagg.quantize import dequantize_sum, quantize
 
 
 def _seed(*label: object) -> bytes:

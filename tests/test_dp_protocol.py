@@ -15,11 +15,19 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from fedveil.simulation import Federation, make_config, run_round
-from proto import aggregation_pb2 as pb
-from proto.convert import config_to_spec, spec_to_config
-from secagg.crypto.kdf import Purpose
-from secagg.dp import (
+from fedveil.errors import (
+    CohortTooSmallError,
+    ConfigError,
+    InvalidSignatureError,
+    PrivacyBudgetExceededError,
+    PrivacyPolicyError,
+    SessionMismatchError,
+    ThresholdNotMetError,
+)
+from fedveil.proto import aggregation_pb2 as pb
+from fedveil.proto.convert import config_to_spec, spec_to_config
+from fedveil.secagg.crypto.kdf import Purpose
+from fedveil.secagg.dp import (
     ClientDPConfig,
     ClientDPPipeline,
     FederationAccountant,
@@ -30,20 +38,12 @@ from secagg.dp import (
     PrivacyLedger,
     l2_clip,
 )
-from secagg.errors import (
-    CohortTooSmallError,
-    ConfigError,
-    InvalidSignatureError,
-    PrivacyBudgetExceededError,
-    PrivacyPolicyError,
-    SessionMismatchError,
-    ThresholdNotMetError,
-)
-from secagg.protocol.client import ClientSession
-from secagg.protocol.config import ClientPolicy, RoundConfig
-from secagg.protocol.dp import RoundDP, rotation_seed
-from secagg.protocol.server import ServerRound
-from secagg.protocol.stages import Stage
+from fedveil.secagg.protocol.client import ClientSession
+from fedveil.secagg.protocol.config import ClientPolicy, RoundConfig
+from fedveil.secagg.protocol.dp import RoundDP, rotation_seed
+from fedveil.secagg.protocol.server import ServerRound
+from fedveil.secagg.protocol.stages import Stage
+from fedveil.simulation import Federation, make_config, run_round
 
 POLICY = ClientPolicy(min_cohort=2, min_threshold=2)
 

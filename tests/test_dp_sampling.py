@@ -16,15 +16,15 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from secagg.dp.randomness import CryptoRandom
-from secagg.dp.sampling import (
+from fedveil.errors import ConfigError
+from fedveil.secagg.dp.randomness import CryptoRandom
+from fedveil.secagg.dp.sampling import (
     bernoulli_exp_neg,
     sample_discrete_gaussian,
     sample_discrete_laplace,
     sample_poisson,
     sample_skellam,
 )
-from secagg.errors import ConfigError
 
 
 def _rng(*label: object) -> CryptoRandom:
@@ -151,7 +151,7 @@ def test_crypto_random_is_seeded_aes_ctr_and_fresh_by_default() -> None:
     assert np.array_equal(a.uint64(10), b.uint64(10))
     assert not np.array_equal(a.uint64(10), a.uint64(10))  # the stream moves on
     assert not np.array_equal(CryptoRandom().uint64(4), CryptoRandom().uint64(4))
-    from secagg.crypto.prg import keystream
+    from fedveil.secagg.crypto.prg import keystream
 
     assert CryptoRandom(seed).token(64) == keystream(seed, 64)  # the SecAgg PRG's stream
     with pytest.raises(ConfigError, match="32 bytes"):

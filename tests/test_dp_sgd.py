@@ -13,7 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from clients.dp_sgd import (
+from fedveil.clients.dp_sgd import (
     DPSGDConfig,
     DPSGDSession,
     check_lora_placement,
@@ -21,8 +21,8 @@ from clients.dp_sgd import (
     prepare_lora_model,
     trainable_parameters,
 )
-from secagg.dp import GaussianEvent, PrivacyAccountant, PrivacyBudget, PrivacyLedger
-from secagg.errors import ConfigError
+from fedveil.errors import ConfigError
+from fedveil.secagg.dp import GaussianEvent, PrivacyAccountant, PrivacyBudget, PrivacyLedger
 
 VOCAB, SEQ = 48, 8
 

@@ -20,20 +20,20 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from clients.data.concepts import DOMAINS
-from clients.data.datasets import CityDataConfig, make_party_datasets
-from clients.dp_randomness import gaussian_noise
-from clients.dp_sgd import (
+from fedveil.clients.data.concepts import DOMAINS
+from fedveil.clients.data.datasets import CityDataConfig, make_party_datasets
+from fedveil.clients.dp_randomness import gaussian_noise
+from fedveil.clients.dp_sgd import (
     DPSGDConfig,
     DPSGDSession,
     make_private,
     prepare_lora_model,
     trainable_parameters,
 )
-from clients.federated_local import CaptionerRecipe, make_parties
-from clients.training.dp_loop import DPTrainConfig
-from clients.training.party import Party
-from secagg.errors import ConfigError
+from fedveil.clients.federated_local import CaptionerRecipe, make_parties
+from fedveil.clients.training.dp_loop import DPTrainConfig
+from fedveil.clients.training.party import Party
+from fedveil.errors import ConfigError
 
 VOCAB, SEQ, N = 48, 8, 48
 CONFIG_SEED = 1234

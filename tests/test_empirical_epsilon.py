@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from attacks.output.empirical_epsilon import (
+from fedveil.attacks.output.empirical_epsilon import (
     audit,
     best_clopper_pearson,
     best_one_run_audit,
@@ -18,7 +18,7 @@ from attacks.output.empirical_epsilon import (
     one_run_epsilon,
     one_run_p_value,
 )
-from secagg.errors import ConfigError
+from fedveil.errors import ConfigError
 
 
 def test_one_run_p_value_without_delta_is_a_binomial_tail() -> None:

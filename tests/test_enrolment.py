@@ -39,29 +39,28 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from service_harness import BASE_MODEL_HASH, running_server, settings_for
 
-from clients.credentials import ClientCredentials
-from clients.enrolment import request_enrolment
-from clients.roster_file import load_roster_identities
-from clients.transport import AsyncAggregationClient, TransportSecurity
 from fedveil.cli import main
-from fedveil.simulation import Federation
-from proto import aggregation_pb2 as pb
-from proto import aggregation_pb2_grpc as pb_grpc
-from secagg.crypto.identity import (
+from fedveil.clients.credentials import ClientCredentials
+from fedveil.clients.enrolment import request_enrolment
+from fedveil.clients.roster_file import load_roster_identities
+from fedveil.clients.transport import AsyncAggregationClient, TransportSecurity
+from fedveil.errors import ConfigError, InvalidSignatureError, KeySubstitutionError
+from fedveil.proto import aggregation_pb2 as pb
+from fedveil.proto import aggregation_pb2_grpc as pb_grpc
+from fedveil.secagg.crypto.identity import (
     SigningIdentity,
     VerifyingIdentity,
     advertisement_message,
     survivor_set_message,
 )
-from secagg.enrolment import EnrolmentRequest
-from secagg.errors import ConfigError, InvalidSignatureError, KeySubstitutionError
-from secagg.protocol.client import ClientSession, raw_public
-from secagg.protocol.config import ClientPolicy
-from secagg.protocol.messages import ShareKeysRequest, ShareKeysResponse
-from secagg.protocol.model_chain import ModelChain
-from secagg.protocol.server import ServerRound
-from secagg.protocol.stages import Stage
-from server.keys_store import (
+from fedveil.secagg.enrolment import EnrolmentRequest
+from fedveil.secagg.protocol.client import ClientSession, raw_public
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.secagg.protocol.messages import ShareKeysRequest, ShareKeysResponse
+from fedveil.secagg.protocol.model_chain import ModelChain
+from fedveil.secagg.protocol.server import ServerRound
+from fedveil.secagg.protocol.stages import Stage
+from fedveil.server.keys_store import (
     check_server_folders,
     client_dir,
     enrol_request,
@@ -69,6 +68,7 @@ from server.keys_store import (
     init_keys,
     load_roster,
 )
+from fedveil.simulation import Federation
 
 from harness import LiveRound, make_round_config
 

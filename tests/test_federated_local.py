@@ -17,25 +17,25 @@ import numpy as np
 import pytest
 from captioner_fixtures import fast_base_dir, tiny_base
 
-from clients.data import CityDataConfig, make_party_datasets, make_test_set
-from clients.federated_local import (
+from fedveil.clients.data import CityDataConfig, make_party_datasets, make_test_set
+from fedveil.clients.federated_local import (
     CaptionerRecipe,
     check_cohort,
     compare_local_and_federated,
     make_parties,
     run_federated,
 )
-from clients.lora import (
+from fedveil.clients.lora import (
     AdapterMismatchError,
     AggregationVariant,
     LoraSettings,
     WeightedUpdate,
     weighted_mean,
 )
-from clients.models import build_base_model, load_model
-from clients.training import TrainConfig, encode_images
-from clients.training.party import Party
-from secagg.errors import ConfigError
+from fedveil.clients.models import build_base_model, load_model
+from fedveil.clients.training import TrainConfig, encode_images
+from fedveil.clients.training.party import Party
+from fedveil.errors import ConfigError
 
 QUIET = TrainConfig(epochs=1, batch_size=8, learning_rate=1e-2, progress=False)
 SMALL = CaptionerRecipe(

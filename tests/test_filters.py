@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.output.canaries import CanaryConfig, draw_registry
-from attacks.output.filters import (
+from fedveil.attacks.output.canaries import CanaryConfig, draw_registry
+from fedveil.attacks.output.filters import (
     PII_PATTERNS,
     REDACTION,
     BlockList,
@@ -24,8 +24,8 @@ from attacks.output.filters import (
     new_match,
     token_sequences,
 )
-from attacks.targets.canary_lm import build_tokenizer, vocabulary_words
-from secagg.errors import ConfigError
+from fedveil.attacks.targets.canary_lm import build_tokenizer, vocabulary_words
+from fedveil.errors import ConfigError
 
 VOCAB = 12
 

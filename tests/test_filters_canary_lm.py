@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from attacks.output.filters import (
+from fedveil.attacks.output.filters import (
     PII_PATTERNS,
     BlockList,
     FilterStack,
@@ -16,9 +16,9 @@ from attacks.output.filters import (
     output_evasions,
     standard_stacks,
 )
-from attacks.output.generation import ProbeConfig, generation_probe
-from attacks.output.generator import HFGenerator, SamplingConfig
-from attacks.targets.canary_lm import CanaryLMConfig, CanaryScenario, canary_scenario
+from fedveil.attacks.output.generation import ProbeConfig, generation_probe
+from fedveil.attacks.output.generator import HFGenerator, SamplingConfig
+from fedveil.attacks.targets.canary_lm import CanaryLMConfig, CanaryScenario, canary_scenario
 
 NGRAM = 6
 PROBE = ProbeConfig(n_samples=8)

@@ -94,10 +94,10 @@ for cid in ids:
     assert main(["keys", "enrol", "--ca-dir", str(ca), "--server-dir", str(server_dir),
                  str(root / cid / "request.json")]) == 0
 
-from clients.credentials import ClientCredentials
-from clients.roster_file import load_roster_identities
-from clients.transport import AsyncAggregationClient, TransportSecurity
-from secagg.protocol.config import ClientPolicy
+from fedveil.clients.credentials import ClientCredentials
+from fedveil.clients.roster_file import load_roster_identities
+from fedveil.clients.transport import AsyncAggregationClient, TransportSecurity
+from fedveil.secagg.protocol.config import ClientPolicy
 
 rng = np.random.default_rng(16)
 updates = {c: rng.normal(0.0, 0.3, d).astype(np.float32) for c in ids}

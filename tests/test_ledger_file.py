@@ -30,7 +30,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from service_harness import BASE_MODEL_HASH, client_for, make_keys, running_server, settings_for
 
-from clients.privacy_ledger import (
+from fedveil.cli import main
+from fedveil.clients.privacy_ledger import (
     FORMAT,
     VERSION,
     PersistentPrivacyLedger,
@@ -39,9 +40,8 @@ from clients.privacy_ledger import (
     event_to_json,
     federation_fingerprint,
 )
-from fedveil.cli import main
-from fedveil.simulation import Federation, make_config, run_round
-from secagg.dp import (
+from fedveil.errors import ConfigError, PrivacyBudgetExceededError
+from fedveil.secagg.dp import (
     ClientDPConfig,
     DistributedDiscreteGaussianEvent,
     GaussianEvent,
@@ -49,8 +49,8 @@ from secagg.dp import (
     PrivacyLedger,
     SkellamEvent,
 )
-from secagg.errors import ConfigError, PrivacyBudgetExceededError
-from server.keys_store import client_dir
+from fedveil.server.keys_store import client_dir
+from fedveil.simulation import Federation, make_config, run_round
 
 FED_A = "sha256:" + "a" * 64
 FED_B = "sha256:" + "b" * 64
@@ -141,8 +141,8 @@ def test_a_restarted_process_sees_the_epsilon_spent_before_it(tmp_path: Path) ->
         import os, sys
         from pathlib import Path
         sys.path.insert(0, {str(ROOT)!r})
-        from clients.privacy_ledger import PersistentPrivacyLedger
-        from secagg.dp import DistributedDiscreteGaussianEvent, PrivacyBudget
+        from fedveil.clients.privacy_ledger import PersistentPrivacyLedger
+        from fedveil.secagg.dp import DistributedDiscreteGaussianEvent, PrivacyBudget
         event = DistributedDiscreteGaussianEvent(
             client_sigma=20.0, num_clients=3, l2_sensitivity=30.0, l1_sensitivity=500.0,
             dim=1024)
@@ -291,7 +291,7 @@ def test_a_charge_that_cannot_be_written_is_not_spent_and_nothing_is_sent(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("clients.privacy_ledger.os.replace", disk_full)
+    monkeypatch.setattr("fedveil.clients.privacy_ledger.os.replace", disk_full)
     gen = np.random.default_rng(0)
     inputs = {cid: gen.normal(size=dim) * 0.01 for cid in federation.ids}
     report = run_round(config, federation, inputs, ledgers={victim: ledger})

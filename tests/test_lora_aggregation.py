@@ -7,7 +7,7 @@ import pytest
 import torch
 from captioner_fixtures import tiny_base
 
-from clients.lora import (
+from fedveil.clients.lora import (
     AdapterLayout,
     AggregationVariant,
     LoraSettings,
@@ -21,7 +21,7 @@ from clients.lora import (
     split_update,
     weighted_mean,
 )
-from secagg.errors import ConfigError
+from fedveil.errors import ConfigError
 
 WEIGHTS = (40, 25, 35)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from captioner_fixtures import tiny_base, tiny_base_dir
 
-from clients.lora import (
+from fedveil.clients.lora import (
     AdapterMismatchError,
     AggregationVariant,
     LoraSettings,
@@ -21,8 +21,8 @@ from clients.lora import (
     default_target_modules,
     load_adapter_vector,
 )
-from clients.models import load_model
-from secagg.errors import ConfigError
+from fedveil.clients.models import load_model
+from fedveil.errors import ConfigError
 
 FEDAVG = LoraSettings(rank=4, alpha=8, variant=AggregationVariant.FEDAVG, seed=7)
 FFA = LoraSettings(rank=4, alpha=8, variant=AggregationVariant.FFA, seed=7)

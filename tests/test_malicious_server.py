@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from fedveil.simulation import Federation
-from secagg.crypto.identity import SigningIdentity, advertisement_message
-from secagg.errors import (
+from fedveil.errors import (
     CohortTooSmallError,
     ConflictingShareRequestError,
     DecryptionError,
@@ -23,17 +21,19 @@ from secagg.errors import (
     SurvivorSetMismatchError,
     ThresholdNotMetError,
 )
-from secagg.protocol.client import ClientSession, raw_public
-from secagg.protocol.config import ClientPolicy
-from secagg.protocol.masking import pairwise_mask_seed
-from secagg.protocol.messages import (
+from fedveil.secagg.crypto.identity import SigningIdentity, advertisement_message
+from fedveil.secagg.protocol.client import ClientSession, raw_public
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.secagg.protocol.masking import pairwise_mask_seed
+from fedveil.secagg.protocol.messages import (
     ConsistencyRequest,
     ConsistencySignature,
     EncryptedShare,
     MaskedInputRequest,
     ShareKeysRequest,
 )
-from secagg.protocol.stages import Stage
+from fedveil.secagg.protocol.stages import Stage
+from fedveil.simulation import Federation
 
 from harness import LiveRound, make_round_config
 

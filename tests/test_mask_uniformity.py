@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.stats import chisquare
 
-from secagg.protocol.stages import Stage
-from secagg.quantize import unpack
+from fedveil.secagg.protocol.stages import Stage
+from fedveil.secagg.quantize import unpack
 
 from harness import LiveRound
 

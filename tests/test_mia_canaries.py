@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attacks.output.canaries import (
+from fedveil.attacks.output.canaries import (
     FORMATS,
     CanaryConfig,
     CanaryRegistry,
@@ -18,7 +18,7 @@ from attacks.output.canaries import (
     plant_canaries,
     plant_registry,
 )
-from secagg.errors import ConfigError
+from fedveil.errors import ConfigError
 
 
 def test_formats_know_their_randomness_space() -> None:

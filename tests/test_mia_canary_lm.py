@@ -13,14 +13,18 @@ import math
 
 import pytest
 
-from attacks.output.canaries import CanaryConfig
-from attacks.output.empirical_epsilon import audit
-from attacks.output.generation import ProbeConfig, generation_probe
-from attacks.output.generator import HFGenerator, SamplingConfig
-from attacks.output.language_model import LanguageModel
-from attacks.output.membership import MembershipAuditConfig, MembershipReport, audit_membership
-from attacks.output.metrics import BootstrapConfig, roc_auc, scores_by_label
-from attacks.targets.canary_lm import CanaryLMConfig, CanaryScenario, canary_scenario
+from fedveil.attacks.output.canaries import CanaryConfig
+from fedveil.attacks.output.empirical_epsilon import audit
+from fedveil.attacks.output.generation import ProbeConfig, generation_probe
+from fedveil.attacks.output.generator import HFGenerator, SamplingConfig
+from fedveil.attacks.output.language_model import LanguageModel
+from fedveil.attacks.output.membership import (
+    MembershipAuditConfig,
+    MembershipReport,
+    audit_membership,
+)
+from fedveil.attacks.output.metrics import BootstrapConfig, roc_auc, scores_by_label
+from fedveil.attacks.targets.canary_lm import CanaryLMConfig, CanaryScenario, canary_scenario
 
 ATTACKER = SamplingConfig(max_new_tokens=10, temperature=0.5)
 AUDIT = MembershipAuditConfig(

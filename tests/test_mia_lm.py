@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from attacks.output.canaries import Canary, CanaryFormat, CanaryRegistry, SlotSpace
-from attacks.output.generator import HFGenerator, SamplingConfig
-from attacks.output.language_model import LanguageModel, TokenScores
-from attacks.output.likelihood import (
+from fedveil.attacks.output.canaries import Canary, CanaryFormat, CanaryRegistry, SlotSpace
+from fedveil.attacks.output.generator import HFGenerator, SamplingConfig
+from fedveil.attacks.output.language_model import LanguageModel, TokenScores
+from fedveil.attacks.output.likelihood import (
     LikelihoodConfig,
     likelihood_scores,
     loss_score,
@@ -20,14 +20,14 @@ from attacks.output.likelihood import (
     reference_score,
     zlib_score,
 )
-from attacks.output.membership import canary_exposures
-from attacks.targets.canary_lm import (
+from fedveil.attacks.output.membership import canary_exposures
+from fedveil.attacks.targets.canary_lm import (
     CanaryLMConfig,
     build_base_model,
     build_tokenizer,
     vocabulary_words,
 )
-from secagg.errors import ConfigError
+from fedveil.errors import ConfigError
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from attacks.output.metrics import (
+from fedveil.attacks.output.metrics import (
     BootstrapConfig,
     exposure_exact,
     exposure_sampled,
@@ -17,7 +17,7 @@ from attacks.output.metrics import (
     scores_by_label,
     tpr_at_fpr,
 )
-from secagg.errors import ConfigError
+from fedveil.errors import ConfigError
 
 
 def test_auc_hand_computed() -> None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from attacks.output.generation import score_samples
-from attacks.output.overlap import (
+from fedveil.attacks.output.generation import score_samples
+from fedveil.attacks.output.overlap import (
     contains_units,
     lcs_length,
     ngram_recall,

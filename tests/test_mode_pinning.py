@@ -17,14 +17,14 @@ import numpy as np
 import pytest
 from service_harness import client_for, make_keys, running_server, settings_for
 
-from clients.mode_policy import allowed_modes_from_flags, require_allowed_mode
 from fedveil import client_command
 from fedveil.cli import main
-from proto import aggregation_pb2 as pb
-from secagg.ckks.server_round import CkksServerRound
-from secagg.errors import ConfigError, MaliciousServerError, ModeDowngradeError
-from secagg.protocol.config import ClientPolicy
-from server.plaintext import PlaintextRound
+from fedveil.clients.mode_policy import allowed_modes_from_flags, require_allowed_mode
+from fedveil.errors import ConfigError, MaliciousServerError, ModeDowngradeError
+from fedveil.proto import aggregation_pb2 as pb
+from fedveil.secagg.ckks.server_round import CkksServerRound
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.server.plaintext import PlaintextRound
 
 D = 40
 

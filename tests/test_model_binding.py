@@ -31,20 +31,20 @@ from service_harness import (
     settings_for,
 )
 
-import clients.result as client_result
-import clients.secagg_driver as secagg_driver
-from clients.errors import TransportError
-from clients.transport import AggregateResult, AsyncAggregationClient
-from proto import aggregation_pb2 as pb
-from proto.convert import spec_to_config
-from secagg.errors import (
+import fedveil.clients.result as client_result
+import fedveil.clients.secagg_driver as secagg_driver
+from fedveil.clients.errors import TransportError
+from fedveil.clients.transport import AggregateResult, AsyncAggregationClient
+from fedveil.errors import (
     ConfigError,
     ImplausibleAggregateError,
     KeySubstitutionError,
     SessionMismatchError,
 )
-from secagg.protocol.model_chain import ModelChain, result_digest, round_model_hash
-from secagg.protocol.server import ServerRound
+from fedveil.proto import aggregation_pb2 as pb
+from fedveil.proto.convert import spec_to_config
+from fedveil.secagg.protocol.model_chain import ModelChain, result_digest, round_model_hash
+from fedveil.secagg.protocol.server import ServerRound
 
 D = 300
 OTHER_MODEL = hashlib.sha256(b"a model the others do not hold").digest()
@@ -375,10 +375,10 @@ def test_a_crafted_aggregate_beyond_the_clip_is_not_applied(
 
 def test_server_and_client_commands_require_the_base_model_hash(tmp_path: Path) -> None:
     from fedveil import client_command
-    from server.coordinator import RoundCoordinator
-    from server.journal import RoundJournal
-    from server.keys_store import client_dir, load_roster
-    from server.settings import RoundSettings, load_settings
+    from fedveil.server.coordinator import RoundCoordinator
+    from fedveil.server.journal import RoundJournal
+    from fedveil.server.keys_store import client_dir, load_roster
+    from fedveil.server.settings import RoundSettings, load_settings
 
     with pytest.raises(ConfigError, match="round.model_hash is required"):
         load_settings(None, {"dimension": 10, "insecure": True})

@@ -8,9 +8,9 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from attacks.targets.canary_lm import build_tokenizer, vocabulary_words
-from clients.lora.hashing import base_model_hash
+from fedveil.attacks.targets.canary_lm import build_tokenizer, vocabulary_words
 from fedveil.cli import main
+from fedveil.clients.lora.hashing import base_model_hash
 
 
 def _save_tiny_lm(directory: Path, seed: int) -> LlamaForCausalLM:

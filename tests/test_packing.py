@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from secagg.errors import ConfigError, InvalidMessageError
-from secagg.quantize import dtype_for_bits, pack, packed_size, unpack
+from fedveil.errors import ConfigError, InvalidMessageError
+from fedveil.secagg.quantize import dtype_for_bits, pack, packed_size, unpack
 
 COUNTS = st.one_of(st.sampled_from([0, 1, 2, 63, 64, 65, 127, 128, 129]), st.integers(0, 700))
 

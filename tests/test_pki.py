@@ -28,13 +28,13 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-import clients.credentials as client_layout
-import server.keys_store as keys_store
-from clients.credentials import ClientCredentials
+import fedveil.clients.credentials as client_layout
+import fedveil.server.keys_store as keys_store
+from fedveil.clients.credentials import ClientCredentials
+from fedveil.errors import ConfigError, FedveilError, UnauthenticatedError, UnknownClientError
 from fedveil.keys_command import add_keys_parser, run_keys
-from secagg.crypto.identity import SigningIdentity
-from secagg.errors import ConfigError, FedveilError, UnauthenticatedError, UnknownClientError
-from server.keys_store import (
+from fedveil.secagg.crypto.identity import SigningIdentity
+from fedveil.server.keys_store import (
     add_client,
     client_dir,
     init_keys,
@@ -42,14 +42,14 @@ from server.keys_store import (
     load_roster,
     load_server_credentials,
 )
-from server.pki import (
+from fedveil.server.pki import (
     CertificateAuthority,
     IssuedCertificate,
     create_ca,
     issue_client_certificate,
     issue_server_certificate,
 )
-from server.roster import EnrolledClient, Roster
+from fedveil.server.roster import EnrolledClient, Roster
 
 HOSTS = ["localhost", "127.0.0.1"]
 CLIENTS = ["alice", "bob", "carol"]

@@ -12,8 +12,8 @@ GENERATED = ("aggregation_pb2.py", "aggregation_pb2_grpc.py", "aggregation_pb2.p
 
 
 def test_generated_modules_are_up_to_date(tmp_path: Path) -> None:
-    (tmp_path / "proto").mkdir()
-    shutil.copy(ROOT / "proto" / "aggregation.proto", tmp_path / "proto")
+    (tmp_path / "fedveil" / "proto").mkdir(parents=True)
+    shutil.copy(ROOT / "fedveil" / "proto" / "aggregation.proto", tmp_path / "fedveil" / "proto")
     subprocess.run(
         [
             sys.executable,
@@ -23,7 +23,7 @@ def test_generated_modules_are_up_to_date(tmp_path: Path) -> None:
             "--python_out=.",
             "--grpc_python_out=.",
             "--pyi_out=.",
-            "proto/aggregation.proto",
+            "fedveil/proto/aggregation.proto",
         ],
         cwd=tmp_path,
         check=True,
@@ -31,13 +31,14 @@ def test_generated_modules_are_up_to_date(tmp_path: Path) -> None:
     stale = [
         name
         for name in GENERATED
-        if (tmp_path / "proto" / name).read_bytes() != (ROOT / "proto" / name).read_bytes()
+        if (tmp_path / "fedveil" / "proto" / name).read_bytes()
+        != (ROOT / "fedveil" / "proto" / name).read_bytes()
     ]
     assert not stale, f"{stale} are stale: run `make proto` and commit the result"
 
 
 def test_package_name_is_fedveil_v1() -> None:
-    from proto import aggregation_pb2
+    from fedveil.proto import aggregation_pb2
 
     assert aggregation_pb2.DESCRIPTOR.package == "fedveil.v1"
     assert "Aggregation" in aggregation_pb2.DESCRIPTOR.services_by_name

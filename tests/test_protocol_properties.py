@@ -9,13 +9,13 @@ import numpy as np
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from fedveil.errors import RingOverflowError, ThresholdNotMetError
+from fedveil.secagg.protocol.config import RoundConfig
+from fedveil.secagg.protocol.consistency import consistency_quorum
+from fedveil.secagg.protocol.graph import effective_degree, neighbour_graph
+from fedveil.secagg.protocol.stages import Stage
+from fedveil.secagg.quantize import QuantizationConfig
 from fedveil.simulation import CLIENT_STAGES, Federation, run_round
-from secagg.errors import RingOverflowError, ThresholdNotMetError
-from secagg.protocol.config import RoundConfig
-from secagg.protocol.consistency import consistency_quorum
-from secagg.protocol.graph import effective_degree, neighbour_graph
-from secagg.protocol.stages import Stage
-from secagg.quantize import QuantizationConfig
 
 _FEDERATIONS: dict[int, Federation] = {}
 

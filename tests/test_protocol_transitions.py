@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from secagg.errors import InvalidMessageError, ProtocolError, StageError, ThresholdNotMetError
-from secagg.protocol.messages import (
+from fedveil.errors import InvalidMessageError, ProtocolError, StageError, ThresholdNotMetError
+from fedveil.secagg.protocol.messages import (
     ConsistencyRequest,
     ConsistencySignature,
     KeyAdvertisement,
@@ -19,7 +19,7 @@ from secagg.protocol.messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from secagg.protocol.stages import ORDER, TRANSITIONS, Stage, check_transition
+from fedveil.secagg.protocol.stages import ORDER, TRANSITIONS, Stage, check_transition
 
 from harness import LiveRound
 

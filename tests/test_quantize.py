@@ -12,8 +12,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from secagg.errors import ConfigError, RingOverflowError
-from secagg.quantize import (
+from fedveil.errors import ConfigError, RingOverflowError
+from fedveil.secagg.quantize import (
     QuantizationConfig,
     QuantizedUpdate,
     Ring,
@@ -24,7 +24,7 @@ from secagg.quantize import (
     quantize,
     unpack,
 )
-from secagg.quantize.fixed_point import MAX_DERIVED_LEVELS
+from fedveil.secagg.quantize.fixed_point import MAX_DERIVED_LEVELS
 
 
 def _seed(*parts: object) -> bytes:

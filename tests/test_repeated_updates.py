@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from service_harness import make_keys
 
-from clients.update_guard import RepeatedUpdateGuard, update_digest
 from fedveil import client_command
 from fedveil.cli import main
-from secagg.errors import RepeatedUpdateError
-from server.keys_store import client_dir
+from fedveil.clients.update_guard import RepeatedUpdateGuard, update_digest
+from fedveil.errors import RepeatedUpdateError
+from fedveil.server.keys_store import client_dir
 
 MODEL_HASH = "ab" * 32
 

@@ -41,11 +41,11 @@ from hypothesis import strategies as st
 from service_harness import client_for, make_keys, raw_stub, settings_for
 from test_service_bad_input import Case, Context, refused, run_case
 
-from clients.transport import AggregateResult
-from proto import aggregation_pb2 as pb
-from secagg.ckks.keys import CkksKeyring
-from secagg.ckks.server_round import CkksServerRound
-from server.app import RunningServer, start_server
+from fedveil.clients.transport import AggregateResult
+from fedveil.proto import aggregation_pb2 as pb
+from fedveil.secagg.ckks.keys import CkksKeyring
+from fedveil.secagg.ckks.server_round import CkksServerRound
+from fedveil.server.app import RunningServer, start_server
 
 T = TypeVar("T")
 SERVICE = pb.DESCRIPTOR.services_by_name["Aggregation"]

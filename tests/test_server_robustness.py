@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from secagg.errors import (
+from fedveil.errors import (
     DuplicateSubmissionError,
     FedveilError,
     InconsistentSharesError,
@@ -16,7 +16,7 @@ from secagg.errors import (
     ProtocolError,
     UnknownClientError,
 )
-from secagg.protocol.messages import (
+from fedveil.secagg.protocol.messages import (
     ConsistencySignature,
     KeyAdvertisement,
     MaskedInput,
@@ -24,7 +24,7 @@ from secagg.protocol.messages import (
     ShareKeysResponse,
     UnmaskResponse,
 )
-from secagg.protocol.stages import Stage
+from fedveil.secagg.protocol.stages import Stage
 
 from harness import LiveRound
 

@@ -26,18 +26,18 @@ import pytest
 from google.protobuf.message import Message
 from service_harness import client_for, make_keys, raw_stub, running_server, settings_for
 
-from clients.credentials import ClientCredentials
-from clients.streams import ChunkedPayload, ResultAssembler
-from clients.transport import AggregateResult
-from proto import aggregation_pb2 as pb
-from proto import aggregation_pb2_grpc as pb_grpc
-from proto import convert
-from secagg.crypto.identity import VerifyingIdentity
-from secagg.protocol import messages as m
-from secagg.protocol.client import ClientSession
-from secagg.protocol.config import ClientPolicy
-from server.keys_store import client_dir, load_ca, load_roster
-from server.pki import issue_client_certificate
+from fedveil.clients.credentials import ClientCredentials
+from fedveil.clients.streams import ChunkedPayload, ResultAssembler
+from fedveil.clients.transport import AggregateResult
+from fedveil.proto import aggregation_pb2 as pb
+from fedveil.proto import aggregation_pb2_grpc as pb_grpc
+from fedveil.proto import convert
+from fedveil.secagg.crypto.identity import VerifyingIdentity
+from fedveil.secagg.protocol import messages as m
+from fedveil.secagg.protocol.client import ClientSession
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.server.keys_store import client_dir, load_ca, load_roster
+from fedveil.server.pki import issue_client_certificate
 
 STAGE_TIMEOUT_S = 3.0
 CALL_TIMEOUT_S = 20.0  # bounds every call mallory makes (stage calls are long polls)

@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from service_harness import client_for, make_keys, raw_stub, running_server, settings_for
 
-from clients.errors import TransportError
-from proto import aggregation_pb2 as pb
-from secagg.ckks.codec import decrypt_mean
-from secagg.ckks.keys import CkksKeyring
-from secagg.ckks.server_round import CkksServerRound
-from secagg.errors import ConfigError
-from secagg.protocol.stages import Stage
+from fedveil.clients.errors import TransportError
+from fedveil.errors import ConfigError
+from fedveil.proto import aggregation_pb2 as pb
+from fedveil.secagg.ckks.codec import decrypt_mean
+from fedveil.secagg.ckks.keys import CkksKeyring
+from fedveil.secagg.ckks.server_round import CkksServerRound
+from fedveil.secagg.protocol.stages import Stage
 
 CLIP = 1.0
 CKKS = ("secagg", "ckks")  # these clients opt in to CKKS (a default client refuses it)
@@ -213,9 +213,7 @@ def test_secagg_rpcs_on_a_ckks_round_are_refused_with_how_to(tmp_path: Path) -> 
         async with running_server(settings) as server:
             channel, stub = raw_stub(keys, ids[0], server.port)
             try:
-                await stub.ShareKeys(
-                    pb.ShareKeysRequest(round_id=1, client_id=ids[0]), timeout=5
-                )
+                await stub.ShareKeys(pb.ShareKeysRequest(round_id=1, client_id=ids[0]), timeout=5)
             except grpc.aio.AioRpcError as exc:
                 return exc
             finally:
@@ -261,7 +259,7 @@ def test_server_killed_while_collecting_ciphertexts_resumes_the_round(tmp_path: 
     ciphertexts, and the clients' retries finish the round with the exact mean."""
     from test_service_e2e import free_port
 
-    from server.app import start_server
+    from fedveil.server.app import start_server
 
     d = 5000
 

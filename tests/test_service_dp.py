@@ -16,22 +16,28 @@ import pytest
 from scipy import stats
 from service_harness import client_for, make_keys, running_server, settings_for
 
-from clients.transport import AggregateResult
+from fedveil.clients.transport import AggregateResult
+from fedveil.errors import ConfigError, PrivacyBudgetExceededError, PrivacyPolicyError
+from fedveil.proto import aggregation_pb2 as pb
+from fedveil.proto.convert import config_to_spec
+from fedveil.secagg.crypto.identity import SigningIdentity
+from fedveil.secagg.dp import (
+    ClientDPConfig,
+    NoisePlacement,
+    PrivacyAccountant,
+    PrivacyBudget,
+    l2_clip,
+)
+from fedveil.secagg.protocol.client import ClientSession
+from fedveil.secagg.protocol.messages import MaskedInput
+from fedveil.secagg.protocol.server import ServerRound
+from fedveil.secagg.protocol.upload import aligned_chunk_bytes
+from fedveil.server.coordinator import RoundCoordinator
+from fedveil.server.journal import RoundJournal
+from fedveil.server.replay import encode_message, replay
+from fedveil.server.settings import RoundSettings, load_settings
 from fedveil.server_command import _ROUND_FLAGS, add_server_parser
 from fedveil.simulation import Federation, make_config
-from proto import aggregation_pb2 as pb
-from proto.convert import config_to_spec
-from secagg.crypto.identity import SigningIdentity
-from secagg.dp import ClientDPConfig, NoisePlacement, PrivacyAccountant, PrivacyBudget, l2_clip
-from secagg.errors import ConfigError, PrivacyBudgetExceededError, PrivacyPolicyError
-from secagg.protocol.client import ClientSession
-from secagg.protocol.messages import MaskedInput
-from secagg.protocol.server import ServerRound
-from secagg.protocol.upload import aligned_chunk_bytes
-from server.coordinator import RoundCoordinator
-from server.journal import RoundJournal
-from server.replay import encode_message, replay
-from server.settings import RoundSettings, load_settings
 
 DIM = 4096
 

@@ -64,8 +64,8 @@ async def crash_and_restart(tmp_path: Path, crash_when: str) -> tuple[dict, dict
     (exact resends, upload resumption) finish it."""
     from dataclasses import replace
 
-    from secagg.protocol.stages import Stage
-    from server.app import start_server
+    from fedveil.secagg.protocol.stages import Stage
+    from fedveil.server.app import start_server
 
     keys, ids = make_keys(tmp_path, 5)
     base = settings_for(tmp_path, keys, dimension=5000, stage_timeout_s=2.0, rounds=1)

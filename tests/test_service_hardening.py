@@ -31,20 +31,20 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from service_harness import client_for, make_keys, raw_stub, running_server, settings_for
 from test_service_bad_input import CALL_TIMEOUT_S, Case, Context, run_case
 
-from proto import aggregation_pb2 as pb
-from secagg.ckks.client_session import CkksClientSession, EpochKeyStore
-from secagg.ckks.codec import CiphertextSum
-from secagg.ckks.config import CkksRoundConfig
-from secagg.ckks.keys import CkksKeyring, load_public_context
-from secagg.ckks.messages import KeyDelivery
-from secagg.ckks.presets import preset
-from secagg.ckks.server_round import CkksServerRound
-from secagg.crypto.identity import SigningIdentity
-from secagg.errors import CryptoError
-from secagg.protocol.config import ClientPolicy
-from server.call_guard import CallGuard
-from server.journal import RoundJournal
-from server.settings import ServerSettings
+from fedveil.errors import CryptoError
+from fedveil.proto import aggregation_pb2 as pb
+from fedveil.secagg.ckks.client_session import CkksClientSession, EpochKeyStore
+from fedveil.secagg.ckks.codec import CiphertextSum
+from fedveil.secagg.ckks.config import CkksRoundConfig
+from fedveil.secagg.ckks.keys import CkksKeyring, load_public_context
+from fedveil.secagg.ckks.messages import KeyDelivery
+from fedveil.secagg.ckks.presets import preset
+from fedveil.secagg.ckks.server_round import CkksServerRound
+from fedveil.secagg.crypto.identity import SigningIdentity
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.server.call_guard import CallGuard
+from fedveil.server.journal import RoundJournal
+from fedveil.server.settings import ServerSettings
 
 CAP = 8  # the documented default of server.max_calls_per_client
 CKKS = ("secagg", "ckks")
@@ -122,16 +122,17 @@ def test_without_the_cap_one_client_holds_every_call_open(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The attack against a server whose cap is out of reach (the old behaviour)."""
-    import server.app
 
-    monkeypatch.setattr(server.app, "CallGuard", lambda cap, service: CallGuard(10_000, service))
+    import fedveil.server.app as server_app
+
+    monkeypatch.setattr(server_app, "CallGuard", lambda cap, service: CallGuard(10_000, service))
     HELD.clear()
     asyncio.run(run_case(tmp_path, Case(floods_the_server_with_calls, hold_honest=True)))
     assert HELD == [18]
 
 
 def test_the_call_cap_must_be_positive(tmp_path: Path) -> None:
-    from secagg.errors import ConfigError
+    from fedveil.errors import ConfigError
 
     base = settings_for(tmp_path, tmp_path)
     with pytest.raises(ConfigError, match="max_calls_per_client"):
@@ -467,8 +468,8 @@ def test_the_server_command_takes_a_reflection_flag() -> None:
 
 
 def test_the_new_settings_load_from_toml_and_refuse_wrong_types(tmp_path: Path) -> None:
-    from secagg.errors import ConfigError
-    from server.settings import load_settings
+    from fedveil.errors import ConfigError
+    from fedveil.server.settings import load_settings
 
     base = f'[round]\ndimension = 10\nmodel_hash = "{"00" * 32}"\n[server]\ninsecure = true\n'
     good = tmp_path / "good.toml"

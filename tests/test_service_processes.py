@@ -35,13 +35,13 @@ import numpy as np
 import pytest
 from service_harness import enrol_federation, enrolled_client_dir
 
-from clients.credentials import ClientCredentials
-from clients.roster_file import load_roster_identities
-from clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
 from fedveil.cli import main
-from secagg.protocol.config import ClientPolicy
-from secagg.protocol.graph import default_neighbours, default_threshold
-from server.keys_store import client_dir, init_keys
+from fedveil.clients.credentials import ClientCredentials
+from fedveil.clients.roster_file import load_roster_identities
+from fedveil.clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.secagg.protocol.graph import default_neighbours, default_threshold
+from fedveil.server.keys_store import client_dir, init_keys
 
 HOST = "127.0.0.1"
 LISTENING = re.compile(r"fedveil server listening on (\S+):(\d+)")
@@ -573,8 +573,8 @@ def test_client_killed_in_a_stage_long_poll(tmp_path: Path, stage: str, victims:
 # Widens the window in which the last unmask submitter's RPC is in the threaded unmask.
 SLOW_UNMASK_SERVER = """
 import sys, time
-from secagg.protocol.server import ServerRound
-from secagg.protocol.stages import Stage
+from fedveil.secagg.protocol.server import ServerRound
+from fedveil.secagg.protocol.stages import Stage
 _advance = ServerRound.advance
 def advance(self):
     if self.stage is Stage.UNMASK:

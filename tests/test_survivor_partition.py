@@ -18,20 +18,20 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import secagg.protocol.client as client_module
-import secagg.protocol.consistency as consistency_module
-from attacks.survivor_partition import (
+import fedveil.secagg.protocol.client as client_module
+import fedveil.secagg.protocol.consistency as consistency_module
+from fedveil.attacks.survivor_partition import (
     PartitionPlan,
     View,
     plan_partition,
     run_partition,
 )
+from fedveil.secagg.protocol.client import ClientSession
+from fedveil.secagg.protocol.config import ClientPolicy, RoundConfig
+from fedveil.secagg.protocol.graph import default_neighbours, default_threshold, neighbour_graph
+from fedveil.secagg.protocol.server import ServerRound
+from fedveil.secagg.quantize import QuantizationConfig
 from fedveil.simulation import Federation
-from secagg.protocol.client import ClientSession
-from secagg.protocol.config import ClientPolicy, RoundConfig
-from secagg.protocol.graph import default_neighbours, default_threshold, neighbour_graph
-from secagg.protocol.server import ServerRound
-from secagg.quantize import QuantizationConfig
 
 from harness import MODEL_HASH
 

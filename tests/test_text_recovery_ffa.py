@@ -16,29 +16,29 @@ from typing import Any
 import pytest
 import torch
 
-from attacks.measure.text_leakage import FFA_ADAM, FFA_RANK, FFA_SGD, prior_baseline
-from attacks.registry import create
-from attacks.targets.captioner import CaptionerTargets, captioner_target, prior_captions
-from attacks.update.base import Attack, AttackError, LocalTraining, Truth, UpdateKind
-from attacks.update.gradient_matching import torch_threads
-from attacks.update.local_training import client_update
-from attacks.update.run import run_attack
-from attacks.update.text_recovery import (
+from fedveil.aggregators import real_aggregators
+from fedveil.attacks.measure.text_leakage import FFA_ADAM, FFA_RANK, FFA_SGD, prior_baseline
+from fedveil.attacks.registry import create
+from fedveil.attacks.targets.captioner import CaptionerTargets, captioner_target, prior_captions
+from fedveil.attacks.update.base import Attack, AttackError, LocalTraining, Truth, UpdateKind
+from fedveil.attacks.update.gradient_matching import torch_threads
+from fedveil.attacks.update.local_training import client_update
+from fedveil.attacks.update.run import run_attack
+from fedveil.attacks.update.text_recovery import (
     SpanCheck,
     TextRankingConfig,
     TextRecoveryConfig,
     gap_dimension,
 )
-from attacks.update.text_recovery_ffa import (
+from fedveil.attacks.update.text_recovery_ffa import (
     AdamTraining,
     BRecoveryConfig,
     BSpanCheck,
     BSubspaceRanking,
     adam_delta,
 )
-from attacks.views import aggregate_view, plain_view
-from fedveil.aggregators import real_aggregators
-from secagg.errors import ConfigError
+from fedveil.attacks.views import aggregate_view, plain_view
+from fedveil.errors import ConfigError
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -138,7 +138,7 @@ def test_adam_first_step_is_a_sign_step(ffa: CaptionerTargets) -> None:
 
 
 def test_records_use_the_shipped_recipe() -> None:
-    from clients.federated_local import CaptionerRecipe
+    from fedveil.clients.federated_local import CaptionerRecipe
 
     assert AdamTraining.of_recipe() == FFA_ADAM
     assert CaptionerRecipe().lora.rank == FFA_RANK

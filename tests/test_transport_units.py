@@ -24,8 +24,8 @@ from cryptography.x509.oid import NameOID
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clients.errors import StreamIntegrityError, TransportError, from_rpc_error
-from clients.streams import (
+from fedveil.clients.errors import StreamIntegrityError, TransportError, from_rpc_error
+from fedveil.clients.streams import (
     ChunkedPayload,
     ResultAssembler,
     TensorLayout,
@@ -35,7 +35,7 @@ from clients.streams import (
     layout_from_pb,
     layout_to_pb,
 )
-from clients.transport import (
+from fedveil.clients.transport import (
     AggregateResult,
     AggregationClient,
     AsyncAggregationClient,
@@ -45,12 +45,12 @@ from clients.transport import (
     fetch_result,
     upload_resumable,
 )
+from fedveil.errors import ConfigError, FedveilError, ProtocolError
+from fedveil.proto import aggregation_pb2 as pb
+from fedveil.proto.convert import config_to_spec
+from fedveil.secagg.protocol.model_chain import round_model_hash
+from fedveil.secagg.protocol.upload import UploadAccumulator
 from fedveil.simulation import Federation, make_config
-from proto import aggregation_pb2 as pb
-from proto.convert import config_to_spec
-from secagg.errors import ConfigError, FedveilError, ProtocolError
-from secagg.protocol.model_chain import round_model_hash
-from secagg.protocol.upload import UploadAccumulator
 
 FAST = RetryPolicy(attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002)
 BASE = bytes(range(32))  # a base model hash; no round here is about a model
@@ -274,7 +274,7 @@ def test_torch_tensors_are_detached_and_bfloat16_is_widened() -> None:
 
 
 def test_transport_does_not_import_torch() -> None:
-    code = "import sys, clients.transport; assert 'torch' not in sys.modules"
+    code = "import sys, fedveil.clients.transport; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
@@ -351,7 +351,7 @@ def test_insecure_channel_warns_every_time(caplog: pytest.LogCaptureFixture) -> 
         for _ in range(2):
             await security.open_channel("127.0.0.1:1").close()
 
-    with caplog.at_level(logging.WARNING, logger="clients.transport"):
+    with caplog.at_level(logging.WARNING, logger="fedveil.clients.transport"):
         asyncio.run(open_twice())
     assert sum("INSECURE" in r.getMessage() for r in caplog.records) == 2
 

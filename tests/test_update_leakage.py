@@ -14,24 +14,28 @@ from pathlib import Path
 import pytest
 import torch
 
-from attacks.measure.observe import chance_multiset_accuracy, observe
-from attacks.measure.update_leakage import (
+from fedveil.aggregators import real_aggregators
+from fedveil.attacks.measure.observe import chance_multiset_accuracy, observe
+from fedveil.attacks.measure.update_leakage import (
     UpdateLeakageSettings,
     captioner_records,
     label_leak_records,
     text_recovery_records,
 )
-from attacks.protections import Aggregators, DPSettings
-from attacks.targets.captioner import captioner_target
-from attacks.targets.lenet import lenet_target
-from attacks.targets.shapes import shape_images
-from attacks.update.base import Truth, UpdateKind
-from attacks.update.dlg import DLG, DLGConfig
-from attacks.update.gradient_matching import torch_threads
-from attacks.update.local_training import client_update, dp_sgd_update, per_example_gradients
-from attacks.update.run import run_attack
-from fedveil.aggregators import real_aggregators
-from secagg.errors import ConfigError
+from fedveil.attacks.protections import Aggregators, DPSettings
+from fedveil.attacks.targets.captioner import captioner_target
+from fedveil.attacks.targets.lenet import lenet_target
+from fedveil.attacks.targets.shapes import shape_images
+from fedveil.attacks.update.base import Truth, UpdateKind
+from fedveil.attacks.update.dlg import DLG, DLGConfig
+from fedveil.attacks.update.gradient_matching import torch_threads
+from fedveil.attacks.update.local_training import (
+    client_update,
+    dp_sgd_update,
+    per_example_gradients,
+)
+from fedveil.attacks.update.run import run_attack
+from fedveil.errors import ConfigError
 
 STRONG = DPSettings(clip_norm=1.0, noise_multiplier=2.0)
 
@@ -158,7 +162,7 @@ def test_per_example_gradients_match_opacus() -> None:
 
 
 def test_dp_sgd_delta_takes_the_recipes_steps() -> None:
-    from attacks.update.base import LocalTraining
+    from fedveil.attacks.update.base import LocalTraining
 
     target = lenet_target()
     x, y = shape_images(2, seed=13)

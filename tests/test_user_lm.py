@@ -17,12 +17,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from attacks import registry as attack_registry
-from attacks.measure.output_leakage import OutputLeakageSettings, output_leakage_records
-from attacks.output.canaries import CanaryConfig
-from attacks.protections import Aggregators
-from attacks.targets.canary_federation import FederationSettings, party_texts, release
-from attacks.targets.canary_lm import (
+from fedveil.aggregators import real_aggregators
+from fedveil.attacks import registry as attack_registry
+from fedveil.attacks.measure.output_leakage import OutputLeakageSettings, output_leakage_records
+from fedveil.attacks.output.canaries import CanaryConfig
+from fedveil.attacks.protections import Aggregators
+from fedveil.attacks.targets.canary_federation import FederationSettings, party_texts, release
+from fedveil.attacks.targets.canary_lm import (
     CanaryLMConfig,
     CanaryScenario,
     build_scenario,
@@ -31,10 +32,9 @@ from attacks.targets.canary_lm import (
     per_sample_lm_loss,
     vocabulary_words,
 )
-from attacks.targets.tiny_lm import sentences
-from attacks.targets.user_lm import MIN_TEXTS, split_texts, user_scenario, write_jsonl
-from fedveil.aggregators import real_aggregators
-from secagg.errors import ConfigError
+from fedveil.attacks.targets.tiny_lm import sentences
+from fedveil.attacks.targets.user_lm import MIN_TEXTS, split_texts, user_scenario, write_jsonl
+from fedveil.errors import ConfigError
 
 N_TEXTS = 120
 N_CANARIES = 32

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from service_harness import client_for, make_keys, running_server, settings_for
 
-from clients.weights import WeightMode, bucket, effective_weight
 from fedveil import client_command
 from fedveil.cli import main
-from secagg.errors import ConfigError
+from fedveil.clients.weights import WeightMode, bucket, effective_weight
+from fedveil.errors import ConfigError
 
 
 def _total(counts: dict[str, int], mode: WeightMode) -> int:

@@ -25,7 +25,7 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from secagg.crypto import envelope, identity, kdf, prg, shamir
+from fedveil.secagg.crypto import envelope, identity, kdf, prg, shamir
 
 OUT_DIR = Path(__file__).resolve().parent
 

@@ -1,0 +1,219 @@
+"""report.html: the audit as a person reads it, in one offline file.
+
+Why self-contained: a security team archives and mails the report; it must open
+without a network or the audit directory, so styles are inline, charts are inline SVG
+and reconstruction grids are embedded as base64 PNG.
+
+Sections (their ids are what the render test looks for): summary, matrix, epsilon,
+filters, roc, reconstructions, checks.
+"""
+
+from __future__ import annotations
+
+import base64
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from fedveil.attacks.audit.svg import roc_loglog
+
+STATUS_COLOURS = {
+    "pass": "#c8e6c9",
+    "breach": "#ef9a9a",
+    "leaks": "#ffe0b2",
+    "no leak measured": "#e8f5e9",
+    "not run": "#eeeeee",
+}
+
+HEADLINE = {
+    "gradient_inversion": ("psnr", "PSNR {v:.1f} dB (grey {b:.1f})"),
+    "label_leak": ("label_attribution_acc", "who-had-which {v:.2f} (chance {b:.2f})"),
+    "text_recovery": ("token_f1", "F1 {v:.2f} (prior {b:.2f})"),
+    "likelihood_mia": ("auc", "AUC {v:.2f} (0.50)"),
+    "generation_mia": ("auc", "AUC {v:.2f} (0.50)"),
+    "canary_extraction": ("extraction_rate", "extracted {v:.0%}"),
+    "canary_extraction_filtered": ("extraction_rate_filtered", "extracted {v:.0%}"),
+}
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
+h1{margin-bottom:4px} table{border-collapse:collapse;margin:8px 0 18px}
+td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px;vertical-align:top}
+th{background:#f3f3f3} .banner{padding:10px 14px;font-weight:600;margin:10px 0}
+.ok{background:#c8e6c9} .bad{background:#ef9a9a} .muted{color:#666;font-size:12px}
+.grid img{max-width:1100px;min-height:128px;image-rendering:pixelated;
+  border:1px solid #ccc;margin:4px}
+.charts svg{margin:4px}
+"""
+
+
+def _cell_text(cell: dict[str, Any]) -> str:
+    metric, template = HEADLINE[cell["attack"]]
+    if metric not in cell["metrics"]:
+        return escape(cell["details"].get("error", cell["status"]))
+    value = float(cell["metrics"][metric])
+    base = float(cell["baselines"].get(metric, 0.0))
+    return escape(template.format(v=value, b=base))
+
+
+def _matrix(report: dict[str, Any]) -> str:
+    attacks = report["settings"]["attacks"]
+    by_key = {(c["protection"], c["attack"]): c for c in report["cells"]}
+    rows = ["<tr><th>protection</th>" + "".join(f"<th>{escape(a)}</th>" for a in attacks)]
+    for protection in report["settings"]["protections"]:
+        tds = []
+        for attack in attacks:
+            cell = by_key[(protection, attack)]
+            claim = "claimed" if cell["claimed_protected"] else "not claimed"
+            tds.append(
+                f'<td style="background:{STATUS_COLOURS[cell["status"]]}">'
+                f"<b>{escape(cell['status'])}</b><br>{_cell_text(cell)}"
+                f'<br><span class="muted">{claim}</span></td>'
+            )
+        rows.append(f"<tr><th>{escape(protection)}</th>{''.join(tds)}</tr>")
+    legend = " ".join(
+        f'<span style="background:{c};padding:2px 6px">{escape(s)}</span>'
+        for s, c in STATUS_COLOURS.items()
+    )
+    return f"<table>{''.join(rows)}</table><p class='muted'>{legend}</p>"
+
+
+def _epsilon(report: dict[str, Any]) -> str:
+    rows = [
+        "<tr><th>protection</th><th>attack family</th><th>claimed epsilon</th>"
+        "<th>empirical lower bound</th><th>verdict</th></tr>"
+    ]
+    for cell in report["cells"]:
+        if cell["attack"] not in ("likelihood_mia", "generation_mia"):
+            continue
+        m = cell["metrics"]
+        if "epsilon_lower_bound" not in m:
+            continue
+        claimed, lower = m["epsilon_claimed"], float(m["epsilon_lower_bound"])
+        ok = claimed == "inf" or lower <= float(claimed)
+        rows.append(
+            f"<tr><td>{escape(cell['protection'])}</td><td>{escape(cell['attack'])}</td>"
+            f"<td>{escape(str(claimed))}</td><td>{lower:.3f}</td>"
+            f"<td>{'consistent' if ok else 'LOWER BOUND ABOVE CLAIM'}</td></tr>"
+        )
+    return f"<table>{''.join(rows)}</table>"
+
+
+def _filters(report: dict[str, Any]) -> str:
+    rows = [
+        "<tr><th>protection</th><th>extraction, no filter</th><th>with filters</th>"
+        "<th>benign prompts changed</th><th>per filter</th></tr>"
+    ]
+    for cell in report["cells"]:
+        if cell["attack"] != "canary_extraction_filtered" or not cell["metrics"]:
+            continue
+        m = cell["metrics"]
+        per = cell["details"].get("filters", {})
+        detail = "; ".join(
+            f"{escape(name)}: {float(f.get('extraction_rate_after', 0)):.0%} extracted, "
+            f"FPR {float(f.get('benign_fpr', 0)):.0%}"
+            for name, f in per.items()
+            if isinstance(f, dict)
+        )
+        rows.append(
+            f"<tr><td>{escape(cell['protection'])}</td>"
+            f"<td>{float(m.get('extraction_rate', 0)):.0%}</td>"
+            f"<td>{float(m['extraction_rate_filtered']):.0%}</td>"
+            f"<td>{float(m.get('filter_fpr', 0)):.0%}</td><td>{detail}</td></tr>"
+        )
+    return f"<table>{''.join(rows)}</table>"
+
+
+def _roc(report: dict[str, Any]) -> str:
+    charts = []
+    for cell in report["cells"]:
+        roc = cell["details"].get("roc")
+        if not roc:
+            continue
+        curves = {
+            name: (points["fpr"], points["tpr"])
+            for name, points in roc.items()
+            if points and points.get("fpr")
+        }
+        if curves:
+            charts.append(roc_loglog(curves, f"{cell['protection']} / {cell['attack']}"))
+    if not charts:
+        return "<p>No membership attack ran.</p>"
+    return f"<div class='charts'>{''.join(charts)}</div>"
+
+
+def _reconstructions(report: dict[str, Any], out_dir: Path) -> str:
+    blocks = []
+    for cell in report["cells"]:
+        for figure in cell["details"].get("figures", []):
+            path = Path(figure)
+            path = path if path.is_absolute() else out_dir / path
+            if not path.is_file():
+                continue
+            data = base64.b64encode(path.read_bytes()).decode()
+            blocks.append(
+                f"<figure><img alt='{escape(path.name)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption class='muted'>{escape(cell['protection'])}: {escape(path.stem)} "
+                "(top: originals, bottom: reconstructions)</figcaption></figure>"
+            )
+    if not blocks:
+        return "<p>No gradient inversion ran.</p>"
+    return f"<div class='grid'>{''.join(blocks)}</div>"
+
+
+def _checks(report: dict[str, Any]) -> str:
+    rows = [
+        "<tr><th>cell</th><th>claimed</th><th>metric</th><th>value</th><th>baseline</th>"
+        "<th>threshold</th><th>passed</th></tr>"
+    ]
+    for cell in report["cells"]:
+        for c in cell["checks"]:
+            rows.append(
+                f"<tr><td>{escape(cell['protection'])}/{escape(cell['attack'])}</td>"
+                f"<td>{'yes' if cell['claimed_protected'] else 'no'}</td>"
+                f"<td>{escape(c['metric'])}</td><td>{escape(str(c['value']))}</td>"
+                f"<td>{escape(str(c['baseline']))}</td><td>{escape(str(c['threshold']))}</td>"
+                f"<td>{'yes' if c['passed'] else 'NO'}</td></tr>"
+            )
+    return f"<table>{''.join(rows)}</table>"
+
+
+def render_html(report: dict[str, Any], out_dir: Path) -> str:
+    s = report["settings"]
+    dp = s["dp"]
+    verdict = (
+        "<div class='banner ok'>All claimed protections held.</div>"
+        if report["passed"]
+        else "<div class='banner bad'>Breaches:<br>"
+        + "<br>".join(escape(line) for line in report["breaches"])
+        + "</div>"
+    )
+    settings = (
+        f"<p>Profile <b>{escape(report['profile'])}</b>, created {escape(report['created'])}, "
+        f"fedveil {escape(report['fedveil_version'])}, {report['seconds']} s. "
+        f"Secure aggregates over {s['clients']} clients; released models from a federation of "
+        f"{s['parties']} parties; LoRA rank {s['lora_rank']}. DP: clip C = {dp['clip_norm']}, "
+        f"noise multiplier z = {dp['noise_multiplier']} (sigma = {dp['sigma']}), "
+        f"delta = {dp['delta']}, epsilon of one release = {float(dp['epsilon_per_round']):.2f}.</p>"
+        f"<p class='muted'>Threat model: {escape(s['threat_model'])}.</p>"
+    )
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>fedveil leakage audit</title>
+<style>{STYLE}</style></head><body>
+<section id="summary"><h1>fedveil leakage audit</h1>{verdict}{settings}</section>
+<section id="matrix"><h2>Leakage matrix</h2>
+<p class="muted">Each cell: the strongest attack's headline metric next to its data-free
+baseline. Only claimed cells can breach; unclaimed cells show what leaks without that
+protection.</p>{_matrix(report)}</section>
+<section id="epsilon"><h2>Claimed vs empirical epsilon</h2>{_epsilon(report)}</section>
+<section id="filters"><h2>Output filter effectiveness</h2>{_filters(report)}</section>
+<section id="roc"><h2>Membership ROC curves (log-log)</h2>{_roc(report)}</section>
+<section id="reconstructions"><h2>Gradient inversion: originals vs reconstructions</h2>
+{_reconstructions(report, out_dir)}</section>
+<section id="checks"><h2>Every check</h2>{_checks(report)}</section>
+</body></html>
+"""
+
+
+def write_html(report: dict[str, Any], path: Path, out_dir: Path) -> None:
+    path.write_text(render_html(report, out_dir))

@@ -1,0 +1,189 @@
+"""The audit's units of work: what to compute for a cell, and how.
+
+Why jobs are not cells: the four output attacks of a protection all probe one released
+model, which takes most of the time to train, so they are one job; each update attack
+of a protection is its own job. A job returns plain JSON-able records (the attack
+suites' own), which attacks/audit/evaluate.py turns into cells.
+
+Jobs run in worker processes (the two cores: one lane trains and probes the released
+models, the other runs the update attacks), so everything a job needs travels as
+plain data plus an importable aggregators factory (attacks/ may not import fedveil/).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedveil.attacks.audit.config import AuditConfig
+from fedveil.attacks.audit.matrix import jobs_of
+from fedveil.attacks.protections import Aggregators, DPSettings
+
+AggregatorsFactory = Callable[[], Aggregators]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One unit of work: an update attack on one protection's view, or the release of
+    one protection's model with every output attack on it."""
+
+    protection: str
+    family: str  # a measurement of attacks.measure.update_leakage.RECORD_FUNCTIONS, or "output"
+
+    @property
+    def key(self) -> str:
+        return f"{self.protection}__{self.family}"
+
+    @property
+    def lane(self) -> str:
+        return "output" if self.family == "output" else "update"
+
+
+def plan(config: AuditConfig) -> list[Job]:
+    """Every job the configured matrix needs, output jobs first (they are the longest)."""
+    families = list(dict.fromkeys(f for a in config.attacks for f in jobs_of(a)))
+    families.sort(key=lambda f: f != "output")
+    return [Job(p, f) for f in families for p in config.protections]
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a worker needs to run any job (plain, picklable data)."""
+
+    quick: bool
+    seed: int
+    clients: int
+    parties: int
+    rounds: int | None
+    model_dir: Path | None
+    texts: Path | None
+    canaries: int | None
+    dp: DPSettings
+    figures: Path
+    aggregators_factory: AggregatorsFactory
+
+    @classmethod
+    def of(cls, config: AuditConfig, out_dir: Path, factory: AggregatorsFactory) -> JobContext:
+        return cls(
+            quick=config.profile == "quick",
+            seed=config.seed,
+            clients=config.clients,
+            parties=config.parties,
+            rounds=config.rounds,
+            model_dir=config.model_dir,
+            texts=config.texts,
+            canaries=config.canaries,
+            dp=config.dp,
+            figures=out_dir / "figures",
+            aggregators_factory=factory,
+        )
+
+    def settings(self) -> dict[str, Any]:
+        """What a job's result depends on (the store's fingerprint)."""
+        return {
+            "quick": self.quick,
+            "seed": self.seed,
+            "clients": self.clients,
+            "parties": self.parties,
+            "rounds": self.rounds,
+            "target": _target_identity(self.model_dir, self.texts, self.canaries),
+            "dp": [self.dp.clip_norm, self.dp.noise_multiplier, self.dp.delta],
+            "schema": 1,
+        }
+
+
+def _target_identity(model_dir: Path | None, texts: Path | None, canaries: int | None) -> list[Any]:
+    """A user target's paths with the size and mtime of its files, so that a changed
+    model or corpus is recomputed, never silently reused."""
+    if model_dir is None or texts is None:
+        return ["built-in", canaries]
+    files = sorted(p for p in model_dir.iterdir() if p.is_file()) + [texts]
+    stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    return [str(model_dir.resolve()), stamps, canaries]
+
+
+def _seed_everything(seed: int) -> None:
+    # Attack initialisations and training order only; keys and masks never use these.
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - third-party code (peft, opacus) reads the global
+    torch.manual_seed(seed)
+
+
+def run_job(job: Job, context: JobContext) -> tuple[list[dict[str, Any]], float]:
+    """Run one job with one torch thread; (records, seconds)."""
+    from fedveil.attacks.update.gradient_matching import torch_threads
+
+    start = time.perf_counter()
+    _seed_everything(context.seed)
+    aggregators = context.aggregators_factory()
+    with torch_threads(1):
+        if job.family == "output":
+            records = _output_records(job.protection, context, aggregators)
+        else:
+            from fedveil.attacks.measure.update_leakage import (
+                RECORD_FUNCTIONS,
+                UpdateLeakageSettings,
+            )
+
+            settings = UpdateLeakageSettings(
+                quick=context.quick,
+                n_clients=context.clients,
+                dp=context.dp,
+                figures=context.figures,
+            )
+            records = RECORD_FUNCTIONS[job.family](job.protection, settings, aggregators)
+    return records, time.perf_counter() - start
+
+
+def _output_records(
+    protection: str, context: JobContext, aggregators: Aggregators
+) -> list[dict[str, Any]]:
+    """Train the federation's released model under `protection` (party 0 holds the
+    planted canaries) and run every output attack, with and without the filters."""
+    from fedveil.attacks.measure.output_leakage import OutputLeakageSettings, output_leakage_records
+    from fedveil.attacks.targets.canary_federation import (
+        FederationSettings,
+        federation_scenario,
+        release,
+    )
+
+    federation = FederationSettings.quick() if context.quick else FederationSettings.full()
+    federation = dataclasses.replace(
+        federation,
+        parties=context.parties,
+        rounds=context.rounds or federation.rounds,
+        seed=context.seed,
+    )
+    attack = OutputLeakageSettings.quick() if context.quick else OutputLeakageSettings.full()
+    if context.model_dir is not None and context.texts is not None:
+        from fedveil.attacks.targets.user_lm import user_scenario
+
+        scenario = user_scenario(
+            context.model_dir, context.texts, n_canaries=context.canaries or 48, seed=context.seed
+        )
+    else:
+        scenario = federation_scenario(context.quick, context.seed, context.canaries)
+    trained = release(protection, scenario, aggregators, federation)
+    records = output_leakage_records(scenario, trained, attack)
+    noise = {
+        "secagg+client-dp": federation.client_dp,
+        "dp-sgd": federation.dp_sgd,
+    }.get(protection)
+    for record in records:
+        record["federation"] = {
+            "parties": federation.parties,
+            "rounds": federation.rounds,
+            "canaries": len(scenario.registry),
+            "clip_norm": None if noise is None else noise.clip_norm,
+            "noise_multiplier": None if noise is None else noise.noise_multiplier,
+            "train_seconds": trained.train_seconds,
+        }
+    return records

@@ -1,0 +1,138 @@
+"""Run an audit: plan the jobs, skip the ones already stored, run the rest on two
+lanes, judge every cell and write report.json and report.html.
+
+Why two lanes: the machine this must fit on has two cores and the models are tiny, so
+one torch thread per process is fastest (more threads only spin). The output lane
+trains each protection's released model and probes it (the scenario's base model is
+built once per process, so that lane is one process); the update attacks run in the
+other. A job that fails is reported on its cells and the others go on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from fedveil.attacks.audit.config import AuditConfig
+from fedveil.attacks.audit.evaluate import Cell, evaluate_cell
+from fedveil.attacks.audit.html import write_html
+from fedveil.attacks.audit.jobs import AggregatorsFactory, Job, JobContext, plan, run_job
+from fedveil.attacks.audit.matrix import jobs_of
+from fedveil.attacks.audit.report import build_report, write_report
+from fedveil.attacks.audit.store import JobStore, fingerprint
+
+
+@dataclass
+class AuditResult:
+    report: dict[str, Any]
+    cells: list[Cell]
+    reused: list[str] = field(default_factory=list)
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report["passed"]) and not self._claimed_errors()
+
+    def _claimed_errors(self) -> list[str]:
+        return [c.name for c in self.cells if c.claimed and "error" in c.details]
+
+
+def _run_and_store(job: Job, context: JobContext, store: JobStore, fp: str) -> None:
+    records, seconds = run_job(job, context)
+    store.save(job.key, fp, records, seconds)
+
+
+def _run_lane(
+    jobs: list[Job], context: JobContext, store: JobStore, fps: dict[str, str]
+) -> dict[str, str]:
+    """Run jobs one after another in this process; {job key: error} for the failures."""
+    errors: dict[str, str] = {}
+    for job in jobs:
+        try:
+            _run_and_store(job, context, store, fps[job.key])
+        except Exception as exc:  # one failed job must not lose the others
+            errors[job.key] = f"{type(exc).__name__}: {exc}"
+            traceback.print_exc()
+    return errors
+
+
+def _lanes(pending: list[Job], workers: int) -> list[list[Job]]:
+    if workers <= 1:
+        return [pending]
+    output = [j for j in pending if j.lane == "output"]
+    update = [j for j in pending if j.lane == "update"]
+    if not output:  # split the update jobs over the workers
+        return [update[i::workers] for i in range(workers) if update[i::workers]]
+    return [lane for lane in (output, update) if lane]
+
+
+def run_audit(
+    config: AuditConfig,
+    out_dir: Path,
+    aggregators_factory: AggregatorsFactory,
+    *,
+    workers: int = 2,
+    progress: bool = True,
+    lora_rank: int | None = 16,
+) -> AuditResult:
+    """Run (or resume) the audit of `config` into `out_dir`."""
+    start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    store = JobStore(out_dir)
+    context = JobContext.of(config, out_dir, aggregators_factory)
+    context.figures.mkdir(parents=True, exist_ok=True)
+    jobs = plan(config)
+    fps = {job.key: fingerprint(context.settings(), job.key) for job in jobs}
+    reused = [j.key for j in jobs if store.load(j.key, fps[j.key]) is not None]
+    pending = [j for j in jobs if j.key not in reused]
+    errors: dict[str, str] = {}
+    with tqdm(total=len(jobs), initial=len(reused), desc="audit jobs", disable=not progress) as bar:
+        lanes = _lanes(pending, workers)
+        if workers <= 1 or len(lanes) <= 1:
+            for job in pending:
+                bar.set_postfix_str(job.key)
+                errors |= _run_lane([job], context, store, fps)
+                bar.update(1)
+        else:
+            spawn = multiprocessing.get_context("spawn")
+            with cf.ProcessPoolExecutor(len(lanes), mp_context=spawn) as pool:
+                futures = [pool.submit(_run_lane, lane, context, store, fps) for lane in lanes]
+                done_keys: set[str] = set()
+                while True:
+                    finished, _ = cf.wait(futures, timeout=2.0)
+                    now = {j.key for j in pending if store.load(j.key, fps[j.key]) is not None}
+                    bar.update(len(now - done_keys))
+                    done_keys |= now
+                    if len(finished) == len(futures):
+                        break
+                for future in futures:
+                    errors |= future.result()
+    cells = []
+    for protection in config.protections:
+        for attack in config.attacks:
+            keys = [Job(protection, family).key for family in jobs_of(attack)]
+            stored = [s for k in keys if (s := store.load(k, fps[k])) is not None]
+            failed = {k: errors[k] for k in keys if k in errors}
+            combined = None
+            if stored or failed:  # a failed job is judged as "no records", never a pass
+                combined = {
+                    "records": [r for s in stored for r in s["records"]],
+                    "seconds": sum(float(s.get("seconds", 0.0)) for s in stored),
+                }
+            cell = evaluate_cell(config, protection, attack, combined)
+            if failed:
+                cell.details["error"] = "; ".join(f"{k}: {e}" for k, e in failed.items())
+            cells.append(cell)
+    report = build_report(config, cells, time.perf_counter() - start, lora_rank)
+    report["reused_jobs"] = reused
+    report["errors"] = errors
+    write_report(report, out_dir / "report.json")
+    write_html(report, out_dir / "report.html", out_dir)
+    return AuditResult(report, cells, reused, errors)

@@ -1,0 +1,239 @@
+"""What a released model's outputs reveal about planted canaries: one record per attack.
+
+Why here and not in the benchmark: the membership benchmark and `fedveil audit` must
+judge a protection by the same code. For one released model (a single party's, or the
+federation's under any protection: attacks.targets.canary_federation), every registered
+output attack (attacks.registry) scores every canary, and each record states how
+well the scores separate the fair coins (AUC, TPR at 1% / 0.1% FPR with bootstrap
+intervals, a downsampled ROC curve for log-log plots), the empirical epsilon lower
+bound next to the accountant's claim, and what the output filters change (greedy
+extraction of member secrets before/after the full "all" stack, its false-positive rate
+on benign held-out prompts). Record fields are listed in benchmarks/membership_bench.py.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedveil.attacks.output.empirical_epsilon import audit
+from fedveil.attacks.output.filters import (
+    PII_PATTERNS,
+    BlockList,
+    baseline,
+    measure_filter,
+    output_evasions,
+    prompt_evasions,
+    standard_stacks,
+)
+from fedveil.attacks.output.generation import ProbeConfig
+from fedveil.attacks.output.generator import HFGenerator, SamplingConfig
+from fedveil.attacks.output.language_model import LanguageModel
+from fedveil.attacks.output.membership import canary_exposures
+from fedveil.attacks.output.metrics import BootstrapConfig, mia_metrics, roc_curve, scores_by_label
+from fedveil.attacks.output.target import OutputTarget
+from fedveil.attacks.registry import OUTPUT_FAMILIES, Kind, available, output_attack
+from fedveil.attacks.targets.canary_lm import CanaryScenario, TrainedModel
+from fedveil.errors import ConfigError
+
+NGRAM = 6
+ATTACKER_TEMPERATURE = 0.5  # the attacker picks the sampling temperature (SaMIA uses < 1 too)
+ROC_POINTS = 64
+
+
+@dataclass(frozen=True)
+class OutputLeakageSettings:
+    """How hard the attacker and the measurement try.
+
+    n_samples: continuations sampled per canary prefix; exposure_candidates: candidates
+    ranked per canary for exposure; bootstrap: resamples of each interval; filters:
+    measure the filter stacks (extraction after filtering, benign FPR); evasions: also
+    try the evasive output forms and prompts against them (needs filters).
+    """
+
+    n_samples: int = 8
+    exposure_candidates: int = 256
+    bootstrap: int = 1000
+    filters: bool = True
+    evasions: bool = True
+
+    def __post_init__(self) -> None:
+        for name, low in (("n_samples", 1), ("exposure_candidates", 1), ("bootstrap", 10)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(
+                    f"OutputLeakageSettings.{name} must be an int >= {low}, got {value!r}"
+                )
+        if self.evasions and not self.filters:
+            raise ConfigError("OutputLeakageSettings.evasions=True needs filters=True")
+
+    @classmethod
+    def quick(cls) -> OutputLeakageSettings:
+        return cls(n_samples=8, exposure_candidates=256, bootstrap=1000)
+
+    @classmethod
+    def full(cls) -> OutputLeakageSettings:
+        return cls(n_samples=16, exposure_candidates=1000, bootstrap=2000)
+
+
+def downsampled_roc(
+    members: np.ndarray, non_members: np.ndarray, points: int = ROC_POINTS
+) -> dict[str, list[float]]:
+    """At most `points` (fpr, tpr) pairs of the empirical ROC, dense at low FPR.
+
+    Why log-spaced: the audit draws log-log ROC curves, where the informative part is
+    FPR near 1/n_non_members; for each grid FPR the curve's highest TPR at or below it
+    is kept (a step function is never interpolated upwards).
+    """
+    fpr, tpr = roc_curve(members, non_members)
+    if fpr.size <= points:
+        return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+    low = max(1 / non_members.size, 1e-6)
+    grid = np.concatenate([[0.0], np.geomspace(low, 1.0, points - 1)])
+    keep = sorted({int(np.searchsorted(fpr, f, side="right")) - 1 for f in grid})
+    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}
+
+
+def _heldout_loss(lm: LanguageModel, texts: list[str]) -> float:
+    return -float(sum(s.logprobs.mean() for s in lm.score(texts)) / len(texts))
+
+
+def _finite(x: float) -> float | str:
+    return x if math.isfinite(x) else "inf"
+
+
+def _filter_details(
+    scenario: CanaryScenario,
+    generator: HFGenerator,
+    probe_config: ProbeConfig,
+    settings: OutputLeakageSettings,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(per-stack filter reports, evasion results); empty when filters are off."""
+    if not settings.filters:
+        return {}, {}
+    registry, tokenizer = scenario.registry, scenario.tokenizer
+    benign = [" ".join(t.split()[:3]) for t in scenario.heldout_texts[:64]]
+    block_list = BlockList.from_registry(registry, pii=tuple(PII_PATTERNS))
+    stacks = standard_stacks(
+        tokenizer, block_list, private_texts=scenario.private_texts, ngram=NGRAM
+    )
+    before = baseline(generator, registry, benign, probe_config)
+    filters = {
+        name: measure_filter(generator, stack, registry, benign, before, probe_config).to_dict()
+        for name, stack in stacks.items()
+    }
+    if not settings.evasions:
+        return filters, {}
+
+    def blocked(context: str) -> dict[str, Any]:
+        return {
+            name: {
+                k: v["blocked"]
+                for k, v in output_evasions(stack, tokenizer, registry, context=context).items()
+            }
+            for name, stack in stacks.items()
+        }
+
+    evasions = {
+        "output_forms_after_prefix": blocked("prefix"),
+        "output_forms_bare": blocked("none"),
+        "prompts_all_filters": prompt_evasions(generator, stacks["all"], registry),
+    }
+    return filters, evasions
+
+
+def output_leakage_records(
+    scenario: CanaryScenario,
+    trained: TrainedModel,
+    settings: OutputLeakageSettings | None = None,
+) -> list[dict[str, Any]]:
+    """Every registered output attack on one released model, one record each."""
+    settings = settings or OutputLeakageSettings()
+    registry, tokenizer = scenario.registry, scenario.tokenizer
+    labels = registry.labels()
+    released = LanguageModel(trained.model, tokenizer)
+    reference = LanguageModel(scenario.base, tokenizer)
+    generator = HFGenerator(
+        trained.model,
+        tokenizer,
+        SamplingConfig(max_new_tokens=10, temperature=ATTACKER_TEMPERATURE),
+    )
+    probe_config = ProbeConfig(n_samples=settings.n_samples)
+    target = OutputTarget(registry, released, reference, generator, probe_config=probe_config)
+    attacks = [output_attack(n) for n in available(kind=Kind.OUTPUT)]
+    scores, seconds, families = {}, {}, {}
+    for family in OUTPUT_FAMILIES:
+        chosen = [a for a in attacks if a.family == family and a.applies_to(target)]
+        start = time.perf_counter()
+        for attack in chosen:
+            scores[attack.name] = np.asarray(attack.score(target), dtype=np.float64)
+            families[attack.name] = family
+        for attack in chosen:  # the shared pass's time, split evenly
+            seconds[attack.name] = (time.perf_counter() - start) / len(chosen)
+    probe = target.probe()
+
+    filters, evasions = _filter_details(scenario, generator, probe_config, settings)
+    exposures = canary_exposures(released, registry, settings.exposure_candidates)
+    member_exposure = [e.exposure for e, m in zip(exposures, labels, strict=True) if m]
+    other_exposure = [e.exposure for e, m in zip(exposures, labels, strict=True) if not m]
+    details = {
+        "n_canaries": len(registry),
+        "n_members": int(labels.sum()),
+        "delta": trained.delta,
+        "mean_exposure_members": sum(member_exposure) / len(member_exposure),
+        "mean_exposure_non_members": sum(other_exposure) / len(other_exposure),
+        "exposure_log2_space": sorted({round(e.log2_space, 2) for e in exposures}),
+        "heldout_loss": _heldout_loss(released, scenario.heldout_texts[:64]),
+        "base_heldout_loss": _heldout_loss(reference, scenario.heldout_texts[:64]),
+        "train_loss": trained.final_loss,
+        "extraction_rate_non_members": probe.extraction_rate(members=False),
+        "filters": filters,
+        "evasions": evasions,
+        "params": {
+            "n_samples": settings.n_samples,
+            "temperature": ATTACKER_TEMPERATURE,
+            "ngram": NGRAM,
+            "exposure_candidates": settings.exposure_candidates,
+            "bootstrap": settings.bootstrap,
+            "alpha": 0.05,
+        },
+    }
+    boot = BootstrapConfig(n_resamples=settings.bootstrap)
+    all_stack = filters.get("all", {})
+    records = []
+    for name, values in scores.items():
+        members, non_members = scores_by_label(values, labels)
+        metrics = mia_metrics(members, non_members, boot).to_dict()
+        verdict = audit(values, labels, epsilon_claimed=trained.epsilon, delta=trained.delta)
+        record: dict[str, Any] = {
+            "protection": trained.protection,
+            "attack": name,
+            "attack_family": families[name],
+        }
+        for key in ("auc", "tpr_at_1pct_fpr"):
+            for suffix in ("", "_low", "_high"):
+                record[key + suffix] = metrics[key + suffix]
+        for suffix in ("", "_low", "_high"):
+            record["tpr_at_0.1pct_fpr" + suffix] = metrics["tpr_at_01pct_fpr" + suffix]
+        record.update(
+            {
+                "min_fpr": 1 / metrics["n_non_members"],
+                "epsilon_claimed": _finite(trained.epsilon),
+                "epsilon_lower_bound": verdict.one_run.epsilon,
+                "epsilon_lower_bound_cp": verdict.clopper_pearson.epsilon,
+                "audit_passed": verdict.passed,
+                "extraction_rate": probe.extraction_rate(),
+                "extraction_rate_filtered": all_stack.get("extraction_rate_after"),
+                "filter_fpr": all_stack.get("benign_fpr"),
+                "seconds": seconds[name],
+                "train_seconds": trained.train_seconds,
+                "roc": downsampled_roc(members, non_members),
+                "details": details,
+            }
+        )
+        records.append(record)
+    return records

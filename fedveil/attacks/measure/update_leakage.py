@@ -1,0 +1,187 @@
+"""What one round's update leaks, per (target, protection): the code behind the leakage
+benchmark and `fedveil audit`, so that both report the very same measurement.
+
+Each function takes a protection name (attacks.protections.PROTECTIONS), the settings
+and the injected real rounds, and returns records (target, protection, n_clients,
+metric, value, baseline_value, seconds, params): the attack's score on exactly the
+view that protection leaves, next to a data-free guess's score. params names the
+attack and, for the DP protections, sigma, C, z, SNR, epsilon and delta.
+
+- image_inversion_records: (a) LeNet on 32x32 images, DLG (L2, L-BFGS) and Inverting
+  Gradients (cosine + TV, scale-free, so clipping alone does not fool it), each
+  reconstructing one image; on an aggregate each client's image is scored against the
+  reconstruction, averaged (an attack that finds one client's image scores 1/n of it).
+- label_leak_records: analytic label recovery from the head gradient (iDLG, counts).
+- text_recovery_records / captioner_records: see attacks.measure.text_leakage.
+
+Labels and secure aggregation, stated plainly: the head gradient of an aggregate still
+gives the cohort's label *counts* (LLG+), so the label multiset is part of what SecAgg
+reveals and `label_multiset_acc` stays high under secagg and ckks. What SecAgg hides is
+who had which label: `label_attribution_acc` is the best the observer can do at naming
+each client's label; from an aggregate the best strategy is to give every client the
+most frequent recovered label, so its excess over chance is the multiset's base rate
+(params["multiset_only"]: the same strategy fed the true multiset), not per-client leakage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fedveil.attacks.measure.observe import (
+    UpdateLeakageSettings,
+    chance_multiset_accuracy,
+    cohort_size,
+    leak_record,
+    observe,
+)
+from fedveil.attacks.measure.text_leakage import captioner_records, text_recovery_records
+from fedveil.attacks.protections import Aggregators
+from fedveil.attacks.targets.lenet import lenet_target
+from fedveil.attacks.targets.shapes import shape_images
+from fedveil.attacks.update.base import Attack, Truth
+from fedveil.attacks.update.dlg import DLG, DLGConfig
+from fedveil.attacks.update.inverting_gradients import InvertingGradients, InvertingGradientsConfig
+from fedveil.attacks.update.label_leakage import LabelLeakage
+from fedveil.attacks.update.metrics import label_accuracy, save_grid
+from fedveil.attacks.update.run import run_attack
+
+Records = list[dict[str, Any]]
+
+
+def _figure(settings: UpdateLeakageSettings, name: str, rows: list[torch.Tensor]) -> str | None:
+    if settings.figures is None:
+        return None
+    return str(save_grid(settings.figures / f"{name}.png", rows))
+
+
+def image_inversion_records(
+    protection: str, settings: UpdateLeakageSettings, aggregators: Aggregators
+) -> Records:
+    """PSNR and SSIM (baseline: a mid-grey image) and label_acc (baseline: a uniform
+    guess) of DLG and Inverting Gradients on LeNet's gradient under `protection`."""
+    n = cohort_size(protection, settings)
+    target = lenet_target()
+    classes = target.num_classes or 10
+    x, y = shape_images(n, seed=100 + n)
+    view = observe(
+        protection, target, [(x[i : i + 1], y[i : i + 1]) for i in range(n)], settings, aggregators
+    )
+    truth = Truth(inputs=x, labels=y)
+    dlg_steps = 60 if settings.quick else 300
+    ig_steps = 300 if settings.quick else 2000
+    attacks: list[tuple[Attack[Any], int]] = [
+        (DLG(DLGConfig(iterations=dlg_steps, num_examples=1)), dlg_steps),
+        (
+            InvertingGradients(InvertingGradientsConfig(iterations=ig_steps, num_examples=1)),
+            ig_steps,
+        ),
+    ]
+    rows: Records = []
+    for attack, steps in attacks:
+        result = run_attack(attack, view.observed, target, truth=truth)
+        m = result.metrics
+        params: dict[str, Any] = {"attack": attack.name, "iterations": steps, **view.params}
+        assert result.inputs is not None
+        figure = _figure(
+            settings, f"{target.name}-{protection}-n{n}-{attack.name}", [x, result.inputs]
+        )
+        if figure is not None:
+            params["figure"] = figure
+        chance = chance_multiset_accuracy(1, y.tolist(), classes)
+        for metric, value, baseline in (
+            ("psnr", m["psnr"], m["psnr_baseline"]),
+            ("ssim", m["ssim"], m["ssim_baseline"]),
+            ("label_acc", m["label_acc"], chance),
+        ):
+            rows.append(
+                leak_record(
+                    target.name, protection, n, metric, value, baseline, result.seconds, **params
+                )
+            )
+    return rows
+
+
+def label_leak_records(
+    protection: str, settings: UpdateLeakageSettings, aggregators: Aggregators
+) -> Records:
+    """Who had which label (label_attribution_acc, baseline 1/classes) and which labels the
+    cohort had (label_multiset_acc, baseline: as many uniform guesses), from LeNet's head.
+
+    Single-client views (none, dp-sgd) are measured on n_clients clients one at a time
+    (the observer knows whose upload it is, so attribution is recovery); aggregate views
+    on one round of n_clients one-example clients.
+    """
+    target = lenet_target()
+    classes = target.num_classes or 10
+    n = settings.n_clients
+    x, y = shape_images(n, seed=700 + n)
+    clients = [(x[i : i + 1], y[i : i + 1]) for i in range(n)]
+    start = time.perf_counter()
+    params: dict[str, Any] = {"attack": LabelLeakage.name, "clients": n}
+    if cohort_size(protection, settings) == 1:
+        found: list[int] = []
+        for i, client in enumerate(clients):
+            view = observe(protection, target, [client], settings, aggregators, seed=i)
+            labels = LabelLeakage().reconstruct(view.observed, target).labels
+            assert labels is not None
+            found += labels.tolist()
+            params.update(view.params)
+        attribution = sum(int(a == b) for a, b in zip(found, y.tolist(), strict=True)) / n
+        multiset = label_accuracy(torch.tensor(found), y)
+        view_clients = 1
+    else:
+        view = observe(protection, target, clients, settings, aggregators)
+        labels = LabelLeakage().reconstruct(view.observed, target).labels
+        assert labels is not None
+        multiset = label_accuracy(labels, y)
+        attribution = _mode_attribution(labels.tolist(), y.tolist())
+        params.update(view.params)
+        params["multiset_only"] = round(_mode_attribution(y.tolist(), y.tolist()), 4)
+        view_clients = n
+    seconds = time.perf_counter() - start
+    chance = chance_multiset_accuracy(n, y.tolist(), classes)
+    return [
+        leak_record(
+            target.name, protection, view_clients, "label_attribution_acc", attribution,
+            1.0 / classes, seconds, **params,
+        ),
+        leak_record(
+            target.name, protection, view_clients, "label_multiset_acc", multiset, chance,
+            seconds, **params,
+        ),
+    ]  # fmt: skip
+
+
+def _mode_attribution(recovered: list[int], truth: list[int]) -> float:
+    """Accuracy of naming the most frequent recovered label as every client's label: the
+    best a client-symmetric view allows (it cannot tell clients apart)."""
+    if not recovered:
+        return 0.0
+    mode = Counter(recovered).most_common(1)[0][0]
+    return sum(int(t == mode) for t in truth) / len(truth)
+
+
+RecordFunction = Callable[[str, UpdateLeakageSettings, Aggregators], Records]
+
+RECORD_FUNCTIONS: dict[str, RecordFunction] = {
+    "image_inversion": image_inversion_records,
+    "label_leak": label_leak_records,
+    "text_recovery": text_recovery_records,
+    "captioner": captioner_records,
+}
+"""Every measurement, by name: what an audit runs for each protection."""
+
+
+__all__ = [
+    "RECORD_FUNCTIONS",
+    "UpdateLeakageSettings",
+    "captioner_records",
+    "image_inversion_records",
+    "label_leak_records",
+    "text_recovery_records",
+]

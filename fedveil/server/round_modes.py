@@ -1,0 +1,201 @@
+"""What a round of each aggregation mode is, as the server opens it.
+
+Why apart from the coordinator: the coordinator owns time (stages close on quorum or
+deadline, rounds follow one another); what a round *is* (its config, its published spec,
+its state machine, and what must be kept once a stage closes) depends on the mode. Each
+mode here builds its round from the settings, the round's roster and the model hash the
+round is about; the coordinator calls `open` and never names a mode.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Protocol
+
+from fedveil.errors import ConfigError
+from fedveil.proto.convert import config_to_spec
+from fedveil.proto.convert_ckks import ckks_config_to_spec
+from fedveil.secagg.ckks.config import CkksRoundConfig
+from fedveil.secagg.ckks.keys import key_epoch
+from fedveil.secagg.ckks.server_round import CkksServerRound
+from fedveil.secagg.crypto.identity import VerifyingIdentity
+from fedveil.secagg.crypto.prg import SEED_BYTES
+from fedveil.secagg.protocol.config import RoundConfig
+from fedveil.secagg.protocol.dp import RoundDP
+from fedveil.secagg.protocol.graph import default_neighbours, default_threshold
+from fedveil.secagg.protocol.server import ServerRound
+from fedveil.secagg.protocol.stages import Stage
+from fedveil.secagg.protocol.upload import aligned_chunk_bytes
+from fedveil.secagg.quantize import QuantizationConfig
+from fedveil.server.active_round import ActiveRound
+from fedveil.server.journal import RoundJournal
+from fedveil.server.plaintext import PlaintextRound, plaintext_spec
+from fedveil.server.settings import MODES, RoundSettings
+
+Roster = Mapping[str, VerifyingIdentity]
+
+
+def round_shape(settings: RoundSettings, cohort: int) -> tuple[int, int]:
+    """The neighbour degree k and the threshold t of a SecAgg round of `cohort` clients."""
+    k = settings.neighbours if settings.neighbours is not None else default_neighbours(cohort)
+    t = settings.threshold if settings.threshold is not None else default_threshold(cohort, k)
+    return k, t
+
+
+class ModeRounds(Protocol):
+    """The rounds of one aggregation mode."""
+
+    def open(self, round_id: int, roster: Roster, model_hash: bytes) -> ActiveRound:
+        """A new round of the mode over `roster`, about the model `model_hash`."""
+        ...
+
+    def check_roster(self, roster: Roster, round_id: int, model_hash: bytes) -> None:
+        """Raise ConfigError when a changed roster no longer shapes a valid round."""
+        ...
+
+    def after_advance(self, active: ActiveRound, closed: Stage) -> None:
+        """Keep what must outlive the stage `closed` just advanced from (lock held)."""
+        ...
+
+
+class SecAggRounds:
+    """SecAgg+ rounds: pairwise masks over a k-regular graph, unmasked at threshold t."""
+
+    def __init__(self, settings: RoundSettings, dp: RoundDP | None) -> None:
+        self.settings = settings
+        self.dp = dp
+
+    def config(self, round_id: int, ids: tuple[str, ...], model_hash: bytes) -> RoundConfig:
+        """The round's config over the sorted client ids `ids` (refuses a bad shape)."""
+        s = self.settings
+        k, t = round_shape(s, len(ids))
+        quantization = (
+            self.dp.config.quantization
+            if self.dp is not None
+            else QuantizationConfig(
+                clip=s.clip, bits=s.bits, max_cohort=len(ids), max_weight=s.max_weight
+            )
+        )
+        return RoundConfig(
+            round_id=round_id,
+            roster=ids,
+            threshold=t,
+            neighbours=k,
+            dimension=s.dimension,
+            quantization=quantization,
+            model_hash=model_hash,
+            dp=self.dp,
+        )
+
+    def open(self, round_id: int, roster: Roster, model_hash: bytes) -> ActiveRound:
+        config = self.config(round_id, tuple(sorted(roster)), model_hash)
+        chunk = aligned_chunk_bytes(config.quantization.bits, self.settings.chunk_bytes)
+        spec = config_to_spec(
+            config,
+            min_cohort=self.settings.min_cohort,
+            chunk_bytes=chunk,
+            stage_timeout_s=self.settings.stage_timeout_s,
+        )
+        central = config.dp is not None and config.dp.central
+        seed = os.urandom(SEED_BYTES) if central else None
+        server = ServerRound(
+            config,
+            roster,
+            chunk_bytes=chunk,
+            quorum=self.settings.min_cohort,
+            noise_seed=seed,
+        )
+        return ActiveRound(server, spec, noise_seed=seed)
+
+    def check_roster(self, roster: Roster, round_id: int, model_hash: bytes) -> None:
+        self.config(round_id, tuple(sorted(roster)), model_hash)  # the threshold and degree fit
+
+    def after_advance(self, active: ActiveRound, closed: Stage) -> None:
+        return None
+
+
+class PlaintextRounds:
+    """The unprotected baseline: the server sums the updates it sees in the clear."""
+
+    def __init__(self, settings: RoundSettings) -> None:
+        self.settings = settings
+
+    def open(self, round_id: int, roster: Roster, model_hash: bytes) -> ActiveRound:
+        s = self.settings
+        spec = plaintext_spec(round_id, tuple(sorted(roster)), s, model_hash)
+        server = PlaintextRound(
+            round_id,
+            spec.roster,
+            s.dimension,
+            quorum=spec.threshold,
+            max_weight=s.max_weight,
+            chunk_bytes=spec.chunk_bytes,
+            clip=s.clip,
+        )
+        return ActiveRound(server, spec)
+
+    def check_roster(self, roster: Roster, round_id: int, model_hash: bytes) -> None:
+        return None
+
+    def after_advance(self, active: ActiveRound, closed: Stage) -> None:
+        return None
+
+
+class CkksRounds:
+    """CKKS rounds; the first of each key epoch distributes a fresh secret context, whose
+    public part the journal keeps for the epoch's later rounds and across restarts."""
+
+    def __init__(self, settings: RoundSettings, journal: RoundJournal) -> None:
+        self.settings = settings
+        self.journal = journal
+
+    def open(self, round_id: int, roster: Roster, model_hash: bytes) -> ActiveRound:
+        s = self.settings
+        ids = tuple(sorted(roster))
+        epoch = key_epoch(round_id, s.ckks_rotate_every)
+        keys = self.journal.epoch_keys(epoch)
+        config = CkksRoundConfig(
+            round_id=round_id,
+            roster=ids,
+            dimension=s.dimension,
+            preset_name=s.ckks_preset,
+            key_epoch=epoch,
+            key_holder=s.ckks_key_holder or ids[0],
+            max_weight=s.max_weight,
+            value_bound=s.clip,
+            min_cohort=s.min_cohort,
+            model_hash=model_hash,
+            key_fingerprint=keys.fingerprint if keys else b"",
+        )
+        spec = ckks_config_to_spec(
+            config,
+            chunk_bytes=s.chunk_bytes,
+            stage_timeout_s=s.stage_timeout_s,
+            rotate_every=s.ckks_rotate_every,
+        )
+        return ActiveRound(CkksServerRound(config, roster, keys), spec)
+
+    def check_roster(self, roster: Roster, round_id: int, model_hash: bytes) -> None:
+        return None
+
+    def after_advance(self, active: ActiveRound, closed: Stage) -> None:
+        server = active.server
+        if (
+            isinstance(server, CkksServerRound)
+            and closed is Stage.SHARE_KEYS
+            and server.stage is Stage.MASKED_INPUT
+            and server.epoch is not None
+        ):
+            self.journal.save_epoch_keys(server.epoch)
+
+
+def rounds_for(settings: RoundSettings, journal: RoundJournal, dp: RoundDP | None) -> ModeRounds:
+    """The rounds of the mode the settings name."""
+    if settings.mode == "plaintext":
+        return PlaintextRounds(settings)
+    if settings.mode == "ckks":
+        return CkksRounds(settings, journal)
+    if settings.mode == "secagg":
+        return SecAggRounds(settings, dp)
+    raise ConfigError(f"round.mode must be one of {MODES}, got {settings.mode!r}")
