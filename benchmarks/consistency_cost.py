@@ -30,11 +30,11 @@ from typing import Any
 import numpy as np
 
 from fedveil.proto.convert import instructions_to_pb
+from fedveil.runners.simulation import Federation
 from fedveil.secagg.crypto.identity import survivor_set_message
 from fedveil.secagg.protocol.consistency import consistency_quorum, survivor_signers
 from fedveil.secagg.protocol.graph import default_neighbours, default_threshold, neighbour_graph
 from fedveil.secagg.protocol.messages import ConsistencySignature, UnmaskRequest
-from fedveil.simulation import Federation
 
 COHORTS = (50, 500)
 MASK_DIMENSION = 1_000_000

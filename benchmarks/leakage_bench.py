@@ -3,7 +3,7 @@
 Why this shape: a privacy claim is a pair of numbers, the attack's score on exactly the
 view a protection leaves and the same score for a data-free guess. So every record is
 (target, protection, n_clients, metric, value, baseline_value, seconds, params), and the
-protected views come from real in-process rounds (fedveil.aggregators: SecAgg+, CKKS,
+protected views come from real in-process rounds (fedveil.runners.aggregators: SecAgg+, CKKS,
 SecAgg+ with client-level distributed DP) or a real DP-SGD step, never an ideal sum.
 The measurements themselves live in attacks.measure.update_leakage, which `fedveil audit`
 calls too, so the benchmark and the audit cannot drift apart.
@@ -45,12 +45,11 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from fedveil.aggregators import real_aggregators
 from fedveil.attacks.measure.observe import SINGLE_CLIENT
+from fedveil.attacks.measure.records import LeakRecord, Record, records_to_json
 from fedveil.attacks.measure.update_leakage import (
     RECORD_FUNCTIONS,
     UpdateLeakageSettings,
@@ -58,6 +57,7 @@ from fedveil.attacks.measure.update_leakage import (
 )
 from fedveil.attacks.protections import PROTECTIONS, Aggregators
 from fedveil.attacks.update.gradient_matching import torch_threads
+from fedveil.runners.aggregators import real_aggregators
 
 PLAIN_RANKS = (4, 8, 32)
 """The plain text-recovery rank sweep beyond R = 16 (which every protection gets)."""
@@ -66,22 +66,22 @@ COHORTS = (3, 10)
 """Cohort sizes of the aggregate views."""
 
 
-def show(row: dict[str, Any]) -> dict[str, Any]:
-    params = {k: v for k, v in row["params"].items() if k != "figure"}
+def show(row: LeakRecord) -> LeakRecord:
+    params = {k: v for k, v in row.params.items() if k != "figure"}
     print(
-        f"{row['target']:<22} {row['protection']:<16} n={row['n_clients']:<3} "
-        f"{row['metric']:<22} {row['value']:>9.4f} (baseline {row['baseline_value']:>8.4f}) "
-        f"{row['seconds']:>7.2f}s  {params}",
+        f"{row.target:<22} {row.protection:<16} n={row.n_clients:<3} "
+        f"{row.metric:<22} {row.value:>9.4f} (baseline {row.baseline_value:>8.4f}) "
+        f"{row.seconds:>7.2f}s  {params}",
         flush=True,
     )
     return row
 
 
-def inversion_records(quick: bool, figures: Path | None) -> list[dict[str, Any]]:
+def inversion_records(quick: bool, figures: Path | None) -> list[LeakRecord]:
     """Every protection x measurement, plus the plain rank sweep of text recovery."""
     aggregators: Aggregators = real_aggregators()
     base = UpdateLeakageSettings(quick=quick, n_clients=max(COHORTS), figures=figures)
-    rows: list[dict[str, Any]] = []
+    rows: list[LeakRecord] = []
     for rank in PLAIN_RANKS:
         rows += [show(r) for r in text_recovery_records("none", base, aggregators, rank=rank)]
     for protection in PROTECTIONS:
@@ -113,18 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     start = time.perf_counter()
+    records: list[Record]
     with torch_threads(1):  # tiny models: more threads only spin-wait (see torch_threads)
         if args.attack == "membership":
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from membership_bench import run_membership
 
-            records = run_membership(args.quick)
+            records = list(run_membership(args.quick))
         else:
-            records = inversion_records(args.quick, args.figures)
+            records = list(inversion_records(args.quick, args.figures))
     print(f"# {len(records)} records in {time.perf_counter() - start:.1f}s", flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=1) + "\n")
+        args.json.write_text(json.dumps(records_to_json(records), indent=1) + "\n")
     return 0
 
 

@@ -4,7 +4,7 @@ Why this shape: a protection is judged by what the attacker can still do against
 model it releases. Three parties fine-tune LoRA adapters of a tiny GPT-2 by FedAvg
 (attacks/targets/canary_federation.py); party 0's private texts carry canaries planted
 by fair coins, and the adapter mean of every round is computed by the real round of the
-protection (fedveil.aggregators.real_aggregators). Every output attack then scores every
+protection (fedveil.runners.aggregators.real_aggregators). Every output attack then scores every
 canary (attacks/measure/output_leakage.py, the same code `fedveil audit` runs); each record
 states how well the scores separate the coins (AUC, TPR at 1% / 0.1% FPR with 95%
 bootstrap intervals, a ROC curve), the empirical epsilon lower bound from the same
@@ -48,11 +48,11 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from fedveil.attacks.measure.output_leakage import OutputLeakageSettings, output_leakage_records
+from fedveil.attacks.measure.records import OutputRecord, records_to_json
 from fedveil.attacks.output.language_model import cpu_threads
 from fedveil.attacks.protections import PROTECTIONS
 from fedveil.attacks.targets.canary_federation import (
@@ -62,16 +62,16 @@ from fedveil.attacks.targets.canary_federation import (
 )
 
 
-def run_membership(quick: bool) -> list[dict[str, Any]]:
+def run_membership(quick: bool) -> list[OutputRecord]:
     """Records for every protection, each on the model its federation released."""
-    from fedveil.aggregators import real_aggregators  # the composition root's real rounds
+    from fedveil.runners.aggregators import real_aggregators  # the composition root's real rounds
 
     federation = FederationSettings.quick() if quick else FederationSettings.full()
     attack = OutputLeakageSettings.quick() if quick else OutputLeakageSettings.full()
     aggregators = real_aggregators()
     with cpu_threads(1):
         scenario = federation_scenario(quick)
-        records = []
+        records: list[OutputRecord] = []
         for protection in PROTECTIONS:
             trained = release(protection, scenario, aggregators, federation)
             records += output_leakage_records(scenario, trained, attack)
@@ -83,7 +83,7 @@ def _num(value: float | None, width: int, digits: int = 2) -> str:
     return f"{text:<{width}}"
 
 
-def _table(records: list[dict[str, Any]]) -> str:
+def _table(records: list[OutputRecord]) -> str:
     head = (
         f"{'protection':<16} {'attack':<14} {'AUC [95% CI]':<22} {'TPR@1%':<7} {'TPR@.1%':<7} "
         f"{'eps':<6} {'eps_lb':<7} {'cp_lb':<6} {'extr':<5} {'extr_f':<6} {'fpr':<5} {'s':<6} "
@@ -91,15 +91,15 @@ def _table(records: list[dict[str, Any]]) -> str:
     )
     lines = [head]
     for r in records:
-        eps = r["epsilon_claimed"]
+        eps = r.epsilon_claimed
         lines.append(
-            f"{r['protection']:<16} {r['attack']:<14} "
-            f"{r['auc']:.3f} [{r['auc_low']:.3f},{r['auc_high']:.3f}]  "
-            f"{r['tpr_at_1pct_fpr']:<7.3f} {r['tpr_at_0.1pct_fpr']:<7.3f} "
-            f"{eps if isinstance(eps, str) else f'{eps:.2f}':<6} {r['epsilon_lower_bound']:<7.3f} "
-            f"{r['epsilon_lower_bound_cp']:<6.3f} {r['extraction_rate']:<5.2f} "
-            f"{_num(r['extraction_rate_filtered'], 6)} {_num(r['filter_fpr'], 5)} "
-            f"{r['seconds']:<6.2f} {_num(r['train_seconds'], 7, 1)}"
+            f"{r.protection:<16} {r.attack:<14} "
+            f"{r.auc:.3f} [{r.auc_low:.3f},{r.auc_high:.3f}]  "
+            f"{r.tpr_at_1pct_fpr:<7.3f} {r.tpr_at_01pct_fpr:<7.3f} "
+            f"{'inf' if math.isinf(eps) else f'{eps:.2f}':<6} {r.epsilon_lower_bound:<7.3f} "
+            f"{r.epsilon_lower_bound_cp:<6.3f} {r.extraction_rate:<5.2f} "
+            f"{_num(r.extraction_rate_filtered, 6)} {_num(r.filter_fpr, 5)} "
+            f"{r.seconds:<6.2f} {_num(r.train_seconds, 7, 1)}"
         )
     return "\n".join(lines)
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {len(records)} records in {time.perf_counter() - start:.1f}s", flush=True)
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(records, indent=1) + "\n")
+        args.json.write_text(json.dumps(records_to_json(records), indent=1) + "\n")
     return 0
 
 

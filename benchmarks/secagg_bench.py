@@ -92,16 +92,16 @@ import numpy as np
 from consistency_cost import MASK_DIMENSION, consistency_records
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from fedveil.secagg.protocol.graph import effective_degree
-from fedveil.secagg.protocol.stages import Stage
-from fedveil.secagg.quantize import dtype_for_bits, quantize
-from fedveil.simulation import (
+from fedveil.runners.simulation import (
     Federation,
     default_neighbours,
     make_config,
     random_dropouts,
     run_round,
 )
+from fedveil.secagg.protocol.graph import effective_degree
+from fedveil.secagg.protocol.stages import Stage
+from fedveil.secagg.quantize import dtype_for_bits, quantize
 
 DIMENSIONS = (100_000, 1_000_000, 4_000_000)
 COHORTS = (10, 50)

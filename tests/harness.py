@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedveil.runners.simulation import Federation
 from fedveil.secagg.protocol.client import ClientSession
 from fedveil.secagg.protocol.config import ClientPolicy, RoundConfig
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.secagg.protocol.stages import Stage
 from fedveil.secagg.quantize import QuantizationConfig
-from fedveil.simulation import Federation
 
 MODEL_HASH = hashlib.sha256(b"fedveil-test-model").digest()
 

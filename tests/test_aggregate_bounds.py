@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from fedveil.errors import ImplausibleAggregateError, MaliciousServerError
+from fedveil.runners.simulation import Federation, make_config
 from fedveil.secagg.dp.config import ClientDPConfig, Mechanism, NoisePlacement
 from fedveil.secagg.dp.randomness import CryptoRandom
 from fedveil.secagg.dp.stages import ClientDPPipeline
@@ -27,7 +28,6 @@ from fedveil.secagg.protocol.aggregate_bounds import (
 )
 from fedveil.secagg.quantize import QuantizationConfig
 from fedveil.secagg.quantize.fixed_point import dequantize_sum, quantize
-from fedveil.simulation import Federation, make_config
 
 ROSTER = frozenset({"a", "b", "c", "d", "e"})
 CLIP, MAX_WEIGHT, D = 1.0, 1000, 64

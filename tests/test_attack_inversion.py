@@ -31,7 +31,7 @@ from fedveil.attacks.update.local_training import client_update
 from fedveil.attacks.update.metrics import grey_image, psnr
 from fedveil.attacks.update.run import run_attack
 from fedveil.attacks.views import aggregate_view, plain_view
-from fedveil.simulation import secure_mean
+from fedveil.runners.simulation import secure_mean
 
 
 @pytest.fixture(autouse=True, scope="module")

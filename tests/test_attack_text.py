@@ -27,7 +27,7 @@ from fedveil.attacks.update.local_training import client_update
 from fedveil.attacks.update.run import run_attack
 from fedveil.attacks.update.text_recovery import SpanCheck, SubspaceRanking
 from fedveil.attacks.views import aggregate_view, gaussian_view, plain_view, sigma_for_snr
-from fedveil.simulation import secure_mean
+from fedveil.runners.simulation import secure_mean
 
 TRAINING = LocalTraining(steps=3, lr=0.5)  # FedAvg: 3 local SGD steps
 

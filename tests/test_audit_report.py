@@ -7,7 +7,6 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -16,50 +15,83 @@ from PIL import Image
 from fedveil.attacks.audit.config import load_config
 from fedveil.attacks.audit.evaluate import BREACH, CLEAN, LEAKS, PASS, breach_lines, evaluate_cell
 from fedveil.attacks.audit.html import write_html
-from fedveil.attacks.audit.report import SCHEMA, build_report, write_report
+from fedveil.attacks.audit.report import SCHEMA, AuditReport, build_report, write_report
 from fedveil.attacks.audit.store import JobStore, fingerprint
+from fedveil.attacks.measure.records import (
+    JobResult,
+    LeakRecord,
+    OutputDetails,
+    OutputRecord,
+    RecordError,
+    Roc,
+    record_from_json,
+)
 from fedveil.attacks.update.metrics import save_grid
 
 
-def _image_records(psnr: float, figure: str | None = None) -> list[dict[str, Any]]:
-    rows = [
-        {"target": "lenet-32", "metric": "psnr", "value": psnr, "baseline_value": 11.0},
-        {"target": "lenet-32", "metric": "ssim", "value": 0.1, "baseline_value": 0.05},
+def _image_records(psnr: float, figure: str | None = None) -> list[LeakRecord]:
+    params = {"attack": "dlg", **({"figure": figure} if figure else {})}
+    return [
+        LeakRecord("lenet-32", "none", 1, "psnr", psnr, 11.0, 0.1, params),
+        LeakRecord("lenet-32", "none", 1, "ssim", 0.1, 0.05, 0.1, params),
     ]
-    if figure:
-        rows[0]["figure"] = figure
-    return rows
 
 
-def _mia_records(auc: float, eps: float | str, lower: float) -> list[dict[str, Any]]:
+DETAILS = OutputDetails(
+    n_canaries=48,
+    n_members=24,
+    delta=1e-5,
+    mean_exposure_members=5.0,
+    mean_exposure_non_members=1.0,
+    exposure_log2_space=[10.0],
+    heldout_loss=3.0,
+    base_heldout_loss=3.2,
+    train_loss=1.0,
+    extraction_rate_non_members=0.0,
+    filters={"all": {"extraction_rate_after": 0.0, "benign_fpr": 0.02}},
+)
+
+
+def _mia_records(auc: float, eps: float | str, lower: float) -> list[OutputRecord]:
     fpr = list(np.geomspace(1e-3, 1, 20))
     rows = []
     for family, attack in (("likelihood", "loss"), ("generation", "samia_rouge_l")):
+        tpr1, tpr01 = (0.5, 0.2) if auc > 0.8 else (0.01, 0.0)
         rows.append(
-            {
-                "attack": attack,
-                "attack_family": family,
-                "auc": auc,
-                "auc_low": auc - 0.1,
-                "auc_high": min(1.0, auc + 0.1),
-                "tpr_at_1pct_fpr": 0.5 if auc > 0.8 else 0.01,
-                "tpr_at_0.1pct_fpr": 0.2 if auc > 0.8 else 0.0,
-                "epsilon_claimed": eps,
-                "epsilon_lower_bound": lower,
-                "extraction_rate": 0.7 if auc > 0.8 else 0.0,
-                "extraction_rate_filtered": 0.0,
-                "filter_fpr": 0.02,
-                "roc": {"fpr": fpr, "tpr": [min(1.0, f**0.3) for f in fpr]},
-                "details": {"filters": {"all": {"extraction_rate_after": 0.0, "benign_fpr": 0.02}}},
-            }
+            OutputRecord(
+                protection="secagg",
+                attack=attack,
+                attack_family=family,
+                auc=auc,
+                auc_low=auc - 0.1,
+                auc_high=min(1.0, auc + 0.1),
+                tpr_at_1pct_fpr=tpr1,
+                tpr_at_1pct_fpr_low=tpr1,
+                tpr_at_1pct_fpr_high=tpr1,
+                tpr_at_01pct_fpr=tpr01,
+                tpr_at_01pct_fpr_low=tpr01,
+                tpr_at_01pct_fpr_high=tpr01,
+                min_fpr=1 / 24,
+                epsilon_claimed=float(eps),
+                epsilon_lower_bound=lower,
+                epsilon_lower_bound_cp=lower,
+                audit_passed=lower <= float(eps),
+                extraction_rate=0.7 if auc > 0.8 else 0.0,
+                extraction_rate_filtered=0.0,
+                filter_fpr=0.02,
+                seconds=1.0,
+                train_seconds=2.0,
+                roc=Roc(fpr, [min(1.0, f**0.3) for f in fpr]),
+                details=DETAILS,
+            )
         )
     return rows
 
 
 def test_claimed_cells_pass_or_breach_and_unclaimed_cells_only_report() -> None:
     config = load_config(None)
-    leaky = {"records": _image_records(35.0), "seconds": 1.0}
-    quiet = {"records": _image_records(12.0), "seconds": 1.0}
+    leaky = JobResult(_image_records(35.0), 1.0)
+    quiet = JobResult(_image_records(12.0), 1.0)
     assert evaluate_cell(config, "none", "gradient_inversion", leaky).status == LEAKS
     assert evaluate_cell(config, "none", "gradient_inversion", quiet).status == CLEAN
     breached = evaluate_cell(config, "secagg", "gradient_inversion", leaky)
@@ -72,36 +104,62 @@ def test_claimed_cells_pass_or_breach_and_unclaimed_cells_only_report() -> None:
 
 def test_membership_cells_check_auc_tpr_and_the_empirical_epsilon() -> None:
     config = load_config(None)
-    dp_ok = {"records": _mia_records(0.55, 4.0, 0.3), "seconds": 2.0}
-    dp_broken = {"records": _mia_records(0.55, 0.5, 1.2), "seconds": 2.0}
+    dp_ok = JobResult(_mia_records(0.55, 4.0, 0.3), 2.0)
+    dp_broken = JobResult(_mia_records(0.55, 0.5, 1.2), 2.0)
     cell = evaluate_cell(config, "dp-sgd", "likelihood_mia", dp_ok)
     assert cell.status == PASS and cell.metrics["auc"] == 0.55
     broken = evaluate_cell(config, "dp-sgd", "generation_mia", dp_broken)
     assert broken.status == BREACH
     assert [c.metric for c in broken.breaches()] == ["epsilon_lower_bound"]
     # secure aggregation does not claim the released model: a leak is reported, not a breach
-    leaky = {"records": _mia_records(0.95, "inf", 1.5), "seconds": 2.0}
+    leaky = JobResult(_mia_records(0.95, "inf", 1.5), 2.0)
     assert evaluate_cell(config, "secagg", "likelihood_mia", leaky).status == LEAKS
     assert evaluate_cell(config, "secagg", "canary_extraction_filtered", leaky).status == PASS
 
 
 def test_a_claimed_cell_without_records_is_never_a_pass() -> None:
     config = load_config(None)
-    cell = evaluate_cell(config, "secagg", "text_recovery", {"records": [], "seconds": 0.0})
+    cell = evaluate_cell(config, "secagg", "text_recovery", JobResult([], 0.0))
     assert cell.status == BREACH and "records_judged" in breach_lines([cell])[0]
 
 
 def test_the_store_reuses_only_results_of_the_same_settings(tmp_path: Path) -> None:
     store = JobStore(tmp_path)
     fp = fingerprint({"quick": True}, "none__label_leak")
-    store.save("none__label_leak", fp, [{"metric": "label_acc", "value": np.float64(1.0)}], 1.5)
-    assert store.load("none__label_leak", fp)["records"][0]["value"] == 1.0
+    record = LeakRecord("lenet-32", "none", 1, "label_acc", np.float64(1.0), 0.1, 0.5)
+    store.save("none__label_leak", fp, JobResult([record], 1.5))
+    stored = store.load("none__label_leak", fp)
+    assert stored is not None and stored.result.records == [record]
+    assert stored.result.seconds == 1.5
     assert store.load("none__label_leak", fingerprint({"quick": False}, "x")) is None
     (tmp_path / "work" / "none__label_leak.json").write_text("{torn")
     assert store.load("none__label_leak", fp) is None
 
 
-def _report(tmp_path: Path) -> dict[str, Any]:
+def test_records_round_trip_through_json_and_misspelt_keys_fail_loudly() -> None:
+    leak = _image_records(30.0, "grid.png")[0]
+    output = _mia_records(0.9, "inf", 1.4)[0]
+    for record in (leak, output):
+        assert record_from_json(json.loads(json.dumps(record.to_json()))) == record
+    stored = output.to_json()
+    assert stored["epsilon_claimed"] == "inf" and "tpr_at_0.1pct_fpr" in stored
+    assert list(leak.to_json()) == [
+        "target", "protection", "n_clients", "metric", "value", "baseline_value", "seconds",
+        "params",
+    ]  # fmt: skip
+    misspelt = {**leak.to_json(), "baseline": 11.0}
+    del misspelt["baseline_value"]
+    with pytest.raises(
+        RecordError, match=r"unknown keys \['baseline'\].*missing keys \['baseline_value'\]"
+    ):
+        record_from_json(misspelt)
+    with pytest.raises(RecordError, match="auc"):
+        record_from_json({**output.to_json(), "auc": "high"})
+    with pytest.raises(TypeError):
+        LeakRecord("lenet-32", "none", 1, "psnr", 1.0, 0.0, 0.1, {}, figure="x")  # type: ignore[call-arg]
+
+
+def _report(tmp_path: Path) -> AuditReport:
     config = load_config(None)
     figure = tmp_path / "figures" / "grid.png"
     figure.parent.mkdir(parents=True)
@@ -110,8 +168,8 @@ def _report(tmp_path: Path) -> dict[str, Any]:
 
     save_grid(figure, [torch.from_numpy(rng.random((2, 3, 32, 32))).float()] * 2)
     jobs = {
-        "gradient_inversion": {"records": _image_records(30.0, str(figure)), "seconds": 1.0},
-        "output": {"records": _mia_records(0.9, "inf", 1.4), "seconds": 3.0},
+        "gradient_inversion": JobResult(_image_records(30.0, str(figure)), 1.0),
+        "output": JobResult(_mia_records(0.9, "inf", 1.4), 3.0),
     }
     cells = []
     for protection in config.protections:

@@ -2,7 +2,7 @@
 
 Three parties fine-tune LoRA adapters by FedAvg (attacks/targets/canary_federation.py);
 party 0's texts carry canaries planted by fair coins, and the round means are computed
-by the real SecAgg+ / client-DP rounds (fedveil.aggregators). Both directions are
+by the real SecAgg+ / client-DP rounds (fedveil.runners.aggregators). Both directions are
 asserted: through secure aggregation alone the generation-only attacker still finds
 party 0's members (secagg hides updates, not what the model learnt) and the filter
 stack stops verbatim emission; with DP-SGD or client-level DP the attack falls to chance.
@@ -15,7 +15,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fedveil.aggregators import real_aggregators
 from fedveil.attacks import registry as attack_registry
 from fedveil.attacks.measure.output_leakage import OutputLeakageSettings, downsampled_roc
 from fedveil.attacks.output.canaries import CanaryConfig
@@ -39,6 +38,7 @@ from fedveil.attacks.targets.canary_lm import (
     canary_scenario,
 )
 from fedveil.errors import ConfigError
+from fedveil.runners.aggregators import real_aggregators
 
 ATTACKER = SamplingConfig(max_new_tokens=10, temperature=0.5)
 PROBE = ProbeConfig(n_samples=8)
@@ -170,7 +170,7 @@ def test_downsampled_roc_keeps_low_fpr_region() -> None:
     rng = np.random.default_rng(0)
     members, non_members = rng.normal(1, 1, 500), rng.normal(0, 1, 500)
     roc = downsampled_roc(members, non_members)
-    fpr, tpr = np.array(roc["fpr"]), np.array(roc["tpr"])
+    fpr, tpr = np.array(roc.fpr), np.array(roc.tpr)
     assert len(fpr) <= 64 and fpr[0] == 0 and fpr[-1] == 1 and tpr[-1] == 1
     assert np.all(np.diff(fpr) >= 0) and np.all(np.diff(tpr) >= 0)
     # Dense where the log-log plot needs it: every attainable FPR below 1% is kept.

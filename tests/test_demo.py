@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from fedveil.clients.lora.config import AggregationVariant
-from fedveil.demo import DemoOptions, format_table, run_demo
-from fedveil.demo_command import VARIANTS
+from fedveil.commands.demo import VARIANTS
+from fedveil.demo.run import DemoOptions, format_table, run_demo
 from fedveil.errors import ConfigError
 
 

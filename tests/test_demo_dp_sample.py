@@ -23,7 +23,7 @@ from fedveil.clients.federated_local import CaptionerRecipe, make_parties
 from fedveil.clients.lora.codec import adapter_vector
 from fedveil.clients.training.dp_loop import DPTrainConfig, per_sample_caption_loss
 from fedveil.clients.training.party import Party
-from fedveil.demo import DemoOptions, format_table, run_demo
+from fedveil.demo.run import DemoOptions, format_table, run_demo
 from fedveil.errors import ConfigError, PrivacyBudgetExceededError
 
 ROUNDS = 2

@@ -11,6 +11,7 @@ from dp_accounting.pld import pld_privacy_accountant
 from dp_accounting.rdp import rdp_privacy_accountant
 from scipy import optimize, stats
 
+import fedveil.clients  # noqa: F401  (installs Opacus' PRV backend: secagg has none, issue 16)
 from fedveil.errors import ConfigError
 from fedveil.secagg.dp import (
     DEFAULT_ORDERS,
@@ -20,6 +21,7 @@ from fedveil.secagg.dp import (
     PrivacyAccountant,
     SkellamEvent,
 )
+from fedveil.secagg.dp.accounting import set_default_prv_backend
 from fedveil.secagg.dp.events import poisson_subsampled_rdp
 
 ORDERS = np.array(DEFAULT_ORDERS)
@@ -264,3 +266,26 @@ def test_calibrated_noise_is_the_least_that_fits_the_budget() -> None:
     assert 1.0 < dp_sgd < 1.3  # Opacus' PRV says z = 1.1 gives about 1.53
     with pytest.raises(ConfigError, match="even noise_multiplier"):
         calibrate_noise_multiplier(lambda z: [GaussianEvent(z, 1.0, 10**6)], 0.01, 1e-5, high=2.0)
+
+
+def test_prv_backend_is_injected() -> None:
+    event = GaussianEvent(1.1, 0.01, 1000)
+    previous = set_default_prv_backend(None)
+    try:
+        bare = PrivacyAccountant("prv")
+        bare.compose(event)
+        with pytest.raises(ConfigError, match="PRV backend"):
+            bare.epsilon(1e-5)
+        calls = []
+
+        def backend(history: object, delta: float, eps_error: float) -> float:
+            calls.append((history, delta, eps_error))
+            return 1.25
+
+        injected = PrivacyAccountant("prv", prv_backend=backend)
+        injected.compose(event, 2)
+        assert injected.epsilon(1e-5) == 1.25
+        assert calls == [([(1.1, 0.01, 2000)], 1e-5, 0.01)]
+        assert injected.extended([event]).epsilon(1e-5) == 1.25
+    finally:
+        set_default_prv_backend(previous)

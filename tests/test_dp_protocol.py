@@ -1,6 +1,6 @@
 """Client-level (and central) DP through the SecAgg+ protocol, in process.
 
-What is checked through real rounds (fedveil.simulation.run_round: every client masks,
+What is checked through real rounds (fedveil.runners.simulation.run_round: every client masks,
 the server unmasks): sigma = 0 gives the non-DP result; the noise in the released sum
 has the configured variance; clipping bounds every contribution; every DP field is in the
 session id; clients refuse rounds, survivor sets and budgets they must not accept.
@@ -26,6 +26,7 @@ from fedveil.errors import (
 )
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto.convert import config_to_spec, spec_to_config
+from fedveil.runners.simulation import Federation, make_config, run_round
 from fedveil.secagg.crypto.kdf import Purpose
 from fedveil.secagg.dp import (
     ClientDPConfig,
@@ -43,7 +44,6 @@ from fedveil.secagg.protocol.config import ClientPolicy, RoundConfig
 from fedveil.secagg.protocol.dp import RoundDP, rotation_seed
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.secagg.protocol.stages import Stage
-from fedveil.simulation import Federation, make_config, run_round
 
 POLICY = ClientPolicy(min_cohort=2, min_threshold=2)
 
@@ -580,7 +580,7 @@ def test_large_updates_encode_when_the_scale_has_no_noise_to_leave_room_for(
 
 
 def test_secure_dp_mean_is_the_clipped_noised_mean_the_server_decodes() -> None:
-    from fedveil.simulation import secure_dp_mean
+    from fedveil.runners.simulation import secure_dp_mean
 
     rng = np.random.default_rng(7)
     updates = [rng.normal(size=64) * 0.01 for _ in range(3)]

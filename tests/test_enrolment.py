@@ -47,6 +47,7 @@ from fedveil.clients.transport import AsyncAggregationClient, TransportSecurity
 from fedveil.errors import ConfigError, InvalidSignatureError, KeySubstitutionError
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto import aggregation_pb2_grpc as pb_grpc
+from fedveil.runners.simulation import Federation
 from fedveil.secagg.crypto.identity import (
     SigningIdentity,
     VerifyingIdentity,
@@ -68,7 +69,6 @@ from fedveil.server.keys_store import (
     init_keys,
     load_roster,
 )
-from fedveil.simulation import Federation
 
 from harness import LiveRound, make_round_config
 

@@ -41,6 +41,7 @@ from fedveil.clients.privacy_ledger import (
     federation_fingerprint,
 )
 from fedveil.errors import ConfigError, PrivacyBudgetExceededError
+from fedveil.runners.simulation import Federation, make_config, run_round
 from fedveil.secagg.dp import (
     ClientDPConfig,
     DistributedDiscreteGaussianEvent,
@@ -50,7 +51,6 @@ from fedveil.secagg.dp import (
     SkellamEvent,
 )
 from fedveil.server.keys_store import client_dir
-from fedveil.simulation import Federation, make_config, run_round
 
 FED_A = "sha256:" + "a" * 64
 FED_B = "sha256:" + "b" * 64

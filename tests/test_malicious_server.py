@@ -21,6 +21,7 @@ from fedveil.errors import (
     SurvivorSetMismatchError,
     ThresholdNotMetError,
 )
+from fedveil.runners.simulation import Federation
 from fedveil.secagg.crypto.identity import SigningIdentity, advertisement_message
 from fedveil.secagg.protocol.client import ClientSession, raw_public
 from fedveil.secagg.protocol.config import ClientPolicy
@@ -33,7 +34,6 @@ from fedveil.secagg.protocol.messages import (
     ShareKeysRequest,
 )
 from fedveil.secagg.protocol.stages import Stage
-from fedveil.simulation import Federation
 
 from harness import LiveRound, make_round_config
 

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from service_harness import client_for, make_keys, running_server, settings_for
 
-from fedveil import client_command
 from fedveil.cli import main
 from fedveil.clients.mode_policy import allowed_modes_from_flags, require_allowed_mode
+from fedveil.commands import client as client_command
 from fedveil.errors import ConfigError, MaliciousServerError, ModeDowngradeError
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.secagg.ckks.server_round import CkksServerRound

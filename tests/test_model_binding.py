@@ -374,7 +374,7 @@ def test_a_crafted_aggregate_beyond_the_clip_is_not_applied(
 
 
 def test_server_and_client_commands_require_the_base_model_hash(tmp_path: Path) -> None:
-    from fedveil import client_command
+    from fedveil.commands import client as client_command
     from fedveil.server.coordinator import RoundCoordinator
     from fedveil.server.journal import RoundJournal
     from fedveil.server.keys_store import client_dir, load_roster

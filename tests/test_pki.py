@@ -31,8 +31,8 @@ from cryptography.x509.verification import (
 import fedveil.clients.credentials as client_layout
 import fedveil.server.keys_store as keys_store
 from fedveil.clients.credentials import ClientCredentials
+from fedveil.commands import keys as keys_command
 from fedveil.errors import ConfigError, FedveilError, UnauthenticatedError, UnknownClientError
-from fedveil.keys_command import add_keys_parser, run_keys
 from fedveil.secagg.crypto.identity import SigningIdentity
 from fedveil.server.keys_store import (
     add_client,
@@ -330,8 +330,8 @@ def test_authorize_both_directions(ca: CertificateAuthority) -> None:
 
 def _run(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fedveil")
-    add_keys_parser(parser.add_subparsers(dest="command", required=True))
-    return run_keys(parser.parse_args(argv))
+    keys_command.add_parser(parser.add_subparsers(dest="command", required=True))
+    return keys_command.run(parser.parse_args(argv))
 
 
 def test_keys_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -10,12 +10,12 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from fedveil.errors import RingOverflowError, ThresholdNotMetError
+from fedveil.runners.simulation import CLIENT_STAGES, Federation, run_round
 from fedveil.secagg.protocol.config import RoundConfig
 from fedveil.secagg.protocol.consistency import consistency_quorum
 from fedveil.secagg.protocol.graph import effective_degree, neighbour_graph
 from fedveil.secagg.protocol.stages import Stage
 from fedveil.secagg.quantize import QuantizationConfig
-from fedveil.simulation import CLIENT_STAGES, Federation, run_round
 
 _FEDERATIONS: dict[int, Federation] = {}
 

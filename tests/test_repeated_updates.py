@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from service_harness import make_keys
 
-from fedveil import client_command
 from fedveil.cli import main
 from fedveil.clients.update_guard import RepeatedUpdateGuard, update_digest
+from fedveil.commands import client as client_command
 from fedveil.errors import RepeatedUpdateError
 from fedveil.server.keys_store import client_dir
 

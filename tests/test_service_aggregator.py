@@ -12,7 +12,7 @@ import hashlib
 import numpy as np
 import pytest
 
-from fedveil.service_aggregator import ServiceAggregator
+from fedveil.runners.service_aggregator import ServiceAggregator
 
 BASE = hashlib.sha256(b"fedveil-test-base-model").digest()
 

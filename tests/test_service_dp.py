@@ -17,9 +17,12 @@ from scipy import stats
 from service_harness import client_for, make_keys, running_server, settings_for
 
 from fedveil.clients.transport import AggregateResult
+from fedveil.commands import server as server_command
+from fedveil.commands.server import _ROUND_FLAGS
 from fedveil.errors import ConfigError, PrivacyBudgetExceededError, PrivacyPolicyError
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto.convert import config_to_spec
+from fedveil.runners.simulation import Federation, make_config
 from fedveil.secagg.crypto.identity import SigningIdentity
 from fedveil.secagg.dp import (
     ClientDPConfig,
@@ -36,8 +39,6 @@ from fedveil.server.coordinator import RoundCoordinator
 from fedveil.server.journal import RoundJournal
 from fedveil.server.replay import encode_message, replay
 from fedveil.server.settings import RoundSettings, load_settings
-from fedveil.server_command import _ROUND_FLAGS, add_server_parser
-from fedveil.simulation import Federation, make_config
 
 DIM = 4096
 
@@ -261,7 +262,7 @@ def test_round_settings_validate_the_dp_options() -> None:
 
 def test_server_flags_turn_on_client_dp() -> None:
     parser = argparse.ArgumentParser()
-    add_server_parser(parser.add_subparsers(dest="command"))
+    server_command.add_parser(parser.add_subparsers(dest="command"))
     flags = (
         "server --insecure --dimension 100 --rounds 5 --dp client --dp-target-epsilon 8 "
         "--dp-delta 1e-5 --dp-clip-norm 0.5 --dp-min-clients 3 --dp-mechanism skellam "

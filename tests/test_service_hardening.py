@@ -459,10 +459,10 @@ def test_reflection_is_off_unless_asked_for(tmp_path: Path, enabled: bool) -> No
 def test_the_server_command_takes_a_reflection_flag() -> None:
     import argparse
 
-    from fedveil.server_command import add_server_parser
+    from fedveil.commands import server as server_command
 
     parser = argparse.ArgumentParser()
-    add_server_parser(parser.add_subparsers(dest="command"))
+    server_command.add_parser(parser.add_subparsers(dest="command"))
     assert parser.parse_args(["server", "--reflection"]).reflection is True
     assert parser.parse_args(["server"]).reflection is None
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 
+from fedveil.runners.simulation import Federation, make_config, random_dropouts, run_round
 from fedveil.secagg.protocol.stages import Stage
-from fedveil.simulation import Federation, make_config, random_dropouts, run_round
 
 import test_protocol_properties as properties
 

@@ -26,12 +26,12 @@ from fedveil.attacks.survivor_partition import (
     plan_partition,
     run_partition,
 )
+from fedveil.runners.simulation import Federation
 from fedveil.secagg.protocol.client import ClientSession
 from fedveil.secagg.protocol.config import ClientPolicy, RoundConfig
 from fedveil.secagg.protocol.graph import default_neighbours, default_threshold, neighbour_graph
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.secagg.quantize import QuantizationConfig
-from fedveil.simulation import Federation
 
 from harness import MODEL_HASH
 

@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 import torch
 
-from fedveil.aggregators import real_aggregators
 from fedveil.attacks.measure.text_leakage import FFA_ADAM, FFA_RANK, FFA_SGD, prior_baseline
 from fedveil.attacks.registry import create
 from fedveil.attacks.targets.captioner import CaptionerTargets, captioner_target, prior_captions
@@ -39,6 +38,7 @@ from fedveil.attacks.update.text_recovery_ffa import (
 )
 from fedveil.attacks.views import aggregate_view, plain_view
 from fedveil.errors import ConfigError
+from fedveil.runners.aggregators import real_aggregators
 
 
 @pytest.fixture(autouse=True, scope="module")

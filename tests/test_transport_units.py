@@ -48,9 +48,9 @@ from fedveil.clients.transport import (
 from fedveil.errors import ConfigError, FedveilError, ProtocolError
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto.convert import config_to_spec
+from fedveil.runners.simulation import Federation, make_config
 from fedveil.secagg.protocol.model_chain import round_model_hash
 from fedveil.secagg.protocol.upload import UploadAccumulator
-from fedveil.simulation import Federation, make_config
 
 FAST = RetryPolicy(attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002)
 BASE = bytes(range(32))  # a base model hash; no round here is about a model

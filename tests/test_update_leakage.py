@@ -1,4 +1,4 @@
-"""Update leakage per protection, both directions, on the real rounds (fedveil.aggregators).
+"""Update leakage per protection, both directions, on the real rounds (fedveil.runners.aggregators).
 
 What must hold: a single plain update gives its caption tokens (and a LeNet image) away,
 while a SecAgg+ mean of many clients, client-level DP and DP-SGD at strong noise do
@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedveil.aggregators import real_aggregators
 from fedveil.attacks.measure.observe import chance_multiset_accuracy, observe
+from fedveil.attacks.measure.records import LeakRecord
 from fedveil.attacks.measure.update_leakage import (
     UpdateLeakageSettings,
     captioner_records,
@@ -36,6 +36,7 @@ from fedveil.attacks.update.local_training import (
 )
 from fedveil.attacks.update.run import run_attack
 from fedveil.errors import ConfigError
+from fedveil.runners.aggregators import real_aggregators
 
 STRONG = DPSettings(clip_norm=1.0, noise_multiplier=2.0)
 
@@ -52,10 +53,10 @@ def aggregators() -> Aggregators:
     return real_aggregators()
 
 
-def _value(rows: list[dict], metric: str, attack: str | None = None) -> tuple[float, float]:
+def _value(rows: list[LeakRecord], metric: str, attack: str | None = None) -> tuple[float, float]:
     for row in rows:
-        if row["metric"] == metric and (attack is None or row["params"]["attack"] == attack):
-            return row["value"], row["baseline_value"]
+        if row.metric == metric and (attack is None or row.attack == attack):
+            return row.value, row.baseline_value
     raise AssertionError(f"no {metric} row for {attack}")
 
 
@@ -64,8 +65,8 @@ def test_caption_tokens_leak_from_one_plain_update(aggregators: Aggregators) -> 
     value, baseline = _value(rows, "token_f1", "dager_span")
     assert value >= 0.95 and value > baseline + 0.3
     assert _value(rows, "exact_seq", "dager_span")[0] >= 0.95
-    assert {r["n_clients"] for r in rows} == {1}
-    assert {r["target"] for r in rows} == {
+    assert {r.n_clients for r in rows} == {1}
+    assert {r.target for r in rows} == {
         "captioner-caption-r16",
         "captioner-vit-gpt2",
         "captioner-caption-ffa-gradient",
@@ -74,10 +75,10 @@ def test_caption_tokens_leak_from_one_plain_update(aggregators: Aggregators) -> 
     }
     # the real adapter (FFA-LoRA, B only): one SGD gradient still gives short captions
     # away; the Adam delta (the real recipe) gives less than that
-    ffa_sgd = _value([r for r in rows if r["target"] == "captioner-caption-ffa-gradient"],
+    ffa_sgd = _value([r for r in rows if r.target == "captioner-caption-ffa-gradient"],
                      "token_f1", "dager_b_span")  # fmt: skip
     assert ffa_sgd[0] >= 0.95 and ffa_sgd[0] > ffa_sgd[1] + 0.3
-    adam = [r for r in rows if r["target"] == "captioner-caption-ffa-adam"]
+    adam = [r for r in rows if r.target == "captioner-caption-ffa-adam"]
     for attack in ("dager_b_span", "dager_b_rank"):
         assert _value(adam, "token_f1", attack)[0] < ffa_sgd[0]
 
@@ -99,7 +100,7 @@ def test_caption_tokens_do_not_leak_from_protected_views(
         assert value <= baseline, (attack, value, baseline)
         assert _value(rows, "exact_seq", attack)[0] == 0.0
     if protection != "secagg":
-        params = next(r["params"] for r in rows if r["metric"] == "token_f1")
+        params = next(r.params for r in rows if r.metric == "token_f1")
         assert params["sigma"] == pytest.approx(2.0) and params["clip_norm"] == 1.0
         assert params["snr"] < 0.1 and params["epsilon"] > 0
 
@@ -188,7 +189,7 @@ def test_secagg_reveals_the_label_multiset_not_who_had_which(aggregators: Aggreg
     assert _value(plain, "label_attribution_acc") == (1.0, 0.1)
     secure = label_leak_records("secagg", settings, aggregators)
     attribution, chance = _value(secure, "label_attribution_acc")
-    multiset_only = secure[0]["params"]["multiset_only"]
+    multiset_only = secure[0].params["multiset_only"]
     assert attribution <= multiset_only  # no better than knowing the multiset alone
     assert _value(secure, "label_multiset_acc")[0] == 1.0  # the aggregate's counts are exact
 
@@ -198,7 +199,7 @@ def test_text_recovery_plain_vs_secagg(aggregators: Aggregators) -> None:
     assert _value(plain, "token_f1", "dager_span")[0] == 1.0
     secure = text_recovery_records("ckks", UpdateLeakageSettings(n_clients=10), aggregators)
     value, baseline = _value(secure, "token_f1", "dager_span")
-    assert value < baseline and {r["protection"] for r in secure} == {"ckks"}
+    assert value < baseline and {r.protection for r in secure} == {"ckks"}
 
 
 def test_chance_multiset_accuracy_is_exact() -> None:
@@ -249,5 +250,5 @@ def test_captioner_target_reads_the_decoders_first_layer() -> None:
 
 def test_figures_are_written_when_asked(tmp_path: Path, aggregators: Aggregators) -> None:
     rows = captioner_records("none", UpdateLeakageSettings(figures=tmp_path), aggregators)
-    figures = {r["params"]["figure"] for r in rows if "figure" in r["params"]}
+    figures = {r.figure for r in rows if r.figure}
     assert len(figures) == 1 and Path(figures.pop()).is_file()

@@ -17,7 +17,6 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from fedveil.aggregators import real_aggregators
 from fedveil.attacks import registry as attack_registry
 from fedveil.attacks.measure.output_leakage import OutputLeakageSettings, output_leakage_records
 from fedveil.attacks.output.canaries import CanaryConfig
@@ -35,6 +34,7 @@ from fedveil.attacks.targets.canary_lm import (
 from fedveil.attacks.targets.tiny_lm import sentences
 from fedveil.attacks.targets.user_lm import MIN_TEXTS, split_texts, user_scenario, write_jsonl
 from fedveil.errors import ConfigError
+from fedveil.runners.aggregators import real_aggregators
 
 N_TEXTS = 120
 N_CANARIES = 32
@@ -111,18 +111,19 @@ def test_secagg_release_of_a_user_model_leaks_and_filters_stop_extraction(
         trained,
         OutputLeakageSettings(n_samples=4, exposure_candidates=64, bootstrap=50, evasions=False),
     )
-    by_name = {r["attack"]: r for r in records}
+    by_name = {r.attack: r for r in records}
     assert set(by_name) == set(attack_registry.available(kind=attack_registry.Kind.OUTPUT))
-    assert {r["attack_family"] for r in records} == set(attack_registry.OUTPUT_FAMILIES)
+    assert {r.attack_family for r in records} == set(attack_registry.OUTPUT_FAMILIES)
     # Not a DP run: the planted members are found (1.0 measured; loose bound).
-    assert by_name["reference"]["auc"] > 0.7
-    assert by_name["loss"]["auc"] > 0.55
+    assert by_name["reference"].auc > 0.7
+    assert by_name["loss"].auc > 0.55
     for record in records:
-        assert record["protection"] == "secagg"
-        assert record["epsilon_claimed"] == "inf"
-        assert record["extraction_rate_filtered"] == 0.0
-        assert record["details"]["n_canaries"] == N_CANARIES
-        assert math.isfinite(record["details"]["heldout_loss"])
+        assert record.protection == "secagg"
+        assert record.epsilon_claimed == math.inf
+        assert record.to_json()["epsilon_claimed"] == "inf"
+        assert record.extraction_rate_filtered == 0.0
+        assert record.details.n_canaries == N_CANARIES
+        assert math.isfinite(record.details.heldout_loss)
 
 
 def _llama_files(root: Path) -> tuple[Path, Path]:
@@ -176,7 +177,7 @@ def test_every_protection_releases_a_user_model(
         trained,
         OutputLeakageSettings(n_samples=2, exposure_candidates=16, bootstrap=10, evasions=False),
     )
-    assert {r["attack"] for r in records} == set(
+    assert {r.attack for r in records} == set(
         attack_registry.available(kind=attack_registry.Kind.OUTPUT)
     )
     dp = protection in ("secagg+client-dp", "dp-sgd")

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from service_harness import client_for, make_keys, running_server, settings_for
 
-from fedveil import client_command
 from fedveil.cli import main
 from fedveil.clients.weights import WeightMode, bucket, effective_weight
+from fedveil.commands import client as client_command
 from fedveil.errors import ConfigError
 
 

@@ -36,7 +36,7 @@ DpAggregatorFactory = Callable[[ClientDPConfig], Aggregator]
 
 @dataclass(frozen=True)
 class Aggregators:
-    """The real rounds, injected by the composition root (fedveil.aggregators)."""
+    """The real rounds, injected by the composition root (fedveil.runners.aggregators)."""
 
     secagg: Aggregator
     ckks: Aggregator

@@ -9,13 +9,19 @@ breach; unclaimed cells are labelled "leaks" (expected, e.g. a plain update) or
 
 from __future__ import annotations
 
-import json
-import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 from fedveil.attacks.audit.config import AuditConfig, Thresholds
+from fedveil.attacks.measure.records import (
+    FederationInfo,
+    JobResult,
+    JSONObject,
+    LeakRecord,
+    OutputRecord,
+    Roc,
+    finite_json,
+)
 
 PASS, BREACH, LEAKS, CLEAN, NOT_RUN = "pass", "breach", "leaks", "no leak measured", "not run"
 
@@ -28,7 +34,7 @@ class Check:
     passed: bool
     baseline: float | None = None
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             "metric": self.metric,
             "value": _finite(self.value),
@@ -36,6 +42,59 @@ class Check:
             "baseline": None if self.baseline is None else _finite(self.baseline),
             "passed": self.passed,
         }
+
+
+@dataclass
+class StrongestRun:
+    """Which run reached a cell's headline metric (an update attack's record)."""
+
+    target: str
+    n_clients: int
+    params: JSONObject
+
+    def to_json(self) -> JSONObject:
+        return {"target": self.target, "n_clients": self.n_clients, "params": self.params}
+
+
+@dataclass
+class CellDetails:
+    """What a cell's metrics came from, by cell kind (None: not part of this cell).
+
+    Update cells: strongest (per metric, the run that reached it), figures
+    (gradient_inversion's reconstruction PNGs). Membership cells: strongest_attack,
+    federation (None outside the audit), roc (per attack), auc_ci. Filtered extraction:
+    filters (per stack). Any cell: why (a job ran but measured nothing), error (a job
+    failed).
+    """
+
+    strongest: dict[str, StrongestRun] | None = None
+    figures: list[str] | None = None
+    strongest_attack: str | None = None
+    federation: FederationInfo | None = None
+    roc: dict[str, Roc] | None = None
+    auc_ci: tuple[float, float] | None = None
+    filters: JSONObject | None = None
+    why: str | None = None
+    error: str | None = None
+
+    def to_json(self) -> JSONObject:
+        out: JSONObject = {}
+        if self.strongest is not None:
+            out["strongest"] = {m: r.to_json() for m, r in self.strongest.items()}
+        if self.figures is not None:
+            out["figures"] = list(self.figures)
+        if self.strongest_attack is not None:  # a membership cell: all four, federation too
+            out["strongest_attack"] = self.strongest_attack
+            out["federation"] = None if self.federation is None else self.federation.to_json()
+            out["roc"] = {a: r.to_json() for a, r in (self.roc or {}).items()}
+            out["auc_ci"] = None if self.auc_ci is None else list(self.auc_ci)
+        if self.filters is not None:
+            out["filters"] = self.filters
+        if self.why is not None:
+            out["why"] = self.why
+        if self.error is not None:
+            out["error"] = self.error
+        return out
 
 
 @dataclass
@@ -47,7 +106,7 @@ class Cell:
     metrics: dict[str, float] = field(default_factory=dict)
     baselines: dict[str, float] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
-    details: dict[str, Any] = field(default_factory=dict)
+    details: CellDetails = field(default_factory=CellDetails)
     seconds: float = 0.0
 
     @property
@@ -57,7 +116,7 @@ class Cell:
     def breaches(self) -> list[Check]:
         return [c for c in self.checks if not c.passed] if self.claimed else []
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> JSONObject:
         return {
             "protection": self.protection,
             "attack": self.attack,
@@ -67,129 +126,116 @@ class Cell:
             "baselines": {k: _finite(v) for k, v in self.baselines.items()},
             "checks": [c.to_dict() for c in self.checks],
             "seconds": round(self.seconds, 3),
-            "details": self.details,
+            "details": self.details.to_json(),
         }
 
 
 def _finite(x: float) -> float | str:
-    return round(float(x), 6) if math.isfinite(x) else ("inf" if x > 0 else "-inf")
+    return finite_json(round(float(x), 6))
 
 
-def _number(value: Any) -> float:
-    """A record's number; float() also reads the "inf" the suites write into JSON."""
-    return float(value)
-
-
-def _strongest(
-    records: Iterable[dict[str, Any]], metric: str
-) -> tuple[float, float, dict[str, Any]] | None:
-    """(value - baseline, value, record) of the record with the largest excess."""
-    best: tuple[float, float, dict[str, Any]] | None = None
+def _strongest(records: Iterable[LeakRecord], metric: str) -> tuple[float, LeakRecord] | None:
+    """(value - baseline, record) of the record with the largest excess."""
+    best: tuple[float, LeakRecord] | None = None
     for r in records:
-        if r.get("metric") != metric:
+        if r.metric != metric:
             continue
-        value, base = _number(r["value"]), _number(r["baseline_value"])
-        if best is None or value - base > best[0]:
-            best = (value - base, value, r)
+        if best is None or r.value - r.baseline_value > best[0]:
+            best = (r.value - r.baseline_value, r)
     return best
 
 
-def _run_key(record: dict[str, Any]) -> str:
-    """Which attack run a record belongs to (its metric aside)."""
-    keys = ("target", "protection", "n_clients", "params")
-    return json.dumps({k: record.get(k) for k in keys}, sort_keys=True, default=str)
-
-
-def _over_baseline(cell: Cell, records: list[dict[str, Any]], metric: str, limit: float) -> None:
+def _over_baseline(cell: Cell, records: list[LeakRecord], metric: str, limit: float) -> None:
     found = _strongest(records, metric)
     if found is None:
         return
-    excess, value, record = found
-    cell.metrics[metric] = value
-    cell.baselines[metric] = _number(record["baseline_value"])
+    excess, record = found
+    cell.metrics[metric] = record.value
+    cell.baselines[metric] = record.baseline_value
     cell.checks.append(
-        Check(f"{metric}_over_baseline", excess, limit, excess <= limit, record["baseline_value"])
+        Check(f"{metric}_over_baseline", excess, limit, excess <= limit, record.baseline_value)
     )
-    cell.details.setdefault("strongest", {})[metric] = {
-        k: record.get(k) for k in ("target", "n_clients", "params") if k in record
-    }
+    if cell.details.strongest is None:
+        cell.details.strongest = {}
+    cell.details.strongest[metric] = StrongestRun(
+        record.target, record.n_clients, dict(record.params)
+    )
 
 
-def _figure(record: dict[str, Any]) -> str | None:
-    figure = record.get("figure") or record.get("params", {}).get("figure")
-    return str(figure) if figure else None
-
-
-def _update_cell(cell: Cell, records: list[dict[str, Any]], t: Thresholds) -> None:
+def _update_cell(cell: Cell, records: list[LeakRecord], t: Thresholds) -> None:
     if cell.attack == "gradient_inversion":
         _over_baseline(cell, records, "psnr", t.max_psnr_over_baseline_db)
         _over_baseline(cell, records, "ssim", t.max_ssim_over_baseline)
-        figures = {_figure(r) for r in records if r.get("metric") == "psnr"}
-        cell.details["figures"] = sorted(f for f in figures if f)
+        figures = {r.figure for r in records if r.metric == "psnr"}
+        cell.details.figures = sorted(f for f in figures if f)
     elif cell.attack == "label_leak":
         # who had which label; the cohort's label counts are the aggregate's own content
         _over_baseline(cell, records, "label_attribution_acc", t.max_label_acc_over_chance)
         multiset = _strongest(records, "label_multiset_acc")
         if multiset is not None:  # reported, not judged: the aggregate's own content
-            cell.metrics["label_multiset_acc"] = multiset[1]
+            cell.metrics["label_multiset_acc"] = multiset[1].value
     elif cell.attack == "text_recovery":
         _over_baseline(cell, records, "token_f1", t.max_token_f1_over_baseline)
         best = _strongest(records, "token_f1")
         if best is not None:  # precision, recall, exact sequences of that same attack run
-            run = _run_key(best[2])
+            run = best[1].run_key()
             wanted = ("token_precision", "token_recall", "exact_seq")
             for r in records:
-                if r.get("metric") in wanted and _run_key(r) == run:
-                    cell.metrics[r["metric"]] = _number(r["value"])
-                    cell.baselines[r["metric"]] = _number(r["baseline_value"])
+                if r.metric in wanted and r.run_key() == run:
+                    cell.metrics[r.metric] = r.value
+                    cell.baselines[r.metric] = r.baseline_value
 
 
-def _mia_cell(cell: Cell, records: list[dict[str, Any]], t: Thresholds, family: str) -> None:
-    mine = [r for r in records if r.get("attack_family") == family]
+def _mia_cell(cell: Cell, records: list[OutputRecord], t: Thresholds, family: str) -> None:
+    mine = [r for r in records if r.attack_family == family]
     if not mine:
         return
-    best_auc = max(mine, key=lambda r: _number(r["auc"]))
-    best_tpr = max(mine, key=lambda r: _number(r["tpr_at_1pct_fpr"]))
-    auc, tpr = _number(best_auc["auc"]), _number(best_tpr["tpr_at_1pct_fpr"])
+    best_auc = max(mine, key=lambda r: r.auc)
+    best_tpr = max(mine, key=lambda r: r.tpr_at_1pct_fpr)
+    auc, tpr = best_auc.auc, best_tpr.tpr_at_1pct_fpr
     cell.metrics.update(
         auc=auc,
         tpr_at_1pct_fpr=tpr,
-        tpr_at_01pct_fpr=max(_number(r["tpr_at_0.1pct_fpr"]) for r in mine),
+        tpr_at_01pct_fpr=max(r.tpr_at_01pct_fpr for r in mine),
     )
     cell.baselines.update(auc=0.5, tpr_at_1pct_fpr=0.01)
     cell.checks.append(Check("auc", auc, t.max_auc, auc <= t.max_auc, 0.5))
     cell.checks.append(
         Check("tpr_at_1pct_fpr", tpr, t.max_tpr_at_1pct_fpr, tpr <= t.max_tpr_at_1pct_fpr, 0.01)
     )
-    claimed = _number(mine[0]["epsilon_claimed"])
-    lower = max(_number(r["epsilon_lower_bound"]) for r in mine)
+    claimed = mine[0].epsilon_claimed
+    lower = max(r.epsilon_lower_bound for r in mine)
     cell.metrics.update(epsilon_claimed=claimed, epsilon_lower_bound=lower)
     if t.empirical_epsilon_within_claimed:
         cell.checks.append(Check("epsilon_lower_bound", lower, claimed, lower <= claimed))
-    cell.details["strongest_attack"] = best_auc["attack"]
-    cell.details["federation"] = best_auc.get("federation")
-    cell.details["roc"] = {r["attack"]: r.get("roc") for r in mine if r.get("roc")}
-    cell.details["auc_ci"] = [best_auc.get("auc_low"), best_auc.get("auc_high")]
+    cell.details.strongest_attack = best_auc.attack
+    cell.details.federation = best_auc.federation
+    cell.details.roc = {r.attack: r.roc for r in mine if r.roc.fpr}
+    cell.details.auc_ci = (best_auc.auc_low, best_auc.auc_high)
 
 
-def _extraction_cell(cell: Cell, records: list[dict[str, Any]], t: Thresholds) -> None:
+def _extraction_cell(cell: Cell, records: list[OutputRecord], t: Thresholds) -> None:
     if not records:
         return
     first = records[0]
-    key = "extraction_rate_filtered" if cell.attack.endswith("_filtered") else "extraction_rate"
-    value = _number(first[key])
+    filtered = cell.attack.endswith("_filtered")
+    key = "extraction_rate_filtered" if filtered else "extraction_rate"
+    value = first.extraction_rate_filtered if filtered else first.extraction_rate
+    if value is None:  # the filters were not measured: nothing to judge this cell on
+        return
     cell.metrics[key] = value
     cell.baselines[key] = 0.0
     cell.checks.append(Check(key, value, t.max_extraction_rate, value <= t.max_extraction_rate))
-    if key == "extraction_rate_filtered":
-        cell.metrics["filter_fpr"] = _number(first["filter_fpr"])
-        cell.metrics["extraction_rate"] = _number(first["extraction_rate"])
-        filters = first.get("details", {}).get("filters")
+    if filtered:
+        if first.filter_fpr is not None:
+            cell.metrics["filter_fpr"] = first.filter_fpr
+        cell.metrics["extraction_rate"] = first.extraction_rate
+        filters = first.details.filters
         if filters:
-            cell.details["filters"] = filters
+            cell.details.filters = dict(filters)
 
 
-_OUTPUT: dict[str, Callable[[Cell, list[dict[str, Any]], Thresholds], None]] = {
+_OUTPUT: dict[str, Callable[[Cell, list[OutputRecord], Thresholds], None]] = {
     "likelihood_mia": lambda c, r, t: _mia_cell(c, r, t, "likelihood"),
     "generation_mia": lambda c, r, t: _mia_cell(c, r, t, "generation"),
     "canary_extraction": _extraction_cell,
@@ -197,24 +243,21 @@ _OUTPUT: dict[str, Callable[[Cell, list[dict[str, Any]], Thresholds], None]] = {
 }
 
 
-def evaluate_cell(
-    config: AuditConfig, protection: str, attack: str, job: dict[str, Any] | None
-) -> Cell:
+def evaluate_cell(config: AuditConfig, protection: str, attack: str, job: JobResult | None) -> Cell:
     """Judge one cell from its job's stored result (None: not run)."""
     cell = Cell(protection, attack, config.claimed(protection, attack))
     if job is None:
         return cell
-    records: list[dict[str, Any]] = job["records"]
-    cell.seconds = float(job.get("seconds", 0.0))
+    cell.seconds = job.seconds
     if attack in _OUTPUT:
-        _OUTPUT[attack](cell, records, config.thresholds)
+        _OUTPUT[attack](cell, job.output_records(), config.thresholds)
     else:
-        _update_cell(cell, records, config.thresholds)
+        _update_cell(cell, job.leak_records(), config.thresholds)
     if not cell.checks:
         # A job that ran but measured nothing must not read as a pass.
         cell.checks.append(Check("records_judged", 0.0, 1.0, False))
-        cell.details["why"] = "the job produced no record this cell is judged on"
-    if not cell.claimed and cell.details.get("why"):
+        cell.details.why = "the job produced no record this cell is judged on"
+    if not cell.claimed and cell.details.why:
         cell.status = NOT_RUN
     elif cell.claimed:
         cell.status = PASS if not cell.breaches() else BREACH

@@ -11,11 +11,15 @@ filters, roc, reconstructions, checks.
 from __future__ import annotations
 
 import base64
+import math
+from collections.abc import Mapping
 from html import escape
 from pathlib import Path
-from typing import Any
 
+from fedveil.attacks.audit.evaluate import Cell
+from fedveil.attacks.audit.report import AuditReport
 from fedveil.attacks.audit.svg import roc_loglog
+from fedveil.attacks.measure.records import JSONValue, finite_json
 
 STATUS_COLOURS = {
     "pass": "#c8e6c9",
@@ -47,27 +51,33 @@ th{background:#f3f3f3} .banner{padding:10px 14px;font-weight:600;margin:10px 0}
 """
 
 
-def _cell_text(cell: dict[str, Any]) -> str:
-    metric, template = HEADLINE[cell["attack"]]
-    if metric not in cell["metrics"]:
-        return escape(cell["details"].get("error", cell["status"]))
-    value = float(cell["metrics"][metric])
-    base = float(cell["baselines"].get(metric, 0.0))
+def _shown(x: float | None) -> str:
+    """A number as report.json writes it (6 digits, "inf")."""
+    return "None" if x is None else str(finite_json(round(float(x), 6)))
+
+
+def _cell_text(cell: Cell) -> str:
+    metric, template = HEADLINE[cell.attack]
+    if metric not in cell.metrics:
+        error = cell.details.error
+        return escape(error if error is not None else cell.status)
+    value = cell.metrics[metric]
+    base = cell.baselines.get(metric, 0.0)
     return escape(template.format(v=value, b=base))
 
 
-def _matrix(report: dict[str, Any]) -> str:
-    attacks = report["settings"]["attacks"]
-    by_key = {(c["protection"], c["attack"]): c for c in report["cells"]}
+def _matrix(report: AuditReport) -> str:
+    attacks = report.settings.attacks
+    by_key = {(c.protection, c.attack): c for c in report.cells}
     rows = ["<tr><th>protection</th>" + "".join(f"<th>{escape(a)}</th>" for a in attacks)]
-    for protection in report["settings"]["protections"]:
+    for protection in report.settings.protections:
         tds = []
         for attack in attacks:
             cell = by_key[(protection, attack)]
-            claim = "claimed" if cell["claimed_protected"] else "not claimed"
+            claim = "claimed" if cell.claimed else "not claimed"
             tds.append(
-                f'<td style="background:{STATUS_COLOURS[cell["status"]]}">'
-                f"<b>{escape(cell['status'])}</b><br>{_cell_text(cell)}"
+                f'<td style="background:{STATUS_COLOURS[cell.status]}">'
+                f"<b>{escape(cell.status)}</b><br>{_cell_text(cell)}"
                 f'<br><span class="muted">{claim}</span></td>'
             )
         rows.append(f"<tr><th>{escape(protection)}</th>{''.join(tds)}</tr>")
@@ -78,74 +88,77 @@ def _matrix(report: dict[str, Any]) -> str:
     return f"<table>{''.join(rows)}</table><p class='muted'>{legend}</p>"
 
 
-def _epsilon(report: dict[str, Any]) -> str:
+def _epsilon(report: AuditReport) -> str:
     rows = [
         "<tr><th>protection</th><th>attack family</th><th>claimed epsilon</th>"
         "<th>empirical lower bound</th><th>verdict</th></tr>"
     ]
-    for cell in report["cells"]:
-        if cell["attack"] not in ("likelihood_mia", "generation_mia"):
+    for cell in report.cells:
+        if cell.attack not in ("likelihood_mia", "generation_mia"):
             continue
-        m = cell["metrics"]
+        m = cell.metrics
         if "epsilon_lower_bound" not in m:
             continue
-        claimed, lower = m["epsilon_claimed"], float(m["epsilon_lower_bound"])
-        ok = claimed == "inf" or lower <= float(claimed)
+        claimed, lower = m["epsilon_claimed"], m["epsilon_lower_bound"]
+        ok = math.isinf(claimed) or lower <= claimed
         rows.append(
-            f"<tr><td>{escape(cell['protection'])}</td><td>{escape(cell['attack'])}</td>"
-            f"<td>{escape(str(claimed))}</td><td>{lower:.3f}</td>"
+            f"<tr><td>{escape(cell.protection)}</td><td>{escape(cell.attack)}</td>"
+            f"<td>{escape(_shown(claimed))}</td><td>{lower:.3f}</td>"
             f"<td>{'consistent' if ok else 'LOWER BOUND ABOVE CLAIM'}</td></tr>"
         )
     return f"<table>{''.join(rows)}</table>"
 
 
-def _filters(report: dict[str, Any]) -> str:
+def _rate(report: Mapping[str, JSONValue], key: str) -> float:
+    value = report.get(key, 0)
+    return float(value) if isinstance(value, int | float | str) else 0.0
+
+
+def _filters(report: AuditReport) -> str:
     rows = [
         "<tr><th>protection</th><th>extraction, no filter</th><th>with filters</th>"
         "<th>benign prompts changed</th><th>per filter</th></tr>"
     ]
-    for cell in report["cells"]:
-        if cell["attack"] != "canary_extraction_filtered" or not cell["metrics"]:
+    for cell in report.cells:
+        if cell.attack != "canary_extraction_filtered" or not cell.metrics:
             continue
-        m = cell["metrics"]
-        per = cell["details"].get("filters", {})
+        m = cell.metrics
+        per = cell.details.filters or {}
         detail = "; ".join(
-            f"{escape(name)}: {float(f.get('extraction_rate_after', 0)):.0%} extracted, "
-            f"FPR {float(f.get('benign_fpr', 0)):.0%}"
+            f"{escape(name)}: {_rate(f, 'extraction_rate_after'):.0%} extracted, "
+            f"FPR {_rate(f, 'benign_fpr'):.0%}"
             for name, f in per.items()
-            if isinstance(f, dict)
+            if isinstance(f, Mapping)
         )
         rows.append(
-            f"<tr><td>{escape(cell['protection'])}</td>"
-            f"<td>{float(m.get('extraction_rate', 0)):.0%}</td>"
-            f"<td>{float(m['extraction_rate_filtered']):.0%}</td>"
-            f"<td>{float(m.get('filter_fpr', 0)):.0%}</td><td>{detail}</td></tr>"
+            f"<tr><td>{escape(cell.protection)}</td>"
+            f"<td>{m.get('extraction_rate', 0):.0%}</td>"
+            f"<td>{m['extraction_rate_filtered']:.0%}</td>"
+            f"<td>{m.get('filter_fpr', 0):.0%}</td><td>{detail}</td></tr>"
         )
     return f"<table>{''.join(rows)}</table>"
 
 
-def _roc(report: dict[str, Any]) -> str:
+def _roc(report: AuditReport) -> str:
     charts = []
-    for cell in report["cells"]:
-        roc = cell["details"].get("roc")
+    for cell in report.cells:
+        roc = cell.details.roc
         if not roc:
             continue
         curves = {
-            name: (points["fpr"], points["tpr"])
-            for name, points in roc.items()
-            if points and points.get("fpr")
+            name: (list(points.fpr), list(points.tpr)) for name, points in roc.items() if points.fpr
         }
         if curves:
-            charts.append(roc_loglog(curves, f"{cell['protection']} / {cell['attack']}"))
+            charts.append(roc_loglog(curves, f"{cell.protection} / {cell.attack}"))
     if not charts:
         return "<p>No membership attack ran.</p>"
     return f"<div class='charts'>{''.join(charts)}</div>"
 
 
-def _reconstructions(report: dict[str, Any], out_dir: Path) -> str:
+def _reconstructions(report: AuditReport, out_dir: Path) -> str:
     blocks = []
-    for cell in report["cells"]:
-        for figure in cell["details"].get("figures", []):
+    for cell in report.cells:
+        for figure in cell.details.figures or []:
             path = Path(figure)
             path = path if path.is_absolute() else out_dir / path
             if not path.is_file():
@@ -153,7 +166,7 @@ def _reconstructions(report: dict[str, Any], out_dir: Path) -> str:
             data = base64.b64encode(path.read_bytes()).decode()
             blocks.append(
                 f"<figure><img alt='{escape(path.name)}' src='data:image/png;base64,{data}'>"
-                f"<figcaption class='muted'>{escape(cell['protection'])}: {escape(path.stem)} "
+                f"<figcaption class='muted'>{escape(cell.protection)}: {escape(path.stem)} "
                 "(top: originals, bottom: reconstructions)</figcaption></figure>"
             )
     if not blocks:
@@ -161,41 +174,41 @@ def _reconstructions(report: dict[str, Any], out_dir: Path) -> str:
     return f"<div class='grid'>{''.join(blocks)}</div>"
 
 
-def _checks(report: dict[str, Any]) -> str:
+def _checks(report: AuditReport) -> str:
     rows = [
         "<tr><th>cell</th><th>claimed</th><th>metric</th><th>value</th><th>baseline</th>"
         "<th>threshold</th><th>passed</th></tr>"
     ]
-    for cell in report["cells"]:
-        for c in cell["checks"]:
+    for cell in report.cells:
+        for c in cell.checks:
             rows.append(
-                f"<tr><td>{escape(cell['protection'])}/{escape(cell['attack'])}</td>"
-                f"<td>{'yes' if cell['claimed_protected'] else 'no'}</td>"
-                f"<td>{escape(c['metric'])}</td><td>{escape(str(c['value']))}</td>"
-                f"<td>{escape(str(c['baseline']))}</td><td>{escape(str(c['threshold']))}</td>"
-                f"<td>{'yes' if c['passed'] else 'NO'}</td></tr>"
+                f"<tr><td>{escape(cell.protection)}/{escape(cell.attack)}</td>"
+                f"<td>{'yes' if cell.claimed else 'no'}</td>"
+                f"<td>{escape(c.metric)}</td><td>{escape(_shown(c.value))}</td>"
+                f"<td>{escape(_shown(c.baseline))}</td><td>{escape(_shown(c.threshold))}</td>"
+                f"<td>{'yes' if c.passed else 'NO'}</td></tr>"
             )
     return f"<table>{''.join(rows)}</table>"
 
 
-def render_html(report: dict[str, Any], out_dir: Path) -> str:
-    s = report["settings"]
-    dp = s["dp"]
+def render_html(report: AuditReport, out_dir: Path) -> str:
+    s = report.settings
+    dp = s.dp
     verdict = (
         "<div class='banner ok'>All claimed protections held.</div>"
-        if report["passed"]
+        if report.passed
         else "<div class='banner bad'>Breaches:<br>"
-        + "<br>".join(escape(line) for line in report["breaches"])
+        + "<br>".join(escape(line) for line in report.breaches)
         + "</div>"
     )
     settings = (
-        f"<p>Profile <b>{escape(report['profile'])}</b>, created {escape(report['created'])}, "
-        f"fedveil {escape(report['fedveil_version'])}, {report['seconds']} s. "
-        f"Secure aggregates over {s['clients']} clients; released models from a federation of "
-        f"{s['parties']} parties; LoRA rank {s['lora_rank']}. DP: clip C = {dp['clip_norm']}, "
-        f"noise multiplier z = {dp['noise_multiplier']} (sigma = {dp['sigma']}), "
-        f"delta = {dp['delta']}, epsilon of one release = {float(dp['epsilon_per_round']):.2f}.</p>"
-        f"<p class='muted'>Threat model: {escape(s['threat_model'])}.</p>"
+        f"<p>Profile <b>{escape(report.profile)}</b>, created {escape(report.created)}, "
+        f"fedveil {escape(report.fedveil_version)}, {report.seconds} s. "
+        f"Secure aggregates over {s.clients} clients; released models from a federation of "
+        f"{s.parties} parties; LoRA rank {s.lora_rank}. DP: clip C = {dp.clip_norm}, "
+        f"noise multiplier z = {dp.noise_multiplier} (sigma = {dp.sigma}), "
+        f"delta = {dp.delta}, epsilon of one release = {dp.epsilon_per_round:.2f}.</p>"
+        f"<p class='muted'>Threat model: {escape(s.threat_model)}.</p>"
     )
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>fedveil leakage audit</title>
@@ -215,5 +228,5 @@ protection.</p>{_matrix(report)}</section>
 """
 
 
-def write_html(report: dict[str, Any], path: Path, out_dir: Path) -> None:
+def write_html(report: AuditReport, path: Path, out_dir: Path) -> None:
     path.write_text(render_html(report, out_dir))

@@ -2,8 +2,8 @@
 
 Why jobs are not cells: the four output attacks of a protection all probe one released
 model, which takes most of the time to train, so they are one job; each update attack
-of a protection is its own job. A job returns plain JSON-able records (the attack
-suites' own), which attacks/audit/evaluate.py turns into cells.
+of a protection is its own job. A job returns typed records (attacks.measure.records, the
+attack suites' own), which attacks/audit/evaluate.py turns into cells.
 
 Jobs run in worker processes (the two cores: one lane trains and probes the released
 models, the other runs the update attacks), so everything a job needs travels as
@@ -18,13 +18,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from fedveil.attacks.audit.config import AuditConfig
 from fedveil.attacks.audit.matrix import jobs_of
+from fedveil.attacks.measure.records import (
+    FederationInfo,
+    JobResult,
+    JSONObject,
+    JSONValue,
+    OutputRecord,
+    Record,
+)
 from fedveil.attacks.protections import Aggregators, DPSettings
 
 AggregatorsFactory = Callable[[], Aggregators]
@@ -86,7 +93,7 @@ class JobContext:
             aggregators_factory=factory,
         )
 
-    def settings(self) -> dict[str, Any]:
+    def settings(self) -> JSONObject:
         """What a job's result depends on (the store's fingerprint)."""
         return {
             "quick": self.quick,
@@ -100,13 +107,15 @@ class JobContext:
         }
 
 
-def _target_identity(model_dir: Path | None, texts: Path | None, canaries: int | None) -> list[Any]:
+def _target_identity(
+    model_dir: Path | None, texts: Path | None, canaries: int | None
+) -> list[JSONValue]:
     """A user target's paths with the size and mtime of its files, so that a changed
     model or corpus is recomputed, never silently reused."""
     if model_dir is None or texts is None:
         return ["built-in", canaries]
     files = sorted(p for p in model_dir.iterdir() if p.is_file()) + [texts]
-    stamps = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+    stamps: list[JSONValue] = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
     return [str(model_dir.resolve()), stamps, canaries]
 
 
@@ -117,7 +126,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def run_job(job: Job, context: JobContext) -> tuple[list[dict[str, Any]], float]:
+def run_job(job: Job, context: JobContext) -> JobResult:
     """Run one job with one torch thread; (records, seconds)."""
     from fedveil.attacks.update.gradient_matching import torch_threads
 
@@ -126,7 +135,7 @@ def run_job(job: Job, context: JobContext) -> tuple[list[dict[str, Any]], float]
     aggregators = context.aggregators_factory()
     with torch_threads(1):
         if job.family == "output":
-            records = _output_records(job.protection, context, aggregators)
+            records: list[Record] = list(_output_records(job.protection, context, aggregators))
         else:
             from fedveil.attacks.measure.update_leakage import (
                 RECORD_FUNCTIONS,
@@ -139,13 +148,13 @@ def run_job(job: Job, context: JobContext) -> tuple[list[dict[str, Any]], float]
                 dp=context.dp,
                 figures=context.figures,
             )
-            records = RECORD_FUNCTIONS[job.family](job.protection, settings, aggregators)
-    return records, time.perf_counter() - start
+            records = list(RECORD_FUNCTIONS[job.family](job.protection, settings, aggregators))
+    return JobResult(records, time.perf_counter() - start)
 
 
 def _output_records(
     protection: str, context: JobContext, aggregators: Aggregators
-) -> list[dict[str, Any]]:
+) -> list[OutputRecord]:
     """Train the federation's released model under `protection` (party 0 holds the
     planted canaries) and run every output attack, with and without the filters."""
     from fedveil.attacks.measure.output_leakage import OutputLeakageSettings, output_leakage_records
@@ -177,13 +186,12 @@ def _output_records(
         "secagg+client-dp": federation.client_dp,
         "dp-sgd": federation.dp_sgd,
     }.get(protection)
-    for record in records:
-        record["federation"] = {
-            "parties": federation.parties,
-            "rounds": federation.rounds,
-            "canaries": len(scenario.registry),
-            "clip_norm": None if noise is None else noise.clip_norm,
-            "noise_multiplier": None if noise is None else noise.noise_multiplier,
-            "train_seconds": trained.train_seconds,
-        }
-    return records
+    info = FederationInfo(
+        parties=federation.parties,
+        rounds=federation.rounds,
+        canaries=len(scenario.registry),
+        clip_norm=None if noise is None else noise.clip_norm,
+        noise_multiplier=None if noise is None else noise.noise_multiplier,
+        train_seconds=trained.train_seconds,
+    )
+    return [dataclasses.replace(record, federation=info) for record in records]

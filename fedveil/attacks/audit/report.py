@@ -17,12 +17,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
-from fedveil.attacks.audit.config import AuditConfig
+from fedveil.attacks.audit.config import AuditConfig, Thresholds
 from fedveil.attacks.audit.evaluate import Cell, breach_lines
+from fedveil.attacks.measure.records import JSONObject, JSONValue
 
 SCHEMA = "fedveil.audit/1"
 
@@ -41,47 +43,153 @@ def _version() -> str:
         return "unknown"
 
 
-def _clean(value: Any) -> Any:
+def _clean(value: object) -> JSONValue:
     if isinstance(value, float) and not math.isfinite(value):
         return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {str(k): _clean(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_clean(v) for v in value]
-    return value
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"cannot write {type(value).__name__} into report.json")
+
+
+@dataclass(frozen=True)
+class DPSummary:
+    """The DP mechanism the audit ran with: C, z, sigma = z*C, delta, epsilon of one release."""
+
+    clip_norm: float
+    noise_multiplier: float
+    sigma: float
+    delta: float
+    epsilon_per_round: float
+
+    def to_json(self) -> JSONObject:
+        return {
+            "clip_norm": self.clip_norm,
+            "noise_multiplier": self.noise_multiplier,
+            "sigma": self.sigma,
+            "delta": self.delta,
+            "epsilon_per_round": self.epsilon_per_round,
+        }
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What was audited and how (report.json's "settings")."""
+
+    threat_model: str
+    clients: int
+    parties: int
+    rounds: int | None
+    lora_rank: int | None
+    dp: DPSummary
+    protections: Sequence[str]
+    attacks: Sequence[str]
+    seed: int
+
+    def to_json(self) -> JSONObject:
+        return {
+            "threat_model": self.threat_model,
+            "clients": self.clients,
+            "parties": self.parties,
+            "rounds": self.rounds,
+            "lora_rank": self.lora_rank,
+            "dp": self.dp.to_json(),
+            "protections": list(self.protections),
+            "attacks": list(self.attacks),
+            "seed": self.seed,
+        }
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    """One audit's result; `to_json` is report.json (schema above), the one place it is
+    written. breaches and passed follow from the cells."""
+
+    created: str
+    fedveil_version: str
+    profile: str
+    seconds: float
+    settings: ReportSettings
+    thresholds: Thresholds
+    claims: Mapping[str, Sequence[str]]
+    cells: Sequence[Cell]
+    reused_jobs: Sequence[str] | None = None
+    errors: Mapping[str, str] | None = None
+    schema: str = SCHEMA
+
+    @property
+    def breaches(self) -> list[str]:
+        return breach_lines(self.cells)
+
+    @property
+    def passed(self) -> bool:
+        return not self.breaches
+
+    def to_json(self) -> JSONObject:
+        report: JSONObject = {
+            "schema": self.schema,
+            "created": self.created,
+            "fedveil_version": self.fedveil_version,
+            "profile": self.profile,
+            "seconds": self.seconds,
+            "settings": self.settings.to_json(),
+            "thresholds": {f.name: getattr(self.thresholds, f.name) for f in fields(Thresholds)},
+            "claims": {p: list(a) for p, a in self.claims.items()},
+            "cells": [c.to_dict() for c in self.cells],
+            "breaches": self.breaches,
+            "passed": self.passed,
+        }
+        if self.reused_jobs is not None:
+            report["reused_jobs"] = list(self.reused_jobs)
+        if self.errors is not None:
+            report["errors"] = dict(self.errors)
+        cleaned = _clean(report)
+        assert isinstance(cleaned, dict)
+        return cleaned
 
 
 def build_report(
-    config: AuditConfig, cells: list[Cell], seconds: float, lora_rank: int | None
-) -> dict[str, Any]:
-    settings = config.to_dict()
-    settings["dp"]["epsilon_per_round"] = config.dp.epsilon(steps=1)
-    breaches = breach_lines(cells)
-    report = {
-        "schema": SCHEMA,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "fedveil_version": _version(),
-        "profile": config.profile,
-        "seconds": round(seconds, 1),
-        "settings": {
-            "threat_model": THREAT_MODEL,
-            "clients": config.clients,
-            "parties": config.parties,
-            "rounds": config.rounds,
-            "lora_rank": lora_rank,
-            "dp": settings["dp"],
-            "protections": settings["protections"],
-            "attacks": settings["attacks"],
-            "seed": config.seed,
-        },
-        "thresholds": settings["thresholds"],
-        "claims": settings["claims"],
-        "cells": [c.to_dict() for c in cells],
-        "breaches": breaches,
-        "passed": not breaches,
-    }
-    return dict(_clean(report))
+    config: AuditConfig,
+    cells: list[Cell],
+    seconds: float,
+    lora_rank: int | None,
+    *,
+    reused_jobs: Sequence[str] | None = None,
+    errors: Mapping[str, str] | None = None,
+) -> AuditReport:
+    dp = config.dp
+    return AuditReport(
+        created=dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        fedveil_version=_version(),
+        profile=config.profile,
+        seconds=round(seconds, 1),
+        settings=ReportSettings(
+            threat_model=THREAT_MODEL,
+            clients=config.clients,
+            parties=config.parties,
+            rounds=config.rounds,
+            lora_rank=lora_rank,
+            dp=DPSummary(
+                clip_norm=dp.clip_norm,
+                noise_multiplier=dp.noise_multiplier,
+                sigma=dp.clip_norm * dp.noise_multiplier,
+                delta=dp.delta,
+                epsilon_per_round=dp.epsilon(steps=1),
+            ),
+            protections=list(config.protections),
+            attacks=list(config.attacks),
+            seed=config.seed,
+        ),
+        thresholds=config.thresholds,
+        claims={p: list(a) for p, a in config.claims.items()},
+        cells=cells,
+        reused_jobs=reused_jobs,
+        errors=errors,
+    )
 
 
-def write_report(report: dict[str, Any], path: Path) -> None:
-    path.write_text(json.dumps(report, indent=1, allow_nan=False) + "\n")
+def write_report(report: AuditReport, path: Path) -> None:
+    path.write_text(json.dumps(report.to_json(), indent=1, allow_nan=False) + "\n")

@@ -25,28 +25,34 @@ from fedveil.attacks.audit.evaluate import Cell, evaluate_cell
 from fedveil.attacks.audit.html import write_html
 from fedveil.attacks.audit.jobs import AggregatorsFactory, Job, JobContext, plan, run_job
 from fedveil.attacks.audit.matrix import jobs_of
-from fedveil.attacks.audit.report import build_report, write_report
+from fedveil.attacks.audit.report import AuditReport, build_report, write_report
 from fedveil.attacks.audit.store import JobStore, fingerprint
+from fedveil.attacks.measure.records import JobResult
 
 
 @dataclass
 class AuditResult:
-    report: dict[str, Any]
+    audit: AuditReport
     cells: list[Cell]
     reused: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
+    def report(self) -> dict[str, Any]:
+        """report.json's content, for the command that prints it (the JSON edge: typed
+        code reads `audit`; fedveil/commands/audit.py still reads this view)."""
+        return self.audit.to_json()
+
+    @property
     def passed(self) -> bool:
-        return bool(self.report["passed"]) and not self._claimed_errors()
+        return self.audit.passed and not self._claimed_errors()
 
     def _claimed_errors(self) -> list[str]:
-        return [c.name for c in self.cells if c.claimed and "error" in c.details]
+        return [c.name for c in self.cells if c.claimed and c.details.error is not None]
 
 
 def _run_and_store(job: Job, context: JobContext, store: JobStore, fp: str) -> None:
-    records, seconds = run_job(job, context)
-    store.save(job.key, fp, records, seconds)
+    store.save(job.key, fp, run_job(job, context))
 
 
 def _run_lane(
@@ -122,17 +128,17 @@ def run_audit(
             failed = {k: errors[k] for k in keys if k in errors}
             combined = None
             if stored or failed:  # a failed job is judged as "no records", never a pass
-                combined = {
-                    "records": [r for s in stored for r in s["records"]],
-                    "seconds": sum(float(s.get("seconds", 0.0)) for s in stored),
-                }
+                combined = JobResult(
+                    [r for s in stored for r in s.result.records],
+                    sum(s.result.seconds for s in stored),
+                )
             cell = evaluate_cell(config, protection, attack, combined)
             if failed:
-                cell.details["error"] = "; ".join(f"{k}: {e}" for k, e in failed.items())
+                cell.details.error = "; ".join(f"{k}: {e}" for k, e in failed.items())
             cells.append(cell)
-    report = build_report(config, cells, time.perf_counter() - start, lora_rank)
-    report["reused_jobs"] = reused
-    report["errors"] = errors
+    report = build_report(
+        config, cells, time.perf_counter() - start, lora_rank, reused_jobs=reused, errors=errors
+    )
     write_report(report, out_dir / "report.json")
     write_html(report, out_dir / "report.html", out_dir)
     return AuditResult(report, cells, reused, errors)

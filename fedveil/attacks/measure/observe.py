@@ -16,12 +16,12 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from fedveil.attacks.measure.records import JSONObject, JSONValue, LeakRecord
 from fedveil.attacks.protections import Aggregators, DPSettings, check_protection
 from fedveil.attacks.update.base import (
     LocalTraining,
@@ -87,19 +87,12 @@ def leak_record(
     value: float,
     baseline: float,
     seconds: float,
-    **params: Any,
-) -> dict[str, Any]:
+    **params: JSONValue,
+) -> LeakRecord:
     """One row: the attack's score on the view next to a data-free guess's score."""
-    return {
-        "target": target,
-        "protection": protection,
-        "n_clients": n_clients,
-        "metric": metric,
-        "value": round(float(value), 4),
-        "baseline_value": round(float(baseline), 4),
-        "seconds": round(float(seconds), 3),
-        "params": params,
-    }
+    return LeakRecord.measured(
+        target, protection, n_clients, metric, value, baseline, seconds, params
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -107,7 +100,7 @@ class View:
     """A protected view and what the records say about its mechanism (sigma, C, SNR...)."""
 
     observed: ObservedUpdate
-    params: dict[str, Any]
+    params: JSONObject
 
 
 _PROTECTION = {p.value: p for p in Protection}
@@ -206,7 +199,7 @@ def observe(
     return View(observed, _dp_params(dp, sigma, snr, dp.epsilon(1, 1.0)))
 
 
-def _dp_params(dp: DPSettings, sigma: float, snr: float, epsilon: float) -> dict[str, Any]:
+def _dp_params(dp: DPSettings, sigma: float, snr: float, epsilon: float) -> JSONObject:
     return {
         "sigma": round(sigma, 6),
         "clip_norm": dp.clip_norm,

@@ -8,18 +8,17 @@ well the scores separate the fair coins (AUC, TPR at 1% / 0.1% FPR with bootstra
 intervals, a downsampled ROC curve for log-log plots), the empirical epsilon lower
 bound next to the accountant's claim, and what the output filters change (greedy
 extraction of member secrets before/after the full "all" stack, its false-positive rate
-on benign held-out prompts). Record fields are listed in benchmarks/membership_bench.py.
+on benign held-out prompts). The record is attacks.measure.records.OutputRecord.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
+from fedveil.attacks.measure.records import JSONObject, OutputDetails, OutputRecord, Roc
 from fedveil.attacks.output.empirical_epsilon import audit
 from fedveil.attacks.output.filters import (
     PII_PATTERNS,
@@ -80,9 +79,7 @@ class OutputLeakageSettings:
         return cls(n_samples=16, exposure_candidates=1000, bootstrap=2000)
 
 
-def downsampled_roc(
-    members: np.ndarray, non_members: np.ndarray, points: int = ROC_POINTS
-) -> dict[str, list[float]]:
+def downsampled_roc(members: np.ndarray, non_members: np.ndarray, points: int = ROC_POINTS) -> Roc:
     """At most `points` (fpr, tpr) pairs of the empirical ROC, dense at low FPR.
 
     Why log-spaced: the audit draws log-log ROC curves, where the informative part is
@@ -91,19 +88,15 @@ def downsampled_roc(
     """
     fpr, tpr = roc_curve(members, non_members)
     if fpr.size <= points:
-        return {"fpr": fpr.tolist(), "tpr": tpr.tolist()}
+        return Roc(fpr.tolist(), tpr.tolist())
     low = max(1 / non_members.size, 1e-6)
     grid = np.concatenate([[0.0], np.geomspace(low, 1.0, points - 1)])
     keep = sorted({int(np.searchsorted(fpr, f, side="right")) - 1 for f in grid})
-    return {"fpr": fpr[keep].tolist(), "tpr": tpr[keep].tolist()}
+    return Roc(fpr[keep].tolist(), tpr[keep].tolist())
 
 
 def _heldout_loss(lm: LanguageModel, texts: list[str]) -> float:
     return -float(sum(s.logprobs.mean() for s in lm.score(texts)) / len(texts))
-
-
-def _finite(x: float) -> float | str:
-    return x if math.isfinite(x) else "inf"
 
 
 def _filter_details(
@@ -111,7 +104,7 @@ def _filter_details(
     generator: HFGenerator,
     probe_config: ProbeConfig,
     settings: OutputLeakageSettings,
-) -> tuple[dict[str, Any], dict[str, Any]]:
+) -> tuple[JSONObject, JSONObject]:
     """(per-stack filter reports, evasion results); empty when filters are off."""
     if not settings.filters:
         return {}, {}
@@ -122,14 +115,14 @@ def _filter_details(
         tokenizer, block_list, private_texts=scenario.private_texts, ngram=NGRAM
     )
     before = baseline(generator, registry, benign, probe_config)
-    filters = {
+    filters: JSONObject = {
         name: measure_filter(generator, stack, registry, benign, before, probe_config).to_dict()
         for name, stack in stacks.items()
     }
     if not settings.evasions:
         return filters, {}
 
-    def blocked(context: str) -> dict[str, Any]:
+    def blocked(context: str) -> JSONObject:
         return {
             name: {
                 k: v["blocked"]
@@ -138,10 +131,12 @@ def _filter_details(
             for name, stack in stacks.items()
         }
 
-    evasions = {
-        "output_forms_after_prefix": blocked("prefix"),
-        "output_forms_bare": blocked("none"),
-        "prompts_all_filters": prompt_evasions(generator, stacks["all"], registry),
+    after_prefix, bare = blocked("prefix"), blocked("none")
+    prompts: JSONObject = dict(prompt_evasions(generator, stacks["all"], registry))
+    evasions: JSONObject = {
+        "output_forms_after_prefix": after_prefix,
+        "output_forms_bare": bare,
+        "prompts_all_filters": prompts,
     }
     return filters, evasions
 
@@ -150,7 +145,7 @@ def output_leakage_records(
     scenario: CanaryScenario,
     trained: TrainedModel,
     settings: OutputLeakageSettings | None = None,
-) -> list[dict[str, Any]]:
+) -> list[OutputRecord]:
     """Every registered output attack on one released model, one record each."""
     settings = settings or OutputLeakageSettings()
     registry, tokenizer = scenario.registry, scenario.tokenizer
@@ -180,20 +175,20 @@ def output_leakage_records(
     exposures = canary_exposures(released, registry, settings.exposure_candidates)
     member_exposure = [e.exposure for e, m in zip(exposures, labels, strict=True) if m]
     other_exposure = [e.exposure for e, m in zip(exposures, labels, strict=True) if not m]
-    details = {
-        "n_canaries": len(registry),
-        "n_members": int(labels.sum()),
-        "delta": trained.delta,
-        "mean_exposure_members": sum(member_exposure) / len(member_exposure),
-        "mean_exposure_non_members": sum(other_exposure) / len(other_exposure),
-        "exposure_log2_space": sorted({round(e.log2_space, 2) for e in exposures}),
-        "heldout_loss": _heldout_loss(released, scenario.heldout_texts[:64]),
-        "base_heldout_loss": _heldout_loss(reference, scenario.heldout_texts[:64]),
-        "train_loss": trained.final_loss,
-        "extraction_rate_non_members": probe.extraction_rate(members=False),
-        "filters": filters,
-        "evasions": evasions,
-        "params": {
+    details = OutputDetails(
+        n_canaries=len(registry),
+        n_members=int(labels.sum()),
+        delta=trained.delta,
+        mean_exposure_members=sum(member_exposure) / len(member_exposure),
+        mean_exposure_non_members=sum(other_exposure) / len(other_exposure),
+        exposure_log2_space=sorted({round(e.log2_space, 2) for e in exposures}),
+        heldout_loss=_heldout_loss(released, scenario.heldout_texts[:64]),
+        base_heldout_loss=_heldout_loss(reference, scenario.heldout_texts[:64]),
+        train_loss=trained.final_loss,
+        extraction_rate_non_members=probe.extraction_rate(members=False),
+        filters=filters,
+        evasions=evasions,
+        params={
             "n_samples": settings.n_samples,
             "temperature": ATTACKER_TEMPERATURE,
             "ngram": NGRAM,
@@ -201,39 +196,43 @@ def output_leakage_records(
             "bootstrap": settings.bootstrap,
             "alpha": 0.05,
         },
-    }
+    )
     boot = BootstrapConfig(n_resamples=settings.bootstrap)
     all_stack = filters.get("all", {})
+    if not isinstance(all_stack, dict):
+        raise TypeError(f"the 'all' filter report must be a dict, got {all_stack!r}")
     records = []
     for name, values in scores.items():
         members, non_members = scores_by_label(values, labels)
         metrics = mia_metrics(members, non_members, boot).to_dict()
         verdict = audit(values, labels, epsilon_claimed=trained.epsilon, delta=trained.delta)
-        record: dict[str, Any] = {
-            "protection": trained.protection,
-            "attack": name,
-            "attack_family": families[name],
-        }
-        for key in ("auc", "tpr_at_1pct_fpr"):
-            for suffix in ("", "_low", "_high"):
-                record[key + suffix] = metrics[key + suffix]
-        for suffix in ("", "_low", "_high"):
-            record["tpr_at_0.1pct_fpr" + suffix] = metrics["tpr_at_01pct_fpr" + suffix]
-        record.update(
-            {
-                "min_fpr": 1 / metrics["n_non_members"],
-                "epsilon_claimed": _finite(trained.epsilon),
-                "epsilon_lower_bound": verdict.one_run.epsilon,
-                "epsilon_lower_bound_cp": verdict.clopper_pearson.epsilon,
-                "audit_passed": verdict.passed,
-                "extraction_rate": probe.extraction_rate(),
-                "extraction_rate_filtered": all_stack.get("extraction_rate_after"),
-                "filter_fpr": all_stack.get("benign_fpr"),
-                "seconds": seconds[name],
-                "train_seconds": trained.train_seconds,
-                "roc": downsampled_roc(members, non_members),
-                "details": details,
-            }
+        filtered, fpr = all_stack.get("extraction_rate_after"), all_stack.get("benign_fpr")
+        records.append(
+            OutputRecord(
+                protection=trained.protection,
+                attack=name,
+                attack_family=families[name],
+                auc=float(metrics["auc"]),
+                auc_low=float(metrics["auc_low"]),
+                auc_high=float(metrics["auc_high"]),
+                tpr_at_1pct_fpr=float(metrics["tpr_at_1pct_fpr"]),
+                tpr_at_1pct_fpr_low=float(metrics["tpr_at_1pct_fpr_low"]),
+                tpr_at_1pct_fpr_high=float(metrics["tpr_at_1pct_fpr_high"]),
+                tpr_at_01pct_fpr=float(metrics["tpr_at_01pct_fpr"]),
+                tpr_at_01pct_fpr_low=float(metrics["tpr_at_01pct_fpr_low"]),
+                tpr_at_01pct_fpr_high=float(metrics["tpr_at_01pct_fpr_high"]),
+                min_fpr=1 / metrics["n_non_members"],
+                epsilon_claimed=float(trained.epsilon),
+                epsilon_lower_bound=float(verdict.one_run.epsilon),
+                epsilon_lower_bound_cp=float(verdict.clopper_pearson.epsilon),
+                audit_passed=bool(verdict.passed),
+                extraction_rate=float(probe.extraction_rate()),
+                extraction_rate_filtered=None if filtered is None else float(filtered),
+                filter_fpr=None if fpr is None else float(fpr),
+                seconds=seconds[name],
+                train_seconds=trained.train_seconds,
+                roc=downsampled_roc(members, non_members),
+                details=details,
+            )
         )
-        records.append(record)
     return records

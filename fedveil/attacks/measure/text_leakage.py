@@ -49,6 +49,7 @@ from fedveil.attacks.measure.observe import (
     leak_record,
     observe,
 )
+from fedveil.attacks.measure.records import JSONObject, JSONValue, LeakRecord
 from fedveil.attacks.protections import Aggregators
 from fedveil.attacks.targets.captioner import captioner_target, prior_captions
 from fedveil.attacks.targets.tiny_lm import sentences, tiny_lm_target
@@ -74,7 +75,7 @@ from fedveil.attacks.update.text_recovery_ffa import (
 )
 from fedveil.attacks.views import aggregate_view, plain_view
 
-Records = list[dict[str, Any]]
+Records = list[LeakRecord]
 Prior = Callable[[int, int], list[list[int]]]
 """(count, draw index) -> `count` token sequences from the public generator."""
 
@@ -105,11 +106,12 @@ def _views(
     return [(view, list(range(len(clients))))]
 
 
-def _view_params(views: list[tuple[View, list[int]]]) -> dict[str, Any]:
+def _view_params(views: list[tuple[View, list[int]]]) -> JSONObject:
     """The mechanism's parameters, with the SNR averaged over the views."""
     params = dict(views[0][0].params)
     if "snr" in params:
-        params["snr"] = float(f"{np.mean([v.params['snr'] for v, _ in views]):.4g}")
+        snrs = [float(v.params["snr"]) for v, _ in views]  # type: ignore[arg-type]
+        params["snr"] = float(f"{np.mean(snrs):.4g}")
     return params
 
 
@@ -141,7 +143,7 @@ def _token_rows(
     attacks: Sequence[Attack[Any]] | None = None,
     baseline: dict[str, float] | None = None,
     name: str | None = None,
-    **params: Any,
+    **params: JSONValue,
 ) -> Records:
     """Span check and subspace ranking (or `attacks`) on every view, metrics averaged
     over the views; `baseline` reuses a prior baseline already drawn for these views,
@@ -307,8 +309,8 @@ def _captioner_ffa_rows(
     clients = [(x[i : i + 1], labels[i : i + 1]) for i in range(x.shape[0])]
     attacks: list[Attack[Any]] = [BSpanCheck(), BSubspaceRanking()]
     tokens = float(np.mean([len(t) for t in truths]))
-    common: dict[str, Any] = {"rank": FFA_RANK, "variant": "ffa", "tokens": tokens}
-    kinds: list[tuple[str, list[tuple[View, list[int]]] | None, dict[str, Any]]] = [
+    common: JSONObject = {"rank": FFA_RANK, "variant": "ffa", "tokens": tokens}
+    kinds: list[tuple[str, list[tuple[View, list[int]]] | None, JSONObject]] = [
         (
             "gradient",
             _views(protection, ct.image, clients, settings, aggregators, UpdateKind.GRADIENT, None),
@@ -366,7 +368,7 @@ def _captioner_image_rows(
         if settings.figures is not None and figure is None and result.inputs is not None:
             name = f"{target.name}-{protection}-n{view.observed.n_clients}-{attack.name}.png"
             figure = str(save_grid(settings.figures / name, [x[idx], result.inputs]))
-    params: dict[str, Any] = {
+    params: JSONObject = {
         "attack": attack.name,
         "iterations": steps,
         "labels": "given (true caption)",

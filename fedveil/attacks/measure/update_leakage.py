@@ -39,6 +39,7 @@ from fedveil.attacks.measure.observe import (
     leak_record,
     observe,
 )
+from fedveil.attacks.measure.records import JSONObject, LeakRecord
 from fedveil.attacks.measure.text_leakage import captioner_records, text_recovery_records
 from fedveil.attacks.protections import Aggregators
 from fedveil.attacks.targets.lenet import lenet_target
@@ -50,7 +51,7 @@ from fedveil.attacks.update.label_leakage import LabelLeakage
 from fedveil.attacks.update.metrics import label_accuracy, save_grid
 from fedveil.attacks.update.run import run_attack
 
-Records = list[dict[str, Any]]
+Records = list[LeakRecord]
 
 
 def _figure(settings: UpdateLeakageSettings, name: str, rows: list[torch.Tensor]) -> str | None:
@@ -85,7 +86,7 @@ def image_inversion_records(
     for attack, steps in attacks:
         result = run_attack(attack, view.observed, target, truth=truth)
         m = result.metrics
-        params: dict[str, Any] = {"attack": attack.name, "iterations": steps, **view.params}
+        params: JSONObject = {"attack": attack.name, "iterations": steps, **view.params}
         assert result.inputs is not None
         figure = _figure(
             settings, f"{target.name}-{protection}-n{n}-{attack.name}", [x, result.inputs]
@@ -122,7 +123,7 @@ def label_leak_records(
     x, y = shape_images(n, seed=700 + n)
     clients = [(x[i : i + 1], y[i : i + 1]) for i in range(n)]
     start = time.perf_counter()
-    params: dict[str, Any] = {"attack": LabelLeakage.name, "clients": n}
+    params: JSONObject = {"attack": LabelLeakage.name, "clients": n}
     if cohort_size(protection, settings) == 1:
         found: list[int] = []
         for i, client in enumerate(clients):

@@ -6,8 +6,12 @@ property of the noise. The noise stages emit events (secagg.dp.events); an accou
 composes any sequence of them.
 
 Methods:
-- "prv" (default): Opacus' PRVAccountant (Gopi, Lee, Wutschitz 2021), numerically tight
-  for the subsampled Gaussian; returns its upper estimate.
+- "prv" (default): the PRV accountant (Gopi, Lee, Wutschitz 2021), numerically tight for
+  the subsampled Gaussian; returns its upper estimate. secagg has no PRV implementation of
+  its own: the numerical accountant comes from Opacus, which imports torch, so it is a
+  backend injected from outside the pure core (see `PrvBackend`): fedveil.clients.prv
+  installs Opacus' as the process default when fedveil.clients is imported, and
+  PrivacyAccountant(prv_backend=...) takes one explicitly.
 - "pld": dp_accounting's PLD accountant (pessimistic discretisation), also tight.
 - "rdp": Renyi DP at integer orders, converted with Balle et al. (2020)'s bound via
   dp_accounting; looser, but the only method with proven bounds for the discrete noise.
@@ -26,12 +30,34 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 import numpy as np
 
 from fedveil.errors import ConfigError
 from fedveil.secagg.dp.events import DEFAULT_ORDERS, DpEvent, GaussianEvent
+
+PrvBackend: TypeAlias = Callable[[Sequence[tuple[float, float, int]], float, float], float]
+"""epsilon(history, delta, eps_error) of a PRV accountant, where history lists
+(noise_multiplier, sampling_prob, steps) of Poisson-subsampled Gaussian steps and
+eps_error is the accountant's allowed error; it returns the upper estimate of epsilon.
+
+Why injected: the PRV accountant we use is Opacus', and secagg, the pure core, imports
+neither opacus nor torch (issue 16). fedveil.clients.prv provides Opacus' as a backend."""
+
+_default_prv_backend: PrvBackend | None = None
+
+
+def set_default_prv_backend(backend: PrvBackend | None) -> PrvBackend | None:
+    """Make `backend` the PRV backend of accountants built without one (None: no default);
+    returns the previous default. fedveil.clients installs Opacus' on import."""
+    global _default_prv_backend
+    previous, _default_prv_backend = _default_prv_backend, backend
+    return previous
+
+
+def default_prv_backend() -> PrvBackend | None:
+    return _default_prv_backend
 
 
 class AccountingMethod(enum.Enum):
@@ -92,8 +118,10 @@ class PrivacyAccountant:
         orders: Sequence[float] = DEFAULT_ORDERS,
         prv_eps_error: float = 0.01,
         pld_discretization: float = 1e-4,
+        prv_backend: PrvBackend | None = None,
     ) -> None:
         self.method = _method(method)
+        self.prv_backend = prv_backend
         self.discrete_as_gaussian = bool(discrete_as_gaussian)
         if not orders or any(isinstance(a, bool) or not a > 1 for a in orders):
             raise ConfigError(f"RDP orders must be numbers > 1, got {orders!r}")
@@ -125,6 +153,7 @@ class PrivacyAccountant:
             orders=self.orders,
             prv_eps_error=self.prv_eps_error,
             pld_discretization=self.pld_discretization,
+            prv_backend=self.prv_backend,
         )
         other._events = [*self._events]
         other._rdp_cache = self._rdp_cache
@@ -168,8 +197,8 @@ class PrivacyAccountant:
 
     # --- methods -----------------------------------------------------------------------
 
-    # The libraries are imported where used: dp_accounting costs ~1.5 s to import and
-    # opacus imports torch, which a server that never accounts should not load.
+    # dp_accounting is imported where used: it costs ~1.5 s to import, which a server that
+    # never accounts should not pay.
 
     def _rdp_epsilon(self, events: Sequence[DpEvent], delta: float) -> float:
         from dp_accounting.rdp import rdp_privacy_accountant
@@ -185,15 +214,19 @@ class PrivacyAccountant:
         return float(eps)
 
     def _prv_epsilon(self, events: Sequence[GaussianEvent], delta: float) -> float:
-        from opacus.accountants import PRVAccountant
-
-        accountant = PRVAccountant()
-        accountant.history = [
+        backend = self.prv_backend or _default_prv_backend
+        if backend is None:
+            raise ConfigError(
+                "the prv accountant needs a PRV backend and none is installed: import "
+                "fedveil.clients (it installs Opacus', which needs fedveil[train]), pass "
+                "PrivacyAccountant(prv_backend=...), or account with pld or rdp"
+            )
+        history = [
             (e.noise_multiplier, e.sampling_prob, e.steps * count) for e, count in _grouped(events)
         ]
         with np.errstate(divide="ignore", invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            return float(accountant.get_epsilon(delta, eps_error=self.prv_eps_error))
+            return float(backend(history, delta, self.prv_eps_error))
 
     def _pld_epsilon(self, events: Sequence[GaussianEvent], delta: float) -> float:
         import dp_accounting

@@ -7,7 +7,7 @@ accountant (secagg.dp.accounting) turns a list of events into epsilon(delta).
 
 Each event knows its own Renyi-DP curve, from the literature:
 - GaussianEvent: the Poisson-subsampled Gaussian mechanism (Mironov et al. 2019), as
-  computed by Opacus; the PRV and PLD accountants treat it exactly.
+  computed in secagg.dp.gaussian_rdp; the PRV and PLD accountants treat it exactly.
 - DistributedDiscreteGaussianEvent: the sum of n independent discrete Gaussians
   N_Z(0, sigma^2), Kairouz, Liu, Steinke (ICML 2021), Prop. 14 / Thm. 1:
       eps(a) = min{ a/2 l2^2 + tau d,  a/2 (l2^2 + 2 l1 tau + tau^2 d),  a/2 (l2 + sqrt(d) tau)^2 }
@@ -39,6 +39,7 @@ import numpy as np
 from scipy.special import gammaln, logsumexp
 
 from fedveil.errors import ConfigError
+from fedveil.secagg.dp.gaussian_rdp import subsampled_gaussian_rdp
 
 DEFAULT_ORDERS: tuple[float, ...] = (
     tuple(1 + x / 10 for x in range(1, 100))
@@ -192,24 +193,15 @@ class GaussianEvent(DpEvent):
         return np.asarray(orders, dtype=np.float64) / (2.0 * self.noise_multiplier**2)
 
     def rdp(self, orders: np.ndarray) -> np.ndarray:
-        """Exact RDP of the subsampled Gaussian (Opacus), not the generic Zhu-Wang bound."""
+        """Exact RDP of the subsampled Gaussian (Mironov et al. 2019, secagg.dp.gaussian_rdp),
+        not the generic Zhu-Wang bound."""
         orders = np.asarray(orders, dtype=np.float64)
         if self.steps == 0 or self.sampling_prob == 0:
             return np.zeros(orders.shape[0])
         if self.noise_multiplier == 0:
             return np.full(orders.shape[0], np.inf)
-        # Imported here: opacus imports torch, which secagg must not pay for at import time.
-        from opacus.accountants.analysis.rdp import compute_rdp
-
-        return np.asarray(
-            compute_rdp(
-                q=self.sampling_prob,
-                noise_multiplier=self.noise_multiplier,
-                steps=self.steps,
-                orders=[float(a) for a in orders],
-            ),
-            dtype=np.float64,
-        )
+        curve = subsampled_gaussian_rdp(self.sampling_prob, self.noise_multiplier, orders)
+        return np.asarray(curve * self.steps, dtype=np.float64)
 
     def gaussian_equivalent(self) -> GaussianEvent:
         return self

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fedveil.commands import Command, SubParsers
 from fedveil.errors import FedveilError
 
 
-def add_model_hash_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "model-hash",
         help="print the SHA-256 base-model hash of a local model directory (for --model-hash)",
@@ -22,7 +23,7 @@ def add_model_hash_parser(sub: argparse._SubParsersAction[argparse.ArgumentParse
     p.add_argument("model_dir", help="a local model directory saved with save_pretrained")
 
 
-def run_model_hash(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Print the hex hash; a missing or unsupported directory exits 2 with one line."""
     from fedveil.clients.lora.hashing import base_model_hash
     from fedveil.clients.models.loading import load_model
@@ -34,3 +35,6 @@ def run_model_hash(args: argparse.Namespace) -> int:
         return 2
     print(base_model_hash(loaded.model).hex())
     return 0
+
+
+COMMAND = Command("model-hash", add_parser, run)

@@ -47,6 +47,7 @@ import signal
 import sys
 import tempfile
 import tomllib
+from argparse import SUPPRESS
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -63,6 +64,8 @@ from fedveil.clients.streams import as_update_vector
 from fedveil.clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
 from fedveil.clients.update_guard import RepeatedUpdateGuard
 from fedveil.clients.weights import WeightMode
+from fedveil.commands import Command, SubParsers
+from fedveil.commands.logs import LOG_FORMATS, add_logging_flags, configure_logging
 from fedveil.errors import ConfigError, FedveilError
 from fedveil.secagg.dp.budget import PrivacyBudget
 from fedveil.secagg.protocol.config import ClientPolicy
@@ -115,6 +118,7 @@ class ClientSettings:
     model_hash: str | None = None
     previous_result: str | None = None
     log_level: str = "INFO"
+    log_format: str = "text"
     privacy_epsilon: float | None = None
     privacy_delta: float = 1e-5
     privacy_ledger: Path | None = None
@@ -158,6 +162,8 @@ class ClientSettings:
             raise ConfigError(
                 f"log_level must be DEBUG, INFO, WARNING or ERROR, not {self.log_level!r}"
             )
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"log_format must be text or json, not {self.log_format!r}")
         if not isinstance(self.allow_mode, list | tuple) or not all(
             isinstance(mode, str) for mode in self.allow_mode
         ):
@@ -266,6 +272,7 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
         "summary's result_digest), to resume the model chain",
     ),
     "log_level": (str, "DEBUG, INFO (default), WARNING or ERROR"),
+    "log_format": (str, "text (default) or json: one JSON object per log line"),
     "privacy_epsilon": (
         float,
         "client-level DP budget: take part only in DP rounds, and stop before epsilon "
@@ -295,18 +302,29 @@ _FLAG_TYPES: dict[str, tuple[type, str]] = {
     ),
 }
 
+_LOGGING_SETTINGS = frozenset({"log_level", "log_format"})  # flags from commands.logs
 
-def add_client_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+
+def add_parser(
+    subparsers: SubParsers,
 ) -> argparse.ArgumentParser:
-    """Register `client`; dispatch the parsed arguments with `run_client`."""
+    """Register `client`; dispatched by `run`."""
     p = subparsers.add_parser(
         "client",
         help="take part in aggregation rounds as one enrolled client",
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("--config", type=Path, default=None, help="TOML file with a [client] table")
+    add_logging_flags(p, default_level=None)  # None: the [client] table's log_level
     for name, (kind, text) in _FLAG_TYPES.items():
+        if name in _LOGGING_SETTINGS:
+            continue
+        if name == "summary_json":  # --json, as every other command names its JSON report
+            p.add_argument("--json", dest=name, type=kind, default=None, help=text)
+            p.add_argument(  # the name before that; kept, not shown
+                "--summary-json", dest=name, type=kind, default=argparse.SUPPRESS, help=SUPPRESS
+            )
+            continue
         flag = f"--{name.replace('_', '-')}"
         if kind is list:
             p.add_argument(flag, action="append", default=None, help=text)
@@ -320,7 +338,6 @@ def add_client_parser(
         default=None,
         help=argparse.SUPPRESS,  # fault injection for tests; see _StageWatcher
     )
-    p.set_defaults(handler=run_client)
     return p
 
 
@@ -743,16 +760,12 @@ async def run_rounds(prepared: _Prepared) -> list[AggregateResult]:
     return results
 
 
-def run_client(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run `fedveil client`; the exit status is documented in the module docstring."""
     overrides = {name: getattr(args, name, None) for name in _FLAG_TYPES}
     try:
         settings = load_client_settings(args.config, overrides)
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            stream=sys.stderr,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        configure_logging(settings.log_level, settings.log_format)
         prepared = prepare(settings, getattr(args, "stop_before_stage", None))
     except (FedveilError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -775,3 +788,6 @@ def _close_ledger(ledger: object) -> None:
     """Release the ledger file's lock (every charge is already on disk)."""
     if isinstance(ledger, PersistentPrivacyLedger):
         ledger.close()
+
+
+COMMAND = Command("client", add_parser, run)

@@ -13,10 +13,12 @@ import shutil
 import sys
 from pathlib import Path
 
+from fedveil.commands import Command, SubParsers
+from fedveil.commands.logs import add_logging_flags, configure_logging
 from fedveil.errors import ConfigError
 
 
-def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "audit",
         help="run every attack against every protection; write report.json and report.html",
@@ -41,11 +43,13 @@ def add_audit_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     p.add_argument("--fresh", action="store_true", help="discard stored jobs and recompute")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_logging_flags(p, default_level="WARNING")
 
 
-def run_audit_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from fedveil.attacks.audit.config import load_config
 
+    configure_logging(args.log_level, args.log_format)
     try:
         config = load_config(args.config, args.profile)
         if args.workers < 1:
@@ -55,8 +59,8 @@ def run_audit_command(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"fedveil audit: configuration error: {exc}", file=sys.stderr)
         return 2
-    from fedveil.aggregators import real_aggregators
     from fedveil.attacks.audit.runner import run_audit
+    from fedveil.runners.aggregators import real_aggregators
 
     if args.fresh and (args.out / "work").is_dir():
         shutil.rmtree(args.out / "work")
@@ -91,3 +95,6 @@ def _print_matrix(report: dict[str, object]) -> None:
             for k, v in cell["metrics"].items()
         )
         print(f"{cell['protection']:<18} {cell['attack']:<28} {cell['status']:<18} {metrics}")
+
+
+COMMAND = Command("audit", add_parser, run)

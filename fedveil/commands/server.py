@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+from fedveil.commands import Command, SubParsers
+from fedveil.commands.logs import add_logging_flags, configure_logging
 from fedveil.errors import FedveilError
 from fedveil.server.app import start_server
 from fedveil.server.keys_store import check_server_folders
@@ -66,7 +67,7 @@ _ROUND_FLAGS: tuple[tuple[str, Any, str], ...] = (
 )
 
 
-def add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser("server", help="run the aggregation service")
     p.add_argument("--config", type=Path, default=None, help="TOML file with [server] and [round]")
     p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
@@ -93,11 +94,12 @@ def add_server_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
         default=None,
         help="calls one client may have in flight at once (default 8; past it RESOURCE_EXHAUSTED)",
     )
+    add_logging_flags(p, default_level="INFO")
     for name, kind, text in _ROUND_FLAGS:
         p.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None, help=text)
 
 
-def run_server(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     overrides: dict[str, Any] = {
         "host": args.host,
         "port": args.port,
@@ -116,9 +118,7 @@ def run_server(args: argparse.Namespace) -> int:
     except (FedveilError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(args.log_level, args.log_format)
 
     async def serve() -> None:
         running = await start_server(settings)
@@ -138,3 +138,6 @@ def run_server(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+COMMAND = Command("server", add_parser, run)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
+from fedveil.commands import Command, SubParsers
+from fedveil.commands.logs import add_logging_flags, configure_logging
 from fedveil.errors import FedveilError
 
 # Literal, not AggregationVariant: importing clients.lora pulls in torch and peft (seconds),
@@ -15,7 +16,7 @@ from fedveil.errors import FedveilError
 VARIANTS = ("fedavg", "ffa")
 
 
-def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(sub: SubParsers) -> None:
     p = sub.add_parser(
         "demo",
         help="three organisations fine-tune the built-in captioner over the secure service",
@@ -43,10 +44,21 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         choices=("none", "client", "sample"),
         default="none",
         help="client: client-level distributed DP inside SecAgg; sample: Opacus DP-SGD in "
-        "each party, local-only baselines stay non-private (budget --epsilon, --delta)",
+        "each party, local-only baselines stay non-private "
+        "(budget --dp-target-epsilon, --dp-delta)",
     )
-    p.add_argument("--epsilon", type=float, default=8.0, help="DP budget over the whole run")
-    p.add_argument("--delta", type=float, default=1e-5, help="DP delta over the whole run")
+    p.add_argument(
+        "--dp-target-epsilon",
+        type=float,
+        default=8.0,
+        help="DP: epsilon over the whole run the noise is calibrated to (default 8)",
+    )
+    p.add_argument(
+        "--dp-delta", type=float, default=1e-5, help="DP: delta over the whole run (1e-5)"
+    )
+    # The names before the CLI shared `fedveil server`'s DP vocabulary; kept, not shown.
+    for old, new in (("--epsilon", "dp_target_epsilon"), ("--delta", "dp_delta")):
+        p.add_argument(old, dest=new, type=float, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     p.add_argument(
         "--dp-clip-norm",
         type=float,
@@ -54,13 +66,14 @@ def add_demo_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="client DP: L2 clip C of an update; sample DP: per-sample gradient clip",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_logging_flags(p, default_level="WARNING")
 
 
-def run_demo_command(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from fedveil.clients.lora.config import AggregationVariant
-    from fedveil.demo import DemoOptions, format_table, run_demo
+    from fedveil.demo.run import DemoOptions, format_table, run_demo
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.log_level, args.log_format)
     try:
         options = DemoOptions(
             mode=args.mode,
@@ -72,8 +85,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
             variant=AggregationVariant(args.variant),
             seed=args.seed,
             dp=args.dp,
-            epsilon=args.epsilon,
-            delta=args.delta,
+            epsilon=args.dp_target_epsilon,
+            delta=args.dp_delta,
             dp_clip_norm=args.dp_clip_norm,
             progress=not args.no_progress,
         )
@@ -83,3 +96,6 @@ def run_demo_command(args: argparse.Namespace) -> int:
         return 2
     print(format_table(report))
     return 0
+
+
+COMMAND = Command("demo", add_parser, run)

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from fedveil.clients.enrolment import REQUEST_FILE, request_enrolment
+from fedveil.commands import Command, SubParsers
 from fedveil.errors import FedveilError
 from fedveil.server.keys_store import (
     CA_CERT,
@@ -38,10 +39,10 @@ def _csv(value: str) -> list[str]:
     return [part.strip() for part in value.split(",") if part.strip()]
 
 
-def add_keys_parser(
-    subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
+def add_parser(
+    subparsers: SubParsers,
 ) -> argparse.ArgumentParser:
-    """Register `keys` and its sub-commands; dispatch the result with `run_keys`."""
+    """Register `keys` and its sub-commands; dispatched by `run`."""
     keys = subparsers.add_parser(
         "keys", help="create the CA and server folder, enrol and revoke clients"
     )
@@ -111,7 +112,6 @@ def add_keys_parser(
     show.add_argument(
         "--server-dir", type=Path, required=True, help="server folder from `keys init`"
     )
-    keys.set_defaults(handler=run_keys)
     return keys
 
 
@@ -155,7 +155,7 @@ def _enrol(args: argparse.Namespace) -> None:
     )
 
 
-def run_keys(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run one `keys` sub-command; errors go to stderr with exit status 2."""
     try:
         if args.keys_command == "init":
@@ -188,3 +188,6 @@ def run_keys(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+COMMAND = Command("keys", add_parser, run)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import functools
 
 from fedveil.attacks.protections import Aggregators
-from fedveil.ckks_simulation import ckks_mean
-from fedveil.simulation import secure_dp_mean, secure_mean
+from fedveil.runners.ckks_simulation import ckks_mean
+from fedveil.runners.simulation import secure_dp_mean, secure_mean
 
 
 def real_aggregators() -> Aggregators:

@@ -30,7 +30,7 @@ from fedveil.clients.models.base import build_base_model
 from fedveil.clients.models.loading import load_model
 from fedveil.clients.training.dp_loop import DPTrainConfig
 from fedveil.errors import ConfigError
-from fedveil.service_aggregator import ServiceAggregator
+from fedveil.runners.service_aggregator import ServiceAggregator
 
 MODES = ("secagg", "ckks", "plaintext")
 DP_MODES = ("none", "client", "sample")
