@@ -34,7 +34,7 @@ from fedveil.secagg.protocol.model_chain import payload_digest
 
 logger = logging.getLogger("fedveil.clients.transport")
 # CKKS has no analytic per-element bound here; this is the bound its tests hold it to
-# (max |error| <= 1e-6 x the value bound; measured about 1e-8).
+# (max |error| <= 1e-6 x the value bound; measured errors: benchmarks/README.md, ckks_bench).
 CKKS_TESTED_ERROR = 1e-6
 # What the aggregate sanity bound allows CKKS on top of the value bound (relative): 100x
 # the tested error, so an honest result is never refused; a crafted one gains 1e-4.

@@ -10,15 +10,13 @@ A local-only baseline is the same loop with a cohort of one: the same rounds, ep
 seeds and optimiser resets, only without the other parties.
 
 The recipe (`CaptionerRecipe`) is what was measured to work on two CPU cores: FFA-LoRA,
-many short rounds (one local epoch, 8 steps, per round), Adam at 1e-2. Measured on the
-default data and base model (seed 0, 20 rounds, plaintext mean), mean concept recall:
-
-    base 0.00 | energy alone 0.23 | residential alone 0.24 | urban alone 0.33 | federated 0.68
-
-(a party alone can only ever describe its own domain: at most 1/3). Same data, same
-budget, other choices: FedAvg of A and B instead of FFA-LoRA 0.15; 8 rounds of 3 local
-epochs instead of 20 of one 0.32 (each party's long local run learns to ignore the prompt,
-and the average of three such models mixes every domain's words after every prompt).
+many short rounds (one local epoch, 8 steps, per round), Adam at 1e-2. The federation
+beats every party alone (a party alone can only ever describe its own domain: at most 1/3
+mean concept recall). With the same data and budget, FedAvg of A and B instead of
+FFA-LoRA, or a few rounds of several local epochs instead of many of one, learn far less
+(each party's long local run learns to ignore the prompt, and the average of three such
+models mixes every domain's words after every prompt). Figures: the README's demo
+section and benchmarks/README.md ("Recipe choices").
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ async def start_server(settings: ServerSettings, roster: Roster | None = None) -
         ("grpc.max_send_message_length", settings.max_message_bytes),
         # No BDP probing: HTTP/2 windows stay at their default instead of growing to
         # megabytes per stream, so buffered bytes scale with the chunk size, not with
-        # n concurrent uploads times a large window (measured: 409 -> 256 MB at n=50).
+        # n concurrent uploads times a large window (benchmarks/README.md, e2e_bench).
         ("grpc.http2.bdp_probe", 0),
     ]
     guard = CallGuard(settings.max_calls_per_client, SERVICE_NAME)

@@ -3,12 +3,11 @@ flight (RESOURCE_EXHAUSTED past it) and strict decoding (INVALID_ARGUMENT, not U
 
 Why a cap: every stage RPC is a long poll and every upload a stream, so each call an
 enrolled client opens holds a handler, its HTTP/2 stream and its buffers on the server
-until the stage closes. Without a cap one client can open thousands (measured: all 18
-idle streams and polls of one client stayed open) and starve the others. An honest
-client holds one or two calls (a long poll, perhaps a retry whose predecessor the server
-has not yet seen end). The client is named by the certificate it proved in the
-mutual-TLS handshake (the roster pins one per client); without TLS (`insecure`, a local
-experiment) by its connection.
+until the stage closes. Without a cap one client can open thousands and starve the
+others. An honest client holds one or two calls (a long poll, perhaps a retry whose
+predecessor the server has not yet seen end). The client is named by the certificate it
+proved in the mutual-TLS handshake (the roster pins one per client); without TLS
+(`insecure`, a local experiment) by its connection.
 
 Why decode here: gRPC parses a request before the handler runs and answers bytes that
 are not a protobuf message with UNKNOWN and the parser's exception (found by the fuzzer,

@@ -27,8 +27,8 @@ def flush_denormals() -> Iterator[None]:
     """Treat denormal floats as zero inside the block (restored to off afterwards).
 
     Why: softmax over padded or confident positions yields denormals, and on CPU an
-    operation on a denormal can be ~100x slower; a tiny model's training step went
-    from 10 ms to over a second. Flushing them changes results only below 1e-38.
+    operation on a denormal is far slower, enough to dominate a tiny model's training
+    step. Flushing them changes results only below 1e-38.
     """
     torch.set_flush_denormal(True)
     try:
@@ -42,7 +42,7 @@ def cpu_threads(threads: int | None) -> Iterator[None]:
     """Run the block with `threads` intra-op threads (None: leave as is), then restore.
 
     Why: tiny models gain nothing from more threads, and on a shared machine the
-    OpenMP workers spin-wait for busy cores, which made steps 100x slower here.
+    OpenMP workers spin-wait for busy cores, which slows every step.
     """
     before = torch.get_num_threads()
     if threads is not None:

@@ -116,7 +116,7 @@ class FederationSettings:
     @classmethod
     def quick(cls) -> FederationSettings:
         """The benchmark's --quick federation: 20 rounds x 15 local epochs (300 epochs
-        per party; about 22 s per non-DP release and 6 s for DP-SGD on one thread)."""
+        per party)."""
         return cls()
 
     @classmethod

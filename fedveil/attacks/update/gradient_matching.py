@@ -51,7 +51,7 @@ def torch_threads(count: int | None) -> Iterator[None]:
 
     Why: gradient matching on small models is thousands of tiny kernels; extra OpenMP
     threads add nothing there, and on a shared or oversubscribed machine their
-    spin-waiting made a 6 s DLG run take 80 s (measured on 2 busy cores). None leaves
+    spin-waiting makes a DLG run many times slower. None leaves
     torch's setting alone (for large targets that do benefit).
     """
     if count is None:

@@ -25,9 +25,9 @@ class AggregationVariant(StrEnum):
     of the parties' weight updates.
     FFA: FFA-LoRA. A is frozen at a value every party derives from the shared seed; only
     B is trained and sent, and mean(B_i) A = mean(B_i A) exactly. The upload shrinks too
-    (23,544 instead of 42,744 values for the built-in captioner). Measured on the
-    captioner federation (same data, rounds and budget): mean concept recall 0.68 with
-    FFA, 0.15 with FEDAVG. The default.
+    (23,544 instead of 42,744 values for the built-in captioner), and on the captioner
+    federation (same data, rounds and budget) it learns far more than FEDAVG
+    (benchmarks/README.md, "Recipe choices"). The default.
     """
 
     FEDAVG = "fedavg"

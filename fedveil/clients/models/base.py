@@ -5,7 +5,7 @@ sees and names the generic world (street, house, tree, sky, road...) but has nev
 told about gas pipelines, loitering or bike lanes. Those are what the parties' private
 annotations add, and what the metric measures.
 
-Why cached with a marker: the build takes about a minute on two cores; it runs once. The
+Why cached with a marker: the build is slow on two cores; it runs once. The
 directory is written under a temporary name and renamed into place, and the marker
 (`fedveil-base.json`, written last) records the build config, so a half-written or
 differently-configured directory is never mistaken for the model asked for.
@@ -100,10 +100,10 @@ def _reserve_domain_prompts(model: torch.nn.Module, tokenizer: object) -> None:
     Why: pretraining never shows the domain prompts, so their rows keep a random
     initialisation the decoder never learnt to read, and federated fine-tuning must first
     teach it to tell them apart. Copied from three distinct instructions, the prompts are
-    told apart from the start. Measured (federated mean recall, same data and budget):
-    0.68 with the copies vs 0.65 without in the demo recipe; 0.52 vs 0.04 in an earlier
-    recipe of 8 rounds of 2 local epochs, where the prompts never came apart. The base
-    model still knows nothing of the domains: after `<energy>` it describes the sky.
+    told apart from the start: federated recall is higher with the copies, by far in
+    recipes where the prompts otherwise never come apart (benchmarks/README.md, "Recipe
+    choices"). The base model still knows nothing of the domains: after `<energy>` it
+    describes the sky.
     """
     vocab = tokenizer.get_vocab()  # type: ignore[attr-defined]
     embeddings = model.get_decoder().get_input_embeddings().weight  # type: ignore[operator]

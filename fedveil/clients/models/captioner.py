@@ -101,7 +101,7 @@ def build_captioner(
         # Untied on purpose: with tied embeddings, every token pretraining never uses (the
         # domain prompts and words) is pushed by the softmax along the same direction, so
         # the three domain prompts would enter the decoder as almost the same vector
-        # (measured cosine 0.9) and no adapter could tell the domains apart. Untied, an
+        # and no adapter could tell the domains apart. Untied, an
         # unused input row keeps its random initialisation: distinct for every prompt.
         tie_word_embeddings=False,
     )

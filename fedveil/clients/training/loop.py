@@ -29,7 +29,7 @@ from fedveil.errors import ConfigError
 DEFAULT_THREADS = 1
 """One intra-op thread: the tiny model's matmuls are too small to split well, and on a
 shared two-core machine a second OpenMP thread that gets preempted stalls every
-barrier (measured: 0.12 s per step with one thread, 0.85 s with two under load)."""
+barrier, so two threads are slower than one under load."""
 
 
 SCHEDULES = ("constant", "cosine")

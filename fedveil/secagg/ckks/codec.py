@@ -3,11 +3,9 @@
 Layout: the client uploads E(w' x) and E(w') where w' = weight * weight_scale / max_weight.
 `weight_scale` (a power of two, see `weight_scale_for`) spends the preset's headroom on
 the signal: with w' <= 1 a small client weight would sit near CKKS's absolute noise
-floor, and dividing by a small decrypted total weight would amplify that noise (measured
-at n = 10, d = 1e5, weights ~ 0.0025 max_weight: max error 1.3e-6 unscaled, 6.8e-11 with
-K = 16384). The d + 1 values
-are cut into chunks of one ciphertext (slot_count values) each, serialised without the
-context. The server keeps one running ciphertext per chunk and only adds; whoever holds
+floor, and dividing by a small decrypted total weight would amplify that noise. The d + 1
+values are cut into chunks of one ciphertext (slot_count values) each, serialised without
+the context. The server keeps one running ciphertext per chunk and only adds; whoever holds
 the secret context divides the decrypted weighted sum by the decrypted total weight. The
 server never sees a client's weight, unlike schemes that multiply by plaintext weights on
 the server.
@@ -217,8 +215,8 @@ class CiphertextSum:
         try:
             if current is None:
                 # A new vector that shares the public context: CKKSVector.copy() would
-                # copy the whole context as well (18 ms a chunk, 20x the server's work at
-                # d=4e6).
+                # copy the whole context as well, many times the server's adding work
+                # (benchmarks/README.md, ckks_bench).
                 negated = -vector
                 self._sums[index] = negated if subtract else -negated
             elif subtract:

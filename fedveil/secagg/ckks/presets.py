@@ -3,9 +3,9 @@
 Why add-only by default: a client multiplies its update by its own (normalised) weight
 before encrypting and sends the weight in one more slot, so the server only adds
 ciphertexts. Without a multiplication no rescaling level is consumed, so one 60-bit prime
-plus the special prime suffice ([60, 60]): ciphertexts are about 8x the fp32 bytes,
-where NVIDIA FLARE's [60, 40, 40] chain with a server-side plaintext multiply costs
-about 14x and server time for the multiply, and reveals each client's weight.
+plus the special prime suffice ([60, 60]): ciphertexts are smaller than with NVIDIA
+FLARE's [60, 40, 40] chain, whose server-side plaintext multiply also costs server time
+and reveals each client's weight (sizes and times: benchmarks/README.md, ckks_bench).
 """
 
 from __future__ import annotations

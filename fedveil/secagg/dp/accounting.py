@@ -197,7 +197,7 @@ class PrivacyAccountant:
 
     # --- methods -----------------------------------------------------------------------
 
-    # dp_accounting is imported where used: it costs ~1.5 s to import, which a server that
+    # dp_accounting is imported where used: it is slow to import, which a server that
     # never accounts should not pay.
 
     def _rdp_epsilon(self, events: Sequence[DpEvent], delta: float) -> float:

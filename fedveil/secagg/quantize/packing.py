@@ -8,7 +8,7 @@ bit k of the stream is bit (k mod 8) of byte k // 8, and the final partial byte 
 with zero bits. Both ends of the connection can compute the exact length from (count, m),
 so a length or padding mismatch is proof of a malformed message.
 
-Why this algorithm: per-value Python loops are ~1000x too slow for millions of values.
+Why this algorithm: per-value Python loops are far too slow for millions of values.
 Instead values are handled in groups of P = 64 / gcd(m, 64) values, which fill exactly
 W = m / gcd(m, 64) uint64 words, so each of the P positions of a group has a fixed word
 index and shift. A Python loop over the P positions runs vectorised over all groups, and
