@@ -291,7 +291,7 @@ def test_a_charge_that_cannot_be_written_is_not_spent_and_nothing_is_sent(
     def disk_full(*args: object, **kwargs: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("fedveil.clients.privacy_ledger.os.replace", disk_full)
+    monkeypatch.setattr("fedveil.durable.os.replace", disk_full)
     gen = np.random.default_rng(0)
     inputs = {cid: gen.normal(size=dim) * 0.01 for cid in federation.ids}
     report = run_round(config, federation, inputs, ledgers={victim: ledger})

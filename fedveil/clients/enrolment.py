@@ -14,7 +14,6 @@ Only request.json goes to the operator; client.pem and ca.pem come back.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fedveil.clients.credentials import CLIENT_CERT, CLIENT_IDENTITY, CLIENT_KEY
+from fedveil.durable import write_atomically
 from fedveil.errors import ConfigError
 from fedveil.secagg.crypto.identity import SigningIdentity
 from fedveil.secagg.enrolment import EnrolmentRequest
@@ -33,18 +33,7 @@ _DIR_MODE = 0o700
 
 
 def _write(path: Path, data: bytes, *, secret: bool) -> None:
-    """Atomic; a secret is 0600 from its first byte (mkstemp creates files 0600)."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _SECRET_MODE if secret else _PUBLIC_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, data, mode=_SECRET_MODE if secret else _PUBLIC_MODE)
 
 
 def _pkcs8(key: ec.EllipticCurvePrivateKey | Ed25519PrivateKey) -> bytes:

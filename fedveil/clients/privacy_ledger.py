@@ -37,7 +37,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from fedveil.durable import write_atomically
 from fedveil.errors import ConfigError, FedveilError
 from fedveil.secagg.dp.accounting import AccountingMethod, EpsilonReport
 from fedveil.secagg.dp.budget import PrivacyBudget, PrivacyLedger
@@ -192,29 +192,6 @@ def _parse(data: object) -> _Stored:
     return _Stored(federation, owner, budget, method, data["discrete_as_gaussian"], rounds)
 
 
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write, fsync, rename over `path`, fsync the folder: all or nothing, and durable."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
 class PersistentPrivacyLedger(PrivacyLedger):
     """A PrivacyLedger kept in a file; create or load one with `open`.
 
@@ -350,7 +327,7 @@ class PersistentPrivacyLedger(PrivacyLedger):
         return json.dumps(data, indent=1, allow_nan=False) + "\n"
 
     def _store(self, entries: Sequence[dict[str, Any]] = ()) -> None:
-        _write_atomically(self.path, self._document(entries))
+        write_atomically(self.path, self._document(entries).encode("utf-8"), sync_folder=True)
 
     # --- ledger --------------------------------------------------------------------------
 

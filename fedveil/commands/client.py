@@ -45,7 +45,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import tomllib
 from argparse import SUPPRESS
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
@@ -66,6 +65,7 @@ from fedveil.clients.update_guard import RepeatedUpdateGuard
 from fedveil.clients.weights import WeightMode
 from fedveil.commands import Command, SubParsers
 from fedveil.commands.logs import LOG_FORMATS, add_logging_flags, configure_logging
+from fedveil.durable import write_atomically
 from fedveil.errors import ConfigError, FedveilError
 from fedveil.secagg.dp.budget import PrivacyBudget
 from fedveil.secagg.protocol.config import ClientPolicy
@@ -450,14 +450,7 @@ def _check_update(update: np.ndarray | dict[str, np.ndarray], path: Path) -> Non
 def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     """Write via a temporary file, so a reader never sees a half-written result."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, write)
 
 
 def write_result(path: Path, result: AggregateResult) -> None:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -41,6 +40,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fedveil.durable import write_atomically
 from fedveil.errors import ConfigError
 from fedveil.secagg.crypto.identity import SigningIdentity
 from fedveil.secagg.enrolment import EnrolmentRequest
@@ -81,19 +81,9 @@ class ServerCredentials(NamedTuple):
 
 
 def _write(path: Path, data: bytes, *, secret: bool) -> None:
-    """Write atomically; a secret is 0600 from its first byte (never briefly readable)."""
+    """Atomic; a secret is 0600 from its first byte (never briefly readable)."""
     path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, _SECRET_MODE if secret else _PUBLIC_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, data, mode=_SECRET_MODE if secret else _PUBLIC_MODE)
 
 
 def _read(path: Path, what: str) -> bytes:

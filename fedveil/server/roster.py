@@ -17,7 +17,6 @@ from __future__ import annotations
 import hmac
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
+from fedveil.durable import PUBLIC_MODE, write_atomically
 from fedveil.errors import ConfigError, UnauthenticatedError, UnknownClientError
 from fedveil.secagg.crypto.identity import VerifyingIdentity
 from fedveil.secagg.roster_format import (
@@ -202,17 +202,7 @@ class Roster(Mapping[str, EnrolledClient]):
         """Write atomically, so a crash never leaves a half-written roster."""
         target = Path(path)
         text = json.dumps(self.to_json(), indent=2) + "\n"
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(target, text.encode("utf-8"), mode=PUBLIC_MODE)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Roster:
