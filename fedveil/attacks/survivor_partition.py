@@ -78,15 +78,11 @@ class PartitionOutcome:
 
 
 def _held_owners(
-    config: RoundConfig,
-    graph: Mapping[str, frozenset[str]],
-    plan_victim: str,
-    mask_peers: frozenset[str],
-    holder: str,
+    graph: Mapping[str, frozenset[str]], plan: PartitionPlan, holder: str
 ) -> frozenset[str]:
     """Owners whose shares `holder` holds when the victim's inbox is trimmed."""
-    if holder == plan_victim:
-        return mask_peers | {holder}
+    if holder == plan.victim:
+        return plan.mask_peers | {holder}
     return graph[holder] | {holder}
 
 
@@ -113,14 +109,14 @@ def _valid_view(
 
 
 def count_reveals(
-    config: RoundConfig, plan: PartitionPlan, colluders: frozenset[str]
+    graph: Mapping[str, frozenset[str]], plan: PartitionPlan, colluders: frozenset[str]
 ) -> dict[tuple[str, str], int]:
-    """How many shares of each (owner, kind) the plan obtains under the old rule."""
-    graph = neighbour_graph(config.roster, config.neighbours, config.session_id)
+    """How many shares of each (owner, kind) the plan obtains under the old rule
+    (`graph`: the round's neighbour graph)."""
     counts: dict[tuple[str, str], int] = defaultdict(int)
     for view in plan.views:
         for holder in view.signers - colluders:
-            for owner in _held_owners(config, graph, plan.victim, plan.mask_peers, holder):
+            for owner in _held_owners(graph, plan, holder):
                 if owner in view.survivors:
                     counts[(owner, "self-mask")] += 1
                 elif owner in view.dropped:
@@ -132,9 +128,12 @@ def count_reveals(
     return dict(counts)
 
 
-def plan_succeeds(config: RoundConfig, plan: PartitionPlan, colluders: frozenset[str]) -> bool:
-    counts = count_reveals(config, plan, colluders)
-    t = config.threshold
+def plan_succeeds(
+    graph: Mapping[str, frozenset[str]], t: int, plan: PartitionPlan, colluders: frozenset[str]
+) -> bool:
+    """Whether the plan gets t shares of the victim's self-mask and of each honest mask
+    peer's key."""
+    counts = count_reveals(graph, plan, colluders)
     if counts.get((plan.victim, "self-mask"), 0) < t:
         return False
     return all(counts.get((v, "masking-key"), 0) >= t for v in plan.mask_peers - colluders)
@@ -197,7 +196,7 @@ def plan_partition(
             if _valid_view(view, graph, victim, mask_peers, floor, t, colluders):
                 views.append(view)
         plan = PartitionPlan(victim, mask_peers, tuple(views))
-        if plan_succeeds(config, plan, colluders):
+        if plan_succeeds(graph, t, plan, colluders):
             return plan
     return None
 

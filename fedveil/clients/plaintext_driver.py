@@ -34,14 +34,7 @@ class PlaintextDriver:
     ) -> Received:
         spec = call.spec
         header, mean = await self._exchange(call, update, weight)
-        result = AggregateResult(
-            round_id=int(header.round_id),
-            survivors=tuple(header.survivors),
-            total_weight=int(header.total_weight),
-            weighted_mean=mean,
-            error_bound=float(header.error_bound),
-            layout=layout,
-        )
+        result = AggregateResult.from_header(header, mean, layout)
         clip, dimension = float(spec.quantization.clip), int(spec.dimension)
         return Received(
             result,

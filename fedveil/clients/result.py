@@ -52,6 +52,28 @@ class AggregateResult:
     privacy_spent: EpsilonReport | None = None
     result_digest: bytes | None = None
 
+    @classmethod
+    def from_header(
+        cls,
+        header: pb.ResultHeader,
+        mean: np.ndarray,
+        layout: TensorLayout | None,
+        *,
+        privacy: RoundPrivacyReport | None = None,
+        privacy_spent: EpsilonReport | None = None,
+    ) -> AggregateResult:
+        """The result of a round whose server streamed a header and the float mean."""
+        return cls(
+            round_id=int(header.round_id),
+            survivors=tuple(header.survivors),
+            total_weight=int(header.total_weight),
+            weighted_mean=mean,
+            error_bound=float(header.error_bound),
+            layout=layout,
+            privacy=privacy,
+            privacy_spent=privacy_spent,
+        )
+
     def as_tensors(self, layout: TensorLayout | None = None) -> dict[str, np.ndarray]:
         """The mean split into named float64 tensors (by `layout`, or the round's own)."""
         chosen = layout or self.layout

@@ -206,15 +206,8 @@ class SecAggDriver:
                     f"multiplier / clip norm {(privacy.noise_multiplier, privacy.clip_norm)}, "
                     f"but the round this client joined used {published}"
                 )
-        result = AggregateResult(
-            round_id=int(header.round_id),
-            survivors=tuple(header.survivors),
-            total_weight=int(header.total_weight),
-            weighted_mean=mean,
-            error_bound=float(header.error_bound),
-            layout=layout,
-            privacy=privacy,
-            privacy_spent=session.privacy_spent,
+        result = AggregateResult.from_header(
+            header, mean, layout, privacy=privacy, privacy_spent=session.privacy_spent
         )
         dp = config.dp
         floor = max(config.threshold, int(spec.min_cohort))

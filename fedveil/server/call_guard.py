@@ -142,27 +142,7 @@ class CallGuard(grpc.aio.ServerInterceptor):
 
     def _unary(self, behaviour: Callable[..., Any], decode: Decode) -> Callable[..., Any]:
         """A unary request: decoded before the handler runs."""
-
-        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-            key = await self._enter(context)
-            try:
-                return await behaviour(decode(raw), context)
-            except FedveilError as exc:
-                await self._refuse(context, exc)
-            finally:
-                self._leave(key)
-
-        async def stream(raw: bytes, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            key = await self._enter(context)
-            try:
-                async for response in behaviour(decode(raw), context):
-                    yield response
-            except FedveilError as exc:
-                await self._refuse(context, exc)
-            finally:
-                self._leave(key)
-
-        return stream if inspect.isasyncgenfunction(behaviour) else call
+        return self._wrap(behaviour, decode)
 
     def _streamed(self, behaviour: Callable[..., Any], decode: Decode) -> Callable[..., Any]:
         """A request stream: each message decoded as the handler reads it."""
@@ -171,23 +151,28 @@ class CallGuard(grpc.aio.ServerInterceptor):
             async for raw in raw_iterator:
                 yield decode(raw)
 
-        async def call(
-            raw_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-        ) -> Any:
+        return self._wrap(behaviour, decoded)
+
+    def _wrap(
+        self, behaviour: Callable[..., Any], prepare: Callable[[Any], Any]
+    ) -> Callable[..., Any]:
+        """Count the call against the caller's cap and give an escaped FedveilError its
+        status; `prepare` turns the raw request (bytes or a stream) into what the handler
+        reads."""
+
+        async def call(raw: Any, context: grpc.aio.ServicerContext) -> Any:
             key = await self._enter(context)
             try:
-                return await behaviour(decoded(raw_iterator), context)
+                return await behaviour(prepare(raw), context)
             except FedveilError as exc:
                 await self._refuse(context, exc)
             finally:
                 self._leave(key)
 
-        async def stream(
-            raw_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
-        ) -> AsyncIterator[Any]:
+        async def stream(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             key = await self._enter(context)
             try:
-                async for response in behaviour(decoded(raw_iterator), context):
+                async for response in behaviour(prepare(raw), context):
                     yield response
             except FedveilError as exc:
                 await self._refuse(context, exc)
