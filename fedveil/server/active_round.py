@@ -10,7 +10,6 @@ The serialised result is cached here so n concurrent downloads share one copy.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,7 +19,7 @@ from fedveil.proto import aggregation_pb2 as pb
 from fedveil.secagg.ckks.messages import CkksResult
 from fedveil.secagg.ckks.server_round import CkksServerRound
 from fedveil.secagg.dp.report import RoundPrivacyReport
-from fedveil.secagg.protocol.model_chain import result_digest
+from fedveil.secagg.protocol.model_chain import RESULT_DTYPE, payload_digest, result_digest
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.secagg.protocol.stages import ORDER, Stage
 from fedveil.server.errors import RoundFailedError, StageClosedError
@@ -57,16 +56,15 @@ class ActiveRound:
             if isinstance(result, CkksResult):
                 pieces = list(result.ciphertexts)
             else:
-                data = np.ascontiguousarray(result.estimate.weighted_mean, dtype="<f8").tobytes()
+                data = np.ascontiguousarray(
+                    result.estimate.weighted_mean, dtype=RESULT_DTYPE
+                ).tobytes()
                 view = memoryview(data)
                 count = max(1, -(-len(data) // chunk_bytes))
                 pieces = [
                     bytes(view[i * chunk_bytes : (i + 1) * chunk_bytes]) for i in range(count)
                 ]
-            digest = hashlib.sha256()
-            for piece in pieces:
-                digest.update(piece)
-            self.result_pieces, self.result_digest = pieces, digest.digest()
+            self.result_pieces, self.result_digest = pieces, payload_digest(pieces)
         return self.result_pieces, self.result_digest
 
     def published_digest(self) -> bytes:
