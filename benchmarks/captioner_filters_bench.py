@@ -27,10 +27,10 @@ from fedveil.attacks.measure.captioner_filters import (
     training_texts,
 )
 from fedveil.attacks.output.language_model import cpu_threads
-from fedveil.clients.data.datasets import make_party_datasets, make_test_set
-from fedveil.clients.federated_local import CaptionerRecipe, make_parties, run_federated
-from fedveil.clients.lora.codec import load_adapter_vector
-from fedveil.clients.models import load_base_model
+from fedveil.learner.data.datasets import make_party_datasets, make_test_set
+from fedveil.learner.federated_local import CaptionerRecipe, make_parties, run_federated
+from fedveil.learner.lora.codec import load_adapter_vector
+from fedveil.learner.models import load_base_model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO_ROOT
+
+ROOT = REPO_ROOT
 DEEP_LEARNING = ("torch", "torchvision", "transformers", "peft", "opacus", "pytorch_msssim")
 # Installed here by [dev] but not by the base install; grpc imports it when present.
 NOT_IN_BASE = ("grpc_tools",)

@@ -10,7 +10,7 @@ update and weight. Colluding clients sign any view and hand over every share the
 
 `plan_partition` searches for such views for a given round and victim; `run_partition`
 drives them through the real `ClientSession`s and reports what the server could
-rebuild. The defence is in secagg.protocol.consistency; tests/test_survivor_partition.py
+rebuild. The defence is in secagg.protocol.consistency; tests/attacks/test_survivor_partition.py
 shows the attack succeeding against the old rule (t signatures suffice) and failing
 against the real one.
 """

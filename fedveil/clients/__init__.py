@@ -1,6 +1,3 @@
-"""The client side: transport, training, DP-SGD, ledgers."""
-
-from fedveil.clients.prv import install as _install_prv_backend
-
-# secagg's PRV accountant is injected (issue 16): clients account DP-SGD with Opacus'.
-_install_prv_backend()
+"""The client SDK: what a party runs to join a federation over gRPC (transport, the per-mode
+drivers, credentials and enrolment, the privacy ledger). No torch: training lives in
+fedveil.learner, which builds on this package."""

@@ -5,7 +5,7 @@ server code (dependency rule), and a client only ever needs to *read* its own fo
 
     client.pem  client.key  identity.key  ca.pem
 
-The file names are spelled again here on purpose; tests/test_pki.py checks that they
+The file names are spelled again here on purpose; tests/server/test_pki.py checks that they
 agree with server/keys_store.py, which writes them.
 """
 

@@ -36,7 +36,7 @@ class ClientOptions:
     the default ClientPolicy, SecAgg only).
 
     `base_model_hash` (required): SHA-256 of the base model this client holds (e.g.
-    clients.lora.base_model_hash). The client derives each round's model hash itself
+    learner.lora.base_model_hash). The client derives each round's model hash itself
     from it and from the last result it accepted (secagg.protocol.model_chain), and
     refuses, before sending anything, a round that announces another one
     (SessionMismatchError). `model_chain` resumes a chain kept from an earlier run

@@ -10,7 +10,7 @@ from fedveil.commands import Command, SubParsers
 from fedveil.commands.logs import add_logging_flags, configure_logging
 from fedveil.errors import FedveilError
 
-# Literal, not AggregationVariant: importing clients.lora pulls in torch and peft (seconds),
+# Literal, not AggregationVariant: importing learner.lora pulls in torch and peft (seconds),
 # which every `fedveil client` process would pay at start-up. tests/test_demo checks
 # that these match the enum.
 VARIANTS = ("fedavg", "ffa")
@@ -70,8 +70,8 @@ def add_parser(sub: SubParsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedveil.clients.lora.config import AggregationVariant
     from fedveil.demo.run import DemoOptions, format_table, run_demo
+    from fedveil.learner.lora.config import AggregationVariant
 
     configure_logging(args.log_level, args.log_format)
     try:

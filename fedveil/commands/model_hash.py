@@ -3,7 +3,7 @@
 Why a command: each round's model hash is chained from the base model's hash
 (secagg.protocol.model_chain), and the client and server both take it as `--model-hash`.
 It must be computed from the weights a party really holds, by the same canonical form
-the training code uses (clients.lora.hashing), not typed in or taken from the server.
+the training code uses (learner.lora.hashing), not typed in or taken from the server.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ def add_parser(sub: SubParsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the hex hash; a missing or unsupported directory exits 2 with one line."""
-    from fedveil.clients.lora.hashing import base_model_hash
-    from fedveil.clients.models.loading import load_model
+    from fedveil.learner.lora.hashing import base_model_hash
+    from fedveil.learner.models.loading import load_model
 
     try:
         loaded = load_model(args.model_dir)

@@ -18,18 +18,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedveil.clients.data.concepts import DOMAINS, Domain
-from fedveil.clients.data.datasets import make_party_datasets, make_test_set
-from fedveil.clients.federated_local import (
+from fedveil.errors import ConfigError
+from fedveil.learner.data.concepts import DOMAINS, Domain
+from fedveil.learner.data.datasets import make_party_datasets, make_test_set
+from fedveil.learner.federated_local import (
     CaptionerRecipe,
     compare_local_and_federated,
     make_parties,
 )
-from fedveil.clients.lora.config import AggregationVariant
-from fedveil.clients.models.base import build_base_model
-from fedveil.clients.models.loading import load_model
-from fedveil.clients.training.dp_loop import DPTrainConfig
-from fedveil.errors import ConfigError
+from fedveil.learner.lora.config import AggregationVariant
+from fedveil.learner.models.base import build_base_model
+from fedveil.learner.models.loading import load_model
+from fedveil.learner.training.dp_loop import DPTrainConfig
 from fedveil.runners.service_aggregator import ServiceAggregator
 
 MODES = ("secagg", "ckks", "plaintext")

@@ -11,7 +11,7 @@ proved in the mutual-TLS handshake (the roster pins one per client); without TLS
 
 Why decode here: gRPC parses a request before the handler runs and answers bytes that
 are not a protobuf message with UNKNOWN and the parser's exception (found by the fuzzer,
-tests/test_rpc_fuzz.py). Decoding in the wrapper turns that into INVALID_ARGUMENT naming
+tests/server/test_rpc_fuzz.py). Decoding in the wrapper turns that into INVALID_ARGUMENT naming
 the expected message, for unary requests and for every message of a request stream. The
 same net gives any FedveilError that escapes a handler its specific status (the fuzzer
 found CKKS advertisements converted before the handler's own mapping: UNKNOWN).

@@ -22,7 +22,7 @@ that need many clients quickly, and the server refuses such a folder::
 
 This module writes the folders; `clients.credentials` reads a client's part. The
 dependency rule (server and clients never import each other) means the client file
-names are spelled in both modules; tests/test_pki.py checks that they agree.
+names are spelled in both modules; tests/server/test_pki.py checks that they agree.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ class RoundSettings:
     stage_timeout_s: float = 60.0
     rounds: int = 0  # 0: run rounds until stopped
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
-    # SHA-256 of the base model every client holds (e.g. clients.lora.base_model_hash):
+    # SHA-256 of the base model every client holds (e.g. learner.lora.base_model_hash):
     # required to run rounds, no default. Each round's model hash chains it with the
     # digest of the previous round's published result (secagg.protocol.model_chain).
     model_hash: bytes | None = None

@@ -17,10 +17,10 @@ plug into the captioner's decoding loop unchanged -- what changes is what they c
   pipeline with leak"), so this filter is expected to destroy concept recall. It is
   reported as measured.
 
-The decoding loop mirrors clients.evaluation.generation.greedy_captions (greedy, no KV
+The decoding loop mirrors learner.evaluation.generation.greedy_captions (greedy, no KV
 cache, one caption per image per domain prompt, full caption = domain views joined) with
 the stack's processors applied to each step's logits, so the "none" stack reproduces the
-project's evaluation captions exactly and recall comes from clients.metrics.
+project's evaluation captions exactly and recall comes from learner.metrics.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from transformers import LogitsProcessorList, PreTrainedTokenizerBase
 from fedveil.attacks.output.filters.patterns import PII_PATTERNS, BlockList
 from fedveil.attacks.output.filters.stack import FilterStack, standard_stacks
 from fedveil.attacks.output.language_model import cpu_threads
-from fedveil.clients.data.concepts import DOMAIN_PROMPTS, DOMAINS, Domain
-from fedveil.clients.data.datasets import PartyDataset, SceneExample
-from fedveil.clients.evaluation.generation import greedy_token_ids
-from fedveil.clients.evaluation.report import FULL_CAPTION_SEPARATOR
-from fedveil.clients.metrics import concept_scores
-from fedveil.clients.training.batches import encode_images
 from fedveil.errors import ConfigError
+from fedveil.learner.data.concepts import DOMAIN_PROMPTS, DOMAINS, Domain
+from fedveil.learner.data.datasets import PartyDataset, SceneExample
+from fedveil.learner.evaluation.generation import greedy_token_ids
+from fedveil.learner.evaluation.report import FULL_CAPTION_SEPARATOR
+from fedveil.learner.metrics import concept_scores
+from fedveil.learner.training.batches import encode_images
 
 SECRET_LITERALS: tuple[str, ...] = (
     "4719 2280",
@@ -145,7 +145,7 @@ def filtered_captions(
     The stack's processors see the decoder ids (bos, prompt and the caption so far) and
     the step's logits, as `generate(logits_processor=LogitsProcessorList(...))` would
     pass them; the redactor rewrites each decoded caption. stack=None (or an empty stack)
-    gives exactly clients.evaluation.greedy_captions: both run greedy_token_ids.
+    gives exactly learner.evaluation.greedy_captions: both run greedy_token_ids.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -197,7 +197,7 @@ def filtered_full_captions(
     max_new_tokens: int = 40,
     stats: GenerationStats | None = None,
 ) -> list[str]:
-    """The full caption per image (domain views joined, as clients.evaluation.report
+    """The full caption per image (domain views joined, as learner.evaluation.report
     scores them), every view generated with `stack`."""
     vocab = tokenizer.get_vocab()
     prompts = [DOMAIN_PROMPTS[Domain(d)] for d in domains]

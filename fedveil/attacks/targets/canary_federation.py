@@ -224,7 +224,7 @@ def _dp_sgd_step(scenario: CanaryScenario, settings: FederationSettings) -> Loca
     def step(
         model: nn.Module, data: tuple[Tensor, Tensor], rnd: int, party: int
     ) -> tuple[GaussianEvent, ...]:
-        from fedveil.clients.dp_sgd import DPSGDConfig, make_private
+        from fedveil.learner.dp_sgd import DPSGDConfig, make_private
 
         loader = DataLoader(TensorDataset(*data), batch_size=settings.dp_sgd_batch_size)
         params = [p for p in model.parameters() if p.requires_grad]

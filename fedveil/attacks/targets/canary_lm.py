@@ -331,7 +331,7 @@ def lora_model(
     with warnings.catch_warnings():  # peft asks transformers a deprecated question
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
         warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
-        from fedveil.clients.dp_sgd import prepare_lora_model
+        from fedveil.learner.dp_sgd import prepare_lora_model
 
         return prepare_lora_model(model, lora, "cpu")
 
@@ -445,7 +445,7 @@ def finetune_plain(scenario: CanaryScenario) -> TrainedModel:
 def finetune_dp(scenario: CanaryScenario) -> TrainedModel:
     """The same fine-tuning with Opacus DP-SGD (per-sample clipping, Gaussian noise,
     Poisson sampling); epsilon from secagg.dp's accountant over the session's events."""
-    from fedveil.clients.dp_sgd import DPSGDConfig, make_private
+    from fedveil.learner.dp_sgd import DPSGDConfig, make_private
 
     config = scenario.config
     start = time.perf_counter()

@@ -3,8 +3,8 @@
 Why the real classes in miniature: the leakage of a LoRA update depends on where the
 adapters sit (ViT query/value, every GPT-2 projection, the LM head: clients/lora's
 defaults) and on what their inputs are, not on the model's width. So this builds the
-same `VisionEncoderDecoderModel` (clients.models.build_captioner), the same word
-tokenizer and the same peft adapters (clients.lora.apply_lora) as a party does, only
+same `VisionEncoderDecoderModel` (learner.models.build_captioner), the same word
+tokenizer and the same peft adapters (learner.lora.apply_lora) as a party does, only
 narrow, randomly initialised (the global model of an early round, as for LeNet) and
 with 32x32 city scenes, so a gradient-matching step takes milliseconds on one core.
 
@@ -35,14 +35,14 @@ from torch import Tensor, nn
 
 from fedveil.attacks.targets.tiny_lm import gpt2_block0_inputs
 from fedveil.attacks.update.base import InversionTarget, TokenTarget
-from fedveil.clients.data.concepts import DOMAIN_PROMPTS, DOMAINS, GENERIC_PROMPTS, vocabulary_words
-from fedveil.clients.data.datasets import CityDataConfig, make_party_dataset
-from fedveil.clients.lora.adapter import apply_lora
-from fedveil.clients.lora.config import AggregationVariant, LoraSettings
-from fedveil.clients.models.captioner import CaptionerConfig, build_captioner, build_image_processor
-from fedveil.clients.models.tokenizer import build_word_tokenizer
-from fedveil.clients.training.batches import IGNORE_INDEX, encode_captions
 from fedveil.errors import ConfigError
+from fedveil.learner.data.concepts import DOMAIN_PROMPTS, DOMAINS, GENERIC_PROMPTS, vocabulary_words
+from fedveil.learner.data.datasets import CityDataConfig, make_party_dataset
+from fedveil.learner.lora.adapter import apply_lora
+from fedveil.learner.lora.config import AggregationVariant, LoraSettings
+from fedveil.learner.models.captioner import CaptionerConfig, build_captioner, build_image_processor
+from fedveil.learner.models.tokenizer import build_word_tokenizer
+from fedveil.learner.training.batches import IGNORE_INDEX, encode_captions
 
 CAPTIONER_SIZE = CaptionerConfig(
     image_size=32,
@@ -102,7 +102,7 @@ class CaptionerTargets:
     def examples(self, count: int, seed: int) -> tuple[Tensor, Tensor]:
         """`count` private examples (image in [0, 1], caption labels), one party domain each.
 
-        Scenes and captions come from clients.data's city generator at this image size;
+        Scenes and captions come from learner.data's city generator at this image size;
         domains rotate, so a cohort mixes the three parties' vocabularies.
         """
         if count < 1:

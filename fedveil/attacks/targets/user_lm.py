@@ -30,16 +30,16 @@ from transformers.pytorch_utils import Conv1D
 
 from fedveil.attacks.output.canaries import CanaryConfig, CanaryRegistry, plant_canaries
 from fedveil.attacks.targets.canary_lm import CanaryLMConfig, CanaryScenario, special_ids
-from fedveil.clients.data.text import load_jsonl_texts
-from fedveil.clients.lora.config import default_target_modules
-from fedveil.clients.models.loading import (
+from fedveil.errors import ConfigError
+from fedveil.learner.data.text import load_jsonl_texts
+from fedveil.learner.lora.config import default_target_modules
+from fedveil.learner.models.loading import (
     LoadedModel,
     ModelKind,
     ModelLoadError,
     load_model,
     model_kind,
 )
-from fedveil.errors import ConfigError
 
 MIN_TEXTS = 20
 """Fewest distinct texts: held-out, party 0 and the other parties each need several."""

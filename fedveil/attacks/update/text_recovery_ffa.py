@@ -1,6 +1,6 @@
 """Token recovery from an FFA-LoRA update (B only), and the Adam recipe it really faces.
 
-Why a B-factor variant: under FFA-LoRA (the project's default, clients.lora.config) A is
+Why a B-factor variant: under FFA-LoRA (the project's default, learner.lora.config) A is
 frozen at a value every party derives from the shared seed, so it is public and never
 in the update. For a layer y = W x + s B A x the gradient of B is s G^T (X A^T): its rows
 combine the *projected* inputs A x_i. A candidate token t at position p is therefore
@@ -10,7 +10,7 @@ check can only tell tokens apart while the layer read fewer tokens than the rank
 with n >= r tokens the span is all of R^r and every candidate is in it.
 
 What the real recipe changes: clients train B with AdamW for several steps
-(clients.training.loop, CaptionerRecipe: lr 1e-2, 8 steps a round, gradients clipped
+(learner.training.loop, CaptionerRecipe: lr 1e-2, 8 steps a round, gradients clipped
 to norm 1). Adam divides each coordinate by its own running RMS, close to a sign
 function on the first steps, which fills every direction of R^r: the exact span check
 then keeps every candidate or none. But the sign of a low-rank matrix is still
@@ -93,7 +93,7 @@ class BSubspaceRanking(SubspaceRanking):
 
 @dataclass(frozen=True)
 class AdamTraining:
-    """The party's local optimiser, as clients.training.loop runs it: AdamW, constant lr,
+    """The party's local optimiser, as learner.training.loop runs it: AdamW, constant lr,
     global gradient-norm clipping before each step. steps counts optimiser steps on the
     client's data (all of it each step, as a one-example client has)."""
 
@@ -120,7 +120,7 @@ class AdamTraining:
     def of_recipe(cls, recipe: Any | None = None) -> AdamTraining:
         """The optimiser of a CaptionerRecipe (default: the shipped one): its lr, weight
         decay and clip, and as many steps as one round takes over a party's data."""
-        from fedveil.clients.federated_local import CaptionerRecipe  # heavy; only when asked
+        from fedveil.learner.federated_local import CaptionerRecipe  # heavy; only when asked
 
         recipe = CaptionerRecipe() if recipe is None else recipe
         train = recipe.train

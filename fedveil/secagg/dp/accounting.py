@@ -9,7 +9,7 @@ Methods:
 - "prv" (default): the PRV accountant (Gopi, Lee, Wutschitz 2021), numerically tight for
   the subsampled Gaussian; returns its upper estimate. secagg has no PRV implementation of
   its own: the numerical accountant comes from Opacus, which imports torch, so it is a
-  backend injected from outside the pure core (see `PrvBackend`): fedveil.clients.prv
+  backend found by entry point (see `PrvBackend`): fedveil.learner.prv
   installs Opacus' as the process default when fedveil.clients is imported, and
   PrivacyAccountant(prv_backend=...) takes one explicitly.
 - "pld": dp_accounting's PLD accountant (pessimistic discretisation), also tight.
@@ -30,6 +30,7 @@ import math
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from importlib import metadata
 from typing import TypeAlias, TypeVar
 
 import numpy as np
@@ -43,21 +44,22 @@ PrvBackend: TypeAlias = Callable[[Sequence[tuple[float, float, int]], float, flo
 eps_error is the accountant's allowed error; it returns the upper estimate of epsilon.
 
 Why injected: the PRV accountant we use is Opacus', and secagg, the pure core, imports
-neither opacus nor torch (issue 16). fedveil.clients.prv provides Opacus' as a backend."""
+neither opacus nor torch (issue 16). fedveil.learner.prv provides Opacus' as a backend."""
 
-_default_prv_backend: PrvBackend | None = None
-
-
-def set_default_prv_backend(backend: PrvBackend | None) -> PrvBackend | None:
-    """Make `backend` the PRV backend of accountants built without one (None: no default);
-    returns the previous default. fedveil.clients installs Opacus' on import."""
-    global _default_prv_backend
-    previous, _default_prv_backend = _default_prv_backend, backend
-    return previous
+PRV_BACKEND_GROUP = "fedveil.prv_backends"
+"""The entry-point group a distribution declares its PRV backend under. fedveil's own
+pyproject declares Opacus' (fedveil.learner.prv:opacus_prv_epsilon): found by name when an
+epsilon is asked, not installed by importing some package first."""
 
 
-def default_prv_backend() -> PrvBackend | None:
-    return _default_prv_backend
+def installed_prv_backend() -> PrvBackend | None:
+    """The PRV backend declared under PRV_BACKEND_GROUP (the first, by entry-point name),
+    or None when no installed distribution declares one."""
+    points = sorted(metadata.entry_points(group=PRV_BACKEND_GROUP), key=lambda p: p.name)
+    if not points:
+        return None
+    backend: PrvBackend = points[0].load()
+    return backend
 
 
 class AccountingMethod(enum.Enum):
@@ -214,12 +216,12 @@ class PrivacyAccountant:
         return float(eps)
 
     def _prv_epsilon(self, events: Sequence[GaussianEvent], delta: float) -> float:
-        backend = self.prv_backend or _default_prv_backend
+        backend = self.prv_backend or installed_prv_backend()
         if backend is None:
             raise ConfigError(
-                "the prv accountant needs a PRV backend and none is installed: import "
-                "fedveil.clients (it installs Opacus', which needs fedveil[train]), pass "
-                "PrivacyAccountant(prv_backend=...), or account with pld or rdp"
+                "the prv accountant needs a PRV backend and none is installed: reinstall "
+                f"fedveil (it declares Opacus' under the {PRV_BACKEND_GROUP!r} entry points), "
+                "pass PrivacyAccountant(prv_backend=...), or account with pld or rdp"
             )
         history = [
             (e.noise_multiplier, e.sampling_prob, e.steps * count) for e, count in _grouped(events)

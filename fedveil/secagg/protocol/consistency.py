@@ -8,7 +8,7 @@ share of a victim u in S1 and the second group for the key shares of u's neighbo
 listed as dropped in S2, and strip every mask off u's upload: its exact update and
 weight. Requiring t signatures over the set does not stop this: t is a majority of one
 neighbourhood of k + 1 << n clients, so disjoint groups of t honest signers exist
-(`tests/test_survivor_partition.py` drives that attack through real sessions).
+(`tests/attacks/test_survivor_partition.py` drives that attack through real sessions).
 
 The rule. A client reveals only against a survivor set S carrying valid signatures over
 (session id, S) from more than (n + c) / 2 distinct members of S, where n is the size
