@@ -8,11 +8,12 @@ SecAgg+ with client-level distributed DP) or a real DP-SGD step, never an ideal 
 The measurements themselves live in attacks.measure.update_leakage, which `fedveil audit`
 calls too, so the benchmark and the audit cannot drift apart.
 
-Usage: python benchmarks/leakage_bench.py --attack inversion|membership [--quick] [--json OUT]
+Usage: python benchmarks/leakage_bench.py --kind update|output [--quick] [--json OUT]
        [--figures DIR]
-(membership: the records of benchmarks/membership_bench.py)
+(the attack kinds of attacks.families.Kind; output: the records of
+benchmarks/membership_bench.py)
 
---attack inversion loops over attacks.protections.PROTECTIONS:
+--kind update loops over every attacks.protections.Protection:
   none              one client's plain update (n_clients = 1)
   secagg, ckks      the weighted mean a SecAgg+ / CKKS round decodes, n = 3 and n = 10
   secagg+client-dp  the SecAgg+ mean of n = 3 and 10 clients, each clipped to C, with
@@ -48,7 +49,7 @@ from pathlib import Path
 
 import torch
 
-from fedveil.attacks.measure.observe import SINGLE_CLIENT
+from fedveil.attacks.families import Kind
 from fedveil.attacks.measure.records import LeakRecord, Record, records_to_json
 from fedveil.attacks.measure.update_leakage import (
     RECORD_FUNCTIONS,
@@ -85,7 +86,7 @@ def inversion_records(quick: bool, figures: Path | None) -> list[LeakRecord]:
     for rank in PLAIN_RANKS:
         rows += [show(r) for r in text_recovery_records("none", base, aggregators, rank=rank)]
     for protection in PROTECTIONS:
-        cohorts = (max(COHORTS),) if protection in SINGLE_CLIENT else COHORTS
+        cohorts = (max(COHORTS),) if protection.spec.observed_alone else COHORTS
         for n in cohorts:
             settings = dataclasses.replace(base, n_clients=n)
             for function in RECORD_FUNCTIONS.values():
@@ -96,18 +97,19 @@ def inversion_records(quick: bool, figures: Path | None) -> list[LeakRecord]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--attack",
-        choices=["inversion", "membership"],
+        "--kind",
+        choices=[kind.value for kind in Kind],
         required=True,
-        help="attack family (inversion: gradient inversion, labels, text; membership: "
-        "membership inference, canary extraction, filters, empirical epsilon)",
+        help="what the attacks observe (update: the inversion, labels and text families on "
+        "each protection's view; output: the likelihood, generation and extraction families "
+        "on the released model, filters and empirical epsilon)",
     )
     parser.add_argument("--quick", action="store_true", help="fewer images, shorter attacks")
     parser.add_argument("--json", type=Path, help="write the JSON list of records here")
     parser.add_argument("--figures", type=Path, help="write original/reconstruction PNGs here")
     args = parser.parse_args(argv)
     print(
-        f"# leakage_bench --attack {args.attack}{' --quick' if args.quick else ''}: "
+        f"# leakage_bench --kind {args.kind}{' --quick' if args.quick else ''}: "
         f"Python {platform.python_version()}, torch {torch.__version__}, "
         "1 torch thread",
         flush=True,
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     records: list[Record]
     with torch_threads(1):  # tiny models: more threads only spin-wait (see torch_threads)
-        if args.attack == "membership":
+        if Kind(args.kind) is Kind.OUTPUT:
             sys.path.insert(0, str(Path(__file__).resolve().parent))
             from membership_bench import run_membership
 

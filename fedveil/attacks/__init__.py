@@ -6,10 +6,14 @@ By kind: `update/` (attacks on an observed update: inversion, labels, text),
 `output/` (membership and extraction on a released model, and the output filters),
 `targets/` (models and synthetic data to attack), `measure/` (the records benchmarks
 and the audit read), `audit/` (`fedveil audit`). Beside them: `registry` (every attack
-by name, update and output alike), `protections` and `views` (what a protection lets an
-observer see), and `survivor_partition` (an active server's attack on the protocol).
+by name, update and output alike), `families` (one name per kind of leak, shared by the
+registry, the benchmarks and the audit), `protections` (one object per protection) and
+`views` (what a protection lets an observer see), and `survivor_partition` (an active
+server's attack on the protocol).
 """
 
+from fedveil.attacks.families import Family, Kind
+from fedveil.attacks.protections import Protection, ProtectionSpec
 from fedveil.attacks.registry import attack_class, available, create, output_attack, register
 from fedveil.attacks.update.base import (
     Attack,
@@ -18,7 +22,6 @@ from fedveil.attacks.update.base import (
     LocalTraining,
     ObservedUpdate,
     ParameterLayout,
-    Protection,
     Reconstruction,
     Target,
     TokenTarget,
@@ -30,11 +33,14 @@ from fedveil.attacks.update.run import run_attack
 __all__ = [
     "Attack",
     "AttackError",
+    "Family",
     "InversionTarget",
+    "Kind",
     "LocalTraining",
     "ObservedUpdate",
     "ParameterLayout",
     "Protection",
+    "ProtectionSpec",
     "Reconstruction",
     "Target",
     "TokenTarget",

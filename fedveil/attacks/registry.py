@@ -15,11 +15,18 @@ the output families.
 
 from __future__ import annotations
 
-import enum
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from fedveil.attacks.families import (
+    FAMILIES,
+    MEMBERSHIP_FAMILIES,
+    OUTPUT_FAMILIES,
+    UPDATE_FAMILIES,
+    Family,
+    Kind,
+    parse_family,
+)
 from fedveil.attacks.update.base import Attack
 from fedveil.errors import ConfigError
 
@@ -27,37 +34,17 @@ if TYPE_CHECKING:
     from fedveil.attacks.output.target import OutputAttack, Score
 
 
-class Kind(enum.Enum):
-    """What an attack observes: one update (or an aggregate of them), or a released model."""
-
-    UPDATE = "update"
-    OUTPUT = "output"
-
-
-FAMILIES: Mapping[str, Kind] = {
-    "inversion": Kind.UPDATE,
-    "labels": Kind.UPDATE,
-    "text": Kind.UPDATE,
-    "likelihood": Kind.OUTPUT,
-    "generation": Kind.OUTPUT,
-}
-"""Every family, and what its attacks observe."""
-
-UPDATE_FAMILIES: tuple[str, ...] = tuple(f for f, k in FAMILIES.items() if k is Kind.UPDATE)
-OUTPUT_FAMILIES: tuple[str, ...] = tuple(f for f, k in FAMILIES.items() if k is Kind.OUTPUT)
-
-
 @dataclass(frozen=True)
 class Entry:
     """One registered attack: its name, its family, and the attack itself."""
 
     name: str
-    family: str
+    family: Family
     attack: type[Attack[Any]] | Score
 
     @property
     def kind(self) -> Kind:
-        return FAMILIES[self.family]
+        return self.family.kind
 
 
 _ATTACKS: dict[str, Entry] = {}
@@ -75,19 +62,19 @@ def _builtin() -> list[Entry]:
     from fedveil.attacks.update.text_recovery import SpanCheck, SubspaceRanking
     from fedveil.attacks.update.text_recovery_ffa import BSpanCheck, BSubspaceRanking
 
-    update: list[tuple[str, type[Attack[Any]]]] = [
-        ("inversion", DLG),
-        ("inversion", InvertingGradients),
-        ("labels", LabelLeakage),
-        ("text", SpanCheck),
-        ("text", SubspaceRanking),
-        ("text", BSpanCheck),
-        ("text", BSubspaceRanking),
+    update: list[tuple[Family, type[Attack[Any]]]] = [
+        (Family.INVERSION, DLG),
+        (Family.INVERSION, InvertingGradients),
+        (Family.LABELS, LabelLeakage),
+        (Family.TEXT, SpanCheck),
+        (Family.TEXT, SubspaceRanking),
+        (Family.TEXT, BSpanCheck),
+        (Family.TEXT, BSubspaceRanking),
     ]
     return [
         *(Entry(cls.name, family, cls) for family, cls in update),
-        *(Entry(n, "likelihood", likelihood_score(n)) for n in LIKELIHOOD_ATTACKS),
-        *(Entry(n, "generation", generation_score(n)) for n in GENERATION_ATTACKS),
+        *(Entry(n, Family.LIKELIHOOD, likelihood_score(n)) for n in LIKELIHOOD_ATTACKS),
+        *(Entry(n, Family.GENERATION, generation_score(n)) for n in GENERATION_ATTACKS),
     ]
 
 
@@ -102,8 +89,6 @@ def _load_builtin() -> None:
 
 
 def _add(entry: Entry) -> None:
-    if entry.family not in FAMILIES:
-        raise ConfigError(f"family must be one of {tuple(FAMILIES)}, got {entry.family!r}")
     if not entry.name or entry.name in _ATTACKS:
         raise ConfigError(f"attack name {entry.name!r} is empty or already registered")
     is_class = isinstance(entry.attack, type)
@@ -117,19 +102,22 @@ def _add(entry: Entry) -> None:
     _ATTACKS[entry.name] = entry
 
 
-def register(name: str, family: str, attack: type[Attack[Any]] | Score) -> None:
+def register(name: str, family: Family | str, attack: type[Attack[Any]] | Score) -> None:
     """Make `attack` available as `name`; a name is registered once."""
     _load_builtin()
-    _add(Entry(name, family, attack))
+    _add(Entry(name, parse_family(family), attack))
 
 
-def available(family: str | None = None, kind: Kind | None = None) -> tuple[str, ...]:
-    """Registered names in registration order, optionally of one family or one kind."""
+def available(family: Family | str | None = None, kind: Kind | None = None) -> tuple[str, ...]:
+    """Registered names in registration order, optionally of one family or one kind. An
+    unknown family is a ConfigError; a family measured without registered score
+    functions (extraction) has none."""
     _load_builtin()
+    wanted = None if family is None else parse_family(family)
     return tuple(
         n
         for n, e in _ATTACKS.items()
-        if (family is None or e.family == family) and (kind is None or e.kind is kind)
+        if (wanted is None or e.family is wanted) and (kind is None or e.kind is kind)
     )
 
 
@@ -173,3 +161,20 @@ def output_attack(name: str) -> OutputAttack:
         raise ConfigError(f"unknown output attack {name!r}; available: {', '.join(names)}")
     assert not isinstance(found.attack, type)
     return OutputAttack(found.name, found.family, found.attack)
+
+
+__all__ = [
+    "FAMILIES",
+    "MEMBERSHIP_FAMILIES",
+    "OUTPUT_FAMILIES",
+    "UPDATE_FAMILIES",
+    "Entry",
+    "Family",
+    "Kind",
+    "attack_class",
+    "available",
+    "create",
+    "entry",
+    "output_attack",
+    "register",
+]

@@ -15,23 +15,15 @@ this attack?") kept for the attack tests; it reports sigma and signal-to-noise.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from fedveil.attacks.update.base import (
-    LocalTraining,
-    ObservedUpdate,
-    ParameterLayout,
-    Protection,
-    UpdateKind,
-)
+from fedveil.attacks.protections import Aggregator, Protection
+from fedveil.attacks.update.base import LocalTraining, ObservedUpdate, ParameterLayout, UpdateKind
 from fedveil.errors import ConfigError
-
-Aggregator = Callable[[Sequence[np.ndarray], Sequence[int]], tuple[np.ndarray, int]]
-"""(client updates, client weights) -> (weighted mean the server decodes, total weight)."""
 
 
 def _as_tensor(update: np.ndarray | Tensor) -> Tensor:
@@ -92,7 +84,8 @@ def aggregate_view(
 
 
 def gaussian_view(observed: ObservedUpdate, sigma: float, *, seed: int = 0) -> ObservedUpdate:
-    """`observed` plus N(0, sigma^2) per element; notes carry sigma and the SNR.
+    """`observed` plus N(0, sigma^2) per element; notes carry sigma and the SNR. The
+    protection stays the observed view's: this probe is no protection of its own.
 
     snr = ||update|| / (sigma * sqrt(d)), the ratio of the update's norm to the noise's
     expected norm; below ~1 an observer sees mostly noise.
@@ -109,7 +102,7 @@ def gaussian_view(observed: ObservedUpdate, sigma: float, *, seed: int = 0) -> O
         vector + noise,
         observed.layout,
         kind=observed.kind,
-        protection=Protection.NOISE,
+        protection=observed.protection,
         n_clients=observed.n_clients,
         examples=observed.examples,
         training=observed.training,

@@ -20,8 +20,8 @@ import numpy as np
 
 from fedveil.clients.calls import RetryPolicy, call_unary, upload_resumable, with_retry
 from fedveil.clients.ckks_streams import CiphertextPayload, CiphertextResultAssembler
-from fedveil.clients.mode_driver import RoundCall
 from fedveil.clients.result import AggregateResult, Received
+from fedveil.clients.round_call import RoundCall
 from fedveil.clients.streams import TensorLayout
 from fedveil.errors import ConfigError
 from fedveil.proto import aggregation_pb2 as pb
@@ -29,6 +29,7 @@ from fedveil.proto import convert_ckks
 from fedveil.proto.convert_ckks import spec_to_ckks_config
 from fedveil.secagg.ckks.client_session import CkksClientSession, EpochKeyStore
 from fedveil.secagg.ckks.messages import CkksResult
+from fedveil.secagg.modes import AggregationMode
 from fedveil.secagg.protocol.aggregate_bounds import CohortLimits, bounded_value_limits
 from fedveil.secagg.protocol.model_chain import payload_digest
 
@@ -151,7 +152,7 @@ class CkksRoundDriver:
 class CkksDriver:
     """Runs CKKS rounds for one client; keeps the epoch keys it received between rounds."""
 
-    mode = "ckks"
+    mode: AggregationMode = AggregationMode.CKKS
     adds_dp_noise = False
 
     def __init__(self, workers: int = 1) -> None:

@@ -11,68 +11,59 @@ the update (or of a CKKS key request) leaves the client.
 from __future__ import annotations
 
 from fedveil.errors import ConfigError, ModeDowngradeError
-from fedveil.proto import aggregation_pb2 as pb
+from fedveil.proto.convert import mode_from_wire
+from fedveil.secagg.modes import MODE_SPECS, AggregationMode
 from fedveil.secagg.protocol.config import ClientPolicy
 
-MODE_NAMES: dict[int, str] = {
-    pb.AGGREGATION_MODE_SECAGG: "secagg",
-    pb.AGGREGATION_MODE_CKKS: "ckks",
-    pb.AGGREGATION_MODE_PLAINTEXT: "plaintext",
-}
-_HOW_TO_OPT_IN: dict[str, str] = {
-    "ckks": (
-        "if the federation really runs CKKS (the key holder must not collude with the "
-        "server), opt in with ClientPolicy(allowed_modes={'secagg', 'ckks'}) or "
-        "`fedveil client --allow-mode ckks`"
-    ),
-    "plaintext": (
-        "plaintext shows every update to the server and is for benchmarks only: opt in "
-        "with ClientPolicy(allowed_modes={..., 'plaintext'}) or "
-        "`fedveil client --allow-plaintext-for-benchmarks`"
-    ),
-    "secagg": "opt in with ClientPolicy(allowed_modes={'secagg', ...})",
-}
+# What `fedveil client --allow-mode` takes: plaintext has its own, separately named flag.
+_ALLOW_MODE_FLAG = (AggregationMode.SECAGG, AggregationMode.CKKS)
 
 
-def require_allowed_mode(round_id: int, mode: int, policy: ClientPolicy | None) -> str:
-    """The announced mode's name, or ModeDowngradeError if `policy` does not allow it.
+def _names(modes: frozenset[AggregationMode]) -> list[str]:
+    """The modes' spellings, sorted, as the messages print them."""
+    return sorted(mode.value for mode in modes)
+
+
+def require_allowed_mode(round_id: int, mode: int, policy: ClientPolicy | None) -> AggregationMode:
+    """The announced mode (its wire number `mode`), or ModeDowngradeError if `policy`
+    does not allow it.
 
     `policy` None means the default ClientPolicy (SecAgg only). An unknown mode number is
     refused too: a client cannot know what such a mode would reveal.
     """
     allowed = (policy or ClientPolicy()).allowed_modes
-    name = MODE_NAMES.get(mode)
-    if name is None:
+    announced = mode_from_wire(mode)
+    if announced is None:
         raise ModeDowngradeError(
             f"round {round_id} announces an unknown protection mode ({mode}); this client "
-            f"takes part only in {sorted(allowed)} and sent nothing"
+            f"takes part only in {_names(allowed)} and sent nothing"
         )
-    if name not in allowed:
+    if announced not in allowed:
         raise ModeDowngradeError(
-            f"round {round_id} announces {name} mode, which this client's policy does not "
-            f"allow (allowed: {sorted(allowed)}); nothing of the update was sent. "
-            f"{_HOW_TO_OPT_IN[name]}"
+            f"round {round_id} announces {announced.value} mode, which this client's policy "
+            f"does not allow (allowed: {_names(allowed)}); nothing of the update was sent. "
+            f"{MODE_SPECS[announced].how_to_opt_in}"
         )
-    return name
+    return announced
 
 
 def allowed_modes_from_flags(
     allow_mode: tuple[str, ...], allow_plaintext_for_benchmarks: bool
-) -> frozenset[str]:
+) -> frozenset[AggregationMode]:
     """`fedveil client`'s pin: SecAgg always, CKKS with `--allow-mode ckks`, plaintext only
     with the separately named benchmark flag (so no config typo can ask for it)."""
-    modes = {"secagg"}
-    for mode in allow_mode:
-        if mode == "plaintext":
+    modes = {AggregationMode.SECAGG}
+    for name in allow_mode:
+        if name == AggregationMode.PLAINTEXT:
             raise ConfigError(
                 "--allow-mode plaintext is refused: plaintext shows the update to the server; "
                 "a benchmark passes --allow-plaintext-for-benchmarks"
             )
-        if mode not in ("secagg", "ckks"):
-            raise ConfigError(f"--allow-mode takes ckks (or secagg), got {mode!r}")
-        modes.add(mode)
+        if name not in _ALLOW_MODE_FLAG:
+            raise ConfigError(f"--allow-mode takes ckks (or secagg), got {name!r}")
+        modes.add(AggregationMode(name))
     if allow_plaintext_for_benchmarks is True:
-        modes.add("plaintext")
+        modes.add(AggregationMode.PLAINTEXT)
     elif allow_plaintext_for_benchmarks is not False:
         raise ConfigError(
             "allow_plaintext_for_benchmarks must be true or false, got "

@@ -13,10 +13,11 @@ from collections.abc import Iterator
 import numpy as np
 
 from fedveil.clients.calls import RetryPolicy, call_unary, fetch_result
-from fedveil.clients.mode_driver import RoundCall
 from fedveil.clients.result import AggregateResult, Received
+from fedveil.clients.round_call import RoundCall
 from fedveil.clients.streams import ChunkedPayload, TensorLayout
 from fedveil.proto import aggregation_pb2 as pb
+from fedveil.secagg.modes import AggregationMode
 from fedveil.secagg.protocol.aggregate_bounds import CohortLimits, bounded_value_limits
 from fedveil.secagg.protocol.model_chain import mean_payload_digest
 
@@ -26,7 +27,7 @@ logger = logging.getLogger("fedveil.clients.transport")
 class PlaintextDriver:
     """Runs plaintext rounds: upload the weighted update, then fetch the mean."""
 
-    mode = "plaintext"
+    mode: AggregationMode = AggregationMode.PLAINTEXT
     adds_dp_noise = False
 
     async def run(

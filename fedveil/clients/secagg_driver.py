@@ -19,8 +19,8 @@ import numpy as np
 
 from fedveil.clients.calls import RetryPolicy, call_unary, fetch_result, upload_resumable
 from fedveil.clients.errors import TransportError
-from fedveil.clients.mode_driver import RoundCall
 from fedveil.clients.result import AggregateResult, Received
+from fedveil.clients.round_call import RoundCall
 from fedveil.clients.streams import ChunkedPayload, TensorLayout
 from fedveil.errors import ProtocolError, SurvivorSetMismatchError
 from fedveil.proto import aggregation_pb2 as pb
@@ -38,6 +38,7 @@ from fedveil.proto.convert import (
 )
 from fedveil.secagg.dp.budget import PrivacyLedger
 from fedveil.secagg.dp.config import NoisePlacement
+from fedveil.secagg.modes import AggregationMode
 from fedveil.secagg.protocol import messages as m
 from fedveil.secagg.protocol.aggregate_bounds import (
     CohortLimits,
@@ -161,7 +162,7 @@ class SecAggRoundDriver:
 class SecAggDriver:
     """Runs SecAgg+ rounds for one client; DP rounds charge its privacy ledger, if any."""
 
-    mode = "secagg"
+    mode: AggregationMode = AggregationMode.SECAGG
     adds_dp_noise = True
 
     def __init__(self, ledger: PrivacyLedger | None) -> None:

@@ -22,14 +22,12 @@ import grpc
 import numpy as np
 
 from fedveil.clients.calls import RetryPolicy, call_unary, fetch_result, upload_resumable
-from fedveil.clients.ckks_driver import CkksDriver
 from fedveil.clients.errors import TransportError
-from fedveil.clients.mode_driver import ModeDriver, RoundCall
+from fedveil.clients.mode_driver import drivers_for
 from fedveil.clients.mode_policy import require_allowed_mode
 from fedveil.clients.options import ClientOptions, built_from
-from fedveil.clients.plaintext_driver import PlaintextDriver
 from fedveil.clients.result import AggregateResult, accept
-from fedveil.clients.secagg_driver import SecAggDriver
+from fedveil.clients.round_call import RoundCall
 from fedveil.clients.security import TransportSecurity
 from fedveil.clients.streams import as_update_vector, fit_layout
 from fedveil.clients.weights import WeightMode, effective_weight
@@ -89,12 +87,7 @@ class AsyncAggregationClient:
         if isinstance(budget, PrivacyBudget):
             budget = PrivacyLedger(budget, owner=options.client_id)
         self._ledger: PrivacyLedger | None = budget
-        drivers: tuple[ModeDriver, ...] = (
-            SecAggDriver(self._ledger),
-            CkksDriver(options.ckks_workers),
-            PlaintextDriver(),
-        )
-        self._drivers = {driver.mode: driver for driver in drivers}
+        self._drivers = drivers_for(options, self._ledger)
         self._channel: grpc.aio.Channel | None = None
         self._stub: pb_grpc.AggregationStub | None = None
         self._closed = False
@@ -203,7 +196,7 @@ class AsyncAggregationClient:
         driver = self._drivers[mode]
         if self._ledger is not None and not driver.adds_dp_noise:
             raise PrivacyPolicyError(
-                f"round {spec.round_id} runs in {pb.AggregationMode.Name(spec.mode)} mode, "
+                f"round {spec.round_id} runs in {mode.value} mode, "
                 "which adds no differential-privacy noise, but this client has a privacy "
                 "budget: refusing to send an un-noised update"
             )

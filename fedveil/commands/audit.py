@@ -12,10 +12,14 @@ import argparse
 import shutil
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedveil.commands import Command, SubParsers
 from fedveil.commands.logs import add_logging_flags, configure_logging
 from fedveil.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedveil.attacks.audit.report import AuditReport
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -71,30 +75,33 @@ def run(args: argparse.Namespace) -> int:
         workers=args.workers,
         progress=not args.no_progress,
     )
-    _print_matrix(result.report)
+    _print_matrix(result.audit)
     if result.reused:
         print(f"reused {len(result.reused)} stored job(s); --fresh recomputes them")
     for key, error in result.errors.items():
         print(f"ERROR job {key}: {error}", file=sys.stderr)
     print(f"report: {args.out / 'report.json'}, {args.out / 'report.html'}")
     if not result.passed:
-        for line in result.report["breaches"]:
+        for line in result.audit.breaches:
             print(line)
         return 1
     print("all claimed protections held")
     return 0
 
 
-def _print_matrix(report: dict[str, object]) -> None:
-    cells = report["cells"]
-    assert isinstance(cells, list)
+def _print_matrix(report: AuditReport) -> None:
     print(f"{'protection':<18} {'attack':<28} {'status':<18} metrics")
-    for cell in cells:
-        metrics = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-            for k, v in cell["metrics"].items()
-        )
-        print(f"{cell['protection']:<18} {cell['attack']:<28} {cell['status']:<18} {metrics}")
+    for cell in report.cells:
+        metrics = ", ".join(f"{k}={_number(v)}" for k, v in cell.metrics.items())
+        print(f"{cell.protection.value:<18} {cell.attack.value:<28} {cell.status:<18} {metrics}")
+
+
+def _number(value: float) -> str:
+    """As report.json spells it: rounded to 6 digits, infinities as "inf" / "-inf"."""
+    from fedveil.attacks.measure.records import finite_json  # the attack suite needs torch
+
+    written = finite_json(round(float(value), 6))
+    return f"{written:.3g}" if isinstance(written, float) else str(written)
 
 
 COMMAND = Command("audit", add_parser, run)

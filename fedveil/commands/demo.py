@@ -1,4 +1,9 @@
-"""`fedveil demo`: the command-line face of fedveil/demo.py."""
+"""`fedveil demo`: the command-line face of fedveil/demo (run.py runs it).
+
+Why the flags come from fedveil.demo.choices: `--mode` and `--dp` are spelled as the
+server spells them (secagg.modes), and that module is light enough to import while the
+training stack loads only when the demo runs.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,12 @@ from pathlib import Path
 
 from fedveil.commands import Command, SubParsers
 from fedveil.commands.logs import add_logging_flags, configure_logging
+from fedveil.demo.choices import DP_KINDS, MODES
 from fedveil.errors import FedveilError
+from fedveil.secagg.modes import AggregationMode, DPKind
 
 # Literal, not AggregationVariant: importing learner.lora pulls in torch and peft (seconds),
-# which every `fedveil client` process would pay at start-up. tests/test_demo checks
+# which every `fedveil client` process would pay at start-up. tests/demo/test_demo.py checks
 # that these match the enum.
 VARIANTS = ("fedavg", "ffa")
 
@@ -21,7 +28,12 @@ def add_parser(sub: SubParsers) -> None:
         "demo",
         help="three organisations fine-tune the built-in captioner over the secure service",
     )
-    p.add_argument("--mode", choices=("secagg", "ckks", "plaintext"), default="secagg")
+    p.add_argument(
+        "--mode",
+        choices=[mode.value for mode in MODES],
+        default=AggregationMode.SECAGG.value,
+        help="how the service combines the parties' updates (default secagg)",
+    )
     p.add_argument("--rounds", type=int, default=20, help="federated rounds (default 20)")
     p.add_argument("--parties", type=int, default=3, help="number of parties, 2 or 3")
     p.add_argument(
@@ -41,8 +53,8 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--dp",
-        choices=("none", "client", "sample"),
-        default="none",
+        choices=[kind.value for kind in DP_KINDS],
+        default=DPKind.NONE.value,
         help="client: client-level distributed DP inside SecAgg; sample: Opacus DP-SGD in "
         "each party, local-only baselines stay non-private "
         "(budget --dp-target-epsilon, --dp-delta)",
@@ -70,13 +82,15 @@ def add_parser(sub: SubParsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fedveil.demo.run import DemoOptions, format_table, run_demo
+    from fedveil.demo.options import DemoOptions
+    from fedveil.demo.run import run_demo
+    from fedveil.demo.table import format_table
     from fedveil.learner.lora.config import AggregationVariant
 
     configure_logging(args.log_level, args.log_format)
     try:
         options = DemoOptions(
-            mode=args.mode,
+            mode=AggregationMode(args.mode),
             rounds=args.rounds,
             parties=args.parties,
             model_dir=args.model,
@@ -84,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
             json_out=args.json,
             variant=AggregationVariant(args.variant),
             seed=args.seed,
-            dp=args.dp,
+            dp=DPKind(args.dp),
             epsilon=args.dp_target_epsilon,
             delta=args.dp_delta,
             dp_clip_norm=args.dp_clip_norm,

@@ -12,6 +12,7 @@ from fedveil.proto import aggregation_pb2 as pb
 from fedveil.secagg.crypto.envelope import AeadAlgorithm
 from fedveil.secagg.dp.config import ClientDPConfig, Mechanism, NoisePlacement
 from fedveil.secagg.dp.report import RoundPrivacyReport
+from fedveil.secagg.modes import AggregationMode
 from fedveil.secagg.protocol import messages as m
 from fedveil.secagg.protocol.config import RoundConfig
 from fedveil.secagg.protocol.dp import RoundDP
@@ -27,6 +28,26 @@ STAGE_TO_PB = {
     Stage.DONE: pb.ROUND_STAGE_DONE,
     Stage.FAILED: pb.ROUND_STAGE_FAILED,
 }
+
+# The one table between the aggregation modes and their wire numbers (the `mode` of a
+# RoundSpec and of a result header): nothing else names pb.AGGREGATION_MODE_* by mode.
+MODE_TO_PB: dict[AggregationMode, pb.AggregationMode] = {
+    AggregationMode.SECAGG: pb.AGGREGATION_MODE_SECAGG,
+    AggregationMode.CKKS: pb.AGGREGATION_MODE_CKKS,
+    AggregationMode.PLAINTEXT: pb.AGGREGATION_MODE_PLAINTEXT,
+}
+_MODE_FROM_PB: dict[int, AggregationMode] = {number: mode for mode, number in MODE_TO_PB.items()}
+
+
+def mode_to_wire(mode: AggregationMode) -> pb.AggregationMode:
+    """The protobuf number of `mode`."""
+    return MODE_TO_PB[mode]
+
+
+def mode_from_wire(number: int) -> AggregationMode | None:
+    """The mode a wire number names; None for 0 (unset) or a number this build does not
+    know, which a client refuses (it cannot know what such a mode reveals)."""
+    return _MODE_FROM_PB.get(int(number))
 
 
 def advertisement_to_pb(adv: m.KeyAdvertisement) -> pb.KeyAdvertisement:
@@ -264,13 +285,12 @@ def config_to_spec(
     min_cohort: int,
     chunk_bytes: int,
     stage_timeout_s: float,
-    mode: pb.AggregationMode = pb.AGGREGATION_MODE_SECAGG,
 ) -> pb.RoundSpec:
     """The RoundSpec a server publishes for a SecAgg+ round."""
     q = config.quantization
     return pb.RoundSpec(
         round_id=config.round_id,
-        mode=mode,
+        mode=mode_to_wire(AggregationMode.SECAGG),
         dimension=config.dimension,
         quantization=pb.QuantizationSpec(
             clip=q.clip,
@@ -299,7 +319,7 @@ def spec_to_config(spec: pb.RoundSpec) -> RoundConfig:
     A client recomputes the session id from the fields it will bind into its keys; a spec
     whose session id disagrees is refused before any key is derived.
     """
-    if spec.mode != pb.AGGREGATION_MODE_SECAGG:
+    if mode_from_wire(spec.mode) is not AggregationMode.SECAGG:
         raise ConfigError(f"round {spec.round_id} is not a SecAgg round (mode {spec.mode})")
     if spec.aead not in _AEADS:
         raise ConfigError(f"unknown AEAD {spec.aead!r}; expected one of {sorted(_AEADS)}")

@@ -28,6 +28,7 @@ from fedveil.clients.roster_file import load_roster_identities
 from fedveil.clients.transport import AggregateResult, AsyncAggregationClient, TransportSecurity
 from fedveil.errors import ConfigError, ProtocolError
 from fedveil.secagg.dp import PrivacyBudget
+from fedveil.secagg.modes import AggregationMode, DPKind, mode_spec, parse_mode
 from fedveil.secagg.protocol.config import ClientPolicy
 from fedveil.server.app import RunningServer, start_server
 from fedveil.server.keys_store import (
@@ -58,7 +59,7 @@ class ServiceAggregator:
     # SHA-256 of the base model every party holds (required; e.g. Party.base_hash): each
     # round's model hash chains it with the previous result (secagg.protocol.model_chain).
     base_model_hash: bytes | None = None
-    mode: str = "secagg"
+    mode: AggregationMode | str = AggregationMode.SECAGG  # a spelling is parsed on entry
     rounds: int = 0
     clip: float = 1.0
     # LoRA deltas are ~1e-3: 48-bit elements with max_weight near the real weights keep the
@@ -81,6 +82,9 @@ class ServiceAggregator:
     _clients: list[AsyncAggregationClient] = field(default_factory=list, repr=False)
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        self.mode = parse_mode(self.mode)
+
     def __enter__(self) -> ServiceAggregator:
         if len(set(self.party_ids)) != len(self.party_ids) or len(self.party_ids) < 2:
             raise ConfigError(f"need at least two distinct parties, got {list(self.party_ids)}")
@@ -95,7 +99,7 @@ class ServiceAggregator:
         settings = ServerSettings(
             round=RoundSettings(
                 dimension=self.dimension,
-                mode=self.mode,
+                mode=parse_mode(self.mode),
                 rounds=self.rounds,
                 min_cohort=len(self.party_ids),
                 clip=self.clip,
@@ -133,7 +137,7 @@ class ServiceAggregator:
                         # in-process server, not from the wire: its clients opt in to
                         # exactly that mode (plaintext only when a caller asked for the
                         # unprotected baseline).
-                        allowed_modes=frozenset({"secagg", self.mode}),
+                        allowed_modes=frozenset({AggregationMode.SECAGG, parse_mode(self.mode)}),
                     ),
                     privacy_budget=(
                         PrivacyBudget(self.dp_epsilon, self.dp_delta)
@@ -161,10 +165,10 @@ class ServiceAggregator:
     def _dp_settings(self) -> dict[str, Any]:
         if self.dp_epsilon is None:
             return {}
-        if self.mode != "secagg":
+        if not mode_spec(self.mode).carries_client_dp:
             raise ConfigError("client-level DP runs inside SecAgg: use mode 'secagg'")
         return {
-            "dp": "client",
+            "dp": DPKind.CLIENT,
             "dp_target_epsilon": self.dp_epsilon,
             "dp_delta": self.dp_delta,
             "dp_clip_norm": self.dp_clip_norm,

@@ -130,10 +130,14 @@ def parse_mode(value: object, what: str = "mode") -> AggregationMode:
     if isinstance(value, AggregationMode):
         return value
     try:
-        return AggregationMode(value)
+        return AggregationMode(str(value)) if isinstance(value, str) else _refuse()
     except ValueError:
         choices = ", ".join(m.value for m in AggregationMode)
         raise ConfigError(f"{what} must be one of {choices}, got {value!r}") from None
+
+
+def _refuse() -> AggregationMode:
+    raise ValueError("not a mode name")
 
 
 def parse_modes(
@@ -147,9 +151,12 @@ def parse_dp_kind(
 ) -> DPKind:
     """`value` as a DPKind among `allowed`; ConfigError naming `what` and the choices."""
     choices = tuple(allowed)
+    kind: DPKind | None
     try:
-        kind = value if isinstance(value, DPKind) else DPKind(value)
+        kind = value if isinstance(value, DPKind) else DPKind(str(value))
     except ValueError:
+        kind = None
+    if not isinstance(value, str):
         kind = None
     if kind not in choices:
         names = ", ".join(k.value for k in choices)

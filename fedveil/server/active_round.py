@@ -16,9 +16,11 @@ import numpy as np
 
 from fedveil.errors import StageError
 from fedveil.proto import aggregation_pb2 as pb
+from fedveil.proto.convert import mode_from_wire
 from fedveil.secagg.ckks.messages import CkksResult
 from fedveil.secagg.ckks.server_round import CkksServerRound
 from fedveil.secagg.dp.report import RoundPrivacyReport
+from fedveil.secagg.modes import parse_mode
 from fedveil.secagg.protocol.model_chain import RESULT_DTYPE, payload_digest, result_digest
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.secagg.protocol.stages import ORDER, Stage
@@ -79,7 +81,7 @@ class ActiveRound:
             weight, bound = int(result.estimate.total_weight), float(result.estimate.error_bound)
         return result_digest(
             round_id=self.round_id,
-            mode=pb.AggregationMode.Name(self.spec.mode).removeprefix("AGGREGATION_MODE_").lower(),
+            mode=parse_mode(mode_from_wire(self.spec.mode), "the round spec's mode"),
             survivors=result.survivors,
             total_weight=weight,
             error_bound=bound,

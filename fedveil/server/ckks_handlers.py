@@ -1,6 +1,6 @@
 """The CKKS-mode RPCs of the servicer: key advertisement, publication, fetch, upload.
 
-Why a mixin of its own: CKKS rounds share the servicer's plumbing (caller identity from
+Why a module of its own: CKKS rounds share the servicer's plumbing (caller identity from
 mutual TLS, the coordinator's long polls, error-to-status mapping, chunked streams) but
 none of SecAgg's message shapes, so they live next to each other without growing one
 file past reading. The server only ever handles public material here: signed X25519
@@ -9,8 +9,7 @@ keys, the public context, sealed blobs it cannot open, and ciphertexts.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -19,33 +18,24 @@ from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto import convert_ckks
 from fedveil.secagg.ckks.server_round import CkksServerRound
 from fedveil.secagg.protocol.stages import Stage
-from fedveil.server.active_round import ActiveRound
-from fedveil.server.coordinator import RoundCoordinator
-
-T = TypeVar("T")
-
-
-def ckks_round(server: object) -> CkksServerRound:
-    """The round as a CKKS round; a CKKS RPC on another mode's round is refused."""
-    if not isinstance(server, CkksServerRound):
-        raise StageError("this round does not run in ckks mode: use the RPCs of its mode")
-    return server
+from fedveil.server.active_round import ActiveRound, AnyRound
+from fedveil.server.mode_refusal import ckks_round
+from fedveil.server.rpc_plumbing import RpcPlumbing
+from fedveil.server.upload_stream import UploadStreams
 
 
 class CkksHandlers:
-    """Mixed into AggregationServicer, which provides the plumbing used here."""
+    """The CKKS RPCs, on the servicer's shared plumbing."""
 
-    coordinator: RoundCoordinator
-    _caller: Callable[[grpc.aio.ServicerContext, str], str]
-    _guard: Callable[[grpc.aio.ServicerContext, Awaitable[Any]], Awaitable[Any]]
-    _stage_call: Callable[..., Awaitable[Any]]
-    _consume_upload: Callable[..., Awaitable[tuple[ActiveRound, str, int]]]
+    def __init__(self, calls: RpcPlumbing, streams: UploadStreams) -> None:
+        self.calls = calls
+        self.streams = streams
 
-    async def _ckks_advertise(
+    async def advertise_keys(
         self, request: pb.AdvertiseKeysRequest, context: grpc.aio.ServicerContext
     ) -> pb.NeighbourKeys:
         advert = convert_ckks.advertisement_from_pb(request.advertisement)
-        reply: pb.NeighbourKeys = await self._stage_call(
+        return await self.calls.stage_call(
             context,
             request.round_id,
             advert.client_id,
@@ -60,13 +50,12 @@ class CkksHandlers:
                 ]
             ),
         )
-        return reply
 
-    async def PublishCkksKeys(
+    async def publish_keys(
         self, request: pb.CkksKeyPublication, context: grpc.aio.ServicerContext
-    ) -> pb.CkksPublicationAck:  # noqa: N802
+    ) -> pb.CkksPublicationAck:
         publication = convert_ckks.publication_from_pb(request)
-        reply: pb.CkksPublicationAck = await self._stage_call(
+        return await self.calls.stage_call(
             context,
             request.round_id,
             publication.client_id,
@@ -78,14 +67,14 @@ class CkksHandlers:
                 key_fingerprint=publication.fingerprint
             ),
         )
-        return reply
 
-    async def FetchCkksKeys(
+    async def fetch_keys(
         self, request: pb.FetchCkksKeysRequest, context: grpc.aio.ServicerContext
-    ) -> pb.CkksKeyDelivery:  # noqa: N802
+    ) -> pb.CkksKeyDelivery:
         async def work() -> pb.CkksKeyDelivery:
-            client_id = self._caller(context, request.client_id)
-            active = self.coordinator.get(request.round_id)
+            coordinator = self.calls.coordinator
+            client_id = self.calls.caller(context, request.client_id)
+            active = coordinator.get(request.round_id)
             server = ckks_round(active.server)
             if not server.config.distributes_keys:
                 raise StageError(
@@ -93,35 +82,34 @@ class CkksHandlers:
                     "; they were handed out in that epoch's first round"
                 )
             await active.wait_closed(Stage.SHARE_KEYS)
-            async with self.coordinator.lock:
+            async with coordinator.lock:
                 return convert_ckks.delivery_to_pb(server.delivery_for(client_id))
 
-        result: pb.CkksKeyDelivery = await self._guard(context, work())
-        return result
+        return await self.calls.guard(context, work())
 
-    async def UploadCiphertext(
+    async def upload_ciphertext(
         self, request_iterator: AsyncIterator[pb.VectorChunk], context: grpc.aio.ServicerContext
-    ) -> pb.UploadAck:  # noqa: N802
+    ) -> pb.UploadAck:
         async def work() -> pb.UploadAck:
-            active, _, received = await self._consume_upload(
+            active, _, received = await self.streams.consume(
                 request_iterator, context, self._take_ciphertext
             )
             await active.wait_closed(Stage.MASKED_INPUT)
             return pb.UploadAck(received_bytes=received)
 
-        result: pb.UploadAck = await self._guard(context, work())
-        return result
+        return await self.calls.guard(context, work())
 
     async def _take_ciphertext(
         self, active: ActiveRound, client_id: str, chunk: pb.VectorChunk
     ) -> bool:
         """Parse and add one ciphertext; True once the upload is complete."""
-        journal = self.coordinator.journal
+        coordinator = self.calls.coordinator
+        journal = coordinator.journal
         server = ckks_round(active.server)
         if chunk.index == server.config.chunk_count and not chunk.data:
-            return await self.coordinator.uploads.rejoin_complete(active, client_id)
+            return await coordinator.uploads.rejoin_complete(active, client_id)
 
-        def apply(round_server: object) -> bool:
+        def apply(round_server: AnyRound) -> bool:
             del round_server  # the same object as `server`
             server.begin_upload(client_id, chunk.total_bytes, bytes(chunk.key_fingerprint))
             server.add_chunk(client_id, chunk.index, chunk.data)
@@ -130,9 +118,9 @@ class CkksHandlers:
                     active.round_id, "ckks-begin", client_id, str(chunk.total_bytes).encode()
                 )
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
-            return self.coordinator.uploads.finish_if_last(
+            return coordinator.uploads.finish_if_last(
                 active, client_id, bytes(chunk.sha256), server.finish_upload
             )
 
-        _, done = await self.coordinator.submit(active.round_id, Stage.MASKED_INPUT, apply)
+        _, done = await coordinator.submit(active.round_id, Stage.MASKED_INPUT, apply)
         return bool(done)

@@ -29,6 +29,7 @@ from fedveil.secagg.protocol.model_chain import ModelChain
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.secagg.protocol.stages import ORDER, Stage
 from fedveil.server.active_round import ActiveRound, AnyRound
+from fedveil.server.downloads import ResultDownloads
 from fedveil.server.dp_policy import FederationDP
 from fedveil.server.errors import RoundFailedError, UnknownRoundError
 from fedveil.server.journal import RoundJournal
@@ -79,7 +80,7 @@ class RoundCoordinator:
         self._next_round_id = journal.last_round_id() + 1
         self._opened = 0
         self.finished = asyncio.Event()
-        self.downloads: dict[int, set[str]] = {}
+        self.downloads = ResultDownloads()
         self._background: set[asyncio.Task[None]] = set()
         _, threshold = round_shape(settings, len(self.roster))
         # The federation's DP policy: every round's noise, and what released rounds spent.
@@ -332,24 +333,10 @@ class RoundCoordinator:
                 log.info("round %d: stage %s deadline passed", active.round_id, stage.value)
                 await self._close_stage(active)
 
-    def record_download(self, round_id: int, client_id: str) -> None:
-        self.downloads.setdefault(round_id, set()).add(client_id)
-
-    async def drain(self, timeout_s: float, poll_s: float = 0.05) -> None:
+    async def drain(self, timeout_s: float) -> None:
         """After the last round, keep serving until every survivor has fetched its result
         (or `timeout_s` passes), so `--rounds R` does not cut clients off."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while loop.time() < deadline:
-            pending = [
-                rid
-                for rid, active in self.rounds.items()
-                if active.server.result is not None
-                and not set(active.server.result.survivors) <= self.downloads.get(rid, set())
-            ]
-            if not pending:
-                return
-            await asyncio.sleep(poll_s)
+        await self.downloads.drain(self.rounds, timeout_s)
 
     async def shutdown(self) -> None:
         """Stop the deadlines and let stage closes already under way finish (they write

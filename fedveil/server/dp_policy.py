@@ -13,10 +13,11 @@ import logging
 
 from fedveil.errors import ConfigError
 from fedveil.proto import aggregation_pb2 as pb
-from fedveil.proto.convert import dp_from_spec
+from fedveil.proto.convert import dp_from_spec, mode_from_wire
 from fedveil.secagg.dp.accounting import calibrate_noise_multiplier
 from fedveil.secagg.dp.config import ClientDPConfig, Mechanism, NoisePlacement
 from fedveil.secagg.dp.report import FederationAccountant, RoundPrivacyReport
+from fedveil.secagg.modes import AggregationMode
 from fedveil.secagg.protocol.dp import RoundDP
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.secagg.protocol.stages import Stage
@@ -104,7 +105,7 @@ class FederationDP:
         """Compose the DP rounds this federation released before a restart."""
         for spec_bytes in journal.round_specs("done"):
             spec = pb.RoundSpec.FromString(spec_bytes)
-            if spec.mode != pb.AGGREGATION_MODE_SECAGG:
+            if mode_from_wire(spec.mode) is not AggregationMode.SECAGG:
                 continue
             dp = dp_from_spec(spec)
             if dp is not None:

@@ -23,6 +23,8 @@ from fedveil.errors import (
     UnknownClientError,
 )
 from fedveil.proto import aggregation_pb2 as pb
+from fedveil.proto.convert import mode_to_wire
+from fedveil.secagg.modes import AggregationMode
 from fedveil.secagg.protocol.messages import RoundResult
 from fedveil.secagg.protocol.stages import Stage
 from fedveil.secagg.protocol.upload import ChunkedUploads
@@ -161,7 +163,7 @@ def plaintext_spec(
     quorum = settings.threshold if settings.threshold is not None else settings.min_cohort
     return pb.RoundSpec(
         round_id=round_id,
-        mode=pb.AGGREGATION_MODE_PLAINTEXT,
+        mode=mode_to_wire(AggregationMode.PLAINTEXT),
         dimension=settings.dimension,
         quantization=pb.QuantizationSpec(clip=settings.clip, max_weight=settings.max_weight),
         threshold=quorum,

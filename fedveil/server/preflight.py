@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fedveil.errors import ConfigError, FedveilError
 from fedveil.secagg.ckks.config import CkksRoundConfig
+from fedveil.secagg.modes import AggregationMode, DPKind, parse_mode
 from fedveil.server.dp_policy import dp_config, round_dp
 from fedveil.server.keys_store import load_roster, load_server_credentials
 from fedveil.server.round_modes import SecAggRounds, round_shape
@@ -58,11 +59,12 @@ def check_round(settings: RoundSettings, ids: tuple[str, ...]) -> None:
             f"round.min_cohort {settings.min_cohort} is above the roster's {n} clients: "
             "enrol more clients or lower min_cohort"
         )
-    if settings.mode == "plaintext":
+    mode = parse_mode(settings.mode, "round.mode")
+    if mode is AggregationMode.PLAINTEXT:
         return  # the unprotected baseline: nothing more is built from the roster
     model_hash = settings.model_hash or hashlib.sha256(b"").digest()
     try:
-        if settings.mode == "ckks":
+        if mode is AggregationMode.CKKS:
             if settings.ckks_key_holder is not None and settings.ckks_key_holder not in ids:
                 raise ConfigError(
                     f"round.ckks_key_holder {settings.ckks_key_holder!r} is not on the roster; "
@@ -83,7 +85,7 @@ def check_round(settings: RoundSettings, ids: tuple[str, ...]) -> None:
             )
             return
         dp = None
-        if settings.dp != "none":
+        if settings.dp != DPKind.NONE:
             _, t = round_shape(settings, n)
             # the coordinator calibrates a target epsilon; any z checks the rest
             z = settings.dp_noise_multiplier or 1.0

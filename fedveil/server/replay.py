@@ -15,6 +15,7 @@ from fedveil.proto import convert, convert_ckks
 from fedveil.secagg.ckks.messages import CkksAdvertisement, KeyPublication
 from fedveil.secagg.ckks.server_round import CkksServerRound
 from fedveil.secagg.crypto.identity import VerifyingIdentity
+from fedveil.secagg.modes import AggregationMode
 from fedveil.secagg.protocol import messages as m
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.server.journal import OpenRound, RoundJournal
@@ -71,9 +72,10 @@ def replay(
     raises instead of producing a wrong sum.
     """
     spec = pb.RoundSpec.FromString(record.spec)
-    if spec.mode == pb.AGGREGATION_MODE_PLAINTEXT:
+    mode = convert.mode_from_wire(spec.mode)
+    if mode is AggregationMode.PLAINTEXT:
         return _replay_plaintext(journal, record, spec), spec
-    if spec.mode == pb.AGGREGATION_MODE_CKKS:
+    if mode is AggregationMode.CKKS:
         return _replay_ckks(journal, record, spec, roster), spec
     config = convert.spec_to_config(spec)
     seeds = [event.payload for event in record.events if event.kind == "dp-noise-seed"]

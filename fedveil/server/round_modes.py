@@ -5,15 +5,19 @@ deadline, rounds follow one another); what a round *is* (its config, its publish
 its state machine, and what must be kept once a stage closes) depends on the mode. Each
 mode here builds its round from the settings, the round's roster and the model hash the
 round is about; the coordinator calls `open` and never names a mode.
+
+Why a table (ROUND_FACTORIES) keyed by AggregationMode: adding a mode is its definition
+in secagg.modes plus one row here (and one in the client's clients.mode_driver.DRIVERS);
+a test (tests/secagg/test_modes.py) checks that no mode lacks its row.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Protocol
 
-from fedveil.errors import ConfigError
 from fedveil.proto.convert import config_to_spec
 from fedveil.proto.convert_ckks import ckks_config_to_spec
 from fedveil.secagg.ckks.config import CkksRoundConfig
@@ -21,6 +25,7 @@ from fedveil.secagg.ckks.keys import key_epoch
 from fedveil.secagg.ckks.server_round import CkksServerRound
 from fedveil.secagg.crypto.identity import VerifyingIdentity
 from fedveil.secagg.crypto.prg import SEED_BYTES
+from fedveil.secagg.modes import AggregationMode, parse_mode
 from fedveil.secagg.protocol.config import RoundConfig
 from fedveil.secagg.protocol.dp import RoundDP
 from fedveil.secagg.protocol.graph import default_neighbours, default_threshold
@@ -31,7 +36,7 @@ from fedveil.secagg.quantize import QuantizationConfig
 from fedveil.server.active_round import ActiveRound
 from fedveil.server.journal import RoundJournal
 from fedveil.server.plaintext import PlaintextRound, plaintext_spec
-from fedveil.server.settings import MODES, RoundSettings
+from fedveil.server.settings import RoundSettings
 
 Roster = Mapping[str, VerifyingIdentity]
 
@@ -190,12 +195,19 @@ class CkksRounds:
             self.journal.save_epoch_keys(server.epoch)
 
 
+# The rounds of one mode, built from the settings, the journal (CKKS keeps its epoch keys
+# there) and the round's DP terms (SecAgg only; validated by the settings).
+RoundFactory = Callable[[RoundSettings, RoundJournal, RoundDP | None], ModeRounds]
+
+ROUND_FACTORIES: Mapping[AggregationMode, RoundFactory] = MappingProxyType(
+    {
+        AggregationMode.SECAGG: lambda settings, journal, dp: SecAggRounds(settings, dp),
+        AggregationMode.CKKS: lambda settings, journal, dp: CkksRounds(settings, journal),
+        AggregationMode.PLAINTEXT: lambda settings, journal, dp: PlaintextRounds(settings),
+    }
+)
+
+
 def rounds_for(settings: RoundSettings, journal: RoundJournal, dp: RoundDP | None) -> ModeRounds:
-    """The rounds of the mode the settings name."""
-    if settings.mode == "plaintext":
-        return PlaintextRounds(settings)
-    if settings.mode == "ckks":
-        return CkksRounds(settings, journal)
-    if settings.mode == "secagg":
-        return SecAggRounds(settings, dp)
-    raise ConfigError(f"round.mode must be one of {MODES}, got {settings.mode!r}")
+    """The rounds of the mode the settings name (ConfigError naming the modes otherwise)."""
+    return ROUND_FACTORIES[parse_mode(settings.mode, "round.mode")](settings, journal, dp)

@@ -1,126 +1,131 @@
-"""Server and round settings: frozen, validated, loadable from TOML, overridable by flags."""
+"""Server and round settings: frozen, strictly validated, loadable from TOML and flags.
+
+The models are StrictSettings (fedveil.settings_loader): a key the server does not know,
+a value of the wrong type or out of range is one ConfigError line naming `round.<key>` or
+`server.<key>`. Checks that involve several keys (DP needs SecAgg, exactly one of the
+noise or the target epsilon...) are written out here, with messages that say what to fix.
+"""
 
 from __future__ import annotations
 
-import math
-import tomllib
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
 from pathlib import Path
-from types import UnionType
-from typing import Any, get_args, get_type_hints
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
 
 from fedveil.errors import ConfigError
 from fedveil.secagg.ckks.presets import DEFAULT_PRESET, preset
+from fedveil.secagg.modes import AggregationMode, DPKind, parse_dp_kind, parse_mode
 from fedveil.secagg.protocol.upload import DEFAULT_CHUNK_BYTES
+from fedveil.settings_loader import StrictSettings, apply_overrides, check_values, read_toml
+from fedveil.settings_loader import load_settings as load_model
 
-MODES = ("secagg", "ckks", "plaintext")
-DP_KINDS = ("none", "client", "central")
+MODES = tuple(mode.value for mode in AggregationMode)
+SERVER_DP_KINDS = (DPKind.NONE, DPKind.CLIENT, DPKind.CENTRAL)  # SAMPLE runs in the learner
+DP_KINDS = tuple(kind.value for kind in SERVER_DP_KINDS)
 DP_MECHANISMS = ("discrete_gaussian", "skellam")
 DP_ACCOUNTANTS = ("prv", "rdp", "pld")
 CKKS_MESSAGE_BYTES = 4 << 20
 
 
-@dataclass(frozen=True)
-class RoundSettings:
+class RoundSettings(StrictSettings):
     """How every round of this server is run; rounds follow each other in sequence."""
 
-    dimension: int
-    # "secagg" (pairwise masking), "ckks" (homomorphic encryption; the server never holds
-    # the key) or "plaintext" (the unprotected baseline, for comparison only)
-    mode: str = "secagg"
+    settings_where: ClassVar[str] = "round"
+
+    dimension: int = Field(ge=1)
+    # secagg (pairwise masking), ckks (homomorphic encryption; the server never holds the
+    # key) or plaintext (the unprotected baseline, for comparison only)
+    mode: AggregationMode = AggregationMode.SECAGG
     threshold: int | None = None  # default: the smallest majority of a neighbourhood
     neighbours: int | None = None  # default: floor(2 log2 n + 1)
     bits: int = 32
     clip: float = 1.0
     max_weight: int = 100_000
-    min_cohort: int = 3
-    stage_timeout_s: float = 60.0
-    rounds: int = 0  # 0: run rounds until stopped
-    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    min_cohort: int = Field(default=3, ge=2)
+    stage_timeout_s: float = Field(default=60.0, gt=0)
+    rounds: int = Field(default=0, ge=0)  # 0: run rounds until stopped
+    chunk_bytes: int = Field(default=DEFAULT_CHUNK_BYTES, ge=4096)
     # SHA-256 of the base model every client holds (e.g. learner.lora.base_model_hash):
     # required to run rounds, no default. Each round's model hash chains it with the
     # digest of the previous round's published result (secagg.protocol.model_chain).
     model_hash: bytes | None = None
-    keep_results: int = 8
+    keep_results: int = Field(default=8, ge=1)
     ckks_preset: str = DEFAULT_PRESET
-    ckks_rotate_every: int = 10  # rounds per CKKS key epoch
+    ckks_rotate_every: int = Field(default=10, ge=1)  # rounds per CKKS key epoch
     ckks_key_holder: str | None = None  # default: the first client id of the sorted roster
-    # Differential privacy (secagg mode): "none"; "client" (each client adds its share of
-    # the noise before masking; the server never sees an un-noised sum); "central" (the
-    # server adds the noise after unmasking: for comparison, it trusts the server). The
-    # noise is dp_noise_multiplier, or calibrated so that dp_rounds (default: rounds)
-    # rounds spend at most dp_target_epsilon at dp_delta. DP means are unweighted, and a
-    # DP round quantises with its DP config: `clip` and `max_weight` are not used.
-    dp: str = "none"
+    # Differential privacy (secagg mode): none; client (each client adds its share of the
+    # noise before masking; the server never sees an un-noised sum); central (the server
+    # adds the noise after unmasking: for comparison, it trusts the server). The noise is
+    # dp_noise_multiplier, or calibrated so that dp_rounds (default: rounds) rounds spend
+    # at most dp_target_epsilon at dp_delta. DP means are unweighted, and a DP round
+    # quantises with its DP config: `clip` and `max_weight` are not used.
+    dp: DPKind = DPKind.NONE
     dp_clip_norm: float = 1.0
     dp_noise_multiplier: float | None = None
     dp_target_epsilon: float | None = None
-    dp_delta: float = 1e-5
-    dp_rounds: int = 0  # rounds the target epsilon covers; 0: `rounds`
-    dp_min_clients: int | None = None  # honest clients whose noise suffices; default: threshold
-    dp_mechanism: str = "discrete_gaussian"
+    dp_delta: float = Field(default=1e-5, gt=0, lt=1)
+    dp_rounds: int = Field(default=0, ge=0)  # rounds the target epsilon covers; 0: `rounds`
+    dp_min_clients: int | None = Field(default=None, ge=1)  # default: threshold
+    dp_mechanism: Literal["discrete_gaussian", "skellam"] = "discrete_gaussian"
     dp_rotate: bool = True
-    dp_sampling_prob: float = 1.0  # client sampling rate the accountant may assume
-    dp_accountant: str = "prv"  # discrete noise is accounted with rdp whatever this says
+    dp_sampling_prob: float = Field(default=1.0, gt=0, le=1)  # client sampling rate assumed
+    dp_accountant: Literal["prv", "rdp", "pld"] = "prv"  # discrete noise: rdp whatever this says
 
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ConfigError(f"round.mode must be one of {MODES}, got {self.mode!r}")
-        self._check_dp()
-        preset(self.ckks_preset)  # raises, naming the known presets
-        if self.ckks_rotate_every < 1:
-            raise ConfigError(
-                f"round.ckks_rotate_every must be >= 1 round, got {self.ckks_rotate_every}"
-            )
-        if self.dimension < 1:
-            raise ConfigError(f"round.dimension must be >= 1, got {self.dimension}")
-        if self.min_cohort < 2:
-            raise ConfigError(f"round.min_cohort must be >= 2, got {self.min_cohort}")
-        if not self.stage_timeout_s > 0:
-            raise ConfigError(f"round.stage_timeout_s must be > 0, got {self.stage_timeout_s}")
-        if self.rounds < 0:
-            raise ConfigError(f"round.rounds must be >= 0 (0 = unlimited), got {self.rounds}")
-        if self.chunk_bytes < 4096:
-            raise ConfigError(f"round.chunk_bytes must be >= 4096, got {self.chunk_bytes}")
-        if self.model_hash is not None and (
-            not isinstance(self.model_hash, bytes) or len(self.model_hash) != 32
-        ):
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _mode(cls, value: object) -> AggregationMode:
+        if not isinstance(value, str):
+            raise ValueError("must be a string naming the mode")
+        return parse_mode(value, "round.mode")
+
+    @field_validator("dp", mode="before")
+    @classmethod
+    def _dp(cls, value: object) -> DPKind:
+        if not isinstance(value, str):
+            raise ValueError("must be a string naming the DP kind")
+        return parse_dp_kind(value, "round.dp", SERVER_DP_KINDS)
+
+    @field_validator("model_hash", mode="before")
+    @classmethod
+    def _model_hash(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                value = bytes.fromhex(value)
+            except ValueError:
+                raise ConfigError(f"round.model_hash is not hex: {value!r}") from None
+        if value is None:
+            return None
+        if not isinstance(value, bytes):
+            raise ValueError("must be a hex string")
+        if len(value) != 32:
             raise ConfigError("round.model_hash must be 32 bytes (64 hex characters)")
-        if self.keep_results < 1:
-            raise ConfigError(f"round.keep_results must be >= 1, got {self.keep_results}")
+        return value
 
-    @property
-    def dp_planned_rounds(self) -> int:
-        """Rounds the DP target epsilon covers (dp_rounds, else rounds; 0: none planned)."""
-        return self.dp_rounds or self.rounds
+    @field_validator("ckks_preset")
+    @classmethod
+    def _ckks_preset(cls, value: str) -> str:
+        preset(value)  # raises, naming the known presets
+        return value
 
-    def _check_dp(self) -> None:
-        if self.dp not in DP_KINDS:
-            raise ConfigError(f"round.dp must be one of {DP_KINDS}, got {self.dp!r}")
-        if self.dp_mechanism not in DP_MECHANISMS:
+    @model_validator(mode="after")
+    def _check_dp(self) -> RoundSettings:
+        if self.dp_sampling_prob < 1:
+            # Amplification by sampling holds only if the cohort is a secret random sample;
+            # this server takes whoever joins, and no client can check how it chose, so a
+            # rate below 1 would shrink the reported epsilon without the privacy behind it.
             raise ConfigError(
-                f"round.dp_mechanism must be one of {DP_MECHANISMS}, got {self.dp_mechanism!r}"
+                f"round.dp_sampling_prob = {self.dp_sampling_prob} is refused: this server "
+                "does not sample cohorts in a way clients can verify, so no amplification by "
+                "sampling may be claimed; leave it at 1.0"
             )
-        if self.dp_accountant not in DP_ACCOUNTANTS:
+        if self.dp == DPKind.NONE:
+            return self
+        if self.mode != AggregationMode.SECAGG:
             raise ConfigError(
-                f"round.dp_accountant must be one of {DP_ACCOUNTANTS}, got {self.dp_accountant!r}"
-            )
-        if self.dp_rounds < 0:
-            raise ConfigError(f"round.dp_rounds must be >= 0, got {self.dp_rounds}")
-        if self.dp_min_clients is not None and self.dp_min_clients < 1:
-            raise ConfigError(f"round.dp_min_clients must be >= 1, got {self.dp_min_clients}")
-        if not 0 < self.dp_sampling_prob <= 1:
-            raise ConfigError(
-                f"round.dp_sampling_prob must be in (0, 1], got {self.dp_sampling_prob}"
-            )
-        if not 0 < self.dp_delta < 1:
-            raise ConfigError(f"round.dp_delta must be in (0, 1), got {self.dp_delta}")
-        if self.dp == "none":
-            return
-        if self.mode != "secagg":
-            raise ConfigError(
-                f'round.dp = {self.dp!r} needs mode = "secagg" (got {self.mode!r}): the DP '
-                "noise is added inside secure aggregation"
+                f'round.dp = {self.dp.value!r} needs mode = "secagg" (got {self.mode.value!r}): '
+                "the DP noise is added inside secure aggregation"
             )
         if not self.dp_clip_norm > 0:
             raise ConfigError(f"round.dp_clip_norm must be > 0, got {self.dp_clip_norm}")
@@ -144,164 +149,91 @@ class RoundSettings:
                     "round.dp_target_epsilon needs the number of rounds it covers: set "
                     "rounds (or dp_rounds) >= 1"
                 )
+        return self
+
+    @property
+    def dp_planned_rounds(self) -> int:
+        """Rounds the DP target epsilon covers (dp_rounds, else rounds; 0: none planned)."""
+        return self.dp_rounds or self.rounds
 
 
-@dataclass(frozen=True)
-class ServerSettings:
+class ServerSettings(StrictSettings):
     """Where the service listens, what secures it, and where it keeps state."""
+
+    settings_where: ClassVar[str] = "server"
 
     round: RoundSettings
     host: str = "127.0.0.1"
-    port: int = 50051
-    keys_dir: Path | None = None
-    state_dir: Path = field(default_factory=lambda: Path(".fedveil-server"))
+    port: int = Field(default=50051, ge=0, le=65535)
+    # TOML spells paths as strings: the one place strictness gives way.
+    keys_dir: Path | None = Field(default=None, strict=False)
+    state_dir: Path = Field(default=Path(".fedveil-server"), strict=False)
     insecure: bool = False
     # Calls one client may have in flight at once (long polls, upload and result
     # streams, unary calls); past it: RESOURCE_EXHAUSTED. An honest client holds 1-2.
-    max_calls_per_client: int = 8
+    max_calls_per_client: int = Field(default=8, ge=1, le=10_000)
     # gRPC server reflection lists the whole API to anyone who connects: off unless asked.
     reflection: bool = False
 
-    def __post_init__(self) -> None:
-        if not 0 <= self.port <= 65535:
-            raise ConfigError(f"port must be in [0, 65535], got {self.port}")
-        cap = self.max_calls_per_client
-        if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= 10_000:
-            raise ConfigError(
-                f"server.max_calls_per_client must be an integer in [1, 10000], got {cap!r}"
-            )
-        if not isinstance(self.reflection, bool):
-            raise ConfigError(f"server.reflection must be true or false, got {self.reflection!r}")
+    @model_validator(mode="after")
+    def _tls(self) -> ServerSettings:
         if not self.insecure and self.keys_dir is None:
             raise ConfigError(
                 "TLS is always on: give keys_dir (made by `fedveil keys init`), or pass "
                 "--insecure explicitly for a local experiment"
             )
+        return self
 
     @property
     def max_message_bytes(self) -> int:
         """Largest request accepted: one chunk plus framing; larger -> RESOURCE_EXHAUSTED.
 
-        In CKKS mode also the key holder's publication (public context plus the sealed
-        secret context: about 0.7 MB at 8192 slots, 1.3 MB at 16384).
+        In CKKS mode also the key holder's publication (the public context plus the sealed
+        secret context), which is larger than a chunk.
         """
-        floor = CKKS_MESSAGE_BYTES if self.round.mode == "ckks" else 0
+        floor = CKKS_MESSAGE_BYTES if self.round.mode == AggregationMode.CKKS else 0
         return max(self.round.chunk_bytes, floor) + 64 * 1024
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        raw = Path(path).read_bytes()
-    except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read the config file {path}: {exc.strerror or exc}") from None
-    try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-
-
-_WANTED = {
-    bool: "true or false",
-    int: "an integer",
-    float: "a finite number",
-    str: "a string",
-    Path: "a path string",
-    bytes: "a hex string",
-}
-
-
-def _check_type(key: str, value: Any, hint: Any) -> Any:
-    """`value` if it has the field's type (an integer also for a float); else ConfigError
-    naming the key, so a TOML `dimension = "1000"` or `bits = 32.5` is one clear line."""
-    options = get_args(hint) if isinstance(hint, UnionType) else (hint,)
-    kinds = [k for k in options if k is not type(None)]
-    if value is None and len(kinds) < len(options):
-        return value
-    kind = kinds[0] if len(kinds) == 1 else None
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is int:
-        ok = number and isinstance(value, int)
-    elif kind is float:
-        ok = number and math.isfinite(value)
-    elif kind is str:
-        ok = isinstance(value, str)
-    elif kind is Path:
-        ok = isinstance(value, str | Path)
-    elif kind is bytes:
-        ok = isinstance(value, str | bytes)
-    else:
-        return value
-    if ok:
-        return value
-    fix = ""
-    if isinstance(value, str) and kind in (int, float):
-        try:
-            float(value)
-            fix = f" (write {key.split('.')[-1]} = {value.strip()}, without quotes)"
-        except ValueError:
-            pass
-    raise ConfigError(f"{key} must be {_WANTED[kind]}, got {value!r}{fix}")
-
-
-def _coerce(name: str, value: Any) -> Any:
-    if name == "model_hash" and isinstance(value, str):
-        try:
-            return bytes.fromhex(value)
-        except ValueError as exc:
-            raise ConfigError(f"round.model_hash is not hex: {value!r}") from exc
-    if name in ("keys_dir", "state_dir") and value is not None:
-        return Path(value)
-    return value
-
-
-def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) -> ServerSettings:
-    """Read a TOML file ([server] and [round] tables), then apply non-None flag overrides.
-
-    Override keys are field names; round fields may be given bare or as "round.<name>".
-    """
-    data: dict[str, Any] = {} if path is None else _read_toml(path)
+def _tables(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The [server] and [round] tables of the TOML file (empty without one)."""
+    data: dict[str, object] = {} if path is None else read_toml(path, "config file")
     unknown_tables = set(data) - {"server", "round"}
     if unknown_tables:
         raise ConfigError(
             f"unknown tables {sorted(unknown_tables)} in {path}; use [server], [round]"
         )
+    tables: list[dict[str, Any]] = []
     for table in ("server", "round"):
-        if not isinstance(data.get(table, {}), dict):
-            raise ConfigError(f"{path}: [{table}] must be a table, got {data[table]!r}")
-    server_data = dict(data.get("server", {}))
-    round_data = dict(data.get("round", {}))
-    round_names = {f.name for f in fields(RoundSettings)}
-    server_names = {f.name for f in fields(ServerSettings)} - {"round"}
+        value = data.get(table, {})
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: [{table}] must be a table, got {value!r}")
+        tables.append(dict(value))
+    return tables[0], tables[1]
+
+
+def load_settings(path: Path | None, overrides: Mapping[str, Any] | None = None) -> ServerSettings:
+    """Read a TOML file ([server] and [round] tables), then apply non-None flag overrides.
+
+    Override keys are field names; round fields may be given bare or as "round.<name>".
+    """
+    server_data, round_data = _tables(path)
+    round_flags: dict[str, Any] = {}
+    server_flags: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
-        if value is None:
-            continue
         name = key.removeprefix("round.")
-        if name in round_names:
-            round_data[name] = value
-        elif name in server_names:
-            server_data[name] = value
+        if name in RoundSettings.model_fields:
+            round_flags[name] = value
+        elif name in ServerSettings.model_fields and name != "round":
+            server_flags[name] = value
         else:
             raise ConfigError(f"unknown setting {key!r}")
-    for table, names in (("server", server_names), ("round", round_names)):
-        source = server_data if table == "server" else round_data
-        bad = set(source) - names
-        if bad:
-            raise ConfigError(f"unknown [{table}] settings {sorted(bad)}; known: {sorted(names)}")
-    for table, source, kind in (
-        ("server", server_data, ServerSettings),
-        ("round", round_data, RoundSettings),
-    ):
-        hints = get_type_hints(kind)
-        for name, value in source.items():
-            source[name] = _check_type(f"{table}.{name}", value, hints[name])
+    check_values(ServerSettings, {k: v for k, v in server_data.items() if k != "round"}, "server")
+    check_values(RoundSettings, round_data, "round")
+    round_data = apply_overrides(round_data, round_flags)
+    server_data = apply_overrides(server_data, server_flags)
+    if "round" in server_data:
+        raise ConfigError(f"{path}: [server] round is not a setting; use the [round] table")
     if "dimension" not in round_data:
         raise ConfigError("round.dimension is required (the length of the flat update)")
     if "model_hash" not in round_data:
@@ -310,11 +242,9 @@ def load_settings(path: Path | None, overrides: dict[str, Any] | None = None) ->
             "holds (clients pass the same hash; each round chains it with the previous "
             "round's result)"
         )
-    round_settings = RoundSettings(**{k: _coerce(k, v) for k, v in round_data.items()})
-    return ServerSettings(
-        round=round_settings, **{k: _coerce(k, v) for k, v in server_data.items()}
-    )
+    round_settings = load_model(RoundSettings, round_data, "round")
+    return load_model(ServerSettings, {**server_data, "round": round_settings}, "server")
 
 
 def with_port(settings: ServerSettings, port: int) -> ServerSettings:
-    return replace(settings, port=port)
+    return settings.replace(port=port)

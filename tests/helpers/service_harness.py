@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Iterable
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -14,7 +13,8 @@ from fedveil.clients.credentials import ClientCredentials
 from fedveil.clients.enrolment import request_enrolment
 from fedveil.clients.transport import AsyncAggregationClient, TransportSecurity
 from fedveil.proto import aggregation_pb2_grpc as pb_grpc
-from fedveil.secagg.protocol.config import DEFAULT_ALLOWED_MODES, ClientPolicy
+from fedveil.secagg.modes import DEFAULT_ALLOWED_MODES
+from fedveil.secagg.protocol.config import ClientPolicy
 from fedveil.server.app import RunningServer, start_server
 from fedveil.server.keys_store import (
     client_dir,
@@ -124,7 +124,6 @@ __all__ = [
     "enrolled_client_dir",
     "make_keys",
     "raw_stub",
-    "replace",
     "running_server",
     "settings_for",
 ]

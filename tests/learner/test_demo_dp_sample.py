@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedveil.demo.run import DemoOptions, format_table, run_demo
+from fedveil.demo.run import DemoOptions, run_demo
 from fedveil.errors import ConfigError, PrivacyBudgetExceededError
 from fedveil.learner.data.concepts import DOMAINS
 from fedveil.learner.data.datasets import CityDataConfig, make_party_datasets
@@ -24,6 +24,7 @@ from fedveil.learner.federated_local import CaptionerRecipe, make_parties
 from fedveil.learner.lora.codec import adapter_vector
 from fedveil.learner.training.dp_loop import DPTrainConfig, per_sample_caption_loss
 from fedveil.learner.training.party import Party
+from fedveil.secagg.modes import DPKind
 from tests.helpers.captioner_fixtures import tiny_base
 
 ROUNDS = 2
@@ -161,25 +162,6 @@ def test_sample_dp_is_allowed_with_any_service_mode_and_reaches_the_recipe() -> 
     assert DemoOptions().recipe().dp is None
 
 
-def test_the_table_labels_sample_dp() -> None:
-    row = {"recall_by_domain": {}, "mean_recall": 0.2, "bleu": 1.0}
-    report = {
-        "base": row,
-        "local": {"energy": row},
-        "federated": row,
-        "mode": "ckks",
-        "dp": "sample",
-        "rounds": 2,
-        "seconds": 1.0,
-        "base_model_seconds": 1.0,
-        "epsilon": 7.91,
-        "local_private": False,
-    }
-    table = format_table(report)
-    assert "federated (ckks, sample DP eps=7.91)" in table
-    assert "energy alone (no DP)" in table
-
-
 @pytest.mark.slow
 def test_the_sample_dp_demo_stays_within_epsilon(tmp_path: Path) -> None:
     report = run_demo(
@@ -192,12 +174,14 @@ def test_the_sample_dp_demo_stays_within_epsilon(tmp_path: Path) -> None:
             progress=False,
         )
     )
-    assert json.loads((tmp_path / "report.json").read_text())["epsilon"] == report["epsilon"]
-    assert 0 < report["epsilon"] <= 8.0
-    assert set(report["party_epsilon"]) == set(report["parties"])
-    assert report["epsilon"] == max(report["party_epsilon"].values())
-    assert report["delta"] == 1e-5 and report["clip_norm"] == 1.0
-    assert report["noise_multiplier"] > 0
-    assert report["local_private"] is False
-    steps = math.ceil(CityDataConfig().samples_per_party / report["dp_batch_size"])
-    assert report["dp_steps"] == {name: steps * report["rounds"] for name in report["parties"]}
+    assert json.loads((tmp_path / "report.json").read_text())["epsilon"] == report.privacy.epsilon
+    assert 0 < report.privacy.epsilon <= 8.0
+    assert {r.name for r in report.parties if r.dp is not None} == {r.name for r in report.parties}
+    assert report.privacy.epsilon == max(r.dp.epsilon for r in report.parties)
+    assert report.privacy.delta == 1e-5 and report.privacy.clip_norm == 1.0
+    assert report.privacy.noise_multiplier > 0
+    assert report.privacy.kind is DPKind.SAMPLE
+    steps = math.ceil(CityDataConfig().samples_per_party / report.privacy.batch_size)
+    assert {r.name: r.dp.steps for r in report.parties if r.dp is not None} == {
+        r.name: steps * report.rounds for r in report.parties
+    }

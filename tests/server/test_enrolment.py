@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import stat
 import subprocess
 import sys
@@ -69,6 +68,7 @@ from fedveil.server.keys_store import (
     load_roster,
 )
 from tests.helpers.harness import LiveRound, make_round_config
+from tests.helpers.network import free_port
 from tests.helpers.service_harness import BASE_MODEL_HASH, running_server, settings_for
 
 HOSTS = ["localhost", "127.0.0.1"]
@@ -337,12 +337,6 @@ def test_client_refuses_a_roster_with_another_fingerprint(
 # --- 1. the server process refuses a folder with keys that are not its own -------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _server_argv(keys: Path, state: Path, port: int) -> list[str]:
     return [
         sys.executable,
@@ -387,7 +381,7 @@ def test_server_process_refuses_folders_with_foreign_private_keys(
 ) -> None:
     keys, culprit = _layout(tmp_path, case)
     state = tmp_path / "state"
-    port = _free_port()
+    port = free_port()
     done = subprocess.run(
         _server_argv(keys, state, port),
         capture_output=True,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -25,6 +24,7 @@ from fedveil.secagg.ckks.codec import decrypt_mean
 from fedveil.secagg.ckks.keys import CkksKeyring
 from fedveil.secagg.ckks.server_round import CkksServerRound
 from fedveil.secagg.protocol.stages import Stage
+from tests.helpers.network import free_port
 from tests.helpers.service_harness import (
     client_for,
     make_keys,
@@ -263,8 +263,6 @@ def test_a_client_that_missed_the_key_round_is_told_when_it_can_rejoin(tmp_path:
 def test_server_killed_while_collecting_ciphertexts_resumes_the_round(tmp_path: Path) -> None:
     """Every upload is journalled; a new server replays the key hand-over and the
     ciphertexts, and the clients' retries finish the round with the exact mean."""
-    from test_service_e2e import free_port
-
     from fedveil.server.app import start_server
 
     d = 5000
@@ -272,7 +270,7 @@ def test_server_killed_while_collecting_ciphertexts_resumes_the_round(tmp_path: 
     async def run() -> tuple[list, dict, dict]:
         keys, ids = make_keys(tmp_path, 4)
         base = settings_for(tmp_path, keys, dimension=d, mode="ckks", rounds=1, stage_timeout_s=3.0)
-        settings = replace(base, port=free_port())
+        settings = base.replace(port=free_port())
         updates, weights = _inputs(ids, d, seed=2)
         first = await start_server(settings)
         reached = asyncio.Event()

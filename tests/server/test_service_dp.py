@@ -25,6 +25,7 @@ from fedveil.runners.simulation import Federation, make_config
 from fedveil.secagg.crypto.identity import SigningIdentity
 from fedveil.secagg.dp import (
     ClientDPConfig,
+    GaussianEvent,
     NoisePlacement,
     PrivacyAccountant,
     PrivacyBudget,
@@ -258,6 +259,20 @@ def test_round_settings_validate_the_dp_options() -> None:
         RoundSettings(dimension=10, dp="client", dp_noise_multiplier=1.0, dp_delta=0)
     ok = RoundSettings(dimension=10, dp="client", dp_target_epsilon=8, rounds=0, dp_rounds=5)
     assert ok.dp_planned_rounds == 5
+
+
+def test_a_sampling_rate_the_clients_cannot_verify_is_refused() -> None:
+    """The attack: claim client sampling at q = 0.1 while taking every client that joins.
+    The accountant would then report a far smaller epsilon than the rounds really spent;
+    the server refuses the setting instead of reporting it."""
+    honest = PrivacyAccountant("rdp")
+    honest.compose(GaussianEvent(1.0, 1.0, 20))
+    claimed = PrivacyAccountant("rdp")
+    claimed.compose(GaussianEvent(1.0, 0.1, 20))
+    assert claimed.epsilon(1e-5) < honest.epsilon(1e-5) / 4  # what the setting would claim
+    with pytest.raises(ConfigError, match="dp_sampling_prob = 0.1 is refused"):
+        RoundSettings(dimension=10, dp="client", dp_noise_multiplier=1.0, dp_sampling_prob=0.1)
+    assert RoundSettings(dimension=10, dp="client", dp_noise_multiplier=1.0).dp_sampling_prob == 1
 
 
 def test_server_flags_turn_on_client_dp() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers.network import free_port
 from tests.helpers.service_harness import client_for, make_keys, running_server, settings_for
 
 
@@ -50,27 +51,17 @@ def test_secagg_round_matches_the_plaintext_weighted_mean(tmp_path: Path) -> Non
     assert all(np.array_equal(r.weighted_mean, first.weighted_mean) for r in results.values())
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def crash_and_restart(tmp_path: Path, crash_when: str) -> tuple[dict, dict, list]:
     """Run a round; when the server is about to close stage `crash_when` (every message of
     that stage accepted and journalled), it hangs and is killed without a clean shutdown.
     A new server on the same journal and port resumes the round, and the clients' retries
     (exact resends, upload resumption) finish it."""
-    from dataclasses import replace
-
     from fedveil.secagg.protocol.stages import Stage
     from fedveil.server.app import start_server
 
     keys, ids = make_keys(tmp_path, 5)
     base = settings_for(tmp_path, keys, dimension=5000, stage_timeout_s=2.0, rounds=1)
-    settings = replace(base, port=free_port())
+    settings = base.replace(port=free_port())
     rng = np.random.default_rng(7)
     updates = {c: rng.normal(0, 0.4, 5000).astype(np.float32) for c in ids}
     weights = {c: int(rng.integers(1, 500)) for c in ids}

@@ -19,7 +19,6 @@ import stat
 import struct
 import tempfile
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -142,7 +141,7 @@ def test_the_call_cap_must_be_positive(tmp_path: Path) -> None:
 
     base = settings_for(tmp_path, tmp_path)
     with pytest.raises(ConfigError, match="max_calls_per_client"):
-        replace(base, max_calls_per_client=0)
+        base.replace(max_calls_per_client=0)
 
 
 # --- a private state folder ----------------------------------------------------------------
@@ -448,7 +447,7 @@ async def _list_services(port: int, keys: Path, client_id: str) -> list[str]:
 def test_reflection_is_off_unless_asked_for(tmp_path: Path, enabled: bool) -> None:
     async def run() -> list[str] | grpc.StatusCode:
         keys, ids = make_keys(tmp_path, 3)
-        settings = replace(settings_for(tmp_path, keys), reflection=enabled)
+        settings = settings_for(tmp_path, keys).replace(reflection=enabled)
         async with running_server(settings) as server:
             try:
                 return await _list_services(server.port, keys, ids[0])

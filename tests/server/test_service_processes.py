@@ -22,7 +22,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -41,6 +40,7 @@ from fedveil.clients.transport import AggregateResult, AsyncAggregationClient, T
 from fedveil.secagg.protocol.config import ClientPolicy
 from fedveil.secagg.protocol.graph import default_neighbours, default_threshold
 from fedveil.server.keys_store import client_dir, init_keys
+from tests.helpers.network import free_port
 from tests.helpers.service_harness import enrol_federation, enrolled_client_dir
 
 HOST = "127.0.0.1"
@@ -57,12 +57,6 @@ def fedveil_command() -> list[str]:
     """The venv's `fedveil` script next to this interpreter, else `python -m fedveil.cli`."""
     script = shutil.which("fedveil", path=str(Path(sys.executable).parent))
     return [script] if script else [sys.executable, "-m", "fedveil.cli"]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 # --- processes -------------------------------------------------------------------------------
@@ -394,7 +388,7 @@ def test_client_with_missing_credentials_exits_with_a_reason(tmp_path: Path) -> 
             [
                 "client",
                 "--server",
-                f"{HOST}:{free_port()}",
+                f"{HOST}:{free_port(HOST)}",
                 "--credentials",
                 str(tmp_path / "keys" / "clients" / "nobody"),
                 "--roster",
@@ -415,14 +409,14 @@ def test_client_with_missing_credentials_exits_with_a_reason(tmp_path: Path) -> 
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"--weight": "-1"}, "weight must be a non-negative example count"),
+        ({"--weight": "-1"}, "client.weight: must be a non-negative example count"),
         ({"--server": "no-port"}, "server must be HOST:PORT"),
         ({"--update": None}, "missing --update"),
         ({"--update": "u.txt"}, "must be one of .npy, .npz, .safetensors"),
         ({"--update": "objects.npy"}, "cannot read the update"),
         ({"--update": "matrix.npy"}, "must be a 1-D vector"),
         ({"--roster": "bad-roster.json"}, "identity_public_key is not valid hex"),
-        ({"--config": "bad.toml"}, "unknown [client] setting 'colour'"),
+        ({"--config": "bad.toml"}, "client.colour: unknown key"),
         ({"--min-cohort": "1"}, "min_cohort must be >= 2"),
     ],
 )
@@ -535,7 +529,7 @@ def test_client_killed_in_a_stage_long_poll(tmp_path: Path, stage: str, victims:
     threshold = default_threshold(n, default_neighbours(n))
     fed = make_federation(tmp_path, n=n, d=d, seed=STAGES.index(stage) + 100 * victims)
     doomed, holder = fed.ids[:victims], fed.ids[-1]
-    port = free_port()
+    port = free_port(HOST)
     with ProcessGroup(tmp_path / "run") as group:
         clients = start_waiting_clients(group, fed, port, {holder: ("--stop-before-stage", stage)})
         server, _ = start_server(group, fed, d=d, stage_timeout_s=KILL_STAGE_TIMEOUT_S, port=port)
@@ -591,7 +585,7 @@ def test_last_unmask_client_killed_during_unmask(tmp_path: Path) -> None:
     n, d = 5, 2000
     fed = make_federation(tmp_path, n=n, d=d, seed=55)
     victim, others = fed.ids[0], fed.ids[1:]
-    port = free_port()
+    port = free_port(HOST)
     with ProcessGroup(tmp_path / "run") as group:
         clients = start_waiting_clients(
             group, fed, port, {victim: ("--stop-before-stage", "unmask")}
@@ -693,7 +687,7 @@ def test_server_killed_and_restarted_mid_round(tmp_path: Path, stage: str) -> No
     n, d = 5, 5000
     fed = make_federation(tmp_path, n=n, d=d, seed=200 + STAGES.index(stage))
     holder = fed.ids[-1]
-    port = free_port()
+    port = free_port(HOST)
     with ProcessGroup(tmp_path / "run") as group:
         clients = start_waiting_clients(group, fed, port, {holder: ("--stop-before-stage", stage)})
         first, _ = start_server(group, fed, d=d, stage_timeout_s=20, port=port)

@@ -1,24 +1,34 @@
 """`audit.toml` -> AuditConfig: what to run, the DP noise, thresholds and claims.
 
-Why strict: an audit that silently ignores a misspelt threshold gates nothing. Every
-unknown section or key, wrong type or out-of-range value is a ConfigError naming it
-(the command exits 2 on those).
+Why strict: an audit that silently ignores a misspelt threshold gates nothing. The file
+loads through the one settings loader (fedveil.settings_loader): one StrictSettings model
+per section ([audit], [federation], [target], [dp], [thresholds], [claims]) under one
+document model, so every unknown section or key, wrong type or out-of-range value is one
+ConfigError line naming it (the command exits 2 on those). Errors name keys as the TOML
+file spells them, `[dp] clip_norm: must be ...`.
+
+AuditConfig and Thresholds stay frozen dataclasses (the report lists Thresholds' fields);
+built directly, they check their values with the same section models.
 """
 
 from __future__ import annotations
 
-import math
-import tomllib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import ClassVar, Literal, TypeVar, get_args
+
+from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from fedveil.attacks.audit.matrix import ATTACKS, DEFAULT_CLAIMS, check_attack, check_claims
-from fedveil.attacks.protections import PROTECTIONS, DPSettings, check_protection
+from fedveil.attacks.families import Family, parse_family
+from fedveil.attacks.protections import PROTECTIONS, DPSettings, Protection, parse_protection
 from fedveil.errors import ConfigError
+from fedveil.settings_loader import StrictSettings, load_settings, read_toml
 
-PROFILES = ("quick", "full")
+Profile = Literal["quick", "full"]
+PROFILES: tuple[str, ...] = get_args(Profile)
 
 
 @dataclass(frozen=True)
@@ -41,20 +51,7 @@ class Thresholds:
     empirical_epsilon_within_claimed: bool = True
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "empirical_epsilon_within_claimed":
-                if not isinstance(value, bool):
-                    raise ConfigError(f"[thresholds] {f.name} must be true or false, got {value!r}")
-                continue
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise ConfigError(f"[thresholds] {f.name} must be a number, got {value!r}")
-            if not math.isfinite(value):
-                raise ConfigError(f"[thresholds] {f.name} must be finite, got {value!r}")
-        for name in ("max_auc", "max_tpr_at_1pct_fpr", "max_extraction_rate"):
-            if not 0 <= getattr(self, name) <= 1:
-                value = getattr(self, name)
-                raise ConfigError(f"[thresholds] {name} must be in [0, 1], got {value}")
+        _load(ThresholdsSettings, {f.name: getattr(self, f.name) for f in fields(self)})
 
 
 @dataclass(frozen=True)
@@ -72,8 +69,8 @@ class AuditConfig:
       DP, per step for DP-SGD), and delta of their epsilon.
     """
 
-    protections: tuple[str, ...] = PROTECTIONS
-    attacks: tuple[str, ...] = ATTACKS
+    protections: tuple[Protection, ...] = PROTECTIONS
+    attacks: tuple[Family, ...] = ATTACKS
     profile: str = "quick"
     seed: int = 0
     clients: int = 10
@@ -84,30 +81,31 @@ class AuditConfig:
     canaries: int | None = None
     dp: DPSettings = field(default_factory=DPSettings)
     thresholds: Thresholds = field(default_factory=Thresholds)
-    claims: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEFAULT_CLAIMS))
+    claims: Mapping[Protection, tuple[Family, ...]] = field(
+        default_factory=lambda: dict(DEFAULT_CLAIMS)
+    )
 
     def __post_init__(self) -> None:
-        if not self.protections or not self.attacks:
-            raise ConfigError("[audit] protections and attacks must each name at least one")
-        for p in self.protections:
-            check_protection(p)
-        for a in self.attacks:
-            check_attack(a)
-        if len(set(self.protections)) != len(self.protections):
-            raise ConfigError(f"[audit] protections has duplicates: {list(self.protections)}")
-        if len(set(self.attacks)) != len(self.attacks):
-            raise ConfigError(f"[audit] attacks has duplicates: {list(self.attacks)}")
-        if self.profile not in PROFILES:
-            raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {self.profile!r}")
-        _int(self.seed, "[audit] seed", 0)
-        _int(self.clients, "[federation] clients", 2)
-        _int(self.parties, "[federation] parties", 2)
-        if self.rounds is not None:
-            _int(self.rounds, "[federation] rounds", 1)
-        if self.canaries is not None:
-            _int(self.canaries, "[target] canaries", 2)
-        if (self.model_dir is None) != (self.texts is None):
-            raise ConfigError("[target] needs both model (a local directory) and texts (JSONL)")
+        # Spellings from code become the typed names once, here, by the section models.
+        audit = _load(
+            AuditSettings,
+            {
+                "protections": self.protections,
+                "attacks": self.attacks,
+                "profile": self.profile,
+                "seed": self.seed,
+            },
+        )
+        object.__setattr__(self, "protections", audit.protections)
+        object.__setattr__(self, "attacks", audit.attacks)
+        _load(
+            FederationSettings,
+            {"clients": self.clients, "parties": self.parties, "rounds": self.rounds},
+        )
+        _load(
+            TargetSettings,
+            {"model": self.model_dir, "texts": self.texts, "canaries": self.canaries},
+        )
         if self.model_dir is not None and not self.model_dir.is_dir():
             raise ConfigError(
                 f"[target] model {self.model_dir} is not a directory: give a local directory "
@@ -117,123 +115,267 @@ class AuditConfig:
             raise ConfigError(f"[target] texts {self.texts} is not a file: give a JSONL file")
         object.__setattr__(self, "claims", check_claims(self.claims))
 
-    def claimed(self, protection: str, attack: str) -> bool:
+    def claimed(self, protection: Protection | str, attack: Family | str) -> bool:
         """Whether `protection` claims to stop `attack` (a claimed cell can breach)."""
-        return attack in self.claims.get(protection, ())
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "protections": list(self.protections),
-            "attacks": list(self.attacks),
-            "profile": self.profile,
-            "seed": self.seed,
-            "clients": self.clients,
-            "parties": self.parties,
-            "rounds": self.rounds,
-            "model_dir": None if self.model_dir is None else str(self.model_dir),
-            "texts": None if self.texts is None else str(self.texts),
-            "canaries": self.canaries,
-            "dp": {
-                "clip_norm": self.dp.clip_norm,
-                "noise_multiplier": self.dp.noise_multiplier,
-                "sigma": self.dp.clip_norm * self.dp.noise_multiplier,
-                "delta": self.dp.delta,
-            },
-            "thresholds": {f.name: getattr(self.thresholds, f.name) for f in fields(Thresholds)},
-            "claims": {p: list(a) for p, a in self.claims.items()},
-        }
+        return check_attack(attack) in self.claims.get(parse_protection(protection), ())
 
 
-def _int(value: object, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ConfigError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
+# --- the sections of audit.toml ---------------------------------------------------------
 
 
-def _table(doc: Mapping[str, Any], name: str, allowed: tuple[str, ...]) -> dict[str, Any]:
-    table = doc.get(name, {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"[{name}] must be a table, got {type(table).__name__}")
-    unknown = sorted(set(table) - set(allowed))
-    if unknown:
-        raise ConfigError(
-            f"[{name}] has unknown key(s) {', '.join(unknown)}; allowed: {', '.join(allowed)}"
+def _names(value: object) -> list[object]:
+    """A TOML list of names (code may pass a tuple); ValueError otherwise."""
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError("must be a list of strings")
+    return list(value)
+
+
+def _unique(names: tuple[object, ...], key: str) -> None:
+    if not names:
+        raise ConfigError(f"[audit] {key} must name at least one")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"[audit] {key} has duplicates: {[str(n) for n in names]}")
+
+
+class AuditSettings(StrictSettings):
+    """[audit]: which cells of the matrix to run, how big, with which seed."""
+
+    settings_where: ClassVar[str] = "audit"
+
+    protections: tuple[Protection, ...] = AuditConfig.protections
+    attacks: tuple[Family, ...] = AuditConfig.attacks
+    profile: Profile = "quick"
+    seed: int = Field(default=AuditConfig.seed, ge=0)
+
+    @field_validator("protections", mode="before")
+    @classmethod
+    def _protections(cls, value: object) -> tuple[Protection, ...]:
+        protections = tuple(parse_protection(p, "[audit] protection") for p in _names(value))
+        _unique(protections, "protections")
+        return protections
+
+    @field_validator("attacks", mode="before")
+    @classmethod
+    def _attacks(cls, value: object) -> tuple[Family, ...]:
+        attacks = tuple(parse_family(a, "[audit] attack") for a in _names(value))
+        _unique(attacks, "attacks")
+        return attacks
+
+
+class FederationSettings(StrictSettings):
+    """[federation]: the cohort the update attacks observe, the federation the output
+    attacks probe."""
+
+    settings_where: ClassVar[str] = "federation"
+
+    clients: int = Field(default=AuditConfig.clients, ge=2)
+    parties: int = Field(default=AuditConfig.parties, ge=2)
+    rounds: int | None = Field(default=None, ge=1)  # None: the profile's
+
+
+class TargetSettings(StrictSettings):
+    """[target]: a user's own causal LM and texts for the output attacks (both or neither).
+
+    Paths are as written: config_from_toml resolves relative ones against the config
+    file's directory, and AuditConfig checks that they exist."""
+
+    settings_where: ClassVar[str] = "target"
+
+    # TOML spells paths as strings: the one place strictness gives way.
+    model: Path | None = Field(default=None, strict=False)
+    texts: Path | None = Field(default=None, strict=False)
+    canaries: int | None = Field(default=None, ge=2)
+
+    @field_validator("model", "texts", mode="before")
+    @classmethod
+    def _path(cls, value: object) -> object:
+        if value is None or isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or not value:
+            raise ValueError("must be a path string")
+        return Path(value).expanduser()
+
+    @model_validator(mode="after")
+    def _both(self) -> TargetSettings:
+        if (self.model is None) != (self.texts is None):
+            raise ConfigError("[target] needs both model (a local directory) and texts (JSONL)")
+        return self
+
+
+class DPSectionSettings(StrictSettings):
+    """[dp]: the noise of the DP protections (fedveil.attacks.protections.DPSettings)."""
+
+    settings_where: ClassVar[str] = "dp"
+
+    clip_norm: float = Field(default=DPSettings.clip_norm, gt=0)
+    noise_multiplier: float = Field(default=DPSettings.noise_multiplier, gt=0)
+    delta: float = DPSettings.delta
+
+    @field_validator("delta")
+    @classmethod
+    def _delta(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError("must be in (0, 1)")
+        return value
+
+    def settings(self) -> DPSettings:
+        return DPSettings(
+            clip_norm=float(self.clip_norm),
+            noise_multiplier=float(self.noise_multiplier),
+            delta=float(self.delta),
         )
-    return dict(table)
 
 
-def _names(value: object, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{where} must be a list of strings, got {value!r}")
-    return tuple(value)
+class ThresholdsSettings(StrictSettings):
+    """[thresholds]: the fields of Thresholds, with their ranges (rates are in [0, 1])."""
+
+    settings_where: ClassVar[str] = "thresholds"
+
+    max_auc: float = Thresholds.max_auc
+    max_tpr_at_1pct_fpr: float = Thresholds.max_tpr_at_1pct_fpr
+    max_psnr_over_baseline_db: float = Thresholds.max_psnr_over_baseline_db
+    max_ssim_over_baseline: float = Thresholds.max_ssim_over_baseline
+    max_label_acc_over_chance: float = Thresholds.max_label_acc_over_chance
+    max_token_f1_over_baseline: float = Thresholds.max_token_f1_over_baseline
+    max_extraction_rate: float = Thresholds.max_extraction_rate
+    empirical_epsilon_within_claimed: bool = Thresholds.empirical_epsilon_within_claimed
+
+    @field_validator("max_auc", "max_tpr_at_1pct_fpr", "max_extraction_rate")
+    @classmethod
+    def _rate(cls, value: float) -> float:
+        if not 0 <= value <= 1:
+            raise ValueError("must be in [0, 1]")
+        return value
+
+    def thresholds(self) -> Thresholds:
+        return Thresholds(**{name: getattr(self, name) for name in type(self).model_fields})
+
+
+ClaimedAttacks = tuple[Family, ...] | None  # None: the protection's default claims
+
+
+class ClaimsSettings(StrictSettings):
+    """[claims]: per protection, the attack families it claims to stop (rows not given
+    keep their defaults). Keys are the protections' spellings (`dp-sgd = [...]`)."""
+
+    settings_where: ClassVar[str] = "claims"
+
+    none: ClaimedAttacks = None
+    secagg: ClaimedAttacks = None
+    ckks: ClaimedAttacks = None
+    secagg_client_dp: ClaimedAttacks = Field(default=None, alias="secagg+client-dp")
+    dp_sgd: ClaimedAttacks = Field(default=None, alias="dp-sgd")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_protections(cls, values: object) -> object:
+        # Named here, with the protections' own spellings, rather than as pydantic's
+        # field names (`dp_sgd`) in an unknown-key message.
+        if isinstance(values, Mapping):
+            for key in values:
+                parse_protection(key, "[claims] protection")
+        return values
+
+    @field_validator("none", "secagg", "ckks", "secagg_client_dp", "dp_sgd", mode="before")
+    @classmethod
+    def _attacks(cls, value: object, info: ValidationInfo) -> tuple[Family, ...] | None:
+        if value is None:
+            return None
+        name = str(info.field_name)
+        row = cls.model_fields[name].alias or name
+        return tuple(parse_family(a, f"[claims] {row} attack") for a in _names(value))
+
+    def claims(self) -> dict[Protection, tuple[Family, ...]]:
+        claims = dict(DEFAULT_CLAIMS)
+        for name, info in type(self).model_fields.items():
+            attacks = getattr(self, name)
+            if attacks is not None:
+                claims[Protection(info.alias or name)] = attacks
+        return claims
+
+
+class AuditDocument(StrictSettings):
+    """A whole audit.toml: its sections, each optional (absent: every default)."""
+
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    federation: FederationSettings = Field(default_factory=FederationSettings)
+    target: TargetSettings = Field(default_factory=TargetSettings)
+    dp: DPSectionSettings = Field(default_factory=DPSectionSettings)
+    thresholds: ThresholdsSettings = Field(default_factory=ThresholdsSettings)
+    claims: ClaimsSettings = Field(default_factory=ClaimsSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_sections(cls, values: object) -> object:
+        if isinstance(values, Mapping):
+            unknown = sorted(set(values) - set(cls.model_fields))
+            if unknown:
+                known = ", ".join(f"[{name}]" for name in cls.model_fields)
+                raise ConfigError(
+                    f"unknown section(s) {', '.join(unknown)} in the audit config; "
+                    f"known sections: {known}"
+                )
+        return values
+
+
+SECTIONS: tuple[str, ...] = tuple(AuditDocument.model_fields)
+
+M = TypeVar("M", bound=BaseModel)
+
+# The loader names a key `section.key`; audit.toml's errors spell it as the file does.
+_DOTTED = re.compile(rf"^({'|'.join(SECTIONS)})(?:\.([^:]+))?: ")
+
+
+def _load(model: type[M], values: Mapping[str, object]) -> M:
+    """`values` validated as `model` by the settings loader; its ConfigError names the
+    key as `[section] key`."""
+    where = str(getattr(model, "settings_where", ""))
+    try:
+        return load_settings(model, values, where)
+    except ConfigError as exc:
+        message = _DOTTED.sub(
+            lambda m: f"[{m[1]}] {m[2]}: " if m[2] else f"[{m[1]}] ", str(exc), count=1
+        )
+        raise ConfigError(message) from None
+
+
+# --- loading ----------------------------------------------------------------------------
 
 
 def config_from_toml(
-    doc: Mapping[str, Any], profile: str | None = None, base_dir: Path | None = None
+    doc: Mapping[str, object], profile: str | None = None, base_dir: Path | None = None
 ) -> AuditConfig:
     """Build and validate an AuditConfig from a parsed TOML document; `profile` (the
-    command line's --profile) overrides [audit] profile; relative [target] paths are
-    relative to `base_dir` (the config file's directory)."""
-    sections = ("audit", "federation", "target", "dp", "thresholds", "claims")
-    unknown = sorted(set(doc) - set(sections))
-    if unknown:
-        raise ConfigError(
-            f"unknown section(s) {', '.join(unknown)}; allowed: {', '.join(sections)}"
-        )
-    audit = _table(doc, "audit", ("protections", "attacks", "profile", "seed"))
-    federation = _table(doc, "federation", ("clients", "parties", "rounds"))
-    target = _table(doc, "target", ("model", "texts", "canaries"))
-    dp = _table(doc, "dp", ("clip_norm", "noise_multiplier", "delta"))
-    thresholds = _table(doc, "thresholds", tuple(f.name for f in fields(Thresholds)))
-    claims_doc = _table(doc, "claims", PROTECTIONS)
-    kwargs: dict[str, Any] = {}
-    if "protections" in audit:
-        kwargs["protections"] = _names(audit["protections"], "[audit] protections")
-    if "attacks" in audit:
-        kwargs["attacks"] = _names(audit["attacks"], "[audit] attacks")
-    for key in ("profile", "seed"):
-        if key in audit:
-            kwargs[key] = audit[key]
-    if profile is not None:
-        kwargs["profile"] = profile
-    kwargs.update(federation)
-    for key, field_name in (("model", "model_dir"), ("texts", "texts")):
-        if key in target:
-            if not isinstance(target[key], str) or not target[key]:
-                raise ConfigError(f"[target] {key} must be a path string, got {target[key]!r}")
-            path = Path(target[key]).expanduser()
-            kwargs[field_name] = path if path.is_absolute() else (base_dir or Path()) / path
-    if "canaries" in target:
-        kwargs["canaries"] = target["canaries"]
-    for key, value in dp.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConfigError(f"[dp] {key} must be a number, got {value!r}")
-    try:
-        kwargs["dp"] = DPSettings(**{k: float(v) for k, v in dp.items()})
-    except ConfigError as exc:
-        raise ConfigError(f"[dp] {str(exc).removeprefix('DPSettings.')}") from None
-    kwargs["thresholds"] = Thresholds(**thresholds)
-    claims = dict(DEFAULT_CLAIMS)
-    for protection, attacks in claims_doc.items():
-        claims[protection] = _names(attacks, f"[claims] {protection}")
-    kwargs["claims"] = claims
-    return AuditConfig(**kwargs)
+    command line's --profile) overrides [audit] profile (a bad [audit] profile is refused
+    all the same); relative [target] paths are relative to `base_dir` (the config file's
+    directory)."""
+    document = _load(AuditDocument, doc)
+    audit, target = document.audit, document.target
+
+    def resolve(path: Path | None) -> Path | None:
+        if path is None or path.is_absolute():
+            return path
+        return (base_dir or Path()) / path
+
+    return AuditConfig(
+        protections=audit.protections,
+        attacks=audit.attacks,
+        profile=audit.profile if profile is None else profile,
+        seed=audit.seed,
+        clients=document.federation.clients,
+        parties=document.federation.parties,
+        rounds=document.federation.rounds,
+        model_dir=resolve(target.model),
+        texts=resolve(target.texts),
+        canaries=target.canaries,
+        dp=document.dp.settings(),
+        thresholds=document.thresholds.thresholds(),
+        claims=document.claims.claims(),
+    )
 
 
 def load_config(path: Path | None, profile: str | None = None) -> AuditConfig:
     """Read `path` (None: every default) into an AuditConfig."""
     if path is None:
         return config_from_toml({}, profile)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read the audit config {path}: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(
-            f"{path} is not valid TOML: not UTF-8 text ({exc.reason} at byte {exc.start})"
-        ) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
-    return config_from_toml(doc, profile, path.parent)
+    return config_from_toml(read_toml(path, "audit config"), profile, path.parent)

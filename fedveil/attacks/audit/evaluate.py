@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from fedveil.attacks.audit.config import AuditConfig, Thresholds
+from fedveil.attacks.audit.matrix import check_attack
+from fedveil.attacks.families import Family
 from fedveil.attacks.measure.records import (
     FederationInfo,
     JobResult,
@@ -22,26 +24,36 @@ from fedveil.attacks.measure.records import (
     Roc,
     finite_json,
 )
+from fedveil.attacks.protections import Protection, parse_protection
 
 PASS, BREACH, LEAKS, CLEAN, NOT_RUN = "pass", "breach", "leaks", "no leak measured", "not run"
 
 
 @dataclass
 class Check:
+    """One metric of a cell against its threshold. inconclusive (with why): the check
+    could not have failed here (e.g. an epsilon claim above what the canaries can ever
+    certify); it is reported as such, never as evidence that the protection held."""
+
     metric: str
     value: float
     threshold: float
     passed: bool
     baseline: float | None = None
+    inconclusive: str | None = None
 
     def to_dict(self) -> JSONObject:
-        return {
+        out: JSONObject = {
             "metric": self.metric,
             "value": _finite(self.value),
             "threshold": _finite(self.threshold),
             "baseline": None if self.baseline is None else _finite(self.baseline),
             "passed": self.passed,
         }
+        if self.inconclusive is not None:
+            out["verdict"] = "inconclusive"
+            out["why"] = self.inconclusive
+        return out
 
 
 @dataclass
@@ -61,7 +73,7 @@ class CellDetails:
     """What a cell's metrics came from, by cell kind (None: not part of this cell).
 
     Update cells: strongest (per metric, the run that reached it), figures
-    (gradient_inversion's reconstruction PNGs). Membership cells: strongest_attack,
+    (the inversion column's reconstruction PNGs). Membership cells: strongest_attack,
     federation (None outside the audit), roc (per attack), auc_ci. Filtered extraction:
     filters (per stack). Any cell: why (a job ran but measured nothing), error (a job
     failed).
@@ -99,8 +111,8 @@ class CellDetails:
 
 @dataclass
 class Cell:
-    protection: str
-    attack: str
+    protection: Protection
+    attack: Family
     claimed: bool
     status: str = NOT_RUN
     metrics: dict[str, float] = field(default_factory=dict)
@@ -118,8 +130,8 @@ class Cell:
 
     def to_dict(self) -> JSONObject:
         return {
-            "protection": self.protection,
-            "attack": self.attack,
+            "protection": self.protection.value,
+            "attack": self.attack.value,
             "claimed_protected": self.claimed,
             "status": self.status,
             "metrics": {k: _finite(v) for k, v in self.metrics.items()},
@@ -163,18 +175,18 @@ def _over_baseline(cell: Cell, records: list[LeakRecord], metric: str, limit: fl
 
 
 def _update_cell(cell: Cell, records: list[LeakRecord], t: Thresholds) -> None:
-    if cell.attack == "gradient_inversion":
+    if cell.attack is Family.INVERSION:
         _over_baseline(cell, records, "psnr", t.max_psnr_over_baseline_db)
         _over_baseline(cell, records, "ssim", t.max_ssim_over_baseline)
         figures = {r.figure for r in records if r.metric == "psnr"}
         cell.details.figures = sorted(f for f in figures if f)
-    elif cell.attack == "label_leak":
+    elif cell.attack is Family.LABELS:
         # who had which label; the cohort's label counts are the aggregate's own content
         _over_baseline(cell, records, "label_attribution_acc", t.max_label_acc_over_chance)
         multiset = _strongest(records, "label_multiset_acc")
         if multiset is not None:  # reported, not judged: the aggregate's own content
             cell.metrics["label_multiset_acc"] = multiset[1].value
-    elif cell.attack == "text_recovery":
+    elif cell.attack is Family.TEXT:
         _over_baseline(cell, records, "token_f1", t.max_token_f1_over_baseline)
         best = _strongest(records, "token_f1")
         if best is not None:  # precision, recall, exact sequences of that same attack run
@@ -186,7 +198,8 @@ def _update_cell(cell: Cell, records: list[LeakRecord], t: Thresholds) -> None:
                     cell.baselines[r.metric] = r.baseline_value
 
 
-def _mia_cell(cell: Cell, records: list[OutputRecord], t: Thresholds, family: str) -> None:
+def _mia_cell(cell: Cell, records: list[OutputRecord], t: Thresholds) -> None:
+    family = cell.attack
     mine = [r for r in records if r.attack_family == family]
     if not mine:
         return
@@ -206,8 +219,18 @@ def _mia_cell(cell: Cell, records: list[OutputRecord], t: Thresholds, family: st
     claimed = mine[0].epsilon_claimed
     lower = max(r.epsilon_lower_bound for r in mine)
     cell.metrics.update(epsilon_claimed=claimed, epsilon_lower_bound=lower)
+    certifiable = mine[0].epsilon_certifiable
+    if certifiable is not None:
+        cell.metrics["epsilon_certifiable"] = certifiable
     if t.empirical_epsilon_within_claimed:
-        cell.checks.append(Check("epsilon_lower_bound", lower, claimed, lower <= claimed))
+        check = Check("epsilon_lower_bound", lower, claimed, lower <= claimed)
+        if certifiable is not None and certifiable <= claimed and check.passed:
+            check.inconclusive = (
+                f"{mine[0].details.n_canaries} canaries in one run certify at most "
+                f"{certifiable:.3g} even for a perfect attack, below the claimed "
+                f"{claimed:.3g}: this check cannot refute the claim"
+            )
+        cell.checks.append(check)
     cell.details.strongest_attack = best_auc.attack
     cell.details.federation = best_auc.federation
     cell.details.roc = {r.attack: r.roc for r in mine if r.roc.fpr}
@@ -218,7 +241,7 @@ def _extraction_cell(cell: Cell, records: list[OutputRecord], t: Thresholds) -> 
     if not records:
         return
     first = records[0]
-    filtered = cell.attack.endswith("_filtered")
+    filtered = cell.attack is Family.EXTRACTION_FILTERED
     key = "extraction_rate_filtered" if filtered else "extraction_rate"
     value = first.extraction_rate_filtered if filtered else first.extraction_rate
     if value is None:  # the filters were not measured: nothing to judge this cell on
@@ -235,16 +258,22 @@ def _extraction_cell(cell: Cell, records: list[OutputRecord], t: Thresholds) -> 
             cell.details.filters = dict(filters)
 
 
-_OUTPUT: dict[str, Callable[[Cell, list[OutputRecord], Thresholds], None]] = {
-    "likelihood_mia": lambda c, r, t: _mia_cell(c, r, t, "likelihood"),
-    "generation_mia": lambda c, r, t: _mia_cell(c, r, t, "generation"),
-    "canary_extraction": _extraction_cell,
-    "canary_extraction_filtered": _extraction_cell,
+_OUTPUT: dict[Family, Callable[[Cell, list[OutputRecord], Thresholds], None]] = {
+    Family.LIKELIHOOD: _mia_cell,
+    Family.GENERATION: _mia_cell,
+    Family.EXTRACTION: _extraction_cell,
+    Family.EXTRACTION_FILTERED: _extraction_cell,
 }
 
 
-def evaluate_cell(config: AuditConfig, protection: str, attack: str, job: JobResult | None) -> Cell:
+def evaluate_cell(
+    config: AuditConfig,
+    protection: Protection | str,
+    attack: Family | str,
+    job: JobResult | None,
+) -> Cell:
     """Judge one cell from its job's stored result (None: not run)."""
+    protection, attack = parse_protection(protection), check_attack(attack)
     cell = Cell(protection, attack, config.claimed(protection, attack))
     if job is None:
         return cell

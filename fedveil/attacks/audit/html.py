@@ -19,6 +19,7 @@ from pathlib import Path
 from fedveil.attacks.audit.evaluate import Cell
 from fedveil.attacks.audit.report import AuditReport
 from fedveil.attacks.audit.svg import roc_loglog
+from fedveil.attacks.families import Family
 from fedveil.attacks.measure.records import JSONValue, finite_json
 
 STATUS_COLOURS = {
@@ -29,14 +30,14 @@ STATUS_COLOURS = {
     "not run": "#eeeeee",
 }
 
-HEADLINE = {
-    "gradient_inversion": ("psnr", "PSNR {v:.1f} dB (grey {b:.1f})"),
-    "label_leak": ("label_attribution_acc", "who-had-which {v:.2f} (chance {b:.2f})"),
-    "text_recovery": ("token_f1", "F1 {v:.2f} (prior {b:.2f})"),
-    "likelihood_mia": ("auc", "AUC {v:.2f} (0.50)"),
-    "generation_mia": ("auc", "AUC {v:.2f} (0.50)"),
-    "canary_extraction": ("extraction_rate", "extracted {v:.0%}"),
-    "canary_extraction_filtered": ("extraction_rate_filtered", "extracted {v:.0%}"),
+HEADLINE: Mapping[Family, tuple[str, str]] = {
+    Family.INVERSION: ("psnr", "PSNR {v:.1f} dB (grey {b:.1f})"),
+    Family.LABELS: ("label_attribution_acc", "who-had-which {v:.2f} (chance {b:.2f})"),
+    Family.TEXT: ("token_f1", "F1 {v:.2f} (prior {b:.2f})"),
+    Family.LIKELIHOOD: ("auc", "AUC {v:.2f} (0.50)"),
+    Family.GENERATION: ("auc", "AUC {v:.2f} (0.50)"),
+    Family.EXTRACTION: ("extraction_rate", "extracted {v:.0%}"),
+    Family.EXTRACTION_FILTERED: ("extraction_rate_filtered", "extracted {v:.0%}"),
 }
 
 STYLE = """
@@ -91,20 +92,29 @@ def _matrix(report: AuditReport) -> str:
 def _epsilon(report: AuditReport) -> str:
     rows = [
         "<tr><th>protection</th><th>attack family</th><th>claimed epsilon</th>"
-        "<th>empirical lower bound</th><th>verdict</th></tr>"
+        "<th>empirical lower bound</th><th>certifiable at most</th><th>verdict</th></tr>"
     ]
     for cell in report.cells:
-        if cell.attack not in ("likelihood_mia", "generation_mia"):
+        if not cell.attack.membership:
             continue
         m = cell.metrics
         if "epsilon_lower_bound" not in m:
             continue
         claimed, lower = m["epsilon_claimed"], m["epsilon_lower_bound"]
-        ok = math.isinf(claimed) or lower <= claimed
+        certifiable = m.get("epsilon_certifiable")
+        if not (math.isinf(claimed) or lower <= claimed):
+            verdict = "LOWER BOUND ABOVE CLAIM"
+        elif math.isinf(claimed):
+            verdict = "no claim"
+        elif certifiable is not None and certifiable <= claimed:
+            verdict = "inconclusive: the canaries cannot certify the claim"
+        else:
+            verdict = "consistent"
+        shown = "-" if certifiable is None else f"{certifiable:.3f}"
         rows.append(
             f"<tr><td>{escape(cell.protection)}</td><td>{escape(cell.attack)}</td>"
-            f"<td>{escape(_shown(claimed))}</td><td>{lower:.3f}</td>"
-            f"<td>{'consistent' if ok else 'LOWER BOUND ABOVE CLAIM'}</td></tr>"
+            f"<td>{escape(_shown(claimed))}</td><td>{lower:.3f}</td><td>{shown}</td>"
+            f"<td>{escape(verdict)}</td></tr>"
         )
     return f"<table>{''.join(rows)}</table>"
 
@@ -120,7 +130,7 @@ def _filters(report: AuditReport) -> str:
         "<th>benign prompts changed</th><th>per filter</th></tr>"
     ]
     for cell in report.cells:
-        if cell.attack != "canary_extraction_filtered" or not cell.metrics:
+        if cell.attack is not Family.EXTRACTION_FILTERED or not cell.metrics:
             continue
         m = cell.metrics
         per = cell.details.filters or {}

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fedveil.attacks.audit.config import AuditConfig
-from fedveil.attacks.audit.matrix import jobs_of
+from fedveil.attacks.audit.matrix import OUTPUT_JOB, jobs_of
 from fedveil.attacks.measure.records import (
     FederationInfo,
     JobResult,
@@ -32,7 +32,8 @@ from fedveil.attacks.measure.records import (
     OutputRecord,
     Record,
 )
-from fedveil.attacks.protections import Aggregators, DPSettings
+from fedveil.attacks.protections import Aggregators, DPSettings, Protection
+from fedveil.secagg.modes import DPKind
 
 AggregatorsFactory = Callable[[], Aggregators]
 
@@ -42,22 +43,22 @@ class Job:
     """One unit of work: an update attack on one protection's view, or the release of
     one protection's model with every output attack on it."""
 
-    protection: str
+    protection: Protection
     family: str  # a measurement of attacks.measure.update_leakage.RECORD_FUNCTIONS, or "output"
 
     @property
     def key(self) -> str:
-        return f"{self.protection}__{self.family}"
+        return f"{self.protection.value}__{self.family}"
 
     @property
     def lane(self) -> str:
-        return "output" if self.family == "output" else "update"
+        return "output" if self.family == OUTPUT_JOB else "update"
 
 
 def plan(config: AuditConfig) -> list[Job]:
     """Every job the configured matrix needs, output jobs first (they are the longest)."""
     families = list(dict.fromkeys(f for a in config.attacks for f in jobs_of(a)))
-    families.sort(key=lambda f: f != "output")
+    families.sort(key=lambda f: f != OUTPUT_JOB)
     return [Job(p, f) for f in families for p in config.protections]
 
 
@@ -134,7 +135,7 @@ def run_job(job: Job, context: JobContext) -> JobResult:
     _seed_everything(context.seed)
     aggregators = context.aggregators_factory()
     with torch_threads(1):
-        if job.family == "output":
+        if job.family == OUTPUT_JOB:
             records: list[Record] = list(_output_records(job.protection, context, aggregators))
         else:
             from fedveil.attacks.measure.update_leakage import (
@@ -153,7 +154,7 @@ def run_job(job: Job, context: JobContext) -> JobResult:
 
 
 def _output_records(
-    protection: str, context: JobContext, aggregators: Aggregators
+    protection: Protection, context: JobContext, aggregators: Aggregators
 ) -> list[OutputRecord]:
     """Train the federation's released model under `protection` (party 0 holds the
     planted canaries) and run every output attack, with and without the filters."""
@@ -183,9 +184,9 @@ def _output_records(
     trained = release(protection, scenario, aggregators, federation)
     records = output_leakage_records(scenario, trained, attack)
     noise = {
-        "secagg+client-dp": federation.client_dp,
-        "dp-sgd": federation.dp_sgd,
-    }.get(protection)
+        DPKind.CLIENT: federation.client_dp,
+        DPKind.SAMPLE: federation.dp_sgd,
+    }.get(protection.spec.dp)
     info = FederationInfo(
         parties=federation.parties,
         rounds=federation.rounds,

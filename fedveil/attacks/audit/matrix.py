@@ -1,78 +1,63 @@
-"""The audit's axes, and which cells each protection claims to protect.
+"""The audit's axes (protections x attack families), and which cells each protection
+claims to protect.
 
-Why claims are data: a security team must see what leaks where it is expected to
-(a plain update is invertible; secure aggregation does not hide what the released
-model memorised) next to what must not leak. Only claimed cells can breach a
-threshold; the others are reported as expected leaks or as not leaking.
+Why the columns are the registry's families: a name seen in report.json is a name
+`registry.available()` and the benchmarks accept (attacks.families). Why claims are
+data: a security team must see what leaks where it is expected to (a plain update is
+invertible; secure aggregation does not hide what the released model memorised) next
+to what must not leak. Only claimed cells can breach a threshold; the others are
+reported as expected leaks or as not leaking. The default claims are each protection's
+own (attacks.protections.PROTECTION_SPECS).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from types import MappingProxyType
 
-from fedveil.attacks.protections import PROTECTIONS
-from fedveil.errors import ConfigError
+from fedveil.attacks.families import FAMILIES, UPDATE_FAMILIES, Family, Kind, parse_family
+from fedveil.attacks.protections import PROTECTIONS, Protection, parse_protection
 
-UPDATE_ATTACKS: tuple[str, ...] = ("gradient_inversion", "label_leak", "text_recovery")
+ATTACKS: tuple[Family, ...] = FAMILIES
+"""Every column of the audit, in report order: update families, then output ones."""
+
+UPDATE_ATTACKS: tuple[Family, ...] = UPDATE_FAMILIES
 """Attacks on what an observer of the round sees (an update or the aggregate)."""
 
-OUTPUT_ATTACKS: tuple[str, ...] = (
-    "likelihood_mia",
-    "generation_mia",
-    "canary_extraction",
-    "canary_extraction_filtered",
+UPDATE_JOBS: Mapping[Family, tuple[str, ...]] = MappingProxyType(
+    {
+        Family.INVERSION: ("image_inversion", "captioner"),
+        Family.LABELS: ("label_leak",),
+        Family.TEXT: ("text_recovery", "captioner"),
+    }
 )
-"""Attacks on the released model (its log-probabilities, or only its generated text)."""
+"""The measurements (attacks.measure.update_leakage.RECORD_FUNCTIONS) each update column
+reads: the captioner's records hold both its image and its caption-token attacks."""
 
-ATTACKS: tuple[str, ...] = UPDATE_ATTACKS + OUTPUT_ATTACKS
-
-UPDATE_JOBS: dict[str, tuple[str, ...]] = {
-    "gradient_inversion": ("image_inversion", "captioner"),
-    "label_leak": ("label_leak",),
-    "text_recovery": ("text_recovery", "captioner"),
-}
-"""The measurements (attacks.measure.update_leakage.RECORD_FUNCTIONS) each update cell reads:
-the captioner's records hold both its image and its caption-token attacks."""
+OUTPUT_JOB = "output"
+"""The one job of a protection's released model, which every output column reads."""
 
 
-def jobs_of(attack: str) -> tuple[str, ...]:
-    """The job families whose records judge `attack`'s cells."""
-    return ("output",) if attack in OUTPUT_ATTACKS else UPDATE_JOBS[attack]
+def jobs_of(attack: Family) -> tuple[str, ...]:
+    """The jobs whose records judge `attack`'s cells."""
+    return (OUTPUT_JOB,) if attack.kind is Kind.OUTPUT else UPDATE_JOBS[attack]
 
 
-_DP = ("secagg+client-dp", "dp-sgd")
-
-DEFAULT_CLAIMS: Mapping[str, tuple[str, ...]] = {
-    # Nothing protects a plain update or a plainly trained model, except the output filter.
-    "none": ("canary_extraction_filtered",),
-    # The server (or a key holder) learns only the aggregate of many clients. Nothing
-    # stops the released model from memorising: secure aggregation protects inputs.
-    "secagg": (*UPDATE_ATTACKS, "canary_extraction_filtered"),
-    "ckks": (*UPDATE_ATTACKS, "canary_extraction_filtered"),
-    # DP bounds what anything downstream of the noise can learn: updates and outputs.
-    "secagg+client-dp": ATTACKS,
-    "dp-sgd": ATTACKS,
-}
+DEFAULT_CLAIMS: Mapping[Protection, tuple[Family, ...]] = MappingProxyType(
+    {p: p.spec.default_claims for p in PROTECTIONS}
+)
 
 
-def check_attack(name: str) -> str:
-    if name not in ATTACKS:
-        raise ConfigError(f"unknown attack {name!r}; choose from {', '.join(ATTACKS)}")
-    return name
+def check_attack(name: object) -> Family:
+    """`name` as an audit column (an attack family); ConfigError naming the choices."""
+    return parse_family(name, "attack")
 
 
-def check_claims(claims: Mapping[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
+def check_claims(
+    claims: Mapping[Protection, tuple[Family, ...]] | Mapping[str, tuple[str, ...]],
+) -> dict[Protection, tuple[Family, ...]]:
     """Validate a protection -> claimed attacks table, naming the bad entry."""
-    checked: dict[str, tuple[str, ...]] = {}
-    for protection, attacks in claims.items():
-        if protection not in PROTECTIONS:
-            raise ConfigError(
-                f"[claims] names unknown protection {protection!r}; "
-                f"choose from {', '.join(PROTECTIONS)}"
-            )
-        checked[protection] = tuple(check_attack(a) for a in attacks)
-    return checked
-
-
-def is_dp(protection: str) -> bool:
-    return protection in _DP
+    return {
+        parse_protection(protection, "[claims] protection"): tuple(check_attack(a) for a in attacks)
+        for protection, attacks in claims.items()
+    }

@@ -24,7 +24,9 @@ from pathlib import Path
 
 from fedveil.attacks.audit.config import AuditConfig, Thresholds
 from fedveil.attacks.audit.evaluate import Cell, breach_lines
+from fedveil.attacks.families import Family
 from fedveil.attacks.measure.records import JSONObject, JSONValue
+from fedveil.attacks.protections import Protection
 
 SCHEMA = "fedveil.audit/1"
 
@@ -85,8 +87,8 @@ class ReportSettings:
     rounds: int | None
     lora_rank: int | None
     dp: DPSummary
-    protections: Sequence[str]
-    attacks: Sequence[str]
+    protections: Sequence[Protection]
+    attacks: Sequence[Family]
     seed: int
 
     def to_json(self) -> JSONObject:
@@ -97,8 +99,8 @@ class ReportSettings:
             "rounds": self.rounds,
             "lora_rank": self.lora_rank,
             "dp": self.dp.to_json(),
-            "protections": list(self.protections),
-            "attacks": list(self.attacks),
+            "protections": [p.value for p in self.protections],
+            "attacks": [a.value for a in self.attacks],
             "seed": self.seed,
         }
 
@@ -137,7 +139,7 @@ class AuditReport:
             "seconds": self.seconds,
             "settings": self.settings.to_json(),
             "thresholds": {f.name: getattr(self.thresholds, f.name) for f in fields(Thresholds)},
-            "claims": {p: list(a) for p, a in self.claims.items()},
+            "claims": {str(p): [str(a) for a in attacks] for p, attacks in self.claims.items()},
             "cells": [c.to_dict() for c in self.cells],
             "breaches": self.breaches,
             "passed": self.passed,

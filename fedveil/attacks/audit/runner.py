@@ -16,7 +16,6 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -32,16 +31,13 @@ from fedveil.attacks.measure.records import JobResult
 
 @dataclass
 class AuditResult:
+    """One run of the audit: the typed report (report.json is its `to_json`, written
+    once by the runner), the judged cells, and what was reused or failed."""
+
     audit: AuditReport
     cells: list[Cell]
     reused: list[str] = field(default_factory=list)
     errors: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def report(self) -> dict[str, Any]:
-        """report.json's content, for the command that prints it (the JSON edge: typed
-        code reads `audit`; fedveil/commands/audit.py still reads this view)."""
-        return self.audit.to_json()
 
     @property
     def passed(self) -> bool:

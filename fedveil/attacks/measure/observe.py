@@ -22,20 +22,12 @@ import torch
 from torch import Tensor
 
 from fedveil.attacks.measure.records import JSONObject, JSONValue, LeakRecord
-from fedveil.attacks.protections import Aggregators, DPSettings, check_protection
-from fedveil.attacks.update.base import (
-    LocalTraining,
-    ObservedUpdate,
-    Protection,
-    Target,
-    UpdateKind,
-)
+from fedveil.attacks.protections import Aggregators, DPSettings, Protection, parse_protection
+from fedveil.attacks.update.base import LocalTraining, ObservedUpdate, Target, UpdateKind
 from fedveil.attacks.update.local_training import client_update, dp_sgd_update
 from fedveil.attacks.views import aggregate_view, plain_view
 from fedveil.errors import ConfigError
-
-SINGLE_CLIENT: frozenset[str] = frozenset({"none", "dp-sgd"})
-"""Protections whose view is one client's own update (n_clients = 1 in the records)."""
+from fedveil.secagg.modes import DPKind
 
 
 @dataclass(frozen=True)
@@ -74,9 +66,9 @@ class UpdateLeakageSettings:
             )
 
 
-def cohort_size(protection: str, settings: UpdateLeakageSettings) -> int:
+def cohort_size(protection: Protection | str, settings: UpdateLeakageSettings) -> int:
     """How many clients' data one view of this protection mixes."""
-    return 1 if check_protection(protection) in SINGLE_CLIENT else settings.n_clients
+    return 1 if parse_protection(protection).spec.observed_alone else settings.n_clients
 
 
 def leak_record(
@@ -103,15 +95,12 @@ class View:
     params: JSONObject
 
 
-_PROTECTION = {p.value: p for p in Protection}
-
-
 def _clip(update: Tensor, clip_norm: float) -> Tensor:
     return update * min(1.0, clip_norm / max(float(update.norm()), 1e-30))
 
 
 def observe(
-    protection: str,
+    protection: Protection | str,
     target: Target,
     clients: Sequence[tuple[Tensor, Tensor]],
     settings: UpdateLeakageSettings,
@@ -129,16 +118,21 @@ def observe(
     subsampling amplification. secagg+client-dp: each update clipped to C, discrete
     Gaussian noise of std z*C on the sum (about z*C/n on the mean), epsilon of one round.
     """
-    check_protection(protection)
+    protection = parse_protection(protection)
+    spec = protection.spec
     if not clients:
         raise ConfigError("observe needs at least one client's data")
-    if protection in SINGLE_CLIENT and len(clients) != 1:
-        raise ConfigError(f"protection {protection!r} is one client's view, got {len(clients)}")
-    if protection not in SINGLE_CLIENT and len(clients) < 2:
-        raise ConfigError(f"protection {protection!r} aggregates >= 2 clients, got {len(clients)}")
+    if spec.observed_alone and len(clients) != 1:
+        raise ConfigError(
+            f"protection {protection.value!r} is one client's view, got {len(clients)}"
+        )
+    if not spec.observed_alone and len(clients) < 2:
+        raise ConfigError(
+            f"protection {protection.value!r} aggregates >= 2 clients, got {len(clients)}"
+        )
     layout = target.layout
     dp = settings.dp
-    if protection == "dp-sgd":
+    if spec.dp is DPKind.SAMPLE:
         x, y = clients[0]
         update, report = dp_sgd_update(
             target,
@@ -157,29 +151,30 @@ def observe(
             kind=kind,
             training=training,
             examples=int(x.shape[0]),
-            protection=Protection.DP_SGD,
+            protection=protection,
             notes={"sigma": report.sigma, "snr": report.snr},
         )
         return View(observed, params)
     updates = [client_update(target, x, y, kind, training) for x, y in clients]
-    if protection == "none":
+    if spec.observed_alone:  # a plain upload, no DP
         observed = plain_view(
             updates[0], layout, kind=kind, training=training, examples=int(clients[0][0].shape[0])
         )
         return View(observed, {})
     weights = [int(x.shape[0]) for x, _ in clients]
-    if protection in ("secagg", "ckks"):
-        aggregator = aggregators.secagg if protection == "secagg" else aggregators.ckks
+    if spec.dp is DPKind.NONE:
         observed = aggregate_view(
             updates,
             weights,
             layout,
-            aggregator,
+            aggregators.secure(spec.aggregation),
             kind=kind,
             training=training,
-            protection=_PROTECTION[protection],
+            protection=protection,
         )
         return View(observed, {})
+    if spec.dp is not DPKind.CLIENT:
+        raise ConfigError(f"protection {protection.value!r} has no view for {spec.dp.value} DP")
     n = len(updates)
     sigma = dp.noise_multiplier * dp.clip_norm
     clipped_mean = torch.stack([_clip(u, dp.clip_norm) for u in updates]).mean(dim=0)
@@ -193,7 +188,7 @@ def observe(
         round_,
         kind=kind,
         training=training,
-        protection=Protection.SECAGG_CLIENT_DP,
+        protection=protection,
         notes={"sigma": sigma, "snr": snr},
     )
     return View(observed, _dp_params(dp, sigma, snr, dp.epsilon(1, 1.0)))
@@ -224,7 +219,6 @@ def chance_multiset_accuracy(guesses: int, truth: Sequence[int], classes: int) -
 
 
 __all__ = [
-    "SINGLE_CLIENT",
     "UpdateLeakageSettings",
     "View",
     "chance_multiset_accuracy",

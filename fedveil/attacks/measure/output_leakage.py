@@ -35,7 +35,7 @@ from fedveil.attacks.output.language_model import LanguageModel
 from fedveil.attacks.output.membership import canary_exposures
 from fedveil.attacks.output.metrics import BootstrapConfig, mia_metrics, roc_curve, scores_by_label
 from fedveil.attacks.output.target import OutputTarget
-from fedveil.attacks.registry import OUTPUT_FAMILIES, Kind, available, output_attack
+from fedveil.attacks.registry import MEMBERSHIP_FAMILIES, Kind, available, output_attack
 from fedveil.attacks.targets.canary_lm import CanaryScenario, TrainedModel
 from fedveil.errors import ConfigError
 
@@ -161,7 +161,7 @@ def output_leakage_records(
     target = OutputTarget(registry, released, reference, generator, probe_config=probe_config)
     attacks = [output_attack(n) for n in available(kind=Kind.OUTPUT)]
     scores, seconds, families = {}, {}, {}
-    for family in OUTPUT_FAMILIES:
+    for family in MEMBERSHIP_FAMILIES:
         chosen = [a for a in attacks if a.family == family and a.applies_to(target)]
         start = time.perf_counter()
         for attack in chosen:
@@ -233,6 +233,7 @@ def output_leakage_records(
                 train_seconds=trained.train_seconds,
                 roc=downsampled_roc(members, non_members),
                 details=details,
+                epsilon_certifiable=float(verdict.certifiable),
             )
         )
     return records

@@ -307,6 +307,10 @@ class Roc:
 _TPR01 = "tpr_at_0.1pct_fpr"  # the JSON name of tpr_at_01pct_fpr (a Python name has no dot)
 
 
+_OPTIONAL_OUTPUT_FIELDS = ("federation", "epsilon_certifiable")
+"""OutputRecord fields a stored record may lack (written before they existed)."""
+
+
 @dataclass(frozen=True)
 class OutputRecord:
     """One output attack on one released model.
@@ -315,7 +319,9 @@ class OutputRecord:
     tpr_at_1pct_fpr, tpr_at_01pct_fpr (JSON: "tpr_at_0.1pct_fpr") with their bootstrap
     intervals (_low, _high); min_fpr: 1 / non-members; epsilon_claimed (inf without DP),
     epsilon_lower_bound (one-run audit) and _cp (Clopper-Pearson); audit_passed: the
-    lower bound does not exceed the claim; extraction_rate: greedy extraction of member
+    lower bound does not exceed the claim; epsilon_certifiable: the largest one-run bound a
+    perfect attack could reach with these canaries (a claim above it cannot be refuted
+    here); extraction_rate: greedy extraction of member
     secrets, extraction_rate_filtered and filter_fpr: the same through the "all" filter
     stack and its false-positive rate on benign prompts (None: filters not measured);
     seconds: the attack's time, train_seconds: the release's; roc; details; federation.
@@ -346,13 +352,14 @@ class OutputRecord:
     roc: Roc
     details: OutputDetails
     federation: FederationInfo | None = None
+    epsilon_certifiable: float | None = None
 
     def to_json(self) -> JSONObject:
         out: JSONObject = {}
         for f in fields(self):
             value = getattr(self, f.name)
             key = f.name.replace("tpr_at_01pct_fpr", _TPR01)
-            if f.name == "federation" and value is None:
+            if f.name in _OPTIONAL_OUTPUT_FIELDS and value is None:
                 continue
             if isinstance(value, Roc | OutputDetails | FederationInfo):
                 out[key] = value.to_json()
@@ -366,7 +373,8 @@ class OutputRecord:
     def from_json(cls, data: Mapping[str, object]) -> OutputRecord:
         kind = cls.__name__
         names = [f.name.replace("tpr_at_01pct_fpr", _TPR01) for f in fields(cls)]
-        _check_keys(kind, data, names[:-1], optional=("federation",))
+        required = [n for n in names if n not in _OPTIONAL_OUTPUT_FIELDS]
+        _check_keys(kind, data, required, optional=_OPTIONAL_OUTPUT_FIELDS)
         values: dict[str, object] = {}
         for f, key in zip(fields(cls), names, strict=True):
             raw = data.get(key)
@@ -376,7 +384,7 @@ class OutputRecord:
                 if not isinstance(raw, bool):
                     raise RecordError(f"{kind}.audit_passed must be a bool, got {raw!r}")
                 values[f.name] = raw
-            elif f.name in ("extraction_rate_filtered", "filter_fpr"):
+            elif f.name in ("extraction_rate_filtered", "filter_fpr", "epsilon_certifiable"):
                 values[f.name] = _opt_float(kind, key, raw)
             elif f.name == "roc":
                 values[f.name] = Roc.from_json(_object(kind, key, raw))

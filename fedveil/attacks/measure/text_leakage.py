@@ -50,13 +50,12 @@ from fedveil.attacks.measure.observe import (
     observe,
 )
 from fedveil.attacks.measure.records import JSONObject, JSONValue, LeakRecord
-from fedveil.attacks.protections import Aggregators
+from fedveil.attacks.protections import Aggregators, Protection, parse_protection
 from fedveil.attacks.targets.captioner import captioner_target, prior_captions
 from fedveil.attacks.targets.tiny_lm import sentences, tiny_lm_target
 from fedveil.attacks.update.base import (
     Attack,
     LocalTraining,
-    Protection,
     Target,
     TokenTarget,
     Truth,
@@ -74,6 +73,7 @@ from fedveil.attacks.update.text_recovery_ffa import (
     adam_delta,
 )
 from fedveil.attacks.views import aggregate_view, plain_view
+from fedveil.secagg.modes import DPKind
 
 Records = list[LeakRecord]
 Prior = Callable[[int, int], list[list[int]]]
@@ -253,7 +253,7 @@ FFA_SGD = LocalTraining(steps=FFA_ADAM.steps, lr=0.1)
 
 
 def _ffa_views(
-    protection: str,
+    protection: Protection | str,
     target: Target,
     clients: Sequence[tuple[Tensor, Tensor]],
     settings: UpdateLeakageSettings,
@@ -269,7 +269,10 @@ def _ffa_views(
         return adam_delta(target, x, y, FFA_ADAM)
 
     layout = target.layout
-    if protection == "none":
+    spec = parse_protection(protection).spec
+    if spec.dp is not DPKind.NONE:
+        return None
+    if spec.observed_alone:
         return [
             (
                 View(plain_view(delta(i), layout, kind=UpdateKind.DELTA, training=training), {}),
@@ -277,17 +280,14 @@ def _ffa_views(
             )
             for i in range(len(clients))
         ]
-    if protection not in ("secagg", "ckks"):
-        return None
-    aggregator = aggregators.secagg if protection == "secagg" else aggregators.ckks
     observed = aggregate_view(
         [delta(i) for i in range(len(clients))],
         [int(x.shape[0]) for x, _ in clients],
         layout,
-        aggregator,
+        aggregators.secure(spec.aggregation),
         kind=UpdateKind.DELTA,
         training=training,
-        protection=Protection(protection),
+        protection=spec.protection,
     )
     return [(View(observed, {}), list(range(len(clients))))]
 

@@ -26,7 +26,7 @@ import string
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
@@ -51,6 +51,24 @@ STREET_NAMES = (
     "hazel", "alder", "juniper", "poplar", "chestnut", "holly",
 )  # fmt: skip
 STREET_KINDS = ("street", "lane", "road", "avenue")
+
+
+class SlotSpaceJSON(TypedDict):
+    """A SlotSpace in the registry's JSON file (CanaryRegistry.to_json, the one place it
+    is written)."""
+
+    template: str
+    slots: list[list[str]]
+
+
+class CanaryFormatJSON(TypedDict):
+    """A CanaryFormat in the registry's JSON file."""
+
+    name: str
+    template: str
+    subject: SlotSpaceJSON
+    secret: SlotSpaceJSON
+    pii: str
 
 
 @dataclass(frozen=True)
@@ -110,11 +128,11 @@ class SlotSpace:
                 out.update(choice.split())
         return out
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> SlotSpaceJSON:
         return {"template": self.template, "slots": [list(s) for s in self.slots]}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SlotSpace:
+    def from_dict(cls, data: SlotSpaceJSON) -> SlotSpace:
         return cls(str(data["template"]), tuple(tuple(str(c) for c in s) for s in data["slots"]))
 
 
@@ -155,7 +173,7 @@ class CanaryFormat:
         fixed = self.template.replace("{subject}", " ").replace("{secret}", " ").split()
         return set(fixed) | self.subject.words() | self.secret.words()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> CanaryFormatJSON:
         return {
             "name": self.name,
             "template": self.template,
@@ -165,7 +183,7 @@ class CanaryFormat:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> CanaryFormat:
+    def from_dict(cls, data: CanaryFormatJSON) -> CanaryFormat:
         return cls(
             name=str(data["name"]),
             template=str(data["template"]),

@@ -115,6 +115,39 @@ def one_run_audit(
     return OneRunResult(eps, m, k_pos + k_neg, correct, k_pos, k_neg)
 
 
+def _one_run_grid(m: int, grid: Sequence[tuple[int, int]] | None) -> list[tuple[int, int]]:
+    """The (k_pos, k_neg) grid searched; default: k_pos = k_neg in {1, 2, 4, ...} up to
+    m/2 plus k_pos alone over the same sizes (one-sided guesses)."""
+    if grid is None:
+        sizes = [1 << i for i in range(int(math.log2(max(m // 2, 1))) + 1)]
+        grid = [(k, k) for k in sizes] + [(k, 0) for k in sizes]
+    feasible = [(a, b) for a, b in grid if 0 < a + b <= m]
+    if not feasible:
+        raise ConfigError("the (k_pos, k_neg) grid has no feasible entry")
+    return feasible
+
+
+def certifiable_epsilon(
+    m: int,
+    *,
+    delta: float,
+    alpha: float = 0.05,
+    grid: Sequence[tuple[int, int]] | None = None,
+) -> float:
+    """The largest one-run lower bound this design can ever certify: a perfect attack
+    (every guess correct) on m canaries, searched over the same grid at the same
+    Bonferroni-corrected level as `best_one_run_audit`.
+
+    Why it matters: an audit whose best possible bound is below the claimed epsilon cannot
+    refute the claim whatever the attack does, so "the bound stayed under the claim" says
+    nothing. Computed before the attack runs; a claim above it makes the check
+    inconclusive, not a pass."""
+    _check_alpha_delta(alpha, delta)
+    feasible = _one_run_grid(m, grid)
+    corrected = alpha / len(feasible)
+    return max(one_run_epsilon(m, a + b, a + b, delta=delta, alpha=corrected) for a, b in feasible)
+
+
 def best_one_run_audit(
     scores: Sequence[float] | np.ndarray,
     labels: Sequence[bool] | np.ndarray,
@@ -123,18 +156,10 @@ def best_one_run_audit(
     alpha: float = 0.05,
     grid: Sequence[tuple[int, int]] | None = None,
 ) -> OneRunResult:
-    """The best bound over a grid of (k_pos, k_neg), at level alpha / len(grid).
-
-    Default grid: k_pos = k_neg in {1, 2, 4, ...} up to m/2 plus k_pos alone over the
-    same sizes (one-sided guesses).
-    """
+    """The best bound over a grid of (k_pos, k_neg) (see _one_run_grid), at level
+    alpha / len(grid)."""
     m = int(np.asarray(scores).size)
-    if grid is None:
-        sizes = [1 << i for i in range(int(math.log2(max(m // 2, 1))) + 1)]
-        grid = [(k, k) for k in sizes] + [(k, 0) for k in sizes]
-    grid = [(a, b) for a, b in grid if 0 < a + b <= m]
-    if not grid:
-        raise ConfigError("the (k_pos, k_neg) grid has no feasible entry")
+    grid = _one_run_grid(m, grid)
     corrected = alpha / len(grid)
     results = [
         one_run_audit(scores, labels, k_pos=a, k_neg=b, delta=delta, alpha=corrected)
@@ -226,13 +251,20 @@ def group_privacy(epsilon: float, delta: float, k: int) -> tuple[float, float]:
 
 @dataclass(frozen=True)
 class AuditVerdict:
-    """The audit's bounds next to the claim. passed: no lower bound exceeds the claim."""
+    """The audit's bounds next to the claim. passed: no lower bound exceeds the claim;
+    conclusive: the design could have refuted the claim (its certifiable bound, a perfect
+    attack's, exceeds the claim), so a pass means something."""
 
     epsilon_claimed: float
     delta: float
     alpha: float
     one_run: OneRunResult
     clopper_pearson: ThresholdResult
+    certifiable: float = EPS_MAX
+
+    @property
+    def conclusive(self) -> bool:
+        return self.certifiable > self.epsilon_claimed
 
     @property
     def epsilon_lower_bound(self) -> float:
@@ -244,7 +276,15 @@ class AuditVerdict:
         return max(self.one_run.epsilon, self.clopper_pearson.epsilon) <= self.epsilon_claimed
 
     def summary(self) -> str:
-        verdict = "PASS" if self.passed else "FAIL: the claimed epsilon is refuted"
+        if not self.passed:
+            verdict = "FAIL: the claimed epsilon is refuted"
+        elif not self.conclusive:
+            verdict = (
+                f"INCONCLUSIVE: with m={self.one_run.m} canaries the one-run audit certifies "
+                f"at most {self.certifiable:.3f} < the claim"
+            )
+        else:
+            verdict = "PASS"
         return (
             f"epsilon claimed {self.epsilon_claimed:.3g} (delta {self.delta:g}) | empirical "
             f"lower bounds at {1 - self.alpha:.0%}: one-run {self.one_run.epsilon:.3f} "
@@ -264,10 +304,12 @@ def audit(
     """Both lower bounds (each with its own search, Bonferroni-corrected) against the claim."""
     if not epsilon_claimed >= 0:
         raise ConfigError(f"epsilon_claimed must be >= 0 (inf: no DP), got {epsilon_claimed!r}")
+    m = int(np.asarray(scores).size)
     return AuditVerdict(
         epsilon_claimed,
         delta,
         alpha,
         best_one_run_audit(scores, labels, delta=delta, alpha=alpha),
         best_clopper_pearson(scores, labels, delta=delta, alpha=alpha),
+        certifiable_epsilon(m, delta=delta, alpha=alpha),
     )

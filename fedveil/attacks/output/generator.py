@@ -154,7 +154,7 @@ class HFGenerator:
         ids = torch.tensor(prompts, dtype=torch.long, device=_device(self.model))
         eos = int(self.tokenizer.eos_token_id)
         pad = self.tokenizer.pad_token_id
-        settings: dict[str, Any] = {
+        settings: dict[str, int | float | bool | None] = {
             "max_new_tokens": self.config.max_new_tokens,
             "do_sample": not greedy,
             "num_return_sequences": per_prompt,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fedveil.attacks.families import Family
 from fedveil.attacks.output.canaries import CanaryRegistry
 from fedveil.attacks.output.generation import ProbeConfig, ProbeResult, generation_probe
 from fedveil.attacks.output.generator import GenerateFn
@@ -69,12 +70,12 @@ class OutputAttack:
     """A named score per canary (higher = more likely a member), in registry order."""
 
     name: str
-    family: str
+    family: Family
     score: Score
 
     def applies_to(self, target: OutputTarget) -> bool:
         """Whether the target grants the access this attack needs."""
-        if self.family == "likelihood":
+        if self.family is Family.LIKELIHOOD:
             return target.released is not None and (
                 self.name != "reference" or target.reference is not None
             )

@@ -42,7 +42,13 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedveil.attacks.output.canaries import CanaryConfig
 from fedveil.attacks.output.language_model import cpu_threads, flush_denormals
-from fedveil.attacks.protections import Aggregators, DPSettings, check_protection
+from fedveil.attacks.protections import (
+    Aggregator,
+    Aggregators,
+    DPSettings,
+    Protection,
+    parse_protection,
+)
 from fedveil.attacks.targets.canary_lm import (
     CanaryLMConfig,
     CanaryScenario,
@@ -53,9 +59,9 @@ from fedveil.attacks.targets.canary_lm import (
     train_lm,
 )
 from fedveil.attacks.targets.tiny_lm import sentences
-from fedveil.attacks.views import Aggregator
 from fedveil.errors import ConfigError
 from fedveil.secagg.dp import GaussianEvent, PrivacyAccountant
+from fedveil.secagg.modes import AggregationMode, DPKind
 
 
 def _positive_int(owner: str, name: str, value: object, low: int = 1) -> None:
@@ -182,15 +188,16 @@ def _plain_mean(updates: Sequence[np.ndarray], weights: Sequence[int]) -> tuple[
 
 
 def _mean_for(
-    protection: str, aggregators: Aggregators, settings: FederationSettings, dim: int
+    protection: Protection, aggregators: Aggregators, settings: FederationSettings, dim: int
 ) -> Aggregator:
-    if protection == "none":
+    """The round the federation runs under `protection` (DP-SGD parties aggregate with
+    SecAgg+: their noise is added in training, not in the round)."""
+    spec = protection.spec
+    if spec.dp is DPKind.CLIENT:
+        return aggregators.client_dp(settings.client_dp.client_dp_config(dim, settings.parties))
+    if spec.aggregation is AggregationMode.PLAINTEXT:
         return _plain_mean
-    if protection in ("secagg", "dp-sgd"):
-        return aggregators.secagg
-    if protection == "ckks":
-        return aggregators.ckks
-    return aggregators.client_dp(settings.client_dp.client_dp_config(dim, settings.parties))
+    return aggregators.secure(spec.aggregation)
 
 
 LocalStep = Callable[[nn.Module, tuple[Tensor, Tensor], int, int], tuple[GaussianEvent, ...]]
@@ -250,7 +257,7 @@ def _dp_sgd_step(scenario: CanaryScenario, settings: FederationSettings) -> Loca
 
 
 def _federate(
-    protection: str,
+    protection: Protection,
     scenario: CanaryScenario,
     aggregators: Aggregators,
     settings: FederationSettings,
@@ -261,7 +268,7 @@ def _federate(
     weights = [len(t) for t in texts]
     local = (
         _dp_sgd_step(scenario, settings)
-        if protection == "dp-sgd"
+        if protection.spec.dp is DPKind.SAMPLE
         else _plain_step(scenario, settings)
     )
     events: list[GaussianEvent] = []
@@ -293,17 +300,17 @@ def _federate(
 
 
 def _claim(
-    protection: str,
+    protection: Protection,
     settings: FederationSettings,
     party0_events: list[GaussianEvent],
     default_delta: float,
 ) -> tuple[float, float, tuple[GaussianEvent, ...]]:
     """(epsilon, delta, events) party 0's records get from the protection."""
-    if protection == "secagg+client-dp":
+    if protection.spec.dp is DPKind.CLIENT:
         dp = settings.client_dp
         event = GaussianEvent(dp.noise_multiplier, 1.0, settings.rounds)
         return dp.epsilon(steps=settings.rounds), dp.delta, (event,)
-    if protection == "dp-sgd":
+    if protection.spec.dp is DPKind.SAMPLE:
         accountant = PrivacyAccountant("prv")
         for event in party0_events:
             accountant.compose(event)
@@ -313,7 +320,7 @@ def _claim(
 
 
 def release(
-    protection: str,
+    protection: Protection | str,
     scenario: CanaryScenario,
     aggregators: Aggregators,
     settings: FederationSettings | None = None,
@@ -321,7 +328,7 @@ def release(
     """The model the federation releases under `protection`, cached per (protection,
     settings) on the scenario (the aggregators are assumed to be the real rounds, so
     they are not part of the key). `TrainedModel.train_seconds` is the training time."""
-    check_protection(protection)
+    protection = parse_protection(protection)
     settings = settings or FederationSettings()
     key = (protection, settings)
     if key not in scenario.federated:

@@ -42,6 +42,7 @@ from fedveil.attacks.output.canaries import (
     plant_canaries,
 )
 from fedveil.attacks.output.language_model import cpu_threads, flush_denormals
+from fedveil.attacks.protections import Protection, parse_protection
 from fedveil.attacks.targets.tiny_lm import WordVocab, sentences
 from fedveil.errors import ConfigError
 from fedveil.secagg.dp import GaussianEvent, PrivacyAccountant
@@ -340,7 +341,7 @@ def lora_model(
 class TrainedModel:
     """A released model and what its training claims (epsilon inf without DP)."""
 
-    protection: str
+    protection: Protection
     model: nn.Module
     epsilon: float
     delta: float
@@ -368,25 +369,29 @@ class CanaryScenario:
     private_texts: list[str]
     heldout_texts: list[str]
     base: PreTrainedModel
-    _released: dict[str, TrainedModel] = field(default_factory=dict)
+    _released: dict[Protection, TrainedModel] = field(default_factory=dict)
     # The federations' releases, keyed by (protection, settings); owned by
     # attacks.targets.canary_federation.release, kept here so they live and die with
     # the scenario whose models they were trained from.
-    federated: dict[tuple[str, Any], TrainedModel] = field(default_factory=dict, repr=False)
+    federated: dict[tuple[Protection, Any], TrainedModel] = field(default_factory=dict, repr=False)
     lora_targets: tuple[str, ...] | None = None
     fan_in_fan_out: bool = True
     party_pool: tuple[str, ...] | None = None
     origin: str = "built-in tiny GPT-2"
 
-    def released(self, protection: str) -> TrainedModel:
-        """The fine-tuned model for "none" (plain LoRA) or "dp-sgd" (Opacus), cached."""
+    def released(self, protection: Protection | str) -> TrainedModel:
+        """The fine-tuned model for "none" (plain LoRA) or "dp-sgd" (Opacus), cached:
+        one party trains alone, so only the protections without an aggregation apply."""
+        protection = parse_protection(protection)
         if protection not in self._released:
-            if protection == "none":
+            if protection is Protection.NONE:
                 self._released[protection] = finetune_plain(self)
-            elif protection == "dp-sgd":
+            elif protection is Protection.DP_SGD:
                 self._released[protection] = finetune_dp(self)
             else:
-                raise ConfigError(f"protection must be 'none' or 'dp-sgd', got {protection!r}")
+                raise ConfigError(
+                    f"protection must be 'none' or 'dp-sgd', got {protection.value!r}"
+                )
         return self._released[protection]
 
     def encode(self, texts: Sequence[str]) -> tuple[Tensor, Tensor]:
@@ -438,7 +443,12 @@ def finetune_plain(scenario: CanaryScenario) -> TrainedModel:
             loss = float(per_sample_lm_loss(model, (data, mask)).mean())
     seconds = time.perf_counter() - start
     return TrainedModel(
-        "none", model.eval(), math.inf, config.dp_delta, final_loss=loss, train_seconds=seconds
+        Protection.NONE,
+        model.eval(),
+        math.inf,
+        config.dp_delta,
+        final_loss=loss,
+        train_seconds=seconds,
     )
 
 
@@ -479,7 +489,9 @@ def finetune_dp(scenario: CanaryScenario) -> TrainedModel:
         accountant.compose(event)
     epsilon = accountant.epsilon(config.dp_delta)
     seconds = time.perf_counter() - start
-    return TrainedModel("dp-sgd", released, epsilon, config.dp_delta, events, loss, seconds)
+    return TrainedModel(
+        Protection.DP_SGD, released, epsilon, config.dp_delta, events, loss, seconds
+    )
 
 
 def build_scenario(config: CanaryLMConfig) -> CanaryScenario:

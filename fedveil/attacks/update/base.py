@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from fedveil.attacks.protections import Protection
 from fedveil.errors import ConfigError, FedveilError
 
 
@@ -41,17 +42,6 @@ class UpdateKind(enum.Enum):
 
     GRADIENT = "gradient"
     DELTA = "delta"
-
-
-class Protection(enum.Enum):
-    """Which protection produced the observed view (the benchmark's `protection` field)."""
-
-    NONE = "none"
-    SECAGG = "secagg"
-    CKKS = "ckks"  # the mean a key-holding client decrypts; the server sees ciphertexts only
-    NOISE = "noise"  # explicit Gaussian noise, a stand-in until secagg/dp lands
-    SECAGG_CLIENT_DP = "secagg+client-dp"
-    DP_SGD = "dp-sgd"
 
 
 @dataclass(frozen=True)

@@ -10,10 +10,9 @@ parameters only, lives in `attacks.update.local_training` and is the same for bo
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -158,7 +157,7 @@ def resolve_labels(
     observed: ObservedUpdate,
     target: InversionTarget,
     count: int,
-    side: dict[str, Any],
+    side: Mapping[str, object],
 ) -> Tensor | None:
     """Fixed labels for the run, or None when they are optimised jointly."""
     given = side.get("labels")

@@ -10,7 +10,7 @@ fails closed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -19,6 +19,7 @@ from fedveil.secagg.crypto.encoding import encode_fields
 from fedveil.secagg.crypto.envelope import AeadAlgorithm
 from fedveil.secagg.crypto.identity import SigningIdentity, VerifyingIdentity
 from fedveil.secagg.dp.config import NoisePlacement
+from fedveil.secagg.modes import DEFAULT_ALLOWED_MODES, AggregationMode, parse_modes
 from fedveil.secagg.protocol.dp import RoundDP
 from fedveil.secagg.protocol.graph import effective_degree
 from fedveil.secagg.quantize import QuantizationConfig
@@ -27,8 +28,6 @@ MODEL_HASH_BYTES = 32
 MAX_CLIENT_ID_CHARS = 128
 MAX_DIMENSION = 1 << 31
 _SESSION_TAG = b"fedveil-session-v1"
-PROTECTION_MODES = frozenset({"secagg", "ckks", "plaintext"})
-DEFAULT_ALLOWED_MODES = frozenset({"secagg"})
 
 
 @dataclass(frozen=True)
@@ -202,9 +201,10 @@ class ClientPolicy:
         survivor set signed by more than (roster + max_colluders) / 2 members
         (secagg.protocol.consistency), and a threshold must exceed it.
     allowed_modes: the protection modes this client takes part in; a server announcing any
-        other gets nothing (ModeDowngradeError). "secagg" only by default: "ckks" trusts
-        the key holder not to collude with the server, "plaintext" shows the update to the
-        server and is for benchmarks only.
+        other gets nothing (ModeDowngradeError). Callers may pass the modes' spellings
+        ("secagg", ...); they are stored as AggregationMode. SecAgg only by default
+        (secagg.modes.DEFAULT_ALLOWED_MODES): CKKS trusts the key holder not to collude with
+        the server, plaintext shows the update to the server and is for benchmarks only.
     min_neighbours: the smallest neighbour-graph degree k this client accepts (k >= 2
         keeps the Harary graph connected).
     """
@@ -215,7 +215,7 @@ class ClientPolicy:
     max_colluders: int = 0
     trust_server_sampling: bool = False
     accept_central_dp: bool = False
-    allowed_modes: frozenset[str] = DEFAULT_ALLOWED_MODES
+    allowed_modes: frozenset[AggregationMode] = DEFAULT_ALLOWED_MODES
     min_neighbours: int = 2
 
     def __post_init__(self) -> None:
@@ -231,14 +231,7 @@ class ClientPolicy:
             or self.max_colluders < 0
         ):
             raise ConfigError(f"max_colluders must be an integer >= 0, got {self.max_colluders!r}")
-        modes = frozenset(self.allowed_modes)
-        unknown = sorted(modes - PROTECTION_MODES)
-        if unknown or not modes:
-            raise ConfigError(
-                f"allowed_modes must be a non-empty subset of {sorted(PROTECTION_MODES)}, "
-                f"got {sorted(modes)}"
-            )
-        object.__setattr__(self, "allowed_modes", modes)
+        object.__setattr__(self, "allowed_modes", _allowed_modes(self.allowed_modes))
         if isinstance(self.min_neighbours, bool) or not isinstance(self.min_neighbours, int):
             raise ConfigError(f"min_neighbours must be an integer, got {self.min_neighbours!r}")
         if self.min_neighbours < 2:
@@ -246,6 +239,19 @@ class ClientPolicy:
                 f"min_neighbours must be >= 2 (k = 1 pairs clients off into a disconnected "
                 f"graph), got {self.min_neighbours}"
             )
+
+
+def _allowed_modes(values: Iterable[object]) -> frozenset[AggregationMode]:
+    """`values` (modes or their spellings) as a non-empty set of AggregationMode."""
+    if isinstance(values, str):  # its characters are not modes
+        raise ConfigError(
+            f"allowed_modes must be a set of modes, e.g. {{{values!r}}}, got {values!r}"
+        )
+    modes = parse_modes(values)
+    if not modes:
+        choices = sorted(m.value for m in AggregationMode)
+        raise ConfigError(f"allowed_modes must be a non-empty subset of {choices}, got []")
+    return modes
 
 
 def check_enrolment(

@@ -40,13 +40,13 @@ import numpy as np
 
 from fedveil.errors import ConfigError, SessionMismatchError
 from fedveil.secagg.crypto.encoding import encode_fields
+from fedveil.secagg.modes import AggregationMode, parse_mode
 
 MODEL_HASH_BYTES = 32
 DIGEST_BYTES = 32
 _CHAIN_TAG = b"fedveil-model-chain-v1"
 _RESULT_TAG = b"fedveil-round-result-v1"
 RESULT_DTYPE = np.dtype("<f8")
-MODES = ("secagg", "ckks", "plaintext")
 
 
 def _hash32(value: object, name: str) -> bytes:
@@ -83,7 +83,7 @@ def mean_payload_digest(mean: np.ndarray) -> bytes:
 def result_digest(
     *,
     round_id: int,
-    mode: str,
+    mode: AggregationMode | str,
     survivors: Iterable[str],
     total_weight: int,
     error_bound: float,
@@ -96,8 +96,7 @@ def result_digest(
     report is left out: its figures are derived from the round's DP terms, which the
     session id already binds.
     """
-    if mode not in MODES:
-        raise ConfigError(f"mode must be one of {MODES}, got {mode!r}")
+    name = parse_mode(mode).value  # the bytes hashed are the mode's spelling
     if len(payload_sha256) != DIGEST_BYTES:
         raise ConfigError(f"payload_sha256 must be {DIGEST_BYTES} bytes")
     ids = sorted(survivors)
@@ -105,7 +104,7 @@ def result_digest(
         encode_fields(
             _RESULT_TAG,
             int(round_id),
-            mode,
+            name,
             int(total_weight),
             np.float64(error_bound).tobytes(),
             bytes(payload_sha256),

@@ -13,7 +13,7 @@ from fedveil.cli import main
 SMALL = """
 [audit]
 protections = ["none", "secagg"]
-attacks = ["label_leak", "text_recovery"]
+attacks = ["labels", "text"]
 """
 
 
@@ -44,11 +44,11 @@ def test_a_small_audit_passes_then_resumes_from_its_stored_jobs(
     assert report["passed"] and report["schema"] == "fedveil.audit/1"
     cells = {(c["protection"], c["attack"]): c for c in report["cells"]}
     # both directions: a plain update leaks, the SecAgg+ aggregate of 10 clients does not
-    assert cells["none", "text_recovery"]["status"] == "leaks"
-    assert cells["none", "text_recovery"]["metrics"]["token_f1"] >= 0.9
-    assert cells["secagg", "text_recovery"]["status"] == "pass"
-    assert cells["none", "label_leak"]["metrics"]["label_attribution_acc"] == 1.0
-    assert cells["secagg", "label_leak"]["status"] == "pass"
+    assert cells["none", "text"]["status"] == "leaks"
+    assert cells["none", "text"]["metrics"]["token_f1"] >= 0.9
+    assert cells["secagg", "text"]["status"] == "pass"
+    assert cells["none", "labels"]["metrics"]["label_attribution_acc"] == 1.0
+    assert cells["secagg", "labels"]["status"] == "pass"
     assert (tmp_path / "out" / "report.html").stat().st_size > 1000
     assert "all claimed protections held" in capsys.readouterr().out
 
@@ -70,11 +70,11 @@ def test_a_small_audit_passes_then_resumes_from_its_stored_jobs(
 def test_a_breach_of_a_claimed_cell_exits_1_naming_cell_metric_value_threshold(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = SMALL.replace('"label_leak", ', "") + '\n[claims]\nnone = ["text_recovery"]\n'
+    config = SMALL.replace('"labels", ', "") + '\n[claims]\nnone = ["text"]\n'
     assert _audit(tmp_path, config) == 1
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("BREACH")]
     assert len(lines) == 1
-    assert lines[0].startswith("BREACH none/text_recovery: token_f1_over_baseline = ")
+    assert lines[0].startswith("BREACH none/text: token_f1_over_baseline = ")
     assert lines[0].endswith("exceeds the threshold 0.2")
 
 
@@ -82,6 +82,6 @@ def test_configuration_errors_exit_2_before_running_anything(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert _audit(tmp_path, "[thresholds]\nmax_auc = 2\n") == 2
-    assert "max_auc must be in [0, 1]" in capsys.readouterr().err
+    assert "[thresholds] max_auc: must be in [0, 1]" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert main(["audit", "--out", str(tmp_path / "o"), "--workers", "0"]) == 2

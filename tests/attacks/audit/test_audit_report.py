@@ -17,6 +17,7 @@ from fedveil.attacks.audit.evaluate import BREACH, CLEAN, LEAKS, PASS, breach_li
 from fedveil.attacks.audit.html import write_html
 from fedveil.attacks.audit.report import SCHEMA, AuditReport, build_report, write_report
 from fedveil.attacks.audit.store import JobStore, fingerprint
+from fedveil.attacks.families import Kind
 from fedveil.attacks.measure.records import (
     JobResult,
     LeakRecord,
@@ -52,7 +53,9 @@ DETAILS = OutputDetails(
 )
 
 
-def _mia_records(auc: float, eps: float | str, lower: float) -> list[OutputRecord]:
+def _mia_records(
+    auc: float, eps: float | str, lower: float, certifiable: float | None = None
+) -> list[OutputRecord]:
     fpr = list(np.geomspace(1e-3, 1, 20))
     rows = []
     for family, attack in (("likelihood", "loss"), ("generation", "samia_rouge_l")):
@@ -83,6 +86,7 @@ def _mia_records(auc: float, eps: float | str, lower: float) -> list[OutputRecor
                 train_seconds=2.0,
                 roc=Roc(fpr, [min(1.0, f**0.3) for f in fpr]),
                 details=DETAILS,
+                epsilon_certifiable=certifiable,
             )
         )
     return rows
@@ -92,13 +96,13 @@ def test_claimed_cells_pass_or_breach_and_unclaimed_cells_only_report() -> None:
     config = load_config(None)
     leaky = JobResult(_image_records(35.0), 1.0)
     quiet = JobResult(_image_records(12.0), 1.0)
-    assert evaluate_cell(config, "none", "gradient_inversion", leaky).status == LEAKS
-    assert evaluate_cell(config, "none", "gradient_inversion", quiet).status == CLEAN
-    breached = evaluate_cell(config, "secagg", "gradient_inversion", leaky)
+    assert evaluate_cell(config, "none", "inversion", leaky).status == LEAKS
+    assert evaluate_cell(config, "none", "inversion", quiet).status == CLEAN
+    breached = evaluate_cell(config, "secagg", "inversion", leaky)
     assert breached.status == BREACH
-    assert evaluate_cell(config, "secagg", "gradient_inversion", quiet).status == PASS
+    assert evaluate_cell(config, "secagg", "inversion", quiet).status == PASS
     (line,) = breach_lines([breached])
-    expected = "BREACH secagg/gradient_inversion: psnr_over_baseline = 24 exceeds the threshold 3"
+    expected = "BREACH secagg/inversion: psnr_over_baseline = 24 exceeds the threshold 3"
     assert line == expected
 
 
@@ -106,20 +110,20 @@ def test_membership_cells_check_auc_tpr_and_the_empirical_epsilon() -> None:
     config = load_config(None)
     dp_ok = JobResult(_mia_records(0.55, 4.0, 0.3), 2.0)
     dp_broken = JobResult(_mia_records(0.55, 0.5, 1.2), 2.0)
-    cell = evaluate_cell(config, "dp-sgd", "likelihood_mia", dp_ok)
+    cell = evaluate_cell(config, "dp-sgd", "likelihood", dp_ok)
     assert cell.status == PASS and cell.metrics["auc"] == 0.55
-    broken = evaluate_cell(config, "dp-sgd", "generation_mia", dp_broken)
+    broken = evaluate_cell(config, "dp-sgd", "generation", dp_broken)
     assert broken.status == BREACH
     assert [c.metric for c in broken.breaches()] == ["epsilon_lower_bound"]
     # secure aggregation does not claim the released model: a leak is reported, not a breach
     leaky = JobResult(_mia_records(0.95, "inf", 1.5), 2.0)
-    assert evaluate_cell(config, "secagg", "likelihood_mia", leaky).status == LEAKS
-    assert evaluate_cell(config, "secagg", "canary_extraction_filtered", leaky).status == PASS
+    assert evaluate_cell(config, "secagg", "likelihood", leaky).status == LEAKS
+    assert evaluate_cell(config, "secagg", "extraction_filtered", leaky).status == PASS
 
 
 def test_a_claimed_cell_without_records_is_never_a_pass() -> None:
     config = load_config(None)
-    cell = evaluate_cell(config, "secagg", "text_recovery", JobResult([], 0.0))
+    cell = evaluate_cell(config, "secagg", "text", JobResult([], 0.0))
     assert cell.status == BREACH and "records_judged" in breach_lines([cell])[0]
 
 
@@ -168,13 +172,13 @@ def _report(tmp_path: Path) -> AuditReport:
 
     save_grid(figure, [torch.from_numpy(rng.random((2, 3, 32, 32))).float()] * 2)
     jobs = {
-        "gradient_inversion": JobResult(_image_records(30.0, str(figure)), 1.0),
+        "inversion": JobResult(_image_records(30.0, str(figure)), 1.0),
         "output": JobResult(_mia_records(0.9, "inf", 1.4), 3.0),
     }
     cells = []
     for protection in config.protections:
         for attack in config.attacks:
-            job = jobs["output"] if "mia" in attack or "canary" in attack else jobs.get(attack)
+            job = jobs["output"] if attack.kind is Kind.OUTPUT else jobs.get(attack)
             cells.append(evaluate_cell(config, protection, attack, job))
     return build_report(config, cells, 12.0, 16)
 
@@ -230,3 +234,25 @@ def test_report_html_renders_offline_in_headless_chromium(tmp_path: Path) -> Non
     for section in ("summary", "matrix", "epsilon", "filters", "roc", "reconstructions"):
         assert f'id="{section}"' in dom
     assert dom.count("<svg") >= 2 and "<img" in dom and "BREACH" in dom
+
+
+def test_an_epsilon_check_that_cannot_fail_says_inconclusive() -> None:
+    config = load_config(None)
+    # 48 canaries certify at most ~1.71: a claim of 7.5 cannot be refuted here.
+    beyond = evaluate_cell(
+        config, "dp-sgd", "likelihood", JobResult(_mia_records(0.55, 7.5, 0.3, 1.71), 2.0)
+    )
+    (check,) = [c for c in beyond.checks if c.metric == "epsilon_lower_bound"]
+    assert check.passed and check.inconclusive is not None
+    assert "48 canaries" in check.inconclusive and "cannot refute" in check.inconclusive
+    assert check.to_dict()["verdict"] == "inconclusive"
+    assert beyond.metrics["epsilon_certifiable"] == 1.71
+    within = evaluate_cell(
+        config, "dp-sgd", "likelihood", JobResult(_mia_records(0.55, 1.0, 0.3, 1.71), 2.0)
+    )
+    (check,) = [c for c in within.checks if c.metric == "epsilon_lower_bound"]
+    assert check.passed and check.inconclusive is None and "verdict" not in check.to_dict()
+    refuted = evaluate_cell(
+        config, "dp-sgd", "likelihood", JobResult(_mia_records(0.55, 1.0, 1.5, 1.71), 2.0)
+    )
+    assert refuted.status == BREACH

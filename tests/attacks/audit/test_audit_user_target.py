@@ -43,7 +43,7 @@ def test_the_audit_probes_a_users_model_and_texts(user_dir: Path, tmp_path: Path
     config = """
 [audit]
 protections = ["secagg"]
-attacks = ["likelihood_mia", "canary_extraction", "canary_extraction_filtered"]
+attacks = ["likelihood", "extraction", "extraction_filtered"]
 [federation]
 rounds = 10
 [target]
@@ -54,13 +54,13 @@ canaries = 32
     assert _run(user_dir, config, tmp_path / "out") == 0
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     cells = {c["attack"]: c for c in report["cells"]}
-    details = cells["likelihood_mia"]["details"]["federation"]
+    details = cells["likelihood"]["details"]["federation"]
     assert details["canaries"] == 32 and details["rounds"] == 10
     # secure aggregation does not protect what the released model memorised: it shows
-    assert cells["likelihood_mia"]["status"] in ("leaks", "no leak measured")
-    assert cells["likelihood_mia"]["metrics"]["auc"] > 0.6
-    assert cells["canary_extraction_filtered"]["status"] == "pass"
-    assert cells["canary_extraction_filtered"]["metrics"]["extraction_rate_filtered"] == 0.0
+    assert cells["likelihood"]["status"] in ("leaks", "no leak measured")
+    assert cells["likelihood"]["metrics"]["auc"] > 0.6
+    assert cells["extraction_filtered"]["status"] == "pass"
+    assert cells["extraction_filtered"]["metrics"]["extraction_rate_filtered"] == 0.0
 
 
 @pytest.mark.parametrize(
@@ -69,7 +69,7 @@ canaries = 32
         ('model = "nowhere"\ntexts = "texts.jsonl"', "is not a directory"),
         ('model = "model"', "needs both model"),
         ('model = "model"\ntexts = "missing.jsonl"', "is not a file"),
-        ('model = "model"\ntexts = "texts.jsonl"\ncanaries = 1', "canaries must be"),
+        ('model = "model"\ntexts = "texts.jsonl"\ncanaries = 1', "[target] canaries: must be >= 2"),
         ('model = 3\ntexts = "texts.jsonl"', "must be a path string"),
     ],
 )

@@ -11,6 +11,7 @@ from fedveil.attacks.output.empirical_epsilon import (
     audit,
     best_clopper_pearson,
     best_one_run_audit,
+    certifiable_epsilon,
     clopper_pearson,
     clopper_pearson_epsilon,
     group_privacy,
@@ -114,3 +115,24 @@ def test_group_privacy_and_validation() -> None:
         one_run_audit([1.0, 0.0], [True, False], k_pos=0, k_neg=0, delta=0.0)
     with pytest.raises(ConfigError):
         audit([1.0, 0.0], [True, False], epsilon_claimed=-1.0, delta=1e-5)
+
+
+def test_certifiable_epsilon_is_the_perfect_attacks_bound() -> None:
+    # The figures the audit's epsilon checks rest on: 48 canaries certify at most ~1.71,
+    # 128 at most ~3.09 (delta 1e-5, 95%, the default grid's Bonferroni correction).
+    assert certifiable_epsilon(48, delta=1e-5) == pytest.approx(1.709, abs=2e-3)
+    assert certifiable_epsilon(128, delta=1e-5) == pytest.approx(3.086, abs=2e-3)
+    labels = np.arange(128) % 2 == 0
+    perfect = best_one_run_audit(labels.astype(float), labels, delta=1e-5)
+    assert perfect.epsilon == pytest.approx(certifiable_epsilon(128, delta=1e-5), abs=1e-6)
+
+
+def test_a_claim_above_what_the_canaries_can_certify_is_inconclusive() -> None:
+    labels = np.arange(48) % 2 == 0
+    perfect = labels.astype(float)  # the strongest possible attack, noise switched off
+    false_claim = audit(perfect, labels, epsilon_claimed=7.5, delta=1e-5)
+    # Even a perfect attack cannot refute 7.5 with 48 canaries: not a pass, inconclusive.
+    assert false_claim.passed and not false_claim.conclusive
+    assert "INCONCLUSIVE" in false_claim.summary() and "PASS" not in false_claim.summary()
+    small_claim = audit(perfect, labels, epsilon_claimed=1.0, delta=1e-5)
+    assert small_claim.conclusive and not small_claim.passed  # refuted: it could be

@@ -113,7 +113,7 @@ def test_secagg_release_of_a_user_model_leaks_and_filters_stop_extraction(
     )
     by_name = {r.attack: r for r in records}
     assert set(by_name) == set(attack_registry.available(kind=attack_registry.Kind.OUTPUT))
-    assert {r.attack_family for r in records} == set(attack_registry.OUTPUT_FAMILIES)
+    assert {r.attack_family for r in records} == set(attack_registry.MEMBERSHIP_FAMILIES)
     # Not a DP run: the planted members are found (1.0 measured; loose bound).
     assert by_name["reference"].auc > 0.7
     assert by_name["loss"].auc > 0.55
