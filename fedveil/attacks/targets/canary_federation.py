@@ -305,11 +305,21 @@ def _claim(
     party0_events: list[GaussianEvent],
     default_delta: float,
 ) -> tuple[float, float, tuple[GaussianEvent, ...]]:
-    """(epsilon, delta, events) party 0's records get from the protection."""
+    """(epsilon, delta, events) party 0's records get from the protection, for the
+    neighbouring relation the output attacks test: one canary record of party 0 in or out.
+
+    Client-level DP is calibrated for a whole client in or out (sensitivity C, the clip).
+    One record of party 0 in or out can move party 0's clipped update from any point of
+    the C-ball to any other, so its sensitivity is 2C: the same noise z C gives that
+    record the guarantee of noise multiplier z / 2, a larger epsilon than the federation
+    reports. The audit must hold the record-level attack to this claim, not the client-level
+    one."""
     if protection.spec.dp is DPKind.CLIENT:
         dp = settings.client_dp
-        event = GaussianEvent(dp.noise_multiplier, 1.0, settings.rounds)
-        return dp.epsilon(steps=settings.rounds), dp.delta, (event,)
+        record_level = GaussianEvent(dp.noise_multiplier / 2, 1.0, settings.rounds)
+        accountant = PrivacyAccountant("rdp")
+        accountant.compose(record_level)
+        return float(accountant.epsilon(dp.delta)), dp.delta, (record_level,)
     if protection.spec.dp is DPKind.SAMPLE:
         accountant = PrivacyAccountant("prv")
         for event in party0_events:

@@ -29,7 +29,7 @@ from fedveil.attacks.output.generation import ProbeConfig
 from fedveil.attacks.output.generator import HFGenerator, SamplingConfig
 from fedveil.attacks.output.metrics import roc_auc, scores_by_label
 from fedveil.attacks.output.target import OutputTarget
-from fedveil.attacks.protections import Aggregators, DPSettings
+from fedveil.attacks.protections import Aggregators, DPSettings, Protection
 from fedveil.attacks.targets.canary_federation import FederationSettings, release
 from fedveil.attacks.targets.canary_lm import (
     CanaryLMConfig,
@@ -176,3 +176,20 @@ def test_downsampled_roc_keeps_low_fpr_region() -> None:
     # Dense where the log-log plot needs it: every attainable FPR below 1% is kept.
     assert fpr[fpr > 0].min() == pytest.approx(1 / 500)
     assert (fpr[fpr > 0] < 0.01).sum() == 4
+
+
+def test_the_client_dp_claim_is_for_one_record_of_party_0() -> None:
+    """The output attacks test one canary record of party 0 in or out. Client-level DP is
+    calibrated for a whole client (sensitivity C); a record moves party 0's clipped update
+    by up to 2C, so the claim the attack is held to is that of noise multiplier z / 2."""
+    from fedveil.attacks.targets.canary_federation import _claim
+
+    settings = FederationSettings()
+    dp = settings.client_dp
+    epsilon, delta, (event,) = _claim(Protection.SECAGG_CLIENT_DP, settings, [], 1e-5)
+    client_level = dp.epsilon(steps=settings.rounds)
+    assert event.noise_multiplier == dp.noise_multiplier / 2 and delta == dp.delta
+    assert epsilon > 2 * client_level  # the client-level number would overstate the privacy
+    assert epsilon == pytest.approx(
+        DPSettings(dp.clip_norm, dp.noise_multiplier / 2, dp.delta).epsilon(settings.rounds)
+    )
