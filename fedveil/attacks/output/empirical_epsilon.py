@@ -313,3 +313,54 @@ def audit(
         best_clopper_pearson(scores, labels, delta=delta, alpha=alpha),
         certifiable_epsilon(m, delta=delta, alpha=alpha),
     )
+
+
+# --- fixed thresholds over independent trials --------------------------------------------
+
+
+def threshold_grid_clopper_pearson(
+    scores: Sequence[float] | np.ndarray,
+    labels: Sequence[bool] | np.ndarray,
+    thresholds: Sequence[float],
+    *,
+    delta: float,
+    alpha: float = 0.05,
+) -> ThresholdResult:
+    """The best CP bound over a few thresholds fixed before the scores are seen, at level
+    alpha / len(thresholds) (Bonferroni).
+
+    Why not `best_clopper_pearson`: searching every observed score pays a correction of
+    the number of trials, which costs about log(trials) in the bound; an audit that knows
+    the mechanism (a canary of known size under noise of known scale) can name a handful
+    of thresholds in advance and keep most of its power."""
+    s = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(labels, dtype=bool)
+    if s.shape != y.shape or not y.any() or y.all():
+        raise ConfigError("need scores and labels of one shape, with members and non-members")
+    if not thresholds:
+        raise ConfigError("need at least one threshold")
+    corrected = alpha / len(thresholds)
+    best = ThresholdResult(0.0, float("inf"), 0, int(y.sum()), 0, int((~y).sum()))
+    for t in thresholds:
+        guess = s >= t
+        tp, fp = int((guess & y).sum()), int((guess & ~y).sum())
+        fn, tn = int(y.sum()) - tp, int((~y).sum()) - fp
+        eps = clopper_pearson_epsilon(tp, fn, fp, tn, delta=delta, alpha=corrected)
+        if eps > best.epsilon:
+            best = ThresholdResult(eps, float(t), tp, fn, fp, tn)
+    return best
+
+
+def certifiable_clopper_pearson(
+    members: int, non_members: int, *, tests: int = 1, delta: float, alpha: float = 0.05
+) -> float:
+    """The CP bound of a perfect attack (every member above, every non-member below the
+    threshold) with this many trials of each kind, at level alpha / tests.
+
+    Why: like `certifiable_epsilon` for one run, it is known before the audit runs; a
+    claim at or above it cannot be refuted by this budget whatever the attack does."""
+    if members < 1 or non_members < 1 or tests < 1:
+        raise ConfigError(
+            f"need members, non_members, tests >= 1; got {members}, {non_members}, {tests}"
+        )
+    return clopper_pearson_epsilon(members, 0, 0, non_members, delta=delta, alpha=alpha / tests)
