@@ -24,7 +24,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from fedveil.attacks.families import FAMILIES, UPDATE_FAMILIES, Family
+from fedveil.attacks.families import FAMILIES, Family
 from fedveil.errors import ConfigError
 from fedveil.secagg.dp import GaussianEvent, PrivacyAccountant
 from fedveil.secagg.dp.config import ClientDPConfig
@@ -80,13 +80,17 @@ PROTECTION_SPECS: Mapping[Protection, ProtectionSpec] = MappingProxyType(
         ),
         # The server (or a key holder) learns only the aggregate of many clients. Nothing
         # stops the released model from memorising: secure aggregation protects inputs.
+        # Not claimed: the cohort's bag of caption tokens. A LoRA on the LM head writes
+        # each target token into its own row of the update, with no rank bound, and a sum
+        # keeps every row (attacks/update/token_bag.py): like the label counts, the union
+        # of the words the cohort wrote is part of what an aggregate reveals.
         Protection.SECAGG: ProtectionSpec(
             Protection.SECAGG,
             "the weighted mean the SecAgg+ server decodes from n clients",
             AggregationMode.SECAGG,
             DPKind.NONE,
             observed_alone=False,
-            default_claims=(*UPDATE_FAMILIES, Family.EXTRACTION_FILTERED),
+            default_claims=(Family.INVERSION, Family.LABELS, Family.EXTRACTION_FILTERED),
         ),
         Protection.CKKS: ProtectionSpec(
             Protection.CKKS,
@@ -96,7 +100,7 @@ PROTECTION_SPECS: Mapping[Protection, ProtectionSpec] = MappingProxyType(
             AggregationMode.CKKS,
             DPKind.NONE,
             observed_alone=False,
-            default_claims=(*UPDATE_FAMILIES, Family.EXTRACTION_FILTERED),
+            default_claims=(Family.INVERSION, Family.LABELS, Family.EXTRACTION_FILTERED),
         ),
         # DP bounds what anything downstream of the noise can learn: updates and outputs.
         Protection.SECAGG_CLIENT_DP: ProtectionSpec(

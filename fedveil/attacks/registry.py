@@ -61,6 +61,7 @@ def _builtin() -> list[Entry]:
     from fedveil.attacks.update.label_leakage import LabelLeakage
     from fedveil.attacks.update.text_recovery import SpanCheck, SubspaceRanking
     from fedveil.attacks.update.text_recovery_ffa import BSpanCheck, BSubspaceRanking
+    from fedveil.attacks.update.token_bag import TokenBag
 
     update: list[tuple[Family, type[Attack[Any]]]] = [
         (Family.INVERSION, DLG),
@@ -70,6 +71,7 @@ def _builtin() -> list[Entry]:
         (Family.TEXT, SubspaceRanking),
         (Family.TEXT, BSpanCheck),
         (Family.TEXT, BSubspaceRanking),
+        (Family.TEXT, TokenBag),
     ]
     return [
         *(Entry(cls.name, family, cls) for family, cls in update),

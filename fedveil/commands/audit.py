@@ -2,13 +2,16 @@
 
 Exit status: 0 when every claimed cell holds its thresholds, 1 with one line per breach
 (cell, metric, value, threshold), 2 on a configuration error (nothing is run).
-Resumable: jobs already stored under --out with the same settings are not recomputed;
---fresh discards them.
+Resumable: jobs already stored under --out with the same settings, code and dependency
+versions are not recomputed; --fresh discards them. For CI: --junit writes one testcase
+per claimed cell, --summary (else $GITHUB_STEP_SUMMARY, appended to) a Markdown summary,
+and progress bars are off unless stdout and stderr are terminals (logs stay readable).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -46,7 +49,26 @@ def add_parser(sub: SubParsers) -> None:
         "--workers", type=int, default=2, help="processes (default 2: one per core; 1: inline)"
     )
     p.add_argument("--fresh", action="store_true", help="discard stored jobs and recompute")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars (also off when stdout is not a terminal)",
+    )
+    p.add_argument(
+        "--junit",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write JUnit XML: one testcase per claimed cell, a failure per breach",
+    )
+    p.add_argument(
+        "--summary",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write a Markdown summary for a CI job page "
+        "(default: append to $GITHUB_STEP_SUMMARY when it is set)",
+    )
     add_logging_flags(p, default_level="WARNING")
 
 
@@ -60,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--workers must be >= 1, got {args.workers}")
         if args.out.exists() and not args.out.is_dir():
             raise ConfigError(f"--out {args.out} exists and is not a directory")
+        for flag, path in (("--junit", args.junit), ("--summary", args.summary)):
+            _check_output_file(flag, path)
     except ConfigError as exc:
         print(f"fedveil audit: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -73,20 +97,56 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         real_aggregators,
         workers=args.workers,
-        progress=not args.no_progress,
+        progress=show_progress(args.no_progress),
     )
     _print_matrix(result.audit)
+    _write_ci_files(result.audit, args.junit, args.summary)
     if result.reused:
         print(f"reused {len(result.reused)} stored job(s); --fresh recomputes them")
     for key, error in result.errors.items():
         print(f"ERROR job {key}: {error}", file=sys.stderr)
     print(f"report: {args.out / 'report.json'}, {args.out / 'report.html'}")
+    for line in result.audit.notes():  # cells that could not be judged, and why
+        print(line)
     if not result.passed:
         for line in result.audit.breaches:
             print(line)
         return 1
     print("all claimed protections held")
     return 0
+
+
+def show_progress(no_progress: bool) -> bool:
+    """Bars only for a person watching: off with --no-progress or when stdout or stderr
+    (where tqdm draws) is not a terminal, e.g. in CI, a pipe or a log file."""
+    return not no_progress and sys.stdout.isatty() and sys.stderr.isatty()
+
+
+def _check_output_file(flag: str, path: Path | None) -> None:
+    """Refuse an unwritable report path before anything runs, not after the audit."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{flag} {path} is a directory")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{flag} {path}: no directory {path.parent}")
+
+
+def _write_ci_files(report: AuditReport, junit: Path | None, summary: Path | None) -> None:
+    from fedveil.attacks.audit.junit import write_junit
+    from fedveil.attacks.audit.markdown import write_summary
+
+    if junit is not None:
+        write_junit(report, junit)
+        print(f"junit: {junit}")
+    if summary is not None:
+        write_summary(report, summary)
+        print(f"summary: {summary}")
+    elif step_summary := os.environ.get("GITHUB_STEP_SUMMARY"):
+        try:  # CI's own file: a summary that cannot be written must not hide the verdict
+            write_summary(report, Path(step_summary), append=True)
+        except OSError as exc:
+            print(f"fedveil audit: GITHUB_STEP_SUMMARY not written: {exc}", file=sys.stderr)
 
 
 def _print_matrix(report: AuditReport) -> None:

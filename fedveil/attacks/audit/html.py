@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from html import escape
 from pathlib import Path
 
-from fedveil.attacks.audit.evaluate import Cell
+from fedveil.attacks.audit.evaluate import Cell, Check
 from fedveil.attacks.audit.report import AuditReport
 from fedveil.attacks.audit.svg import roc_loglog
 from fedveil.attacks.families import Family
@@ -25,6 +25,8 @@ from fedveil.attacks.measure.records import JSONValue, finite_json
 STATUS_COLOURS = {
     "pass": "#c8e6c9",
     "breach": "#ef9a9a",
+    "inconclusive": "#fff59d",
+    "vacuous": "#d1c4e9",
     "leaks": "#ffe0b2",
     "no leak measured": "#e8f5e9",
     "not run": "#eeeeee",
@@ -64,7 +66,29 @@ def _cell_text(cell: Cell) -> str:
         return escape(error if error is not None else cell.status)
     value = cell.metrics[metric]
     base = cell.baselines.get(metric, 0.0)
-    return escape(template.format(v=value, b=base))
+    parts = [escape(template.format(v=value, b=base))]
+    head = cell.headline
+    if head is not None and head.ci_low is not None and head.ci_high is not None:
+        level = f"{head.level:.4g} " if head.level is not None else ""
+        parts.append(
+            f"<span class='muted'>{escape(head.metric)}: {level}CI "
+            f"{head.ci_low:.3g} to {head.ci_high:.3g} (threshold {head.threshold:.3g}; "
+            f"{cell.seeds} seed{'s' if cell.seeds != 1 else ''}, k = {cell.comparisons})</span>"
+        )
+    if cell.utility is not None:
+        u = cell.utility
+        parts.append(
+            f"<span class='muted'>utility: held-out loss {u.heldout_loss:.3f} "
+            f"(base {u.base_heldout_loss:.3f})</span>"
+        )
+    if cell.positive_control is not None or (cell.claimed and cell.protection != "none"):
+        control = {True: "leaks on none", False: "FAILED", None: "not checked"}
+        parts.append(
+            f"<span class='muted'>positive control: {control[cell.positive_control]}</span>"
+        )
+    if cell.reason:
+        parts.append(f"<span class='muted'>{escape(cell.reason)}</span>")
+    return "<br>".join(parts)
 
 
 def _matrix(report: AuditReport) -> str:
@@ -165,14 +189,27 @@ def _roc(report: AuditReport) -> str:
     return f"<div class='charts'>{''.join(charts)}</div>"
 
 
+def _figure_path(figure: str, out_dir: Path) -> Path | None:
+    """Where a record's figure is: as written (absolute, or relative to the working
+    directory the audit ran in, e.g. `--out audit-report`), under the audit directory, or
+    in its figures/ folder (a moved audit directory)."""
+    path = Path(figure)
+    for candidate in (path, out_dir / path, out_dir / "figures" / path.name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
 def _reconstructions(report: AuditReport, out_dir: Path) -> str:
     blocks = []
+    seen: set[Path] = set()
     for cell in report.cells:
         for figure in cell.details.figures or []:
-            path = Path(figure)
-            path = path if path.is_absolute() else out_dir / path
-            if not path.is_file():
+            found = _figure_path(figure, out_dir)
+            if found is None or found.resolve() in seen:
                 continue
+            seen.add(found.resolve())
+            path = found
             data = base64.b64encode(path.read_bytes()).decode()
             blocks.append(
                 f"<figure><img alt='{escape(path.name)}' src='data:image/png;base64,{data}'>"
@@ -180,6 +217,9 @@ def _reconstructions(report: AuditReport, out_dir: Path) -> str:
                 "(top: originals, bottom: reconstructions)</figcaption></figure>"
             )
     if not blocks:
+        ran = [c.name for c in report.cells if c.attack is Family.INVERSION and c.metrics]
+        if ran:
+            return f"<p>Inversion cells ran ({escape(', '.join(ran))}) but wrote no figure.</p>"
         return "<p>No gradient inversion ran.</p>"
     return f"<div class='grid'>{''.join(blocks)}</div>"
 
@@ -187,7 +227,7 @@ def _reconstructions(report: AuditReport, out_dir: Path) -> str:
 def _checks(report: AuditReport) -> str:
     rows = [
         "<tr><th>cell</th><th>claimed</th><th>metric</th><th>value</th><th>baseline</th>"
-        "<th>threshold</th><th>passed</th></tr>"
+        "<th>threshold</th><th>interval</th><th>outcome</th></tr>"
     ]
     for cell in report.cells:
         for c in cell.checks:
@@ -196,9 +236,16 @@ def _checks(report: AuditReport) -> str:
                 f"<td>{'yes' if cell.claimed else 'no'}</td>"
                 f"<td>{escape(c.metric)}</td><td>{escape(_shown(c.value))}</td>"
                 f"<td>{escape(_shown(c.baseline))}</td><td>{escape(_shown(c.threshold))}</td>"
-                f"<td>{'yes' if c.passed else 'NO'}</td></tr>"
+                f"<td>{escape(_interval(c))}</td><td>{escape(c.outcome)}</td></tr>"
             )
     return f"<table>{''.join(rows)}</table>"
+
+
+def _interval(check: Check) -> str:
+    if check.ci_low is None or check.ci_high is None:
+        return "exact"
+    level = "" if check.level is None else f"{check.level:.4g}: "
+    return f"{level}{_shown(check.ci_low)} to {_shown(check.ci_high)}"
 
 
 def render_html(report: AuditReport, out_dir: Path) -> str:
@@ -211,6 +258,11 @@ def render_html(report: AuditReport, out_dir: Path) -> str:
         + "<br>".join(escape(line) for line in report.breaches)
         + "</div>"
     )
+    notes = report.notes()
+    if notes:
+        verdict += "<div class='banner' style='background:#fff59d'>Not judged a pass:<br>" + (
+            "<br>".join(escape(line) for line in notes) + "</div>"
+        )
     settings = (
         f"<p>Profile <b>{escape(report.profile)}</b>, created {escape(report.created)}, "
         f"fedveil {escape(report.fedveil_version)}, {report.seconds} s. "
@@ -218,6 +270,12 @@ def render_html(report: AuditReport, out_dir: Path) -> str:
         f"{s.parties} parties; LoRA rank {s.lora_rank}. DP: clip C = {dp.clip_norm}, "
         f"noise multiplier z = {dp.noise_multiplier} (sigma = {dp.sigma}), "
         f"delta = {dp.delta}, epsilon of one release = {dp.epsilon_per_round:.2f}.</p>"
+        f"<p>Verdicts: a claimed cell is a breach when its interval's low end crosses the "
+        f"threshold, a pass when its high end stays under, inconclusive otherwise; intervals "
+        f"at a family-wise {s.confidence:.0%} ({escape(s.multiplicity)}); update cells over "
+        f"{s.seeds} seed(s); a protected pass needs the attack to leak on the unprotected row "
+        f"(positive control); a DP model that does not beat the base model's held-out loss by "
+        f"{s.utility_margin} nats is vacuous.</p>"
         f"<p class='muted'>Threat model: {escape(s.threat_model)}.</p>"
     )
     return f"""<!DOCTYPE html>

@@ -2,8 +2,11 @@
 
 Why jobs are not cells: the four output attacks of a protection all probe one released
 model, which takes most of the time to train, so they are one job; each update attack
-of a protection is its own job. A job returns typed records (attacks.measure.records, the
-attack suites' own), which attacks/audit/evaluate.py turns into cells.
+of a protection is its own job, once per seed (SEEDS: the interval of an update cell is
+over seeds; one release per protection, its records carry bootstrap intervals, because
+several releases would not fit the quick profile). A job returns typed records
+(attacks.measure.records, the attack suites' own), which attacks/audit/evaluate.py turns
+into cells.
 
 Jobs run in worker processes (the two cores: one lane trains and probes the released
 models, the other runs the update attacks), so everything a job needs travels as
@@ -37,6 +40,15 @@ from fedveil.secagg.modes import DPKind
 
 AggregatorsFactory = Callable[[], Aggregators]
 
+SEEDS: dict[str, int] = {"quick": 4, "full": 6}
+"""How many seeds each update measurement runs for, per profile: the first selects a cell's
+strongest attack run, the others (fresh draws of the private data) confirm it."""
+
+
+def seeds_of(profile: str) -> int:
+    """The number of seeds an update cell's interval is computed over."""
+    return SEEDS.get(profile, 1)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -45,10 +57,13 @@ class Job:
 
     protection: Protection
     family: str  # a measurement of attacks.measure.update_leakage.RECORD_FUNCTIONS, or "output"
+    seed: int = 0  # the seed's index: the job runs with the audit's seed + this
 
     @property
     def key(self) -> str:
-        return f"{self.protection.value}__{self.family}"
+        # the first seed keeps the key it always had, so stored jobs stay reusable
+        suffix = f"__seed{self.seed}" if self.seed else ""
+        return f"{self.protection.value}__{self.family}{suffix}"
 
     @property
     def lane(self) -> str:
@@ -56,10 +71,22 @@ class Job:
 
 
 def plan(config: AuditConfig) -> list[Job]:
-    """Every job the configured matrix needs, output jobs first (they are the longest)."""
+    """Every job the configured matrix needs, output jobs first (they are the longest),
+    then each update measurement for every seed (seed-major, so an interrupted audit
+    has whole first seeds)."""
     families = list(dict.fromkeys(f for a in config.attacks for f in jobs_of(a)))
     families.sort(key=lambda f: f != OUTPUT_JOB)
-    return [Job(p, f) for f in families for p in config.protections]
+    jobs = [Job(p, OUTPUT_JOB) for p in config.protections if OUTPUT_JOB in families]
+    update = [f for f in families if f != OUTPUT_JOB]
+    for seed in range(seeds_of(config.profile)):
+        jobs += [Job(p, f, seed) for f in update for p in config.protections]
+    return jobs
+
+
+def seeds_for(config: AuditConfig, protection: Protection, family: str) -> list[Job]:
+    """The jobs of one (protection, measurement), one per seed (output: one release)."""
+    count = 1 if family == OUTPUT_JOB else seeds_of(config.profile)
+    return [Job(protection, family, seed) for seed in range(count)]
 
 
 @dataclass(frozen=True)
@@ -132,6 +159,7 @@ def run_job(job: Job, context: JobContext) -> JobResult:
     from fedveil.attacks.update.gradient_matching import torch_threads
 
     start = time.perf_counter()
+    context = dataclasses.replace(context, seed=context.seed + job.seed)
     _seed_everything(context.seed)
     aggregators = context.aggregators_factory()
     with torch_threads(1):
@@ -148,6 +176,7 @@ def run_job(job: Job, context: JobContext) -> JobResult:
                 n_clients=context.clients,
                 dp=context.dp,
                 figures=context.figures,
+                seed=job.seed,
             )
             records = list(RECORD_FUNCTIONS[job.family](job.protection, settings, aggregators))
     return JobResult(records, time.perf_counter() - start)

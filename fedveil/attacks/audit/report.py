@@ -1,14 +1,22 @@
 """report.json: the versioned, machine-checked result of one audit.
 
-Schema "fedveil.audit/1" (bump the number on any incompatible change):
+Schema "fedveil.audit/2" (bump the number on any incompatible change):
   schema, created (UTC ISO 8601), fedveil_version, profile, seconds,
   settings: threat_model, clients, parties, rounds, lora_rank, dp {clip_norm,
-    noise_multiplier, sigma, delta, epsilon_per_round}, protections, attacks,
+    noise_multiplier, sigma, delta, epsilon_per_round}, protections, attacks, seed,
+    seeds (per update cell), confidence (family-wise level of each cell's interval),
+    multiplicity (the correction), utility_margin (nats per token a DP model must gain),
   thresholds, claims,
-  cells: [{protection, attack, claimed_protected, status, metrics, baselines,
-    checks [{metric, value, threshold, baseline, passed}], seconds, details}],
-  breaches: ["BREACH <protection>/<attack>: <metric> = v exceeds the threshold t"],
+  cells: [{protection, attack, claimed_protected, status, verdict (= status), reason,
+    ci_metric, ci_low, ci_high, seeds, comparisons, positive_control, utility,
+    metrics, baselines, checks [{metric, value, threshold, baseline, passed, ci_low,
+    ci_high, level, outcome}], seconds, details}],
+  breaches: ["BREACH <protection>/<attack>: <metric> = v exceeds the threshold t
+    (<level> CI a to b)"], only conclusive breaches of claimed cells,
+  notes: ["INCONCLUSIVE <cell>: <reason>", "VACUOUS <cell>: <reason>"],
   passed: true iff no breach.
+Version 2 (from 1): verdicts with confidence intervals, positive controls, the utility
+floor, settings.seeds/confidence/multiplicity/utility_margin, notes.
 Infinite values are the strings "inf" / "-inf" (JSON has no infinity).
 """
 
@@ -22,13 +30,16 @@ from dataclasses import dataclass, fields
 from importlib import metadata
 from pathlib import Path
 
+from fedveil.attacks.audit.confidence import CONFIDENCE, MULTIPLICITY
 from fedveil.attacks.audit.config import AuditConfig, Thresholds
-from fedveil.attacks.audit.evaluate import Cell, breach_lines
+from fedveil.attacks.audit.evaluate import Cell, breach_lines, note_lines
+from fedveil.attacks.audit.jobs import seeds_of
+from fedveil.attacks.audit.utility import UTILITY_MARGIN
 from fedveil.attacks.families import Family
 from fedveil.attacks.measure.records import JSONObject, JSONValue
 from fedveil.attacks.protections import Protection
 
-SCHEMA = "fedveil.audit/1"
+SCHEMA = "fedveil.audit/2"
 
 THREAT_MODEL = (
     "honest-but-curious server that sees what its protection lets it see (a plain update, "
@@ -90,6 +101,10 @@ class ReportSettings:
     protections: Sequence[Protection]
     attacks: Sequence[Family]
     seed: int
+    seeds: int = 1
+    confidence: float = CONFIDENCE
+    multiplicity: str = MULTIPLICITY
+    utility_margin: float = UTILITY_MARGIN
 
     def to_json(self) -> JSONObject:
         return {
@@ -102,6 +117,10 @@ class ReportSettings:
             "protections": [p.value for p in self.protections],
             "attacks": [a.value for a in self.attacks],
             "seed": self.seed,
+            "seeds": self.seeds,
+            "confidence": self.confidence,
+            "multiplicity": self.multiplicity,
+            "utility_margin": self.utility_margin,
         }
 
 
@@ -128,7 +147,14 @@ class AuditReport:
 
     @property
     def passed(self) -> bool:
+        """No conclusive breach of a claimed cell (inconclusive and vacuous cells do not
+        fail the gate; they are listed by `notes`)."""
         return not self.breaches
+
+    def notes(self) -> list[str]:
+        """ "INCONCLUSIVE <cell>: <reason>" / "VACUOUS <cell>: <reason>" for every claimed
+        cell that could not be judged a pass; the command prints them."""
+        return note_lines(self.cells)
 
     def to_json(self) -> JSONObject:
         report: JSONObject = {
@@ -142,6 +168,7 @@ class AuditReport:
             "claims": {str(p): [str(a) for a in attacks] for p, attacks in self.claims.items()},
             "cells": [c.to_dict() for c in self.cells],
             "breaches": self.breaches,
+            "notes": self.notes(),
             "passed": self.passed,
         }
         if self.reused_jobs is not None:
@@ -184,6 +211,7 @@ def build_report(
             protections=list(config.protections),
             attacks=list(config.attacks),
             seed=config.seed,
+            seeds=seeds_of(config.profile),
         ),
         thresholds=config.thresholds,
         claims={p: list(a) for p, a in config.claims.items()},

@@ -1,5 +1,6 @@
 """Run an audit: plan the jobs, skip the ones already stored, run the rest on two
-lanes, judge every cell and write report.json and report.html.
+lanes, judge every cell (the update measurements once per seed; positive controls
+across cells) and write report.json and report.html.
 
 Why two lanes: the machine this must fit on has two cores and the models are tiny, so
 one torch thread per process is fastest (more threads only spin). The output lane
@@ -20,13 +21,22 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from fedveil.attacks.audit.config import AuditConfig
-from fedveil.attacks.audit.evaluate import Cell, evaluate_cell
+from fedveil.attacks.audit.evaluate import Cell, evaluate_cells
 from fedveil.attacks.audit.html import write_html
-from fedveil.attacks.audit.jobs import AggregatorsFactory, Job, JobContext, plan, run_job
+from fedveil.attacks.audit.jobs import (
+    AggregatorsFactory,
+    Job,
+    JobContext,
+    plan,
+    run_job,
+    seeds_for,
+)
 from fedveil.attacks.audit.matrix import jobs_of
 from fedveil.attacks.audit.report import AuditReport, build_report, write_report
-from fedveil.attacks.audit.store import JobStore, fingerprint
+from fedveil.attacks.audit.store import JobStore, StoredJob, fingerprint
+from fedveil.attacks.families import Family
 from fedveil.attacks.measure.records import JobResult
+from fedveil.attacks.protections import Protection
 
 
 @dataclass
@@ -75,6 +85,32 @@ def _lanes(pending: list[Job], workers: int) -> list[list[Job]]:
     return [lane for lane in (output, update) if lane]
 
 
+def _seed_results(
+    config: AuditConfig,
+    protection: Protection,
+    attack: Family,
+    store: JobStore,
+    fps: dict[str, str],
+    errors: dict[str, str],
+) -> list[JobResult] | None:
+    """One JobResult per seed (the records of every job of the cell at that seed); None
+    when nothing ran. A failed job is judged as "no records", never a pass."""
+    by_seed: dict[int, list[StoredJob]] = {}
+    failed = False
+    for family in jobs_of(attack):
+        for job in seeds_for(config, protection, family):
+            stored = store.load(job.key, fps[job.key])
+            failed = failed or job.key in errors
+            if stored is not None:
+                by_seed.setdefault(job.seed, []).append(stored)
+    if not by_seed:
+        return [JobResult([], 0.0)] if failed else None
+    return [
+        JobResult([r for s in seed for r in s.result.records], sum(s.result.seconds for s in seed))
+        for _, seed in sorted(by_seed.items())
+    ]
+
+
 def run_audit(
     config: AuditConfig,
     out_dir: Path,
@@ -88,7 +124,8 @@ def run_audit(
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(out_dir)
-    context = JobContext.of(config, out_dir, aggregators_factory)
+    # absolute, so the figure paths in the records resolve wherever report.html is built
+    context = JobContext.of(config, out_dir.resolve(), aggregators_factory)
     context.figures.mkdir(parents=True, exist_ok=True)
     jobs = plan(config)
     fps = {job.key: fingerprint(context.settings(), job.key) for job in jobs}
@@ -116,22 +153,19 @@ def run_audit(
                         break
                 for future in futures:
                     errors |= future.result()
-    cells = []
-    for protection in config.protections:
-        for attack in config.attacks:
-            keys = [Job(protection, family).key for family in jobs_of(attack)]
-            stored = [s for k in keys if (s := store.load(k, fps[k])) is not None]
-            failed = {k: errors[k] for k in keys if k in errors}
-            combined = None
-            if stored or failed:  # a failed job is judged as "no records", never a pass
-                combined = JobResult(
-                    [r for s in stored for r in s.result.records],
-                    sum(s.result.seconds for s in stored),
-                )
-            cell = evaluate_cell(config, protection, attack, combined)
-            if failed:
-                cell.details.error = "; ".join(f"{k}: {e}" for k, e in failed.items())
-            cells.append(cell)
+    cells = evaluate_cells(
+        config,
+        [
+            (p, a, _seed_results(config, p, a, store, fps, errors))
+            for p in config.protections
+            for a in config.attacks
+        ],
+    )
+    for cell in cells:
+        keys = [j.key for f in jobs_of(cell.attack) for j in seeds_for(config, cell.protection, f)]
+        failed = {k: errors[k] for k in keys if k in errors}
+        if failed:
+            cell.details.error = "; ".join(f"{k}: {e}" for k, e in failed.items())
     report = build_report(
         config, cells, time.perf_counter() - start, lora_rank, reused_jobs=reused, errors=errors
     )

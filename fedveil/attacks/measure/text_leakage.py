@@ -28,6 +28,12 @@ metrics of sequences drawn from that generator without looking at any update.
   decides). The one-example client is the attacker's best case: a real party's round
   covers ~240 captions, far more tokens than any rank.
 
+- token_bag rows (attacks.update.token_bag) on the same captioner views, FedAvg and FFA:
+  the bag of distinct *target* tokens (caption words and eos, what the LM head is
+  trained to emit) read off the LM head's LoRA B rows, scored against the view's
+  clients' target bag and against the bag of as many captions drawn from the public
+  generator. It has no rank bound, so it survives the secure mean that defeats DAGER.
+
 Cohort size matters for tokens: the span check works while the tokens in the view are
 fewer than the LoRA rank, so a secure mean of a few short captions (3 clients of 3-5
 tokens, rank 16) still gives the cohort's tokens away, in a bag no sequence of which
@@ -51,7 +57,11 @@ from fedveil.attacks.measure.observe import (
 )
 from fedveil.attacks.measure.records import JSONObject, JSONValue, LeakRecord
 from fedveil.attacks.protections import Aggregators, Protection, parse_protection
-from fedveil.attacks.targets.captioner import captioner_target, prior_captions
+from fedveil.attacks.targets.captioner import (
+    CaptionerTargets,
+    captioner_target,
+    prior_captions,
+)
 from fedveil.attacks.targets.tiny_lm import sentences, tiny_lm_target
 from fedveil.attacks.update.base import (
     Attack,
@@ -72,7 +82,9 @@ from fedveil.attacks.update.text_recovery_ffa import (
     BSubspaceRanking,
     adam_delta,
 )
+from fedveil.attacks.update.token_bag import TokenBag
 from fedveil.attacks.views import aggregate_view, plain_view
+from fedveil.learner.training.batches import IGNORE_INDEX
 from fedveil.secagg.modes import DPKind
 
 Records = list[LeakRecord]
@@ -83,6 +95,9 @@ TEXT_TRAINING = LocalTraining(steps=3, lr=0.5)
 """The tiny LM clients' public recipe: 3 local SGD steps (SGD keeps the span property)."""
 
 TOKEN_METRICS = ("token_precision", "token_recall", "token_f1", "exact_seq")
+
+BAG_METRICS = ("token_precision", "token_recall", "token_f1")
+"""A bag has no order, so the token-bag rows report no exact-sequence rate."""
 
 
 def _views(
@@ -187,7 +202,7 @@ def text_recovery_records(
     count = cohort_size(protection, settings)
     if count == 1:
         count = 2 if settings.quick else 5
-    texts = [vocab.encode(s) for s in sentences(count, seed=500 + count)]
+    texts = [vocab.encode(s) for s in sentences(count, seed=settings.data_seed(500 + count))]
     clients = []
     for ids in texts:
         batch = vocab.pad([ids])
@@ -221,7 +236,7 @@ def captioner_records(
     count = cohort_size(protection, settings)
     if count == 1:
         count = 2 if settings.quick else 5
-    x, labels = ct.examples(count, seed=900 + count)
+    x, labels = ct.examples(count, seed=settings.data_seed(900 + count))
     truths = ct.caption_tokens(labels)
     clients = [(x[i : i + 1], labels[i : i + 1]) for i in range(count)]
     views = _views(protection, ct.image, clients, settings, aggregators, UpdateKind.GRADIENT, None)
@@ -234,10 +249,67 @@ def captioner_records(
     rows = _token_rows(
         ct.tokens, protection, views, truths, prior, draws, baseline=baseline, rank=ct.rank
     )
+    bag_baseline = _bag_baseline(ct, views, labels, draws)
+    rows += _token_bag_rows(ct.tokens, protection, views, labels, bag_baseline, rank=ct.rank)
     rows += _captioner_image_rows(ct.image, protection, views, x, labels, settings)
     return rows + _captioner_ffa_rows(
-        protection, settings, aggregators, x, labels, truths, prior, baseline
+        protection, settings, aggregators, x, labels, truths, prior, baseline, bag_baseline
     )
+
+
+def target_bag(labels: Tensor) -> list[int]:
+    """The distinct target tokens of these captions (labels row 1, ignored positions
+    dropped): what the LM head was trained to emit, so what its update can reveal."""
+    return sorted({int(t) for t in labels[:, 1].flatten() if int(t) != IGNORE_INDEX})
+
+
+def _bag_baseline(
+    ct: CaptionerTargets, views: list[tuple[View, list[int]]], labels: Tensor, draws: int
+) -> dict[str, float]:
+    """Bag metrics of the target bag of as many public-generator captions as each view
+    mixes (the prior draws of `captioner_records`), averaged over draws and views."""
+    sizes = {len(idx) for _, idx in views}
+    guesses = {
+        k: [target_bag(ct.examples(k, seed=50_000 + 97 * d)[1]) for d in range(max(1, draws))]
+        for k in sizes
+    }
+    per_view = []
+    for _, idx in views:
+        truth = [target_bag(labels[idx])]
+        scores = [token_metrics([guess], truth) for guess in guesses[len(idx)]]
+        per_view.append({m: float(np.mean([s[m] for s in scores])) for m in BAG_METRICS})
+    return {m: float(np.mean([b[m] for b in per_view])) for m in BAG_METRICS}
+
+
+def _token_bag_rows(
+    target: Target,
+    protection: str,
+    views: list[tuple[View, list[int]]],
+    labels: Tensor,
+    baseline: dict[str, float],
+    name: str | None = None,
+    **params: JSONValue,
+) -> Records:
+    """The token-bag attack on every view, scored against the view's clients' target bag
+    (one union: an aggregate reveals the cohort's bag, not who wrote which token)."""
+    attack = TokenBag()
+    scores: dict[str, list[float]] = {m: [] for m in BAG_METRICS}
+    seconds = 0.0
+    for view, idx in views:
+        truth = Truth(tokens=[target_bag(labels[idx])])
+        result = run_attack(attack, view.observed, target, truth=truth)
+        seconds += result.seconds
+        for m in BAG_METRICS:
+            scores[m].append(result.metrics[m])
+    n = views[0][0].observed.n_clients
+    return [
+        leak_record(
+            name or target.name, protection, n, m, float(np.mean(scores[m])), baseline[m],
+            seconds / len(views), attack=attack.name, truth="target-token bag", **params,
+            **_view_params(views),
+        )
+        for m in BAG_METRICS
+    ]  # fmt: skip
 
 
 FFA_RANK = 8
@@ -301,10 +373,12 @@ def _captioner_ffa_rows(
     truths: list[list[int]],
     prior: Prior,
     baseline: dict[str, float],
+    bag_baseline: dict[str, float],
 ) -> Records:
     """Caption tokens from the real adapter (FFA-LoRA, rank FFA_RANK, B only) under three
     update kinds: one SGD gradient, an FFA_SGD delta, and the FFA_ADAM delta (the real
-    recipe); B-factor span check and gap-ranking (attacks.update.text_recovery_ffa)."""
+    recipe); B-factor span check and gap-ranking (attacks.update.text_recovery_ffa), and
+    the token bag from the same adapter's LM head."""
     ct = captioner_target(rank=FFA_RANK, variant="ffa")
     clients = [(x[i : i + 1], labels[i : i + 1]) for i in range(x.shape[0])]
     attacks: list[Attack[Any]] = [BSpanCheck(), BSubspaceRanking()]
@@ -334,6 +408,10 @@ def _captioner_ffa_rows(
         rows += _token_rows(
             ct.tokens, protection, views, truths, prior, 0, attacks=attacks,
             baseline=baseline, name=f"captioner-caption-ffa-{label}", **common, **params,
+        )  # fmt: skip
+        rows += _token_bag_rows(
+            ct.tokens, protection, views, labels, bag_baseline,
+            name=f"captioner-caption-ffa-{label}", **common, **params,
         )  # fmt: skip
     return rows
 
@@ -392,5 +470,6 @@ __all__ = [
     "TEXT_TRAINING",
     "captioner_records",
     "prior_baseline",
+    "target_bag",
     "text_recovery_records",
 ]

@@ -68,7 +68,7 @@ def image_inversion_records(
     n = cohort_size(protection, settings)
     target = lenet_target()
     classes = target.num_classes or 10
-    x, y = shape_images(n, seed=100 + n)
+    x, y = shape_images(n, seed=settings.data_seed(100 + n))
     view = observe(
         protection, target, [(x[i : i + 1], y[i : i + 1]) for i in range(n)], settings, aggregators
     )
@@ -120,7 +120,7 @@ def label_leak_records(
     target = lenet_target()
     classes = target.num_classes or 10
     n = settings.n_clients
-    x, y = shape_images(n, seed=700 + n)
+    x, y = shape_images(n, seed=settings.data_seed(700 + n))
     clients = [(x[i : i + 1], y[i : i + 1]) for i in range(n)]
     start = time.perf_counter()
     params: JSONObject = {"attack": LabelLeakage.name, "clients": n}

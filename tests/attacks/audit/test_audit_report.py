@@ -13,7 +13,16 @@ import pytest
 from PIL import Image
 
 from fedveil.attacks.audit.config import load_config
-from fedveil.attacks.audit.evaluate import BREACH, CLEAN, LEAKS, PASS, breach_lines, evaluate_cell
+from fedveil.attacks.audit.evaluate import (
+    BREACH,
+    CLEAN,
+    INCONCLUSIVE,
+    LEAKS,
+    PASS,
+    breach_lines,
+    evaluate_cell,
+    evaluate_cells,
+)
 from fedveil.attacks.audit.html import write_html
 from fedveil.attacks.audit.report import SCHEMA, AuditReport, build_report, write_report
 from fedveil.attacks.audit.store import JobStore, fingerprint
@@ -94,8 +103,9 @@ def _mia_records(
 
 def test_claimed_cells_pass_or_breach_and_unclaimed_cells_only_report() -> None:
     config = load_config(None)
-    leaky = JobResult(_image_records(35.0), 1.0)
-    quiet = JobResult(_image_records(12.0), 1.0)
+    # three seeds with the same values: a zero-width interval (one seed: inconclusive)
+    leaky = [JobResult(_image_records(35.0), 1.0)] * 3
+    quiet = [JobResult(_image_records(12.0), 1.0)] * 3
     assert evaluate_cell(config, "none", "inversion", leaky).status == LEAKS
     assert evaluate_cell(config, "none", "inversion", quiet).status == CLEAN
     breached = evaluate_cell(config, "secagg", "inversion", leaky)
@@ -103,7 +113,9 @@ def test_claimed_cells_pass_or_breach_and_unclaimed_cells_only_report() -> None:
     assert evaluate_cell(config, "secagg", "inversion", quiet).status == PASS
     (line,) = breach_lines([breached])
     expected = "BREACH secagg/inversion: psnr_over_baseline = 24 exceeds the threshold 3"
-    assert line == expected
+    assert line == expected + " (0.975 CI 24 to 24)"
+    one_seed = evaluate_cell(config, "secagg", "inversion", leaky[0])
+    assert one_seed.status == INCONCLUSIVE and one_seed.seeds == 1
 
 
 def test_membership_cells_check_auc_tpr_and_the_empirical_epsilon() -> None:
@@ -118,12 +130,16 @@ def test_membership_cells_check_auc_tpr_and_the_empirical_epsilon() -> None:
     # secure aggregation does not claim the released model: a leak is reported, not a breach
     leaky = JobResult(_mia_records(0.95, "inf", 1.5), 2.0)
     assert evaluate_cell(config, "secagg", "likelihood", leaky).status == LEAKS
-    assert evaluate_cell(config, "secagg", "extraction_filtered", leaky).status == PASS
+    # 0 of 24 member canaries: the Clopper-Pearson high end (~0.14) is above the 0.05
+    # threshold, so too few canaries to certify a pass (was PASS on the point estimate)
+    filtered = evaluate_cell(config, "secagg", "extraction_filtered", leaky)
+    assert filtered.status == INCONCLUSIVE and filtered.ci_high is not None
+    assert 0.1 < filtered.ci_high < 0.2
 
 
 def test_a_claimed_cell_without_records_is_never_a_pass() -> None:
     config = load_config(None)
-    cell = evaluate_cell(config, "secagg", "text", JobResult([], 0.0))
+    cell = evaluate_cell(config, "secagg", "inversion", JobResult([], 0.0))
     assert cell.status == BREACH and "records_judged" in breach_lines([cell])[0]
 
 
@@ -171,15 +187,18 @@ def _report(tmp_path: Path) -> AuditReport:
     import torch
 
     save_grid(figure, [torch.from_numpy(rng.random((2, 3, 32, 32))).float()] * 2)
-    jobs = {
-        "inversion": JobResult(_image_records(30.0, str(figure)), 1.0),
-        "output": JobResult(_mia_records(0.9, "inf", 1.4), 3.0),
+    jobs: dict[str, list[JobResult]] = {
+        "inversion": [JobResult(_image_records(30.0, str(figure)), 1.0)] * 3,
+        "output": [JobResult(_mia_records(0.9, "inf", 1.4), 3.0)],
     }
-    cells = []
-    for protection in config.protections:
-        for attack in config.attacks:
-            job = jobs["output"] if attack.kind is Kind.OUTPUT else jobs.get(attack)
-            cells.append(evaluate_cell(config, protection, attack, job))
+    cells = evaluate_cells(
+        config,
+        [
+            (p, a, jobs["output"] if a.kind is Kind.OUTPUT else jobs.get(a))
+            for p in config.protections
+            for a in config.attacks
+        ],
+    )
     return build_report(config, cells, 12.0, 16)
 
 
@@ -192,6 +211,9 @@ def test_report_json_is_versioned_strict_json(tmp_path: Path) -> None:
     assert {"clip_norm", "noise_multiplier", "sigma", "delta"} <= set(loaded["settings"]["dp"])
     assert len(loaded["cells"]) == 5 * 7 and loaded["passed"] is False
     assert all("BREACH" in line for line in loaded["breaches"])
+    for cell in loaded["cells"]:
+        assert {"verdict", "ci_low", "ci_high", "seeds", "positive_control"} <= set(cell)
+    assert loaded["settings"]["multiplicity"].startswith("bonferroni")
 
 
 def _chromium() -> str | None:

@@ -59,7 +59,9 @@ canaries = 32
     # secure aggregation does not protect what the released model memorised: it shows
     assert cells["likelihood"]["status"] in ("leaks", "no leak measured")
     assert cells["likelihood"]["metrics"]["auc"] > 0.6
-    assert cells["extraction_filtered"]["status"] == "pass"
+    # Nothing extracted through the filters, but 0 of 16 member canaries cannot certify a
+    # rate under 5%, and without a `none` row there is no positive control: inconclusive.
+    assert cells["extraction_filtered"]["verdict"] == "inconclusive"
     assert cells["extraction_filtered"]["metrics"]["extraction_rate_filtered"] == 0.0
 
 
