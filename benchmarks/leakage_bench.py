@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--kind",
-        choices=[kind.value for kind in Kind],
+        choices=[Kind.UPDATE.value, Kind.OUTPUT.value],
         required=True,
         help="what the attacks observe (update: the inversion, labels and text families on "
         "each protection's view; output: the likelihood, generation and extraction families "

@@ -23,10 +23,12 @@ from fedveil.errors import ConfigError
 
 
 class Kind(enum.Enum):
-    """What an attack observes: one update (or an aggregate of them), or a released model."""
+    """What an attack observes: one update (or an aggregate of them), a released model, or
+    the DP mechanism itself (white-box canaries inserted into its input)."""
 
     UPDATE = "update"
     OUTPUT = "output"
+    MECHANISM = "mechanism"
 
 
 class Family(enum.StrEnum):
@@ -40,9 +42,12 @@ class Family(enum.StrEnum):
     GENERATION = "generation"
     EXTRACTION = "extraction"
     EXTRACTION_FILTERED = "extraction_filtered"
+    EPSILON = "epsilon"  # white-box canaries against a DP row's claimed epsilon
 
     @property
     def kind(self) -> Kind:
+        if self is Family.EPSILON:
+            return Kind.MECHANISM
         return Kind.UPDATE if self in _UPDATE else Kind.OUTPUT
 
     @property

@@ -39,6 +39,7 @@ class Protection(enum.StrEnum):
     CKKS = "ckks"
     SECAGG_CLIENT_DP = "secagg+client-dp"
     DP_SGD = "dp-sgd"
+    CKKS_COLLUDER = "ckks+colluder"
 
     @property
     def spec(self) -> ProtectionSpec:
@@ -57,6 +58,10 @@ class ProtectionSpec:
       in): a plain upload, or a DP-SGD upload whose guarantee is per client.
     default_claims: the families this protection claims to stop (a claimed cell can
       breach its thresholds; the others are reported as expected leaks or clean).
+    update_only: a row about what the server sees of the inputs only; its released model
+      is another row's (no output cells of its own).
+    colluding: the observer is the server together with one enrolled client (it holds
+      that client's keys).
     """
 
     protection: Protection
@@ -65,6 +70,8 @@ class ProtectionSpec:
     dp: DPKind
     observed_alone: bool
     default_claims: tuple[Family, ...]
+    update_only: bool = False
+    colluding: bool = False
 
 
 PROTECTION_SPECS: Mapping[Protection, ProtectionSpec] = MappingProxyType(
@@ -120,6 +127,21 @@ PROTECTION_SPECS: Mapping[Protection, ProtectionSpec] = MappingProxyType(
             DPKind.SAMPLE,
             observed_alone=True,
             default_claims=FAMILIES,
+        ),
+        # A server colluding with any one enrolled CKKS client: every client holds the
+        # secret key (the key holder seals it to all), so the server decrypts one upload
+        # alone (attacks/active/ckks_colluder.py). Nothing is claimed: the row shows what
+        # CKKS leaves open to a collusion SecAgg+ (with t > c) does not.
+        Protection.CKKS_COLLUDER: ProtectionSpec(
+            Protection.CKKS_COLLUDER,
+            "one client's update, decrypted from its own CKKS upload by a server colluding "
+            "with any other enrolled client",
+            AggregationMode.CKKS,
+            DPKind.NONE,
+            observed_alone=True,
+            default_claims=(),
+            update_only=True,
+            colluding=True,
         ),
     }
 )

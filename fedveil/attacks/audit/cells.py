@@ -48,7 +48,9 @@ class Check:
         """breach when the interval's low end crosses the threshold, pass when its high
         end stays under, inconclusive between; an exact check by its value."""
         if self.ci_low is None or self.ci_high is None:
-            return PASS if self.passed else BREACH
+            if not self.passed:
+                return BREACH
+            return INCONCLUSIVE if self.inconclusive else PASS
         if self.ci_low > self.threshold:
             return BREACH
         if self.ci_high <= self.threshold:

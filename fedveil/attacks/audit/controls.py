@@ -25,6 +25,8 @@ REFERENCE_ROW = Protection.NONE
 
 def reference_of(cell: Cell) -> tuple[Protection, Family] | None:
     """The cell that must leak for `cell` to count; None when `cell` is its own reference."""
+    if cell.attack is Family.EPSILON:  # controlled by its certifiable bound
+        return None
     family = Family.EXTRACTION if cell.attack is Family.EXTRACTION_FILTERED else cell.attack
     key = (REFERENCE_ROW, family)
     return None if key == (cell.protection, cell.attack) else key

@@ -31,6 +31,7 @@ from fedveil.attacks.audit.cells import (
 from fedveil.attacks.audit.config import AuditConfig
 from fedveil.attacks.audit.controls import apply_controls
 from fedveil.attacks.audit.matrix import check_attack
+from fedveil.attacks.audit.mechanism_cells import epsilon_cell
 from fedveil.attacks.audit.output_cells import OUTPUT_CELLS
 from fedveil.attacks.audit.update_cells import update_cell
 from fedveil.attacks.audit.utility import apply_utility_floor
@@ -117,7 +118,9 @@ def evaluate_cell(
         return cell
     cell.seconds = sum(s.seconds for s in seeds)
     cell.seeds = len(seeds)
-    if attack in OUTPUT_CELLS:
+    if attack is Family.EPSILON:
+        epsilon_cell(cell, [r for s in seeds for r in s.leak_records()])
+    elif attack in OUTPUT_CELLS:
         OUTPUT_CELLS[attack](
             cell, [r for s in seeds for r in s.output_records()], config.thresholds
         )

@@ -40,6 +40,7 @@ HEADLINE: Mapping[Family, tuple[str, str]] = {
     Family.GENERATION: ("auc", "AUC {v:.2f} (0.50)"),
     Family.EXTRACTION: ("extraction_rate", "extracted {v:.0%}"),
     Family.EXTRACTION_FILTERED: ("extraction_rate_filtered", "extracted {v:.0%}"),
+    Family.EPSILON: ("epsilon_lower_bound", "epsilon >= {v:.2f}"),
 }
 
 STYLE = """
@@ -111,6 +112,24 @@ def _matrix(report: AuditReport) -> str:
         for s, c in STATUS_COLOURS.items()
     )
     return f"<table>{''.join(rows)}</table><p class='muted'>{legend}</p>"
+
+
+def _active(report: AuditReport) -> str:
+    if not report.active:
+        return "<p class='muted'>No active-adversary row ran.</p>"
+    rows = [
+        "<tr><th>row</th><th>attack</th><th>expected</th><th>observed</th><th>leak</th>"
+        "<th>detail</th></tr>"
+    ]
+    for r in report.active:
+        colour = "bad" if r.breached else ("" if r.observed == "open" else "ok")
+        leak = "-" if r.leak is None else f"{r.leak:.2f}"
+        rows.append(
+            f"<tr><td>{escape(r.name)}</td><td>{escape(r.attack)}</td>"
+            f"<td>{escape(r.expected)}</td><td class='{colour}'>{escape(r.observed)}</td>"
+            f"<td>{leak}</td><td>{escape(r.detail)}</td></tr>"
+        )
+    return f"<table>{''.join(rows)}</table>"
 
 
 def _epsilon(report: AuditReport) -> str:
@@ -286,6 +305,10 @@ def render_html(report: AuditReport, out_dir: Path) -> str:
 <p class="muted">Each cell: the strongest attack's headline metric next to its data-free
 baseline. Only claimed cells can breach; unclaimed cells show what leaks without that
 protection.</p>{_matrix(report)}</section>
+<section id="active"><h2>Active adversaries (real protocol)</h2>
+<p class="muted">A malicious server, a colluding client, Sybils. Expected "refused" or
+"detected" where fedveil has a defence, "open" where it has none; a defence that did not
+act is a breach.</p>{_active(report)}</section>
 <section id="epsilon"><h2>Claimed vs empirical epsilon</h2>{_epsilon(report)}</section>
 <section id="filters"><h2>Output filter effectiveness</h2>{_filters(report)}</section>
 <section id="roc"><h2>Membership ROC curves (log-log)</h2>{_roc(report)}</section>

@@ -25,8 +25,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedveil.attacks.audit.canary_job import canary_record
 from fedveil.attacks.audit.config import AuditConfig
-from fedveil.attacks.audit.matrix import OUTPUT_JOB, jobs_of
+from fedveil.attacks.audit.matrix import (
+    CANARY_JOB,
+    OUTPUT_JOB,
+    SINGLE_RUN_JOBS,
+    applies,
+    jobs_of,
+)
 from fedveil.attacks.measure.records import (
     FederationInfo,
     JobResult,
@@ -74,18 +81,26 @@ def plan(config: AuditConfig) -> list[Job]:
     """Every job the configured matrix needs, output jobs first (they are the longest),
     then each update measurement for every seed (seed-major, so an interrupted audit
     has whole first seeds)."""
+    needed = {
+        (p, f)
+        for a in config.attacks
+        for p in config.protections
+        if applies(p, a)
+        for f in jobs_of(a)
+    }
     families = list(dict.fromkeys(f for a in config.attacks for f in jobs_of(a)))
     families.sort(key=lambda f: f != OUTPUT_JOB)
-    jobs = [Job(p, OUTPUT_JOB) for p in config.protections if OUTPUT_JOB in families]
-    update = [f for f in families if f != OUTPUT_JOB]
+    once = [f for f in families if f in SINGLE_RUN_JOBS]
+    jobs = [Job(p, f) for f in once for p in config.protections if (p, f) in needed]
+    update = [f for f in families if f not in SINGLE_RUN_JOBS]
     for seed in range(seeds_of(config.profile)):
-        jobs += [Job(p, f, seed) for f in update for p in config.protections]
+        jobs += [Job(p, f, seed) for f in update for p in config.protections if (p, f) in needed]
     return jobs
 
 
 def seeds_for(config: AuditConfig, protection: Protection, family: str) -> list[Job]:
     """The jobs of one (protection, measurement), one per seed (output: one release)."""
-    count = 1 if family == OUTPUT_JOB else seeds_of(config.profile)
+    count = 1 if family in SINGLE_RUN_JOBS else seeds_of(config.profile)
     return [Job(protection, family, seed) for seed in range(count)]
 
 
@@ -165,6 +180,8 @@ def run_job(job: Job, context: JobContext) -> JobResult:
     with torch_threads(1):
         if job.family == OUTPUT_JOB:
             records: list[Record] = list(_output_records(job.protection, context, aggregators))
+        elif job.family == CANARY_JOB:
+            records = [canary_record(job.protection, context.dp, aggregators, context.quick)]
         else:
             from fedveil.attacks.measure.update_leakage import (
                 RECORD_FUNCTIONS,

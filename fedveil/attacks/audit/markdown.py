@@ -30,6 +30,13 @@ def summary_markdown(report: AuditReport) -> str:
         "",
         *_table(report),
     ]
+    if report.active:
+        lines += ["", "### Active adversaries", "", "| row | expected | observed | detail |"]
+        lines += ["|---|---|---|---|"]
+        lines += [
+            f"| {r.name} | {r.expected} | {r.observed} | {_escape(r.detail)} |"
+            for r in report.active
+        ]
     if report.breaches:
         lines += ["", "### Breaches", "", "```", *report.breaches, "```"]
     unjudged = [(c, o) for c, o in outcomes if o.kind in ("skip", "error")]

@@ -17,6 +17,7 @@ from types import MappingProxyType
 
 from fedveil.attacks.families import FAMILIES, UPDATE_FAMILIES, Family, Kind, parse_family
 from fedveil.attacks.protections import PROTECTIONS, Protection, parse_protection
+from fedveil.secagg.modes import DPKind
 
 ATTACKS: tuple[Family, ...] = FAMILIES
 """Every column of the audit, in report order: update families, then output ones."""
@@ -37,10 +38,29 @@ reads: the captioner's records hold both its image and its caption-token attacks
 OUTPUT_JOB = "output"
 """The one job of a protection's released model, which every output column reads."""
 
+CANARY_JOB = "dp_canaries"
+"""The white-box canary audit of a DP row's mechanism (attacks.output.gradient_canaries)."""
+
+SINGLE_RUN_JOBS = frozenset({OUTPUT_JOB, CANARY_JOB})
+"""Jobs that run once, not per seed: their records carry their own confidence bounds."""
+
 
 def jobs_of(attack: Family) -> tuple[str, ...]:
     """The jobs whose records judge `attack`'s cells."""
+    if attack.kind is Kind.MECHANISM:
+        return (CANARY_JOB,)
     return (OUTPUT_JOB,) if attack.kind is Kind.OUTPUT else UPDATE_JOBS[attack]
+
+
+def applies(protection: Protection, attack: Family) -> bool:
+    """Whether `attack` has anything to measure on `protection`'s row: the epsilon audit
+    only where a DP claim exists; a row that models what the server sees of inputs only
+    (ckks+colluder) has no released model of its own."""
+    if attack.kind is Kind.MECHANISM:
+        return protection.spec.dp in (DPKind.CLIENT, DPKind.SAMPLE)
+    if attack.kind is Kind.OUTPUT:
+        return not protection.spec.update_only
+    return True
 
 
 DEFAULT_CLAIMS: Mapping[Protection, tuple[Family, ...]] = MappingProxyType(

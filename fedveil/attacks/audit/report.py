@@ -30,6 +30,7 @@ from dataclasses import dataclass, fields
 from importlib import metadata
 from pathlib import Path
 
+from fedveil.attacks.audit.active_rows import ActiveRow
 from fedveil.attacks.audit.confidence import CONFIDENCE, MULTIPLICITY
 from fedveil.attacks.audit.config import AuditConfig, Thresholds
 from fedveil.attacks.audit.evaluate import Cell, breach_lines, note_lines
@@ -139,11 +140,13 @@ class AuditReport:
     cells: Sequence[Cell]
     reused_jobs: Sequence[str] | None = None
     errors: Mapping[str, str] | None = None
+    active: Sequence[ActiveRow] = ()
     schema: str = SCHEMA
 
     @property
     def breaches(self) -> list[str]:
-        return breach_lines(self.cells)
+        """The claimed cells' breaches, then every active row whose defence did not act."""
+        return breach_lines(self.cells) + [r.breach_line() for r in self.active if r.breached]
 
     @property
     def passed(self) -> bool:
@@ -167,6 +170,7 @@ class AuditReport:
             "thresholds": {f.name: getattr(self.thresholds, f.name) for f in fields(Thresholds)},
             "claims": {str(p): [str(a) for a in attacks] for p, attacks in self.claims.items()},
             "cells": [c.to_dict() for c in self.cells],
+            "active_adversaries": [r.to_json() for r in self.active],
             "breaches": self.breaches,
             "notes": self.notes(),
             "passed": self.passed,
@@ -188,6 +192,7 @@ def build_report(
     *,
     reused_jobs: Sequence[str] | None = None,
     errors: Mapping[str, str] | None = None,
+    active: Sequence[ActiveRow] = (),
 ) -> AuditReport:
     dp = config.dp
     return AuditReport(
@@ -218,6 +223,7 @@ def build_report(
         cells=cells,
         reused_jobs=reused_jobs,
         errors=errors,
+        active=tuple(active),
     )
 
 

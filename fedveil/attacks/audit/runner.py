@@ -20,6 +20,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from fedveil.attacks.audit.active_rows import active_rows
 from fedveil.attacks.audit.config import AuditConfig
 from fedveil.attacks.audit.evaluate import Cell, evaluate_cells
 from fedveil.attacks.audit.html import write_html
@@ -31,7 +32,7 @@ from fedveil.attacks.audit.jobs import (
     run_job,
     seeds_for,
 )
-from fedveil.attacks.audit.matrix import jobs_of
+from fedveil.attacks.audit.matrix import applies, jobs_of
 from fedveil.attacks.audit.report import AuditReport, build_report, write_report
 from fedveil.attacks.audit.store import JobStore, StoredJob, fingerprint
 from fedveil.attacks.families import Family
@@ -156,18 +157,28 @@ def run_audit(
     cells = evaluate_cells(
         config,
         [
-            (p, a, _seed_results(config, p, a, store, fps, errors))
+            (p, a, _seed_results(config, p, a, store, fps, errors) if applies(p, a) else None)
             for p in config.protections
             for a in config.attacks
         ],
     )
     for cell in cells:
+        if not applies(cell.protection, cell.attack):
+            cell.details.why = f"{cell.attack} has nothing to measure on {cell.protection}"
+            continue
         keys = [j.key for f in jobs_of(cell.attack) for j in seeds_for(config, cell.protection, f)]
         failed = {k: errors[k] for k in keys if k in errors}
         if failed:
             cell.details.error = "; ".join(f"{k}: {e}" for k, e in failed.items())
+    active = active_rows(config.seed)  # the real protocol against a malicious server
     report = build_report(
-        config, cells, time.perf_counter() - start, lora_rank, reused_jobs=reused, errors=errors
+        config,
+        cells,
+        time.perf_counter() - start,
+        lora_rank,
+        reused_jobs=reused,
+        errors=errors,
+        active=active,
     )
     write_report(report, out_dir / "report.json")
     write_html(report, out_dir / "report.html", out_dir)

@@ -166,10 +166,11 @@ def observe(
         return View(observed, params)
     updates = [client_update(target, x, y, kind, training) for x, y in clients]
     if spec.observed_alone:  # a plain upload, no DP
+        update = _colluder_decrypts(updates[0]) if spec.colluding else updates[0]
         observed = plain_view(
-            updates[0], layout, kind=kind, training=training, examples=int(clients[0][0].shape[0])
+            update, layout, kind=kind, training=training, examples=int(clients[0][0].shape[0])
         )
-        return View(observed, {})
+        return View(observed, {"colluding": True} if spec.colluding else {})
     weights = [int(x.shape[0]) for x, _ in clients]
     if spec.dp is DPKind.NONE:
         observed = aggregate_view(
@@ -201,6 +202,17 @@ def observe(
         notes={"sigma": sigma, "snr": snr},
     )
     return View(observed, _dp_params(dp, sigma, snr, dp.epsilon(1, 1.0)))
+
+
+def _colluder_decrypts(update: Tensor) -> Tensor:
+    """The client's update as a server colluding with another enrolled client sees it: the
+    real CKKS round encrypts both clients' uploads, and the colluder's secret key opens the
+    victim's own ciphertext (attacks.active.ckks_colluder)."""
+    from fedveil.attacks.active.ckks_colluder import colluder_view
+
+    victim = update.detach().cpu().double().numpy()
+    recovered = colluder_view([victim, np.zeros_like(victim)], victim=0, colluder=1)
+    return torch.from_numpy(np.asarray(recovered)).to(dtype=update.dtype, device=update.device)
 
 
 def _dp_params(dp: DPSettings, sigma: float, snr: float, epsilon: float) -> JSONObject:

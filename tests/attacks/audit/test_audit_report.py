@@ -24,6 +24,7 @@ from fedveil.attacks.audit.evaluate import (
     evaluate_cells,
 )
 from fedveil.attacks.audit.html import write_html
+from fedveil.attacks.audit.matrix import ATTACKS
 from fedveil.attacks.audit.report import SCHEMA, AuditReport, build_report, write_report
 from fedveil.attacks.audit.store import JobStore, fingerprint
 from fedveil.attacks.families import Kind
@@ -36,6 +37,7 @@ from fedveil.attacks.measure.records import (
     Roc,
     record_from_json,
 )
+from fedveil.attacks.protections import PROTECTIONS
 from fedveil.attacks.update.metrics import save_grid
 
 
@@ -209,7 +211,7 @@ def test_report_json_is_versioned_strict_json(tmp_path: Path) -> None:
     assert loaded["schema"] == SCHEMA
     assert {"threat_model", "clients", "rounds", "lora_rank", "dp"} <= set(loaded["settings"])
     assert {"clip_norm", "noise_multiplier", "sigma", "delta"} <= set(loaded["settings"]["dp"])
-    assert len(loaded["cells"]) == 5 * 7 and loaded["passed"] is False
+    assert len(loaded["cells"]) == len(PROTECTIONS) * len(ATTACKS) and loaded["passed"] is False
     assert all("BREACH" in line for line in loaded["breaches"])
     for cell in loaded["cells"]:
         assert {"verdict", "ci_low", "ci_high", "seeds", "positive_control"} <= set(cell)
