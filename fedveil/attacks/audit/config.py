@@ -55,6 +55,18 @@ class Thresholds:
 
 
 @dataclass(frozen=True)
+class OutputDP:
+    """The noise of the DP protections in the federation whose released model the output
+    attacks probe ([dp.output]): client DP on each party's whole update per round, DP-SGD
+    on each example's gradient per step. Separate from [dp] (the update views and the
+    epsilon column) because a party's LoRA delta per round is a much smaller vector than
+    one example's gradient: one clip norm cannot serve both."""
+
+    client: DPSettings = field(default_factory=lambda: DPSettings(0.02, 3.0))
+    sgd: DPSettings = field(default_factory=lambda: DPSettings(1.0, 2.0))
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     """One audit: which cells to run, the settings they run with, and how to judge them.
 
@@ -65,8 +77,9 @@ class AuditConfig:
     clients: the cohort of the secure aggregate the update attacks observe.
     parties: the federation whose released model the output attacks probe (party 0
       holds the planted canaries). rounds: its FedAvg rounds (None: the profile's).
-    dp: clip norm C and noise multiplier z of the DP protections (per round for client
-      DP, per step for DP-SGD), and delta of their epsilon.
+    dp: clip norm C and noise multiplier z of the DP protections on the update views and
+      the epsilon column (per round for client DP, per step for DP-SGD), and delta.
+    dp_output: the same for the federation the output attacks probe ([dp.output]).
     """
 
     protections: tuple[Protection, ...] = PROTECTIONS
@@ -80,6 +93,7 @@ class AuditConfig:
     texts: Path | None = None
     canaries: int | None = None
     dp: DPSettings = field(default_factory=DPSettings)
+    dp_output: OutputDP = field(default_factory=OutputDP)
     thresholds: Thresholds = field(default_factory=Thresholds)
     claims: Mapping[Protection, tuple[Family, ...]] = field(
         default_factory=lambda: dict(DEFAULT_CLAIMS)
@@ -202,14 +216,35 @@ class TargetSettings(StrictSettings):
         return self
 
 
+class OutputDPSettings(StrictSettings):
+    """[dp.output]: the released model's federation (see OutputDP)."""
+
+    settings_where: ClassVar[str] = "dp.output"
+
+    client_clip_norm: float = Field(default=OutputDP().client.clip_norm, gt=0)
+    client_noise_multiplier: float = Field(default=OutputDP().client.noise_multiplier, gt=0)
+    sgd_clip_norm: float = Field(default=OutputDP().sgd.clip_norm, gt=0)
+    sgd_noise_multiplier: float = Field(default=OutputDP().sgd.noise_multiplier, gt=0)
+
+    def settings(self, delta: float) -> OutputDP:
+        return OutputDP(
+            client=DPSettings(
+                float(self.client_clip_norm), float(self.client_noise_multiplier), delta
+            ),
+            sgd=DPSettings(float(self.sgd_clip_norm), float(self.sgd_noise_multiplier), delta),
+        )
+
+
 class DPSectionSettings(StrictSettings):
-    """[dp]: the noise of the DP protections (fedveil.attacks.protections.DPSettings)."""
+    """[dp]: the noise of the DP protections on the update views and the epsilon column
+    (fedveil.attacks.protections.DPSettings); [dp.output] the released model's."""
 
     settings_where: ClassVar[str] = "dp"
 
     clip_norm: float = Field(default=DPSettings.clip_norm, gt=0)
     noise_multiplier: float = Field(default=DPSettings.noise_multiplier, gt=0)
     delta: float = DPSettings.delta
+    output: OutputDPSettings = Field(default_factory=OutputDPSettings)
 
     @field_validator("delta")
     @classmethod
@@ -369,6 +404,7 @@ def config_from_toml(
         texts=resolve(target.texts),
         canaries=target.canaries,
         dp=document.dp.settings(),
+        dp_output=document.dp.output.settings(float(document.dp.delta)),
         thresholds=document.thresholds.thresholds(),
         claims=document.claims.claims(),
     )

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from fedveil.attacks.audit.canary_job import canary_record
-from fedveil.attacks.audit.config import AuditConfig
+from fedveil.attacks.audit.config import AuditConfig, OutputDP
 from fedveil.attacks.audit.matrix import (
     CANARY_JOB,
     OUTPUT_JOB,
@@ -117,6 +117,7 @@ class JobContext:
     texts: Path | None
     canaries: int | None
     dp: DPSettings
+    dp_output: OutputDP
     figures: Path
     aggregators_factory: AggregatorsFactory
 
@@ -132,6 +133,7 @@ class JobContext:
             texts=config.texts,
             canaries=config.canaries,
             dp=config.dp,
+            dp_output=config.dp_output,
             figures=out_dir / "figures",
             aggregators_factory=factory,
         )
@@ -146,6 +148,10 @@ class JobContext:
             "rounds": self.rounds,
             "target": _target_identity(self.model_dir, self.texts, self.canaries),
             "dp": [self.dp.clip_norm, self.dp.noise_multiplier, self.dp.delta],
+            "dp_output": [
+                [d.clip_norm, d.noise_multiplier, d.delta]
+                for d in (self.dp_output.client, self.dp_output.sgd)
+            ],
             "schema": 1,
         }
 
@@ -217,6 +223,8 @@ def _output_records(
         parties=context.parties,
         rounds=context.rounds or federation.rounds,
         seed=context.seed,
+        client_dp=context.dp_output.client,  # [dp.output]: one source for the output rows
+        dp_sgd=context.dp_output.sgd,
     )
     attack = OutputLeakageSettings.quick() if context.quick else OutputLeakageSettings.full()
     if context.model_dir is not None and context.texts is not None:

@@ -71,22 +71,29 @@ def _clean(value: object) -> JSONValue:
 
 @dataclass(frozen=True)
 class DPSummary:
-    """The DP mechanism the audit ran with: C, z, sigma = z*C, delta, epsilon of one release."""
+    """The DP mechanism the audit ran with: C, z, sigma = z*C, delta, epsilon of one release
+    ([dp]: the update views and the epsilon column); `output` the released model's
+    federation ([dp.output]: client DP per round, DP-SGD per step), so the report prints
+    the one source both kinds of rows were run with."""
 
     clip_norm: float
     noise_multiplier: float
     sigma: float
     delta: float
     epsilon_per_round: float
+    output: JSONObject | None = None
 
     def to_json(self) -> JSONObject:
-        return {
+        out: JSONObject = {
             "clip_norm": self.clip_norm,
             "noise_multiplier": self.noise_multiplier,
             "sigma": self.sigma,
             "delta": self.delta,
             "epsilon_per_round": self.epsilon_per_round,
         }
+        if self.output is not None:
+            out["output"] = self.output
+        return out
 
 
 @dataclass(frozen=True)
@@ -212,6 +219,12 @@ def build_report(
                 sigma=dp.clip_norm * dp.noise_multiplier,
                 delta=dp.delta,
                 epsilon_per_round=dp.epsilon(steps=1),
+                output={
+                    "client_clip_norm": config.dp_output.client.clip_norm,
+                    "client_noise_multiplier": config.dp_output.client.noise_multiplier,
+                    "sgd_clip_norm": config.dp_output.sgd.clip_norm,
+                    "sgd_noise_multiplier": config.dp_output.sgd.noise_multiplier,
+                },
             ),
             protections=list(config.protections),
             attacks=list(config.attacks),

@@ -167,3 +167,15 @@ def test_thresholds_and_config_validate_directly() -> None:
     with pytest.raises(ConfigError, match="unknown \\[audit\\] protection 'tls'"):
         AuditConfig(protections=("tls",))  # type: ignore[arg-type]
     assert AuditConfig(protections=("none",)).protections == (Protection.NONE,)  # type: ignore[arg-type]
+
+
+def test_dp_output_is_one_source_for_the_released_models_noise() -> None:
+    config = config_from_toml({"dp": {"delta": 1e-6, "output": {"client_noise_multiplier": 0.5}}})
+    assert config.dp_output.client.noise_multiplier == 0.5
+    assert config.dp_output.client.clip_norm == 0.02
+    assert config.dp_output.sgd.noise_multiplier == 2.0
+    assert config.dp_output.client.delta == config.dp_output.sgd.delta == 1e-6
+    with pytest.raises(ConfigError, match=r"\[dp\] output.client_noise: unknown key"):
+        config_from_toml({"dp": {"output": {"client_noise": 0.5}}})
+    with pytest.raises(ConfigError, match=r"output.sgd_clip_norm: must be > 0"):
+        config_from_toml({"dp": {"output": {"sgd_clip_norm": 0}}})

@@ -74,3 +74,25 @@ def test_client_dp_with_the_noise_off_and_the_claim_kept_breaches(
     assert _audit(tmp_path, "secagg+client-dp") == 1
     out = capsys.readouterr().out
     assert "BREACH secagg+client-dp/epsilon: epsilon_lower_bound = " in out
+
+
+@pytest.mark.slow
+def test_client_dp_with_tiny_noise_breaches_on_membership(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The third breach test: client DP whose noise is too small for its claim. [dp.output]
+    sets the released model's noise (the one source the output rows run with); at z = 0.01
+    the federation memorises party 0's canaries, the model still learns (not vacuous), and
+    the likelihood attack crosses the claimed cell's threshold."""
+    config = tmp_path / "audit.toml"
+    config.write_text(
+        '[audit]\nprotections = ["none", "secagg+client-dp"]\nattacks = ["likelihood"]\n\n'
+        "[dp.output]\nclient_noise_multiplier = 0.01\n"
+    )
+    out = tmp_path / "out"
+    argv = ["audit", "--config", str(config), "--out", str(out), "--workers", "1"]
+    assert main([*argv, "--no-progress"]) == 1
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("BREACH")]
+    assert any(ln.startswith("BREACH secagg+client-dp/likelihood: ") for ln in lines), lines
+    report = json.loads((out / "report.json").read_text())
+    assert report["settings"]["dp"]["output"]["client_noise_multiplier"] == 0.01
