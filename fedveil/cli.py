@@ -18,6 +18,7 @@ from fedveil.commands import (
     model_hash,
     server,
     simulate_secagg,
+    train,
 )
 
 COMMANDS: tuple[Command, ...] = (
@@ -28,6 +29,7 @@ COMMANDS: tuple[Command, ...] = (
     demo.COMMAND,
     audit.COMMAND,
     model_hash.COMMAND,
+    train.COMMAND,
 )
 """The dispatch table: `fedveil NAME` runs the row whose name is NAME."""
 

@@ -56,6 +56,7 @@ def _builtin() -> list[Entry]:
     from fedveil.attacks.output.generation import GENERATION_ATTACKS
     from fedveil.attacks.output.likelihood import LIKELIHOOD_ATTACKS
     from fedveil.attacks.output.target import generation_score, likelihood_score
+    from fedveil.attacks.update.batch_inversion import BatchInversion
     from fedveil.attacks.update.dlg import DLG
     from fedveil.attacks.update.inverting_gradients import InvertingGradients
     from fedveil.attacks.update.label_leakage import LabelLeakage
@@ -66,6 +67,7 @@ def _builtin() -> list[Entry]:
     update: list[tuple[Family, type[Attack[Any]]]] = [
         (Family.INVERSION, DLG),
         (Family.INVERSION, InvertingGradients),
+        (Family.INVERSION, BatchInversion),
         (Family.LABELS, LabelLeakage),
         (Family.TEXT, SpanCheck),
         (Family.TEXT, SubspaceRanking),

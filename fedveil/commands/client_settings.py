@@ -157,15 +157,7 @@ class ClientSettings(StrictSettings):
 
     def roster_fingerprint(self) -> bytes | None:
         """The roster SHA-256 given out of band (`fedveil keys show`), if any."""
-        if self.roster_sha256 is None:
-            return None
-        text = self.roster_sha256.strip().lower()
-        if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
-            raise ConfigError(
-                f"roster_sha256 must be 64 hex digits (from `fedveil keys show`), "
-                f"got {self.roster_sha256!r}"
-            )
-        return bytes.fromhex(text)
+        return roster_sha256_bytes(self.roster_sha256, "roster_sha256")
 
     def policy(self) -> ClientPolicy:
         return ClientPolicy(
@@ -230,3 +222,13 @@ def load_client_settings(path: Path | None, overrides: Mapping[str, Any]) -> Cli
         flags = ", ".join(f"--{name.replace('_', '-')}" for name in missing)
         raise ConfigError(f"missing {flags} (give them as flags or in the [client] table)")
     return load_settings(ClientSettings, values, "client")
+
+
+def roster_sha256_bytes(value: str | None, key: str) -> bytes | None:
+    """A roster SHA-256 spelt as 64 hex digits (from `fedveil keys show`), or None."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if len(text) != 64 or any(c not in "0123456789abcdef" for c in text):
+        raise ConfigError(f"{key} must be 64 hex digits (from `fedveil keys show`), got {value!r}")
+    return bytes.fromhex(text)

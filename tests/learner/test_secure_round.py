@@ -9,6 +9,7 @@ deltas up to the quantisation bound the round reports, and the frozen weights un
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -221,10 +222,16 @@ def test_trainer_callback_runs_rounds_in_three_concurrent_trainers(
     start = adapter_vector(models[0], layout)
     batch = 4
 
+    # TrainingArguments resets accelerate's process-wide state when it is built: build the
+    # three trainers one at a time, and start training only once all three exist.
+    building = threading.Lock()
+    built = threading.Barrier(3)
+
     def train_party(party: int, keys: Path, client_id: str, port: int) -> SecureRoundCallback:
         options = client_for(keys, client_id, port, base_model_hash=base_hash).options
         with AggregationClient.from_options(options) as client:
             callback = SecureRoundCallback(client, join_timeout_s=30, **schedule)  # type: ignore[arg-type]
+            building.acquire()
             args = TrainingArguments(
                 output_dir=str(tmp_path / f"party-{party}"),
                 per_device_train_batch_size=batch,
@@ -243,6 +250,8 @@ def test_trainer_callback_runs_rounds_in_three_concurrent_trainers(
                 train_dataset=_Tokens(party, rows=rows_per_epoch),
                 callbacks=[callback],
             )
+            building.release()
+            built.wait(timeout=60)
             trainer.train()
         return callback
 

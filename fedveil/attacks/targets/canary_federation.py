@@ -15,7 +15,7 @@ protection (injected through `Aggregators`; attacks/ never imports fedveil/):
 - secagg+client-dp: each party's delta clipped to C and distributed noise of std z*C on
   the sum (real SecAgg+ with client-level DP); epsilon per party over all rounds from
   the accountant (sampling rate 1, `rounds` Gaussian releases).
-- dp-sgd: each party trains locally with Opacus DP-SGD (clients/dp_sgd.py, per-example
+- dp-sgd: each party trains locally with Opacus DP-SGD (learner/dp_sgd.py, per-example
   clipping and noise), and the deltas are averaged by the real SecAgg+ round (the
   realistic deployment is secagg + dp-sgd; the mean is not the privacy mechanism here);
   epsilon is party 0's, composed over all its steps of all rounds.

@@ -5,7 +5,7 @@ trained on public text, which includes sentences in the canary formats with fres
 random secrets (a real base model knows what an address looks like); a party then
 fine-tunes LoRA adapters on its private texts with the member canaries planted, either
 plainly for several epochs (memorisation is real) or with DP-SGD through
-clients/dp_sgd.py (Opacus). The base model is the reference model of the reference
+learner/dp_sgd.py (Opacus). The base model is the reference model of the reference
 attack; the fine-tuned model is what gets released.
 
 The tokenizer is a HF `PreTrainedTokenizerFast` over a word-level vocabulary with a

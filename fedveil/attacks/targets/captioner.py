@@ -1,7 +1,7 @@
 """Target (b): the built-in vision-language captioner (ViT encoder + GPT-2 decoder), LoRA.
 
 Why the real classes in miniature: the leakage of a LoRA update depends on where the
-adapters sit (ViT query/value, every GPT-2 projection, the LM head: clients/lora's
+adapters sit (ViT query/value, every GPT-2 projection, the LM head: learner/lora's
 defaults) and on what their inputs are, not on the model's width. So this builds the
 same `VisionEncoderDecoderModel` (learner.models.build_captioner), the same word
 tokenizer and the same peft adapters (learner.lora.apply_lora) as a party does, only

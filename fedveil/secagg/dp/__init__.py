@@ -1,7 +1,7 @@
 """Differential privacy for fedveil: clipping, rotation, integer noise, events, accounting.
 
 Three modes (threat models in the README):
-- sample-level DP-SGD with Opacus (clients/dp_sgd.py) emits GaussianEvent;
+- sample-level DP-SGD with Opacus (learner/dp_sgd.py) emits GaussianEvent;
 - client-level distributed DP: ClientDPPipeline with NoisePlacement.CLIENTS, each client
   adds its share of discrete Gaussian / Skellam noise before masking;
 - central DP: NoisePlacement.SERVER, the server adds the noise after unmasking (trusts it).

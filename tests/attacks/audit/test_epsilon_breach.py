@@ -80,14 +80,17 @@ def test_client_dp_with_the_noise_off_and_the_claim_kept_breaches(
 def test_client_dp_with_tiny_noise_breaches_on_membership(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The third breach test: client DP whose noise is too small for its claim. [dp.output]
-    sets the released model's noise (the one source the output rows run with); at z = 0.01
-    the federation memorises party 0's canaries, the model still learns (not vacuous), and
-    the likelihood attack crosses the claimed cell's threshold."""
+    """The third breach test: client DP whose noise is too small for the row's claims.
+    [dp.output] sets the released model's noise (the one source the output rows run with);
+    at C = 10 (no clipping) and z = 0.001 the federation memorises party 0's canaries, the
+    model still learns (not vacuous), and the likelihood attack crosses the claimed cell's
+    threshold."""
     config = tmp_path / "audit.toml"
     config.write_text(
         '[audit]\nprotections = ["none", "secagg+client-dp"]\nattacks = ["likelihood"]\n\n'
-        "[dp.output]\nclient_noise_multiplier = 0.01\n"
+        # a clip that does not bind and noise far too small: the federation trains as if
+        # unprotected, while the row still claims the membership cells
+        "[dp.output]\nclient_clip_norm = 10.0\nclient_noise_multiplier = 0.001\n"
     )
     out = tmp_path / "out"
     argv = ["audit", "--config", str(config), "--out", str(out), "--workers", "1"]
@@ -95,4 +98,4 @@ def test_client_dp_with_tiny_noise_breaches_on_membership(
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("BREACH")]
     assert any(ln.startswith("BREACH secagg+client-dp/likelihood: ") for ln in lines), lines
     report = json.loads((out / "report.json").read_text())
-    assert report["settings"]["dp"]["output"]["client_noise_multiplier"] == 0.01
+    assert report["settings"]["dp"]["output"]["client_noise_multiplier"] == 0.001

@@ -73,7 +73,7 @@ def test_dp_sgd_audit_holds_with_the_real_noise(z: float) -> None:
     assert audit.certifiable > audit.claim
     assert 0 < audit.lower_bound < audit.claim
     assert audit.verdict is CanaryVerdict.CONSISTENT
-    assert audit.fpr > 0  # the noise really blurs the canary
+    assert audit.tpr < 1.0  # the noise really blurs the canary
 
 
 @pytest.mark.usefixtures("dp_sgd_noise_off")

@@ -1,0 +1,192 @@
+"""The settings of one `fedveil train` party: party.toml and the flags that override it.
+
+Why a strict model: an organisation's run must be refused before it loads a model or
+touches the network when anything in its file is wrong, and the refusal must be one line
+that names the key (`lora.rnak: unknown key; known keys: ...`). The model is a
+StrictSettings (fedveil.settings_loader), like the client's and the server's.
+
+Why no torch here: `fedveil` imports every command at start-up, and `fedveil server` or
+`keys` must start without the training stack. LoraSettings and TrainConfig (which import
+torch) are built from these tables in `commands.train_party`, and check the rest.
+
+Layout (relative paths are taken from the working directory, as `fedveil client` does)::
+
+    [party]   credentials, roster, roster_sha256, server, server_name, model_dir, rounds,
+              out, allow_mode, min_cohort, min_threshold, join_timeout_s, log_level, log_format
+    [data]    texts (JSONL of {"text": ...}, causal LM) or city_domain (built-in captioner
+              data: energy, residential, urban), city_samples, city_seed, max_length
+    [lora]    rank, alpha, dropout, target_modules, variant (ffa | fedavg), seed
+    [recipe]  epochs, max_steps, batch_size, learning_rate, weight_decay, max_grad_norm,
+              schedule, seed, threads
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from fedveil.clients.mode_policy import allowed_modes_from_flags
+from fedveil.commands.client_settings import roster_sha256_bytes
+from fedveil.commands.logs import LOG_FORMATS, LOG_LEVELS
+from fedveil.errors import ConfigError
+from fedveil.secagg.protocol.config import ClientPolicy
+from fedveil.settings_loader import StrictSettings, apply_overrides, load_settings, read_toml
+
+CITY_DOMAINS = ("energy", "residential", "urban")
+TABLES = ("party", "data", "lora", "recipe")
+
+
+class PartyTable(StrictSettings):
+    """[party]: who this party is, where the service is, what it trains and for how long."""
+
+    credentials: Path = Field(strict=False)
+    roster: Path = Field(strict=False)
+    server: str
+    model_dir: Path = Field(strict=False)
+    out: Path = Field(strict=False)
+    rounds: int = Field(default=1, ge=1)
+    roster_sha256: str | None = None
+    server_name: str | None = None
+    allow_mode: tuple[str, ...] = ()
+    min_cohort: int = Field(default=3, ge=2)
+    min_threshold: int = Field(default=2, ge=1)
+    join_timeout_s: float = Field(default=60.0, gt=0)
+    log_level: str = "INFO"
+    log_format: str = "text"
+
+    @field_validator("allow_mode", mode="before")
+    @classmethod
+    def _allow_mode(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("server")
+    @classmethod
+    def _server(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"party.server must be HOST:PORT with a port in 1..65535, got {value!r}"
+            )
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ConfigError(f"party.log_level must be one of {LOG_LEVELS}, got {value!r}")
+        return value.upper()
+
+    @field_validator("log_format")
+    @classmethod
+    def _log_format(cls, value: str) -> str:
+        if value not in LOG_FORMATS:
+            raise ConfigError(f"party.log_format must be one of {LOG_FORMATS}, got {value!r}")
+        return value
+
+    def roster_fingerprint(self) -> bytes | None:
+        """The roster SHA-256 given out of band (`fedveil keys show`), if any."""
+        return roster_sha256_bytes(self.roster_sha256, "party.roster_sha256")
+
+    def policy(self) -> ClientPolicy:
+        """The rounds this party takes part in: SecAgg, plus the modes it allows."""
+        return ClientPolicy(
+            min_cohort=self.min_cohort,
+            min_threshold=self.min_threshold,
+            allowed_modes=allowed_modes_from_flags(self.allow_mode, False),
+        )
+
+
+class DataTable(StrictSettings):
+    """[data]: a JSONL text corpus (causal LM) or the built-in city data of one domain."""
+
+    texts: Path | None = Field(default=None, strict=False)
+    city_domain: str | None = None
+    city_samples: int = Field(default=240, ge=1)
+    city_seed: int = Field(default=0, ge=0)
+    max_length: int = Field(default=128, ge=2)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DataTable:
+        if (self.texts is None) == (self.city_domain is None):
+            raise ConfigError(
+                'data: give exactly one of texts (a JSONL file of {"text": ...} lines, for a '
+                "causal LM) or city_domain (the built-in captioner's data: "
+                f"{', '.join(CITY_DOMAINS)})"
+            )
+        if self.city_domain is not None and self.city_domain not in CITY_DOMAINS:
+            raise ConfigError(
+                f"data.city_domain must be one of {', '.join(CITY_DOMAINS)}, "
+                f"got {self.city_domain!r}"
+            )
+        return self
+
+
+class LoraTable(StrictSettings):
+    """[lora]: the adapter; every party of a federation must give the same values."""
+
+    rank: int = Field(default=8, ge=1, le=1024)
+    alpha: float = Field(default=16.0, gt=0)
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    target_modules: tuple[str, ...] | None = None
+    variant: Literal["ffa", "fedavg"] = "ffa"
+    seed: int = Field(default=0, ge=0)
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _targets(cls, value: object) -> object:
+        return tuple(value) if isinstance(value, list) else value
+
+
+class RecipeTable(StrictSettings):
+    """[recipe]: how this party trains locally each round (its own choice)."""
+
+    epochs: int = Field(default=1, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=32, ge=1)
+    learning_rate: float = Field(default=5e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    max_grad_norm: float | None = Field(default=1.0, gt=0)
+    schedule: Literal["constant", "cosine"] = "constant"
+    seed: int = Field(default=0, ge=0)
+    threads: int = Field(default=1, ge=1)
+
+
+class PartySettings(StrictSettings):
+    """One `fedveil train` run, validated before anything is loaded or sent."""
+
+    party: PartyTable
+    data: DataTable
+    lora: LoraTable = Field(default_factory=LoraTable)
+    recipe: RecipeTable = Field(default_factory=RecipeTable)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PartySettings:
+        self.party.roster_fingerprint()  # a malformed roster_sha256 is named before any I/O
+        self.party.policy()  # an unknown allow_mode is named too
+        return self
+
+
+PARTY_FLAGS = ("server", "credentials", "rounds", "out", "log_level", "log_format")
+"""[party] keys a flag may override (`--server` etc.)."""
+
+
+def load_party_settings(path: Path, overrides: Mapping[str, Any]) -> PartySettings:
+    """party.toml, with every flag that was given on top of its [party] table."""
+    data = read_toml(path, "party file")
+    unknown = sorted(set(data) - set(TABLES))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown tables {unknown}; party.toml has [party], [data], [lora], [recipe]"
+        )
+    for name in TABLES:
+        if name in data and not isinstance(data[name], dict):
+            raise ConfigError(f"{path}: [{name}] must be a table")
+    party = data.get("party", {})
+    assert isinstance(party, dict)
+    values = dict(data)
+    values["party"] = apply_overrides(party, {k: overrides.get(k) for k in PARTY_FLAGS})
+    values.setdefault("data", {})
+    return load_settings(PartySettings, values, "")

@@ -1,0 +1,76 @@
+"""`fedveil train --config party.toml`: one organisation's party of a federation.
+
+Why a command: an organisation joins a federation with its own machine, its own base
+model copy and its own data, and must not write the training loop, the adapter
+bookkeeping or the aggregation glue itself. Each round it trains LoRA locally from the
+global adapter, checks the round the service announces (the adapter's dimension, the
+model hash chained from its own base model), sends the adapter delta through the secure
+service, applies the aggregate and checkpoints (adapter, round, model chain) atomically
+in OUT/checkpoint.safetensors. At the end it writes OUT/adapter with `save_pretrained`,
+so `PeftModel.from_pretrained(base, OUT/adapter)` loads it.
+
+Re-running the same command after a crash resumes after the last round in the
+checkpoint; a checkpoint written with other settings (base model, adapter, data, recipe,
+client) is refused. party.toml is described in commands.party_settings; --server,
+--credentials, --rounds and --out override its [party] table.
+
+Exit status: 0 when every round was applied and the adapter saved; 1 when a round
+failed, the service refused, or this party refused the round (another model, another
+adapter size, a mode it does not allow); 2 for bad arguments, settings, model or data
+(a malformed JSONL line is named with its number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fedveil.commands import Command, SubParsers
+from fedveil.commands.logs import add_logging_flags, configure_logging
+from fedveil.commands.party_settings import PARTY_FLAGS, load_party_settings
+from fedveil.errors import FedveilError
+
+
+def add_parser(sub: SubParsers) -> argparse.ArgumentParser:
+    """Register `train`; dispatched by `run`."""
+    p = sub.add_parser(
+        "train",
+        help="take part in a federation: train LoRA locally, aggregate securely, each round",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("--config", type=Path, required=True, help="party.toml ([party], [data], ...)")
+    p.add_argument("--server", default=None, help="HOST:PORT of the aggregation service")
+    p.add_argument("--credentials", type=Path, default=None, help="this party's enrolment folder")
+    p.add_argument("--rounds", type=int, default=None, help="rounds in all (resumes count)")
+    p.add_argument("--out", type=Path, default=None, help="checkpoint and adapter folder")
+    add_logging_flags(p, default_level=None)  # None: [party] log_level
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run `fedveil train`; the exit status is documented in the module docstring."""
+    overrides = {name: getattr(args, name, None) for name in PARTY_FLAGS}
+    try:
+        settings = load_party_settings(args.config, overrides)
+        configure_logging(settings.party.log_level, settings.party.log_format)
+        from fedveil.commands.train_rounds import prepare, run_rounds  # torch: only here
+
+        prepared = prepare(settings)
+    except (FedveilError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_rounds(prepared)
+    except (FedveilError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted (re-run the same command to resume)", file=sys.stderr)
+        return 130
+    finally:
+        prepared.close()
+    return 0
+
+
+COMMAND = Command("train", add_parser, run)

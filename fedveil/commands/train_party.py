@@ -1,0 +1,121 @@
+"""The learner side of `fedveil train`: the party's model, data and recipe from its settings.
+
+Why a module of its own: it is the only part of the command that needs torch, so
+`commands.train` imports it inside `run`, and `fedveil server` starts without the training
+stack. It reuses the in-process federation's party (learner.training.party): the same
+LoRA initialisation from the shared seed, the same encoding and the same training loop,
+so a party run by `fedveil train` trains exactly as one inside `fedveil demo`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import threading
+from pathlib import Path
+
+from transformers.utils import logging as hf_logging
+
+from fedveil.commands.party_settings import DataTable, PartySettings
+from fedveil.errors import ConfigError
+from fedveil.learner.data.concepts import Domain
+from fedveil.learner.data.datasets import CityDataConfig, make_party_dataset
+from fedveil.learner.data.text import load_jsonl_texts
+from fedveil.learner.lora.config import AggregationVariant, LoraSettings
+from fedveil.learner.models.loading import ModelKind, load_model
+from fedveil.learner.training.loop import TrainConfig
+from fedveil.learner.training.party import Party, captioner_party, text_party
+
+_LOAD_LOCK = threading.Lock()
+"""`from_pretrained` builds the model on a process-global meta device, so two loads in
+one process at once (parties run as threads, e.g. in tests) see each other's meta
+tensors; one load at a time. Separate processes are unaffected."""
+
+
+def lora_settings(settings: PartySettings) -> LoraSettings:
+    table = settings.lora
+    return LoraSettings(
+        rank=table.rank,
+        alpha=float(table.alpha),
+        dropout=float(table.dropout),
+        target_modules=table.target_modules,
+        variant=AggregationVariant(table.variant),
+        seed=table.seed,
+    )
+
+
+def train_config(settings: PartySettings) -> TrainConfig:
+    """The local recipe; a progress bar only when stderr is a terminal."""
+    table = settings.recipe
+    return TrainConfig(
+        epochs=table.epochs,
+        max_steps=table.max_steps,
+        batch_size=table.batch_size,
+        learning_rate=float(table.learning_rate),
+        weight_decay=float(table.weight_decay),
+        max_grad_norm=None if table.max_grad_norm is None else float(table.max_grad_norm),
+        schedule=table.schedule,
+        seed=table.seed,
+        threads=table.threads,
+        progress=sys.stderr.isatty(),
+    )
+
+
+def build_party(name: str, settings: PartySettings) -> Party:
+    """Base model + LoRA over this party's data; ConfigError naming what to fix (a model
+    of the wrong kind for the data, a malformed JSONL line with its number)."""
+    data = settings.data
+    lora, recipe = lora_settings(settings), train_config(settings)
+    texts = None if data.texts is None else load_jsonl_texts(data.texts)  # before the model
+    if not sys.stderr.isatty():
+        hf_logging.disable_progress_bar()  # a log file gets our lines, not tqdm's
+    with _LOAD_LOCK:
+        loaded = load_model(settings.party.model_dir)
+    if texts is not None:
+        if loaded.kind is not ModelKind.CAUSAL_LM:
+            raise ConfigError(
+                f"data.texts is a text corpus, but {loaded.path} is a {loaded.kind.value}; "
+                "use data.city_domain for the captioner, or a causal LM model_dir"
+            )
+        return text_party(name, texts, loaded, lora, recipe, max_length=data.max_length)
+    if loaded.kind is not ModelKind.CAPTIONER:
+        raise ConfigError(
+            f"data.city_domain is captioner data, but {loaded.path} is a {loaded.kind.value}; "
+            'use data.texts (a JSONL of {"text": ...} lines) for a causal LM'
+        )
+    config = CityDataConfig(seed=data.city_seed, samples_per_party=data.city_samples)
+    dataset = make_party_dataset(config, Domain(str(data.city_domain)))
+    return captioner_party(dataset, loaded, lora, recipe)
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _data_identity(data: DataTable) -> dict[str, object]:
+    fields = data.model_dump(mode="json")
+    if data.texts is not None:
+        fields["texts"] = _file_sha256(data.texts)  # the content: the file may move
+    return fields
+
+
+def settings_fingerprint(
+    settings: PartySettings, party: Party, client_id: str
+) -> dict[str, object]:
+    """What a checkpoint must have been written with to be resumed: the party, the base
+    model, the adapter layout, the data (its content, not only its path) and the recipe.
+    Rounds, out, server address and logging may change between runs."""
+    recipe = settings.recipe.model_dump(mode="json")
+    recipe.pop("threads")  # how fast, not what is trained
+    return {
+        "client_id": client_id,
+        "base_model_hash": party.base_hash.hex(),
+        "adapter_layout": party.layout.fingerprint().hex(),
+        "lora": settings.lora.model_dump(mode="json"),
+        "recipe": recipe,
+        "data": _data_identity(settings.data),
+    }

@@ -1,0 +1,214 @@
+"""`fedveil train`: three parties, each its own `fedveil train --config party.toml`, over a
+real in-process server (mutual TLS, SecAgg) on a saved tiny GPT-2 with JSONL texts.
+
+The parties run concurrently in threads through the real entry point (`fedveil.cli.main`):
+all must end with the same adapter, saved so that peft loads it; a re-run with more rounds
+resumes from the checkpoint; bad settings and bad data are refused with exit 2 and one line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.numpy import load_file
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+from fedveil.cli import main
+from fedveil.learner.federation.checkpoint import CHECKPOINT_FILE
+from fedveil.learner.lora import LoraSettings, adapter_layout, apply_lora, base_model_hash
+from fedveil.learner.lora.config import AggregationVariant
+from fedveil.learner.models import build_word_tokenizer, load_model
+from fedveil.server.keys_store import client_dir
+from tests.helpers.service_harness import make_keys, running_server, settings_for
+
+WORDS = ["the", "gate", "is", "open", "closed", "meter", "reads", "high", "low", "pipe"]
+TEXTS = (
+    ["the gate is open", "the gate is closed", "the gate is open"],
+    ["the meter reads high", "the meter reads low"],
+    ["the pipe is open", "the pipe is closed", "the pipe reads low", "the meter is low"],
+)
+LORA = LoraSettings(rank=2, alpha=4.0, target_modules=("c_attn",), variant=AggregationVariant.FFA)
+
+
+def _save_tiny_gpt2(path: Path) -> Path:
+    tokenizer = build_word_tokenizer(WORDS, [])
+    config = GPT2Config(
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=32,
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def _federation_plan(model_dir: Path) -> tuple[int, bytes]:
+    """The server's dimension and base model hash, from the same model and LoRA."""
+    model = load_model(model_dir).model
+    base = base_model_hash(model)
+    peft_model = apply_lora(model, LORA)
+    return adapter_layout(peft_model, base, LORA.variant).size, base
+
+
+def _party_toml(
+    tmp_path: Path, keys: Path, cid: str, model_dir: Path, texts: Path, port: int, rounds: int
+) -> Path:
+    config = tmp_path / f"{cid}.toml"
+    config.write_text(
+        f"""
+[party]
+credentials = "{client_dir(keys, cid)}"
+roster = "{keys / "roster.json"}"
+server = "localhost:{port}"
+model_dir = "{model_dir}"
+out = "{tmp_path / "out" / cid}"
+rounds = {rounds}
+join_timeout_s = 30
+
+[data]
+texts = "{texts}"
+max_length = 16
+
+[lora]
+rank = 2
+alpha = 4.0
+target_modules = ["c_attn"]
+variant = "ffa"
+seed = 0
+
+[recipe]
+epochs = 1
+batch_size = 2
+learning_rate = 0.02
+"""
+    )
+    return config
+
+
+def _texts(tmp_path: Path, index: int) -> Path:
+    path = tmp_path / f"texts-{index}.jsonl"
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS[index]))
+    return path
+
+
+@pytest.fixture
+def federation(tmp_path: Path) -> tuple[Path, Path, list[str], list[Path], int, bytes]:
+    model_dir = _save_tiny_gpt2(tmp_path / "gpt2-tiny")
+    keys, ids = make_keys(tmp_path, 3)
+    texts = [_texts(tmp_path, i) for i in range(3)]
+    dimension, base = _federation_plan(model_dir)
+    return model_dir, keys, ids, texts, dimension, base
+
+
+def _run_parties(tmp_path: Path, federation: tuple, phases: list[int]) -> list[list[int]]:
+    """Each phase: the three parties' `fedveil train` with that many rounds, at once."""
+    model_dir, keys, ids, texts, dimension, base = federation
+    settings = settings_for(
+        tmp_path, keys, dimension=dimension, model_hash=base, stage_timeout_s=20.0
+    )
+
+    async def federate() -> list[list[int]]:
+        codes = []
+        async with running_server(settings) as server:
+            for rounds in phases:
+                configs = [
+                    _party_toml(tmp_path, keys, cid, model_dir, texts[i], server.port, rounds)
+                    for i, cid in enumerate(ids)
+                ]
+                runs = [asyncio.to_thread(main, ["train", "--config", str(c)]) for c in configs]
+                codes.append(list(await asyncio.gather(*runs)))
+        return codes
+
+    return asyncio.run(federate())
+
+
+def _adapter(tmp_path: Path, cid: str) -> dict[str, np.ndarray]:
+    return load_file(str(tmp_path / "out" / cid / "adapter" / "adapter_model.safetensors"))
+
+
+def test_three_parties_end_with_the_same_adapter_that_peft_loads(
+    tmp_path: Path, federation: tuple
+) -> None:
+    assert _run_parties(tmp_path, federation, [2]) == [[0, 0, 0]]
+    model_dir, _, ids, _, _, _ = federation
+    adapters = [_adapter(tmp_path, cid) for cid in ids]
+    assert adapters[0], "the saved adapter holds tensors"
+    for other in adapters[1:]:
+        assert other.keys() == adapters[0].keys()
+        assert all(np.array_equal(other[k], adapters[0][k]) for k in other)
+    lora_b = [v for k, v in adapters[0].items() if "lora_B" in k]
+    assert any(np.any(b != 0) for b in lora_b), "two rounds must move the adapter"
+    base = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True)
+    loaded = PeftModel.from_pretrained(base, str(tmp_path / "out" / ids[0] / "adapter"))
+    generated = loaded.generate(input_ids=torch.tensor([[1, 5]]), max_new_tokens=3)
+    assert generated.shape == (1, 5)
+
+
+def test_a_rerun_with_more_rounds_resumes_from_the_checkpoint(
+    tmp_path: Path,
+    federation: tuple,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level("INFO", logger="fedveil.train")
+    assert _run_parties(tmp_path, federation, [1, 2]) == [[0, 0, 0], [0, 0, 0]]
+    _, _, ids, _, _, _ = federation
+    resumed = [r.getMessage() for r in caplog.records if "resuming" in r.getMessage()]
+    assert len(resumed) == 3 and all("after round 1" in m for m in resumed)
+    trained = [r.getMessage() for r in caplog.records if ": training on" in r.getMessage()]
+    assert sum("round 1/" in m for m in trained) == 3, "round 1 is not trained again"
+    assert sum("round 2/2" in m for m in trained) == 3
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "out" / ids[0] / CHECKPOINT_FILE), framework="np") as f:
+        assert f.metadata()["rounds_done"] == "2"
+        assert f.metadata()["chain_round_id"] == "2"
+    config = tmp_path / f"{ids[0]}.toml"  # another recipe may not resume this checkpoint
+    config.write_text(config.read_text().replace("learning_rate = 0.02", "learning_rate = 0.1"))
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--rounds", "3"]) == 2
+    assert "other settings (recipe differ)" in _one_error_line(capsys.readouterr().err)
+
+
+# --- refusals (no server needed: they happen before anything is sent) -----------------------
+
+
+def _one_error_line(err: str) -> str:
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def test_a_malformed_jsonl_line_is_refused_naming_the_line(
+    tmp_path: Path, federation: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_dir, keys, ids, _, _, _ = federation
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "the gate is open"}\n\n{"text": "the meter\n')
+    config = _party_toml(tmp_path, keys, ids[0], model_dir, bad, 9, 1)
+    assert main(["train", "--config", str(config)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{bad}:3" in line and "not valid JSON" in line
+
+
+def test_an_unknown_party_key_is_refused_in_one_line(
+    tmp_path: Path, federation: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_dir, keys, ids, texts, _, _ = federation
+    config = _party_toml(tmp_path, keys, ids[0], model_dir, texts[0], 9, 1)
+    config.write_text(config.read_text().replace("rounds = 1", "rounds = 1\nround = 2"))
+    assert main(["train", "--config", str(config)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "party.round: unknown key" in line and "rounds" in line
