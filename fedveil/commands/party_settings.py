@@ -18,6 +18,10 @@ Layout (relative paths are taken from the working directory, as `fedveil client`
     [lora]    rank, alpha, dropout, target_modules, variant (ffa | fedavg), seed
     [recipe]  epochs, max_steps, batch_size, learning_rate, weight_decay, max_grad_norm,
               schedule, seed, threads
+    [eval]    optional held-out evaluation after each round: texts (a JSONL like
+              data.texts, for a causal LM: mean token loss and perplexity) or, for
+              city_domain data, city_test_samples (held-out scenes of the built-in data,
+              default 90: mean concept recall and BLEU, as `fedveil demo` scores them)
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from fedveil.secagg.protocol.config import ClientPolicy
 from fedveil.settings_loader import StrictSettings, apply_overrides, load_settings, read_toml
 
 CITY_DOMAINS = ("energy", "residential", "urban")
-TABLES = ("party", "data", "lora", "recipe")
+TABLES = ("party", "data", "lora", "recipe", "eval")
+DEFAULT_CITY_TEST_SAMPLES = 90
 
 
 class PartyTable(StrictSettings):
@@ -154,6 +159,13 @@ class RecipeTable(StrictSettings):
     threads: int = Field(default=1, ge=1)
 
 
+class EvalTable(StrictSettings):
+    """[eval]: this party's own held-out data, scored with the global adapter each round."""
+
+    texts: Path | None = Field(default=None, strict=False)
+    city_test_samples: int | None = Field(default=None, ge=1)
+
+
 class PartySettings(StrictSettings):
     """One `fedveil train` run, validated before anything is loaded or sent."""
 
@@ -161,12 +173,35 @@ class PartySettings(StrictSettings):
     data: DataTable
     lora: LoraTable = Field(default_factory=LoraTable)
     recipe: RecipeTable = Field(default_factory=RecipeTable)
+    eval: EvalTable | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PartySettings:
         self.party.roster_fingerprint()  # a malformed roster_sha256 is named before any I/O
         self.party.policy()  # an unknown allow_mode is named too
+        self._eval_fits_data()
         return self
+
+    def _eval_fits_data(self) -> None:
+        held_out = self.eval
+        if held_out is None:
+            return
+        if self.data.texts is not None:
+            if held_out.city_test_samples is not None:
+                raise ConfigError(
+                    "eval.city_test_samples is for city_domain data; with data.texts give "
+                    'eval.texts (a held-out JSONL of {"text": ...} lines)'
+                )
+            if held_out.texts is None:
+                raise ConfigError(
+                    'eval: give texts (a held-out JSONL of {"text": ...} lines) to evaluate '
+                    "a causal LM, or leave out [eval]"
+                )
+        elif held_out.texts is not None:
+            raise ConfigError(
+                "eval.texts is for a causal LM (data.texts); with data.city_domain give "
+                f"eval.city_test_samples (default {DEFAULT_CITY_TEST_SAMPLES}) or an empty [eval]"
+            )
 
 
 PARTY_FLAGS = ("server", "credentials", "rounds", "out", "log_level", "log_format")
@@ -179,7 +214,8 @@ def load_party_settings(path: Path, overrides: Mapping[str, Any]) -> PartySettin
     unknown = sorted(set(data) - set(TABLES))
     if unknown:
         raise ConfigError(
-            f"{path}: unknown tables {unknown}; party.toml has [party], [data], [lora], [recipe]"
+            f"{path}: unknown tables {unknown}; party.toml has "
+            "[party], [data], [lora], [recipe], [eval]"
         )
     for name in TABLES:
         if name in data and not isinstance(data[name], dict):

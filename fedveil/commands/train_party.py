@@ -16,11 +16,12 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from fedveil.commands.party_settings import DataTable, PartySettings
+from fedveil.commands.party_settings import DEFAULT_CITY_TEST_SAMPLES, DataTable, PartySettings
 from fedveil.errors import ConfigError
 from fedveil.learner.data.concepts import Domain
-from fedveil.learner.data.datasets import CityDataConfig, make_party_dataset
+from fedveil.learner.data.datasets import CityDataConfig, make_party_dataset, make_test_set
 from fedveil.learner.data.text import load_jsonl_texts
+from fedveil.learner.federation.heldout import CaptionHeldOut, HeldOut, TextHeldOut
 from fedveil.learner.lora.config import AggregationVariant, LoraSettings
 from fedveil.learner.models.loading import ModelKind, load_model
 from fedveil.learner.training.loop import TrainConfig
@@ -86,6 +87,29 @@ def build_party(name: str, settings: PartySettings) -> Party:
     config = CityDataConfig(seed=data.city_seed, samples_per_party=data.city_samples)
     dataset = make_party_dataset(config, Domain(str(data.city_domain)))
     return captioner_party(dataset, loaded, lora, recipe)
+
+
+def load_heldout_texts(settings: PartySettings) -> list[str] | None:
+    """eval.texts, validated line by line like data.texts (before any model is loaded)."""
+    held_out = settings.eval
+    if held_out is None or held_out.texts is None:
+        return None
+    return load_jsonl_texts(held_out.texts)
+
+
+def build_heldout(settings: PartySettings, party: Party, texts: list[str] | None) -> HeldOut | None:
+    """The party's held-out evaluation ([eval]), or None without one. The captioner's
+    scenes come from make_test_set (never trained on: another stream of the same seed)."""
+    held_out = settings.eval
+    if held_out is None:
+        return None
+    if texts is not None:
+        return TextHeldOut.from_texts(
+            party, texts, settings.data.max_length, settings.recipe.batch_size
+        )
+    samples = held_out.city_test_samples or DEFAULT_CITY_TEST_SAMPLES
+    config = CityDataConfig(seed=settings.data.city_seed, test_samples=samples)
+    return CaptionHeldOut.from_scenes(party, make_test_set(config))
 
 
 def _file_sha256(path: Path) -> str:

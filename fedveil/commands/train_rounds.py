@@ -5,6 +5,9 @@ round-start (global) adapter, and SecureRound takes the delta against that same 
 so the update is what the in-process federation would send. After the aggregate is
 applied, every party holds the identical global adapter, and the checkpoint keeps it with
 the client's model chain, so a re-run derives the next round's model hash and resumes.
+With an [eval] table, that global adapter is scored on the party's held-out data after
+each round (learner.federation.heldout): one log line, the checkpoint's metadata, and one
+line of OUT/metrics.jsonl.
 
 One log line per stage (`org-00 round 1/2: trained ...`); a progress bar while training
 only when stderr is a terminal.
@@ -19,7 +22,12 @@ from pathlib import Path
 from fedveil.clients.transport import AggregationClient
 from fedveil.commands.party_client import build_client, load_credentials
 from fedveil.commands.party_settings import PartySettings
-from fedveil.commands.train_party import build_party, settings_fingerprint
+from fedveil.commands.train_party import (
+    build_heldout,
+    build_party,
+    load_heldout_texts,
+    settings_fingerprint,
+)
 from fedveil.errors import ConfigError
 from fedveil.learner.federation.checkpoint import (
     CHECKPOINT_FILE,
@@ -27,6 +35,7 @@ from fedveil.learner.federation.checkpoint import (
     read_checkpoint,
     write_checkpoint,
 )
+from fedveil.learner.federation.heldout import METRICS_FILE, HeldOut, append_metrics
 from fedveil.learner.federation.secure_round import SecureRound
 from fedveil.learner.lora.codec import load_adapter_vector
 from fedveil.learner.training.party import Party
@@ -47,10 +56,15 @@ class PartyRun:
     secure_round: SecureRound
     fingerprint: dict[str, object]
     rounds_done: int
+    heldout: HeldOut | None = None
 
     @property
     def checkpoint_path(self) -> Path:
         return self.settings.party.out / CHECKPOINT_FILE
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.settings.party.out / METRICS_FILE
 
     def close(self) -> None:
         self.client.close()
@@ -69,7 +83,9 @@ def prepare(settings: PartySettings) -> PartyRun:
     """Everything before the first round: credentials, model + LoRA, data, the checkpoint
     (if any, for these settings), the client. ConfigError names anything to fix."""
     credentials = load_credentials(settings.party)
+    heldout_texts = load_heldout_texts(settings)  # a malformed line: before the model
     party = build_party(credentials.client_id, settings)
+    heldout = build_heldout(settings, party, heldout_texts)
     fingerprint = settings_fingerprint(settings, party, credentials.client_id)
     path = settings.party.out / CHECKPOINT_FILE
     checkpoint = read_checkpoint(path, party.layout)
@@ -102,7 +118,7 @@ def prepare(settings: PartySettings) -> PartyRun:
         party.layout.variant.value,
         party.base_hash.hex()[:16],
     )
-    return PartyRun(settings, party, client, secure_round, fingerprint, rounds_done)
+    return PartyRun(settings, party, client, secure_round, fingerprint, rounds_done, heldout)
 
 
 def _check_plan(run: PartyRun, tag: str) -> None:
@@ -148,11 +164,28 @@ def run_round(run: PartyRun, number: int) -> None:
         result.delta_norm,
         result.error_bound,
     )
+    metrics = _evaluate(run, number, tag)
     checkpoint = PartyCheckpoint(
-        number, party.global_vector, run.client.model_chain, run.fingerprint
+        number, party.global_vector, run.client.model_chain, run.fingerprint, metrics
     )
     write_checkpoint(run.checkpoint_path, party.layout, checkpoint)
     logger.info("%s: checkpoint written to %s", tag, run.checkpoint_path)
+    if metrics is not None:
+        append_metrics(run.metrics_path, metrics)
+
+
+def _evaluate(run: PartyRun, number: int, tag: str) -> dict[str, object] | None:
+    """The global adapter on this party's held-out data ([eval]), as one metrics record."""
+    if run.heldout is None:
+        return None
+    result = run.heldout.evaluate(run.party)
+    logger.info("%s: %s", tag, result.summary())
+    return {
+        "round": number,
+        "service_round": run.client.model_chain.round_id,
+        "client_id": run.client.client_id,
+        **result.as_dict(),
+    }
 
 
 def run_rounds(run: PartyRun) -> Path:

@@ -62,7 +62,14 @@ def _federation_plan(model_dir: Path) -> tuple[int, bytes]:
 
 
 def _party_toml(
-    tmp_path: Path, keys: Path, cid: str, model_dir: Path, texts: Path, port: int, rounds: int
+    tmp_path: Path,
+    keys: Path,
+    cid: str,
+    model_dir: Path,
+    texts: Path,
+    port: int,
+    rounds: int,
+    extra: str = "",
 ) -> Path:
     config = tmp_path / f"{cid}.toml"
     config.write_text(
@@ -92,6 +99,7 @@ epochs = 1
 batch_size = 2
 learning_rate = 0.02
 """
+        + extra
     )
     return config
 
@@ -111,7 +119,9 @@ def federation(tmp_path: Path) -> tuple[Path, Path, list[str], list[Path], int, 
     return model_dir, keys, ids, texts, dimension, base
 
 
-def _run_parties(tmp_path: Path, federation: tuple, phases: list[int]) -> list[list[int]]:
+def _run_parties(
+    tmp_path: Path, federation: tuple, phases: list[int], extra: str = ""
+) -> list[list[int]]:
     """Each phase: the three parties' `fedveil train` with that many rounds, at once."""
     model_dir, keys, ids, texts, dimension, base = federation
     settings = settings_for(
@@ -123,7 +133,9 @@ def _run_parties(tmp_path: Path, federation: tuple, phases: list[int]) -> list[l
         async with running_server(settings) as server:
             for rounds in phases:
                 configs = [
-                    _party_toml(tmp_path, keys, cid, model_dir, texts[i], server.port, rounds)
+                    _party_toml(
+                        tmp_path, keys, cid, model_dir, texts[i], server.port, rounds, extra
+                    )
                     for i, cid in enumerate(ids)
                 ]
                 runs = [asyncio.to_thread(main, ["train", "--config", str(c)]) for c in configs]
@@ -212,3 +224,136 @@ def test_an_unknown_party_key_is_refused_in_one_line(
     assert main(["train", "--config", str(config)]) == 2
     line = _one_error_line(capsys.readouterr().err)
     assert "party.round: unknown key" in line and "rounds" in line
+
+
+def test_the_held_out_loss_of_a_causal_lm_is_written_for_each_round(
+    tmp_path: Path, federation: tuple, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="fedveil.train")
+    held_out = tmp_path / "held-out.jsonl"
+    held_out.write_text(
+        "".join(json.dumps({"text": t}) + "\n" for t in ["the gate reads high", "the pipe is"])
+    )
+    extra = f'\n[eval]\ntexts = "{held_out}"\n'
+    assert _run_parties(tmp_path, federation, [1, 2], extra) == [[0, 0, 0], [0, 0, 0]]
+    _, _, ids, _, _, _ = federation
+    per_party = []
+    for cid in ids:
+        lines = (tmp_path / "out" / cid / "metrics.jsonl").read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        assert [r["round"] for r in records] == [1, 2], "one record per round, resumes append"
+        assert [r["service_round"] for r in records] == [1, 2]
+        for r in records:
+            assert r["client_id"] == cid and r["data"] == "texts" and r["examples"] == 2
+            assert r["perplexity"] == pytest.approx(np.exp(r["mean_token_loss"]))
+        per_party.append([r["mean_token_loss"] for r in records])
+        from safetensors import safe_open
+
+        with safe_open(str(tmp_path / "out" / cid / CHECKPOINT_FILE), framework="np") as f:
+            assert json.loads(f.metadata()["metrics"]) == records[-1]
+    for other in per_party[1:]:  # the same global adapter on the same held-out texts
+        assert other == pytest.approx(per_party[0], rel=1e-5)
+    assert per_party[0][0] != per_party[0][1], "round 2 moves the adapter, so the loss"
+    logged = [r.getMessage() for r in caplog.records if "held-out perplexity" in r.getMessage()]
+    assert len(logged) == 6 and sum("round 2/2" in m for m in logged) == 3
+
+
+def _captioner_toml(
+    tmp_path: Path, keys: Path, cid: str, model_dir: Path, domain: str, port: int
+) -> Path:
+    config = tmp_path / f"{cid}.toml"
+    config.write_text(
+        f"""
+[party]
+credentials = "{client_dir(keys, cid)}"
+roster = "{keys / "roster.json"}"
+server = "localhost:{port}"
+model_dir = "{model_dir}"
+out = "{tmp_path / "out" / cid}"
+rounds = 1
+join_timeout_s = 30
+
+[data]
+city_domain = "{domain}"
+city_samples = 8
+
+[lora]
+rank = 2
+alpha = 4.0
+
+[recipe]
+batch_size = 8
+learning_rate = 0.01
+
+[eval]
+city_test_samples = 4
+"""
+    )
+    return config
+
+
+def test_three_captioner_parties_federate_and_evaluate_on_held_out_scenes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.helpers.captioner_fixtures import tiny_base_dir
+
+    caplog.set_level("INFO", logger="fedveil.train")
+    model_dir = tiny_base_dir()
+    lora = LoraSettings(rank=2, alpha=4.0, variant=AggregationVariant.FFA)
+    model = load_model(model_dir).model
+    base = base_model_hash(model)
+    dimension = adapter_layout(apply_lora(model, lora), base, lora.variant).size
+    keys, ids = make_keys(tmp_path, 3)
+    settings = settings_for(
+        tmp_path, keys, dimension=dimension, model_hash=base, stage_timeout_s=20.0
+    )
+
+    async def federate() -> list[int]:
+        async with running_server(settings) as server:
+            configs = [
+                _captioner_toml(tmp_path, keys, cid, model_dir, domain, server.port)
+                for cid, domain in zip(ids, ("energy", "residential", "urban"), strict=True)
+            ]
+            runs = [asyncio.to_thread(main, ["train", "--config", str(c)]) for c in configs]
+            return list(await asyncio.gather(*runs))
+
+    assert asyncio.run(federate()) == [0, 0, 0]
+    adapters = [_adapter(tmp_path, cid) for cid in ids]
+    for other in adapters[1:]:
+        assert other.keys() == adapters[0].keys()
+        assert all(np.array_equal(other[k], adapters[0][k]) for k in other)
+    records = []
+    for cid in ids:
+        lines = (tmp_path / "out" / cid / "metrics.jsonl").read_text().splitlines()
+        assert len(lines) == 1
+        record = json.loads(lines[0])
+        assert record["round"] == 1 and record["data"] == "captions" and record["examples"] == 4
+        assert 0.0 <= record["mean_recall"] <= 1.0 and 0.0 <= record["bleu"] <= 1.0
+        assert set(record["recall_by_domain"]) == {"energy", "residential", "urban"}
+        records.append({k: v for k, v in record.items() if k != "client_id"})
+    assert records[1] == records[0] and records[2] == records[0], "same adapter, same scenes"
+    logged = [
+        r.getMessage() for r in caplog.records if "held-out mean concept recall" in r.getMessage()
+    ]
+    assert len(logged) == 3 and all("round 1/1" in m and "on 4 scenes" in m for m in logged)
+
+
+def test_held_out_settings_that_do_not_fit_the_data_are_refused(
+    tmp_path: Path, federation: tuple, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model_dir, keys, ids, texts, _, _ = federation
+    config = _party_toml(
+        tmp_path, keys, ids[0], model_dir, texts[0], 9, 1, "\n[eval]\ncity_test_samples = 4\n"
+    )
+    assert main(["train", "--config", str(config)]) == 2
+    assert "eval.city_test_samples is for city_domain data" in _one_error_line(
+        capsys.readouterr().err
+    )
+    bad = tmp_path / "bad-held-out.jsonl"
+    bad.write_text('{"text": "the gate is open"}\n{"txt": "the meter"}\n')
+    config = _party_toml(
+        tmp_path, keys, ids[0], model_dir, texts[0], 9, 1, f'\n[eval]\ntexts = "{bad}"\n'
+    )
+    assert main(["train", "--config", str(config)]) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"{bad}:2" in line and 'expected an object with a string "text"' in line

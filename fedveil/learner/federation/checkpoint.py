@@ -7,7 +7,8 @@ and is refused by the next round; two files cannot be replaced together, one fil
 
 Why safetensors: the adapter tensors (by canonical name, the layout's own) can be read by
 any tool, and its string metadata carries the rest: the rounds done, the chain (last
-round id and result digest) and the fingerprint of the settings the run was started with,
+round id and result digest), the last round's held-out figures (when the party evaluates)
+and the fingerprint of the settings the run was started with,
 so a re-run with other settings is refused instead of resuming a different federation.
 """
 
@@ -39,6 +40,8 @@ class PartyCheckpoint:
     """The global adapter (float32, layout order) after the last applied round."""
     chain: ModelChain
     fingerprint: dict[str, object]
+    metrics: dict[str, object] | None = None
+    """The held-out figures of the last round, when the party evaluates (JSON-ready)."""
 
 
 def write_checkpoint(path: Path, layout: AdapterLayout, checkpoint: PartyCheckpoint) -> None:
@@ -61,6 +64,8 @@ def write_checkpoint(path: Path, layout: AdapterLayout, checkpoint: PartyCheckpo
         "chain_result_digest": "" if chain.result_digest is None else chain.result_digest.hex(),
         "fingerprint": json.dumps(checkpoint.fingerprint, sort_keys=True),
     }
+    if checkpoint.metrics is not None:
+        metadata["metrics"] = json.dumps(checkpoint.metrics, sort_keys=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(path, save(tensors, metadata=metadata), sync_folder=True)
 
@@ -100,8 +105,9 @@ def read_checkpoint(path: Path, layout: AdapterLayout) -> PartyCheckpoint | None
         )
         fingerprint = json.loads(metadata["fingerprint"])
         rounds_done = int(metadata["rounds_done"])
+        metrics = json.loads(metadata["metrics"]) if "metrics" in metadata else None
     except (KeyError, ValueError) as exc:
         raise ConfigError(
             f"checkpoint {path} has a corrupt header ({exc}); remove it to start over"
         ) from None
-    return PartyCheckpoint(rounds_done, adapter, chain, fingerprint)
+    return PartyCheckpoint(rounds_done, adapter, chain, fingerprint, metrics)
