@@ -49,13 +49,12 @@ import numpy as np
 
 from fedveil.clients.credentials import ClientCredentials
 from fedveil.clients.privacy_ledger import PersistentPrivacyLedger, federation_fingerprint
-from fedveil.clients.roster_file import load_roster_identities
 from fedveil.clients.transport import AggregateResult, AsyncAggregationClient
 from fedveil.clients.update_guard import RepeatedUpdateGuard
 from fedveil.commands import Command, SubParsers
 from fedveil.commands.client_io import load_update, write_result, write_summary
 from fedveil.commands.client_settings import ClientSettings, load_client_settings
-from fedveil.commands.client_stages import ObservedTransportSecurity
+from fedveil.commands.client_wiring import observed_security, trusted_roster
 from fedveil.commands.logs import add_logging_flags, configure_logging
 from fedveil.errors import ConfigError, FedveilError
 from fedveil.secagg.protocol.stages import Stage
@@ -193,25 +192,13 @@ def _base_model_hash(settings: ClientSettings) -> bytes:
 def prepare(settings: ClientSettings, stop_before: Stage | None = None) -> _Prepared:
     """Everything that can be checked offline: credentials, roster, update, the client."""
     credentials = ClientCredentials.load(settings.credentials)
-    roster = load_roster_identities(settings.roster, settings.roster_fingerprint())
-    if settings.roster_sha256 is None:
-        logger.warning(
-            "no --roster-sha256: the roster %s is trusted as given; pass the fingerprint "
-            "the operator printed with `fedveil keys show`",
-            settings.roster,
-        )
+    roster = trusted_roster(settings.roster, settings.roster_fingerprint(), "--roster-sha256")
     update = load_update(settings.update)
     # With a privacy budget the SDK refuses every round without DP noise, so only then may
     # one update go to several rounds; otherwise refuse now, before anything is sent.
     guard = RepeatedUpdateGuard(dp_protected=settings.privacy_budget() is not None)
     guard.check_plan(update, settings.rounds)
-    security = ObservedTransportSecurity(
-        ca_pem=credentials.ca_pem,
-        cert_pem=credentials.cert_pem,
-        key_pem=credentials.key_pem,
-        server_name_override=settings.server_name,
-        stop_before=stop_before,
-    )
+    security = observed_security(credentials, settings.server_name, stop_before)
     base = _base_model_hash(settings)
     ledger = _open_ledger(settings, credentials)
     try:

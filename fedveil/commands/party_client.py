@@ -10,16 +10,11 @@ a resumed party derives the model hash of the round after the last one it applie
 
 from __future__ import annotations
 
-import logging
-
 from fedveil.clients.credentials import ClientCredentials
-from fedveil.clients.roster_file import load_roster_identities
 from fedveil.clients.transport import AggregationClient
-from fedveil.commands.client_stages import ObservedTransportSecurity
+from fedveil.commands.client_wiring import observed_security, trusted_roster
 from fedveil.commands.party_settings import PartyTable
 from fedveil.secagg.protocol.model_chain import ModelChain
-
-logger = logging.getLogger("fedveil.train")
 
 
 def load_credentials(party: PartyTable) -> ClientCredentials:
@@ -31,19 +26,8 @@ def build_client(
     party: PartyTable, credentials: ClientCredentials, chain: ModelChain
 ) -> AggregationClient:
     """The blocking client (its own event loop thread), so training stays a plain loop."""
-    roster = load_roster_identities(party.roster, party.roster_fingerprint())
-    if party.roster_sha256 is None:
-        logger.warning(
-            "no party.roster_sha256: the roster %s is trusted as given; add the fingerprint "
-            "the operator printed with `fedveil keys show`",
-            party.roster,
-        )
-    security = ObservedTransportSecurity(
-        ca_pem=credentials.ca_pem,
-        cert_pem=credentials.cert_pem,
-        key_pem=credentials.key_pem,
-        server_name_override=party.server_name,
-    )
+    roster = trusted_roster(party.roster, party.roster_fingerprint(), "party.roster_sha256")
+    security = observed_security(credentials, party.server_name)
     return AggregationClient(
         party.server,
         credentials.client_id,
