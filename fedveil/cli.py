@@ -16,6 +16,7 @@ from fedveil.commands import (
     demo,
     keys,
     model_hash,
+    plan,
     server,
     simulate_secagg,
     train,
@@ -30,6 +31,7 @@ COMMANDS: tuple[Command, ...] = (
     audit.COMMAND,
     model_hash.COMMAND,
     train.COMMAND,
+    plan.COMMAND,
 )
 """The dispatch table: `fedveil NAME` runs the row whose name is NAME."""
 

@@ -8,18 +8,21 @@ only when its policy opts in (clients.mode_policy), and it says so in the log ea
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from fedveil.clients.calls import RetryPolicy, call_unary, fetch_result
-from fedveil.clients.result import AggregateResult, Received
+from fedveil.clients.result import Received, mean_received
 from fedveil.clients.round_call import RoundCall
 from fedveil.clients.streams import ChunkedPayload, TensorLayout
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.secagg.modes import AggregationMode
-from fedveil.secagg.protocol.aggregate_bounds import CohortLimits, bounded_value_limits
-from fedveil.secagg.protocol.model_chain import mean_payload_digest
+from fedveil.secagg.protocol.aggregate_bounds import (
+    CohortLimits,
+    ValueLimits,
+    bounded_value_limits,
+)
 
 logger = logging.getLogger("fedveil.clients.transport")
 
@@ -35,23 +38,8 @@ class PlaintextDriver:
     ) -> Received:
         spec = call.spec
         header, mean = await self._exchange(call, update, weight)
-        result = AggregateResult.from_header(header, mean, layout)
-        clip, dimension = float(spec.quantization.clip), int(spec.dimension)
-        return Received(
-            result,
-            mode=self.mode,
-            header=header,
-            payload_sha256=mean_payload_digest(mean),
-            cohort=CohortLimits(
-                result.round_id,
-                call.client_id,
-                frozenset(spec.roster),
-                int(spec.threshold),
-                int(spec.quantization.max_weight),
-                own_weight=weight,
-            ),
-            values=lambda n, w: bounded_value_limits(clip, dimension, 0.0),
-        )
+        cohort, values = plaintext_limits(spec, call.client_id, own_weight=weight)
+        return mean_received(header, mean, layout, mode=self.mode, cohort=cohort, values=values)
 
     async def _exchange(
         self, call: RoundCall, update: np.ndarray, weight: int
@@ -90,3 +78,24 @@ class PlaintextDriver:
             retry=call.retry,
             timeout_s=timeout,
         )
+
+
+def plaintext_limits(
+    spec: pb.RoundSpec, client_id: str, *, own_weight: int | None, round_id: int | None = None
+) -> tuple[CohortLimits, Callable[[int, int], ValueLimits]]:
+    """What an honest plaintext round of `spec` can produce: survivors on the roster and
+    at least its threshold, values within the clip (secagg.protocol.aggregate_bounds).
+
+    `own_weight` is None for a party that did not take part (clients.catch_up);
+    `round_id` names the round in refusals (default: `spec`'s).
+    """
+    clip, dimension = float(spec.quantization.clip), int(spec.dimension)
+    cohort = CohortLimits(
+        int(spec.round_id) if round_id is None else round_id,
+        client_id,
+        frozenset(spec.roster),
+        int(spec.threshold),
+        int(spec.quantization.max_weight),
+        own_weight=own_weight,
+    )
+    return cohort, lambda n, w: bounded_value_limits(clip, dimension, 0.0)

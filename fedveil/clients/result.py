@@ -19,13 +19,14 @@ from fedveil.errors import ConfigError
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.secagg.dp.accounting import EpsilonReport
 from fedveil.secagg.dp.report import RoundPrivacyReport
+from fedveil.secagg.modes import AggregationMode
 from fedveil.secagg.protocol.aggregate_bounds import (
     CohortLimits,
     ValueLimits,
     check_cohort,
     check_values,
 )
-from fedveil.secagg.protocol.model_chain import ModelChain, result_digest
+from fedveil.secagg.protocol.model_chain import ModelChain, mean_payload_digest, result_digest
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +99,36 @@ class Received:
     payload_sha256: bytes
     cohort: CohortLimits
     values: Callable[[int, int], ValueLimits]
+
+
+def mean_received(
+    header: pb.ResultHeader,
+    mean: np.ndarray,
+    layout: TensorLayout | None,
+    *,
+    mode: AggregationMode,
+    cohort: CohortLimits,
+    values: Callable[[int, int], ValueLimits],
+    privacy: RoundPrivacyReport | None = None,
+    privacy_spent: EpsilonReport | None = None,
+) -> Received:
+    """What a SecAgg or plaintext round gave: the header and the float64 mean as streamed.
+
+    One place for the drivers and for a party that fetches a missed round's result
+    (clients.catch_up): the payload digest covers the mean exactly as the server streamed
+    it, so every party that received the same result chains the same digest.
+    """
+    result = AggregateResult.from_header(
+        header, mean, layout, privacy=privacy, privacy_spent=privacy_spent
+    )
+    return Received(
+        result,
+        mode=mode,
+        header=header,
+        payload_sha256=mean_payload_digest(mean),
+        cohort=cohort,
+        values=values,
+    )
 
 
 def accept(received: Received, chain: ModelChain) -> AggregateResult:

@@ -12,6 +12,7 @@ can never make this client say two different things in one stage.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -19,7 +20,7 @@ import numpy as np
 
 from fedveil.clients.calls import RetryPolicy, call_unary, fetch_result, upload_resumable
 from fedveil.clients.errors import TransportError
-from fedveil.clients.result import AggregateResult, Received
+from fedveil.clients.result import Received, mean_received
 from fedveil.clients.round_call import RoundCall
 from fedveil.clients.streams import ChunkedPayload, TensorLayout
 from fedveil.errors import ProtocolError, SurvivorSetMismatchError
@@ -47,7 +48,7 @@ from fedveil.secagg.protocol.aggregate_bounds import (
     secagg_value_limits,
 )
 from fedveil.secagg.protocol.client import ClientSession
-from fedveil.secagg.protocol.model_chain import mean_payload_digest
+from fedveil.secagg.protocol.config import RoundConfig
 from fedveil.secagg.protocol.stages import Stage
 
 logger = logging.getLogger("fedveil.clients.transport")
@@ -207,35 +208,54 @@ class SecAggDriver:
                     f"multiplier / clip norm {(privacy.noise_multiplier, privacy.clip_norm)}, "
                     f"but the round this client joined used {published}"
                 )
-        result = AggregateResult.from_header(
-            header, mean, layout, privacy=privacy, privacy_spent=session.privacy_spent
+        cohort, values = secagg_limits(
+            config, int(spec.min_cohort), call.client_id, own_weight=weight
         )
-        dp = config.dp
-        floor = max(config.threshold, int(spec.min_cohort))
-        if dp is not None and dp.config.placement is NoisePlacement.CLIENTS:
-            floor = max(floor, dp.config.min_clients)
-        dp_config = dp.config if dp is not None else None
-
-        def values(survivors: int, total_weight: int) -> ValueLimits:
-            if dp_config is not None:
-                return dp_value_limits(dp_config, survivors)
-            return secagg_value_limits(
-                config.quantization, config.dimension, survivors, total_weight
-            )
-
-        return Received(
-            result,
+        return mean_received(
+            header,
+            mean,
+            layout,
             mode=self.mode,
-            header=header,
-            payload_sha256=mean_payload_digest(mean),
-            cohort=CohortLimits(
-                result.round_id,
-                call.client_id,
-                frozenset(config.roster),
-                floor,
-                config.quantization.max_weight,
-                own_weight=None if dp is not None else weight,
-                weight_per_survivor=1 if dp is not None else None,
-            ),
+            cohort=cohort,
             values=values,
+            privacy=privacy,
+            privacy_spent=session.privacy_spent,
         )
+
+
+def secagg_limits(
+    config: RoundConfig,
+    min_cohort: int,
+    client_id: str,
+    *,
+    own_weight: int | None,
+    round_id: int | None = None,
+) -> tuple[CohortLimits, Callable[[int, int], ValueLimits]]:
+    """What an honest SecAgg round of `config` can produce (secagg.protocol.
+    aggregate_bounds): who may survive, their total weight, and how far the mean reaches.
+
+    `own_weight` is what this client sent (None for a party that did not take part,
+    clients.catch_up); DP rounds count every survivor once, so it is not used there.
+    `round_id` names the round in refusals (default: `config`'s).
+    """
+    dp = config.dp
+    floor = max(config.threshold, min_cohort)
+    if dp is not None and dp.config.placement is NoisePlacement.CLIENTS:
+        floor = max(floor, dp.config.min_clients)
+    dp_config = dp.config if dp is not None else None
+
+    def values(survivors: int, total_weight: int) -> ValueLimits:
+        if dp_config is not None:
+            return dp_value_limits(dp_config, survivors)
+        return secagg_value_limits(config.quantization, config.dimension, survivors, total_weight)
+
+    cohort = CohortLimits(
+        config.round_id if round_id is None else round_id,
+        client_id,
+        frozenset(config.roster),
+        floor,
+        config.quantization.max_weight,
+        own_weight=None if dp is not None else own_weight,
+        weight_per_survivor=1 if dp is not None else None,
+    )
+    return cohort, values

@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 
 from fedveil.clients.calls import RetryPolicy, call_unary, fetch_result, upload_resumable
+from fedveil.clients.catch_up import catch_up, needs_catch_up
 from fedveil.clients.errors import TransportError
 from fedveil.clients.mode_driver import drivers_for
 from fedveil.clients.mode_policy import require_allowed_mode
@@ -215,6 +216,42 @@ class AsyncAggregationClient:
         received = await driver.run(call, vector, weight, layout)
         return accept(received, self._chain)
 
+    def needs_catch_up(self, info: pb.RoundInfo) -> bool:
+        """Whether this client missed a published result before the announced round (its
+        chain is stale): call `catch_up` before `run_round` then (clients.catch_up)."""
+        return needs_catch_up(self._chain, info)
+
+    async def catch_up(self, announced: pb.RoundInfo | int) -> list[AggregateResult]:
+        """Fetch, check and chain the results of the rounds this client missed.
+
+        `announced`: the round this client wants to join next (a RoundInfo from
+        `wait_for_round`, or its id); every round after the last result this client
+        applied and before it is fetched with GetResult, rounds that failed are skipped.
+        Returns the missed results in order (apply each `weighted_mean` to the model, in
+        order); the model chain has advanced past them. Refuses a CKKS round
+        (ProtocolError: it needs the epoch key) and, when the announced round's model
+        hash does not follow from the results served, raises SessionMismatchError and
+        changes nothing. Why fetching is safe: see clients.catch_up.
+        """
+        if isinstance(announced, pb.RoundInfo):
+            info, up_to = announced, int(announced.spec.round_id)
+        else:
+            info, up_to = await self.get_round(), int(announced)
+            if up_to > int(info.spec.round_id):
+                raise ProtocolError(
+                    f"round {up_to} is not announced yet (the open round is "
+                    f"{info.spec.round_id}): catch up to a round the server announced"
+                )
+        return await catch_up(
+            self._ensure_stub(),
+            client_id=self.client_id,
+            chain=self._chain,
+            announced=info.spec,
+            up_to=up_to,
+            retry=self._retry,
+            timeout_s=self._stage_timeout(info.spec),
+        )
+
     async def close(self) -> None:
         self._closed = True
         channel, self._channel, self._stub = self._channel, None, None
@@ -308,6 +345,13 @@ class AggregationClient:
                 update, weight, join_timeout_s=join_timeout_s, weight_mode=weight_mode
             )
         )
+
+    def needs_catch_up(self, info: pb.RoundInfo) -> bool:
+        return self._client.needs_catch_up(info)
+
+    def catch_up(self, announced: pb.RoundInfo | int) -> list[AggregateResult]:
+        """Fetch and chain the missed rounds' results (AsyncAggregationClient.catch_up)."""
+        return self._run(self._client.catch_up(announced))
 
     def close(self) -> None:
         if self._closed:

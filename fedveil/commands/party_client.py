@@ -10,11 +10,19 @@ a resumed party derives the model hash of the round after the last one it applie
 
 from __future__ import annotations
 
+import hashlib
+
 from fedveil.clients.credentials import ClientCredentials
 from fedveil.clients.transport import AggregationClient
 from fedveil.commands.client_wiring import observed_security, trusted_roster
 from fedveil.commands.party_settings import PartyTable
+from fedveil.proto.convert_plan import plan_from_spec
 from fedveil.secagg.protocol.model_chain import ModelChain
+from fedveil.secagg.protocol.plan import FederationPlan
+
+_BOOTSTRAP_ROOT = hashlib.sha256(b"fedveil-party-plan-fetch").digest()
+"""The chain root of the short-lived client that only reads the served plan: it never
+joins a round, and its root matches no real federation."""
 
 
 def load_credentials(party: PartyTable) -> ClientCredentials:
@@ -38,3 +46,19 @@ def build_client(
         base_model_hash=chain.base_model_hash,
         model_chain=chain,
     )
+
+
+def fetch_served_plan(party: PartyTable, credentials: ClientCredentials) -> FederationPlan | None:
+    """The plan the service serves with its open round (None when it runs without one).
+
+    Read over the same mutual-TLS channel as the rounds, before the model is built: a
+    party without a [lora] table adopts the plan's adapter. What it adopts is not trusted
+    for more than that: the party then derives its chain root from what it built, so a
+    plan that differs from the other parties' fails the round closed (secagg.protocol.plan).
+    """
+    client = build_client(party, credentials, ModelChain(_BOOTSTRAP_ROOT))
+    try:
+        info = client.wait_for_round(timeout_s=party.join_timeout_s)
+    finally:
+        client.close()
+    return plan_from_spec(info.spec)

@@ -11,11 +11,14 @@ torch) are built from these tables in `commands.train_party`, and check the rest
 
 Layout (relative paths are taken from the working directory, as `fedveil client` does)::
 
-    [party]   credentials, roster, roster_sha256, server, server_name, model_dir, rounds,
-              out, allow_mode, min_cohort, min_threshold, join_timeout_s, log_level, log_format
+    [party]   credentials, roster, roster_sha256, server, server_name, model_dir, rounds
+              (default: the federation plan's), out, allow_mode, min_cohort, min_threshold,
+              join_timeout_s, max_failed_rounds, log_level, log_format
     [data]    texts (JSONL of {"text": ...}, causal LM) or city_domain (built-in captioner
               data: energy, residential, urban), city_samples, city_seed, max_length
-    [lora]    rank, alpha, dropout, target_modules, variant (ffa | fedavg), seed
+    [lora]    optional: rank, alpha, dropout, target_modules, variant (ffa | fedavg), seed;
+              without it the party adopts the adapter of the plan the server serves
+              (`fedveil plan`); with it, a plan that differs is refused, naming the keys
     [recipe]  epochs, max_steps, batch_size, learning_rate, weight_decay, max_grad_norm,
               schedule, seed, threads
     [eval]    optional held-out evaluation after each round: texts (a JSONL like
@@ -52,13 +55,14 @@ class PartyTable(StrictSettings):
     server: str
     model_dir: Path = Field(strict=False)
     out: Path = Field(strict=False)
-    rounds: int = Field(default=1, ge=1)
+    rounds: int | None = Field(default=None, ge=1)  # None: the served plan's rounds
     roster_sha256: str | None = None
     server_name: str | None = None
     allow_mode: tuple[str, ...] = ()
     min_cohort: int = Field(default=3, ge=2)
     min_threshold: int = Field(default=2, ge=1)
     join_timeout_s: float = Field(default=60.0, gt=0)
+    max_failed_rounds: int = Field(default=3, ge=0)  # rounds that may fail before giving up
     log_level: str = "INFO"
     log_format: str = "text"
 
@@ -171,7 +175,9 @@ class PartySettings(StrictSettings):
 
     party: PartyTable
     data: DataTable
-    lora: LoraTable = Field(default_factory=LoraTable)
+    lora: LoraTable | None = None
+    """None: adopt the adapter of the plan the server serves (or LoraTable's defaults
+    when it serves none). Given: it must match the served plan, or the party refuses."""
     recipe: RecipeTable = Field(default_factory=RecipeTable)
     eval: EvalTable | None = None
 

@@ -16,7 +16,12 @@ from pathlib import Path
 
 from transformers.utils import logging as hf_logging
 
-from fedveil.commands.party_settings import DEFAULT_CITY_TEST_SAMPLES, DataTable, PartySettings
+from fedveil.commands.party_settings import (
+    DEFAULT_CITY_TEST_SAMPLES,
+    DataTable,
+    LoraTable,
+    PartySettings,
+)
 from fedveil.errors import ConfigError
 from fedveil.learner.data.concepts import Domain
 from fedveil.learner.data.datasets import CityDataConfig, make_party_dataset, make_test_set
@@ -26,6 +31,7 @@ from fedveil.learner.lora.config import AggregationVariant, LoraSettings
 from fedveil.learner.models.loading import ModelKind, load_model
 from fedveil.learner.training.loop import TrainConfig
 from fedveil.learner.training.party import Party, captioner_party, text_party
+from fedveil.secagg.protocol.plan import FederationPlan
 
 _LOAD_LOCK = threading.Lock()
 """`from_pretrained` builds the model on a process-global meta device, so two loads in
@@ -33,8 +39,22 @@ one process at once (parties run as threads, e.g. in tests) see each other's met
 tensors; one load at a time. Separate processes are unaffected."""
 
 
-def lora_settings(settings: PartySettings) -> LoraSettings:
+def lora_settings(settings: PartySettings, plan: FederationPlan | None = None) -> LoraSettings:
+    """The party's [lora] table; without one, the served plan's adapter (or the defaults
+    when the server serves no plan). A [lora] that differs from the plan is reported
+    field by field once the model is built (learner.federation.plan_local)."""
     table = settings.lora
+    if table is None and plan is not None:
+        served = plan.lora
+        return LoraSettings(
+            rank=served.rank,
+            alpha=served.alpha,
+            target_modules=served.target_modules,
+            variant=AggregationVariant(served.variant),
+            seed=served.seed,
+        )
+    if table is None:
+        table = LoraTable()
     return LoraSettings(
         rank=table.rank,
         alpha=float(table.alpha),
@@ -42,6 +62,22 @@ def lora_settings(settings: PartySettings) -> LoraSettings:
         target_modules=table.target_modules,
         variant=AggregationVariant(table.variant),
         seed=table.seed,
+    )
+
+
+def stored_lora(fingerprint: dict[str, object]) -> LoraSettings:
+    """The adapter a checkpoint's run was started with (settings_fingerprint's "lora")."""
+    table = fingerprint.get("lora")
+    if not isinstance(table, dict):
+        raise ConfigError("the checkpoint records no adapter settings; remove it to start over")
+    targets = table.get("target_modules")
+    return LoraSettings(
+        rank=int(table["rank"]),
+        alpha=float(table["alpha"]),
+        dropout=float(table["dropout"]),
+        target_modules=None if targets is None else tuple(targets),
+        variant=AggregationVariant(table["variant"]),
+        seed=int(table["seed"]),
     )
 
 
@@ -62,11 +98,15 @@ def train_config(settings: PartySettings) -> TrainConfig:
     )
 
 
-def build_party(name: str, settings: PartySettings) -> Party:
-    """Base model + LoRA over this party's data; ConfigError naming what to fix (a model
-    of the wrong kind for the data, a malformed JSONL line with its number)."""
+def build_party(
+    name: str, settings: PartySettings, lora: LoraSettings | None = None
+) -> Party:
+    """Base model + LoRA (`lora`, default: the party's [lora]) over this party's data;
+    ConfigError naming what to fix (a model of the wrong kind for the data, a malformed
+    JSONL line with its number)."""
     data = settings.data
-    lora, recipe = lora_settings(settings), train_config(settings)
+    lora = lora if lora is not None else lora_settings(settings)
+    recipe = train_config(settings)
     texts = None if data.texts is None else load_jsonl_texts(data.texts)  # before the model
     if not sys.stderr.isatty():
         hf_logging.disable_progress_bar()  # a log file gets our lines, not tqdm's
@@ -128,18 +168,31 @@ def _data_identity(data: DataTable) -> dict[str, object]:
 
 
 def settings_fingerprint(
-    settings: PartySettings, party: Party, client_id: str
+    settings: PartySettings,
+    party: Party,
+    client_id: str,
+    lora: LoraSettings,
+    plan: FederationPlan | None = None,
 ) -> dict[str, object]:
     """What a checkpoint must have been written with to be resumed: the party, the base
-    model, the adapter layout, the data (its content, not only its path) and the recipe.
-    Rounds, out, server address and logging may change between runs."""
+    model, the adapter (`lora` as applied) and its layout, the federation plan, the data
+    (its content, not only its path) and the recipe. Rounds, out, server address and
+    logging may change between runs."""
     recipe = settings.recipe.model_dump(mode="json")
     recipe.pop("threads")  # how fast, not what is trained
     return {
         "client_id": client_id,
         "base_model_hash": party.base_hash.hex(),
         "adapter_layout": party.layout.fingerprint().hex(),
-        "lora": settings.lora.model_dump(mode="json"),
+        "lora": {
+            "rank": lora.rank,
+            "alpha": lora.alpha,
+            "dropout": lora.dropout,
+            "target_modules": None if lora.target_modules is None else list(lora.target_modules),
+            "variant": lora.variant.value,
+            "seed": lora.seed,
+        },
+        "plan": None if plan is None else plan.digest().hex(),
         "recipe": recipe,
         "data": _data_identity(settings.data),
     }

@@ -177,8 +177,40 @@ class CkksSpec(_message.Message):
     chunk_count: int
     def __init__(self, preset: _Optional[str] = ..., key_epoch: _Optional[int] = ..., key_holder: _Optional[str] = ..., key_fingerprint: _Optional[bytes] = ..., value_bound: _Optional[float] = ..., rotate_every: _Optional[int] = ..., chunk_count: _Optional[int] = ...) -> None: ...
 
+class LoraPlan(_message.Message):
+    __slots__ = ("rank", "alpha", "target_modules", "variant", "seed")
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    rank: int
+    alpha: float
+    target_modules: _containers.RepeatedScalarFieldContainer[str]
+    variant: str
+    seed: int
+    def __init__(self, rank: _Optional[int] = ..., alpha: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class FederationPlan(_message.Message):
+    __slots__ = ("name", "base_model", "base_model_hash", "lora", "dimension", "layout_sha256", "rounds")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_FIELD_NUMBER: _ClassVar[int]
+    BASE_MODEL_HASH_FIELD_NUMBER: _ClassVar[int]
+    LORA_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    LAYOUT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    base_model: str
+    base_model_hash: bytes
+    lora: LoraPlan
+    dimension: int
+    layout_sha256: bytes
+    rounds: int
+    def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., base_model_hash: _Optional[bytes] = ..., lora: _Optional[_Union[LoraPlan, _Mapping]] = ..., dimension: _Optional[int] = ..., layout_sha256: _Optional[bytes] = ..., rounds: _Optional[int] = ...) -> None: ...
+
 class RoundSpec(_message.Message):
-    __slots__ = ("round_id", "mode", "dimension", "layout", "quantization", "threshold", "neighbours", "min_cohort", "max_cohort", "roster", "model_hash", "dp", "aead", "session_id", "chunk_bytes", "stage_timeout_s", "ckks")
+    __slots__ = ("round_id", "mode", "dimension", "layout", "quantization", "threshold", "neighbours", "min_cohort", "max_cohort", "roster", "model_hash", "dp", "aead", "session_id", "chunk_bytes", "stage_timeout_s", "ckks", "plan")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +228,7 @@ class RoundSpec(_message.Message):
     CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     STAGE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     CKKS_FIELD_NUMBER: _ClassVar[int]
+    PLAN_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     mode: AggregationMode
     dimension: int
@@ -213,7 +246,8 @@ class RoundSpec(_message.Message):
     chunk_bytes: int
     stage_timeout_s: float
     ckks: CkksSpec
-    def __init__(self, round_id: _Optional[int] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., dimension: _Optional[int] = ..., layout: _Optional[_Union[VectorLayout, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., threshold: _Optional[int] = ..., neighbours: _Optional[int] = ..., min_cohort: _Optional[int] = ..., max_cohort: _Optional[int] = ..., roster: _Optional[_Iterable[str]] = ..., model_hash: _Optional[bytes] = ..., dp: _Optional[_Union[DpSpec, _Mapping]] = ..., aead: _Optional[str] = ..., session_id: _Optional[bytes] = ..., chunk_bytes: _Optional[int] = ..., stage_timeout_s: _Optional[float] = ..., ckks: _Optional[_Union[CkksSpec, _Mapping]] = ...) -> None: ...
+    plan: FederationPlan
+    def __init__(self, round_id: _Optional[int] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., dimension: _Optional[int] = ..., layout: _Optional[_Union[VectorLayout, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., threshold: _Optional[int] = ..., neighbours: _Optional[int] = ..., min_cohort: _Optional[int] = ..., max_cohort: _Optional[int] = ..., roster: _Optional[_Iterable[str]] = ..., model_hash: _Optional[bytes] = ..., dp: _Optional[_Union[DpSpec, _Mapping]] = ..., aead: _Optional[str] = ..., session_id: _Optional[bytes] = ..., chunk_bytes: _Optional[int] = ..., stage_timeout_s: _Optional[float] = ..., ckks: _Optional[_Union[CkksSpec, _Mapping]] = ..., plan: _Optional[_Union[FederationPlan, _Mapping]] = ...) -> None: ...
 
 class GetRoundRequest(_message.Message):
     __slots__ = ("client_id",)

@@ -22,6 +22,7 @@ from fedveil.errors import (
     DuplicateSubmissionError,
     FedveilError,
 )
+from fedveil.proto.convert_plan import plan_to_pb
 from fedveil.secagg.crypto.identity import VerifyingIdentity
 from fedveil.secagg.dp.report import FederationAccountant
 from fedveil.secagg.protocol.dp import RoundDP
@@ -38,6 +39,7 @@ from fedveil.server.roster import Roster
 from fedveil.server.roster_watch import RosterWatch
 from fedveil.server.round_modes import round_shape, rounds_for
 from fedveil.server.settings import RoundSettings
+from fedveil.server.stored_results import keep_result
 from fedveil.server.uploads import StreamedUploads
 
 log = logging.getLogger(__name__)
@@ -79,6 +81,8 @@ class RoundCoordinator:
         self.current: ActiveRound | None = None
         self._next_round_id = journal.last_round_id() + 1
         self._opened = 0
+        self._published = len(journal.round_specs("done"))  # results, before a restart too
+        self._published_here = 0
         self.finished = asyncio.Event()
         self.downloads = ResultDownloads()
         self._background: set[asyncio.Task[None]] = set()
@@ -136,7 +140,7 @@ class RoundCoordinator:
 
     def open_next_round(self) -> ActiveRound | None:
         """Open the next round unless the configured number of rounds has run."""
-        if self.settings.rounds and self._opened >= self.settings.rounds:
+        if self._enough_rounds():
             self.current = None
             self.finished.set()
             return None
@@ -146,6 +150,10 @@ class RoundCoordinator:
             self.finished.set()
             return None
         active = self.mode_rounds.open(round_id, self.roster, self.chain.model_hash)
+        if self.settings.federation is not None:
+            # Served for the parties to compare with what they hold; bound through the
+            # model hash, whose chain each party roots in its own plan digest.
+            active.spec.plan.CopyFrom(plan_to_pb(self.settings.federation.plan()))
         self.journal.begin_round(round_id, active.spec.SerializeToString())
         if active.noise_seed is not None:
             self.journal.record(round_id, "dp-noise-seed", "", active.noise_seed)
@@ -155,6 +163,18 @@ class RoundCoordinator:
         self._arm_deadline(active)
         log.info("round %d open (%s): %s", round_id, self.settings.mode, active.spec.dimension)
         return active
+
+    def _enough_rounds(self) -> bool:
+        """Without a plan, `rounds` counts the rounds opened. A federation plan asks for
+        `rounds` results: a round that failed (a party dropped out, a deadline passed) is
+        tried again, up to as many failures as there are rounds, so that every party ends
+        with the plan's number of aggregation steps."""
+        rounds = self.settings.rounds
+        if not rounds:
+            return False
+        if self.settings.federation is None:
+            return self._opened >= rounds
+        return self._published >= rounds or self._opened - self._published_here >= rounds
 
     def _keep(self, active: ActiveRound) -> None:
         self.rounds[active.round_id] = active
@@ -179,15 +199,18 @@ class RoundCoordinator:
                 continue
             self._next_round_id = max(self._next_round_id, record.round_id + 1)
             if server.stage in (Stage.DONE, Stage.FAILED):
+                privacy = None
                 if self.dp.released(server):
                     assert isinstance(server, ServerRound)
-                    self.dp.account(server)  # it may have been served before the crash
+                    # it may have been served before the crash
+                    privacy = self.dp.account(server)
                 if server.stage is Stage.DONE:
-                    # Keep serving the result, and chain it: its survivors may hold it.
-                    finished = ActiveRound(server, spec)
+                    # Keep serving the result, and chain it: its survivors may hold it. A
+                    # result journalled before the crash stays the one that is served.
+                    finished = ActiveRound(server, spec, privacy=privacy)
                     for event in finished.closed.values():
                         event.set()
-                    self._publish(finished, finished.published_digest())
+                    self._publish(finished, keep_result(self.journal, finished))
                     self.rounds[finished.round_id] = finished
                 self.journal.end_round(
                     record.round_id, server.stage.value, str(server.failure or "")
@@ -282,8 +305,9 @@ class RoundCoordinator:
         self.mode_rounds.after_advance(active, stage)
         if server.stage is Stage.DONE:
             # Before any client downloads it or the next round opens (whose model hash
-            # chains it); the serialised result is cached for the downloads.
-            self._publish(active, await asyncio.to_thread(active.published_digest))
+            # chains it); the serialised result is cached for the downloads and journalled
+            # for a party that fetches it later (server.stored_results).
+            self._publish(active, await asyncio.to_thread(keep_result, self.journal, active))
         active.closed[stage].set()
         if server.stage in (Stage.DONE, Stage.FAILED):
             for event in active.closed.values():
@@ -302,10 +326,16 @@ class RoundCoordinator:
             self._arm_deadline(active)
 
     def _publish(self, active: ActiveRound, digest: bytes) -> None:
-        """Chain a released result into the model hash of the rounds after it."""
+        """Chain a released result into the model hash of the rounds after it.
+
+        `digest` comes from server.stored_results.keep_result, which has journalled the
+        result itself first: a round whose digest is chained can always be fetched.
+        """
         self.journal.record_result_digest(active.round_id, digest)
         if self.chain.round_id is None or active.round_id > self.chain.round_id:
             self.chain.advance(active.round_id, digest)
+            self._published += 1
+            self._published_here += 1
 
     def _close_in_background(self, active: ActiveRound, stage: Stage) -> None:
         """Close `stage` in a task of its own, not in the RPC handler of the last sender.

@@ -7,6 +7,11 @@ from the same stage; each event is written in the same transaction as the data i
 to, so an update is never lost after it was acknowledged nor counted twice on replay.
 Masked-input chunks live in their own table (they are megabytes) until the round ends.
 Payloads are protobuf bytes of the fedveil.v1 messages: nothing is ever unpickled.
+
+Every published result is kept too (its ResultHeader and download pieces), unlike the
+events: a party that missed a round must be able to fetch that round's result later,
+also after the round left memory or the server restarted (server.stored_results).
+Tables are only ever added (CREATE TABLE IF NOT EXISTS), so an older journal still opens.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,6 +54,18 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS result_digests (
         round_id INTEGER PRIMARY KEY,
         digest BLOB NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS results (
+        round_id INTEGER PRIMARY KEY,
+        header BLOB NOT NULL,
+        sha256 BLOB NOT NULL,
+        piece_count INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS result_pieces (
+        round_id INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (round_id, idx)
     )""",
     """CREATE TABLE IF NOT EXISTS ckks_epochs (
         key_epoch INTEGER PRIMARY KEY,
@@ -94,6 +111,18 @@ class JournalEvent:
     kind: str
     client_id: str
     payload: bytes
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    """A published result as GetResult streams it: the serialised ResultHeader, the
+    SHA-256 of the concatenated pieces and how many pieces there are (read them with
+    RoundJournal.result_pieces)."""
+
+    round_id: int
+    header: bytes
+    sha256: bytes
+    piece_count: int
 
 
 @dataclass(frozen=True)
@@ -173,6 +202,49 @@ class RoundJournal:
             "SELECT round_id, digest FROM result_digests ORDER BY round_id DESC LIMIT 1"
         )
         return (int(rows[0][0]), bytes(rows[0][1])) if rows else None
+
+    # --- published results ---------------------------------------------------------------
+
+    def save_result(
+        self, round_id: int, header: bytes, pieces: Sequence[bytes], sha256: bytes
+    ) -> bool:
+        """Keep a published result durably, header and pieces in one transaction.
+
+        The first copy wins (False when one was already kept): a round re-published after
+        a restart must go on serving exactly what its survivors downloaded before it.
+        """
+        with self._transaction():
+            if self._rows("SELECT 1 FROM results WHERE round_id = ?", (round_id,)):
+                return False
+            self._rows(
+                "INSERT INTO results VALUES (?, ?, ?, ?)",
+                (round_id, header, sha256, len(pieces)),
+            )
+            for index, piece in enumerate(pieces):
+                self._rows("INSERT INTO result_pieces VALUES (?, ?, ?)", (round_id, index, piece))
+        return True
+
+    def result(self, round_id: int) -> StoredResult | None:
+        """The kept result of a round (header and digest; not its pieces), or None."""
+        rows = self._rows(
+            "SELECT header, sha256, piece_count FROM results WHERE round_id = ?", (round_id,)
+        )
+        if not rows:
+            return None
+        header, sha256, count = rows[0]
+        return StoredResult(round_id, bytes(header), bytes(sha256), int(count))
+
+    def result_pieces(self, round_id: int) -> Iterator[bytes]:
+        """The kept result's pieces in order, one read per piece (a mean can be 32 MB)."""
+        count = self.result(round_id)
+        for index in range(count.piece_count if count is not None else 0):
+            rows = self._rows(
+                "SELECT data FROM result_pieces WHERE round_id = ? AND idx = ?",
+                (round_id, index),
+            )
+            if not rows:
+                raise KeyError(f"piece {index} of the result of round {round_id} is missing")
+            yield bytes(rows[0][0])
 
     # --- events -------------------------------------------------------------------------
 

@@ -4,7 +4,8 @@ and the SHA-256 of the whole on the last.
 Why a module of its own: the download is the same for every mode except what the header
 says about the sum (the weight and error bound of a mean; the key fingerprint of a CKKS
 sum), and it is the one RPC that streams out, so it aborts before its first chunk rather
-than through the shared guard.
+than through the shared guard. Where the result comes from (memory, or the journal once
+the round left memory) is server.stored_results' business: the stream is the same.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ import grpc
 
 from fedveil.errors import FedveilError
 from fedveil.proto import aggregation_pb2 as pb
-from fedveil.proto import convert
-from fedveil.secagg.ckks.messages import CkksResult
-from fedveil.secagg.ckks.server_round import CkksServerRound
-from fedveil.server.active_round import ActiveRound
-from fedveil.server.errors import RoundFailedError, abort_with
+from fedveil.server.errors import abort_with
 from fedveil.server.rpc_plumbing import RpcPlumbing
+from fedveil.server.stored_results import served_result
 
 
 class ResultStream:
@@ -35,46 +33,17 @@ class ResultStream:
         coordinator = self.calls.coordinator
         try:
             self.calls.caller(context, request.client_id)
-            active = coordinator.get(request.round_id)
-            result = active.server.result
-            if result is None:
-                raise RoundFailedError(
-                    f"round {request.round_id} has no result (stage {active.server.stage.value}"
-                    + (f": {active.server.failure}" if active.server.failure else "")
-                    + ")"
-                )
+            served = served_result(coordinator, request.round_id)
         except FedveilError as exc:
             await abort_with(context, exc)
             return
-        pieces, digest = active.serialised_result(int(active.spec.chunk_bytes))
-        header = pb.ResultHeader(
-            round_id=request.round_id,
-            survivors=list(result.survivors),
-            dimension=int(active.spec.dimension),
-            total_bytes=sum(len(piece) for piece in pieces),
-            mode=active.spec.mode,
-            chunk_count=len(pieces),
-        )
-        if isinstance(result, CkksResult):
-            header.key_fingerprint = active.spec.ckks.key_fingerprint or _fingerprint(active)
-        else:
-            header.total_weight = result.estimate.total_weight
-            header.error_bound = result.estimate.error_bound
-        if active.privacy is not None:
-            header.privacy.CopyFrom(convert.privacy_to_pb(active.privacy))
-        for index, piece in enumerate(pieces):
-            last = index == len(pieces) - 1
+        header = served.header
+        last = int(header.chunk_count) - 1
+        for index, piece in enumerate(served.pieces):
             yield pb.ResultChunk(
                 header=header if index == 0 else None,
                 index=index,
                 data=piece,
-                sha256=digest if last else b"",
+                sha256=served.sha256 if index == last else b"",
             )
         coordinator.downloads.record(request.round_id, request.client_id)
-
-
-def _fingerprint(active: ActiveRound) -> bytes:
-    """The key a CKKS round's sum is under (its own, in the round that made the key)."""
-    server = active.server
-    assert isinstance(server, CkksServerRound) and server.epoch is not None
-    return server.epoch.fingerprint

@@ -18,6 +18,7 @@ from fedveil.errors import ConfigError
 from fedveil.secagg.ckks.presets import DEFAULT_PRESET, preset
 from fedveil.secagg.modes import AggregationMode, DPKind, parse_dp_kind, parse_mode
 from fedveil.secagg.protocol.upload import DEFAULT_CHUNK_BYTES
+from fedveil.server.federation_settings import FederationTable
 from fedveil.settings_loader import StrictSettings, apply_overrides, check_values, read_toml
 from fedveil.settings_loader import load_settings as load_model
 
@@ -52,6 +53,9 @@ class RoundSettings(StrictSettings):
     # digest of the previous round's published result (secagg.protocol.model_chain).
     model_hash: bytes | None = None
     keep_results: int = Field(default=8, ge=1)
+    # The federation plan ([federation] table, server.federation_settings): when given,
+    # dimension, model_hash (the plan's digest) and rounds follow from it.
+    federation: FederationTable | None = None
     ckks_preset: str = DEFAULT_PRESET
     ckks_rotate_every: int = Field(default=10, ge=1)  # rounds per CKKS key epoch
     ckks_key_holder: str | None = None  # default: the first client id of the sorted roster
@@ -108,6 +112,28 @@ class RoundSettings(StrictSettings):
     def _ckks_preset(cls, value: str) -> str:
         preset(value)  # raises, naming the known presets
         return value
+
+    @model_validator(mode="after")
+    def _check_plan(self) -> RoundSettings:
+        if self.federation is None:
+            return self
+        plan = self.federation.plan()
+        if self.dimension != plan.dimension:
+            raise ConfigError(
+                f"round.dimension = {self.dimension}, but the [federation] plan's adapter has "
+                f"{plan.dimension} values; leave round.dimension out (it follows from the plan)"
+            )
+        if self.model_hash != plan.digest():
+            raise ConfigError(
+                "round.model_hash is not the [federation] plan's digest; leave it out (with "
+                "a plan, every round's model hash chains the plan's digest)"
+            )
+        if self.rounds != plan.rounds:
+            raise ConfigError(
+                f"round.rounds = {self.rounds}, but federation.rounds = {plan.rounds}; "
+                "give the number of rounds once, in [federation]"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_dp(self) -> RoundSettings:
@@ -198,18 +224,35 @@ class ServerSettings(StrictSettings):
 def _tables(path: Path | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The [server] and [round] tables of the TOML file (empty without one)."""
     data: dict[str, object] = {} if path is None else read_toml(path, "config file")
-    unknown_tables = set(data) - {"server", "round"}
+    unknown_tables = set(data) - {"server", "round", "federation"}
     if unknown_tables:
         raise ConfigError(
-            f"unknown tables {sorted(unknown_tables)} in {path}; use [server], [round]"
+            f"unknown tables {sorted(unknown_tables)} in {path}; use [server], [round], "
+            "[federation]"
         )
     tables: list[dict[str, Any]] = []
-    for table in ("server", "round"):
+    for table in ("server", "round", "federation"):
         value = data.get(table, {})
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: [{table}] must be a table, got {value!r}")
         tables.append(dict(value))
+    if "federation" in tables[1]:
+        raise ConfigError(f"{path}: the plan is the [federation] table, not round.federation")
+    if tables[2]:
+        load_model(FederationTable, tables[2], "federation")  # errors name federation.<key>
+        tables[1]["federation"] = tables[2]
     return tables[0], tables[1]
+
+
+def _follow_plan(round_data: dict[str, Any]) -> dict[str, Any]:
+    """With a [federation] plan, the dimension, model hash and rounds follow from it
+    (given values that disagree are refused by RoundSettings, naming both)."""
+    table = round_data.get("federation")
+    if table is None:
+        return round_data
+    plan = load_model(FederationTable, table, "federation").plan()
+    derived = {"dimension": plan.dimension, "model_hash": plan.digest(), "rounds": plan.rounds}
+    return {**derived, **round_data}
 
 
 def load_settings(path: Path | None, overrides: Mapping[str, Any] | None = None) -> ServerSettings:
@@ -230,17 +273,20 @@ def load_settings(path: Path | None, overrides: Mapping[str, Any] | None = None)
             raise ConfigError(f"unknown setting {key!r}")
     check_values(ServerSettings, {k: v for k, v in server_data.items() if k != "round"}, "server")
     check_values(RoundSettings, round_data, "round")
-    round_data = apply_overrides(round_data, round_flags)
+    round_data = _follow_plan(apply_overrides(round_data, round_flags))
     server_data = apply_overrides(server_data, server_flags)
     if "round" in server_data:
         raise ConfigError(f"{path}: [server] round is not a setting; use the [round] table")
     if "dimension" not in round_data:
-        raise ConfigError("round.dimension is required (the length of the flat update)")
+        raise ConfigError(
+            "round.dimension is required (the length of the flat update), or a [federation] "
+            "plan it follows from (`fedveil plan`)"
+        )
     if "model_hash" not in round_data:
         raise ConfigError(
             "round.model_hash is required: the hex SHA-256 of the base model every client "
             "holds (clients pass the same hash; each round chains it with the previous "
-            "round's result)"
+            "round's result), or a [federation] plan (`fedveil plan`)"
         )
     round_settings = load_model(RoundSettings, round_data, "round")
     return load_model(ServerSettings, {**server_data, "round": round_settings}, "server")

@@ -241,8 +241,9 @@ def test_the_held_out_loss_of_a_causal_lm_is_written_for_each_round(
     for cid in ids:
         lines = (tmp_path / "out" / cid / "metrics.jsonl").read_text().splitlines()
         records = [json.loads(line) for line in lines]
-        assert [r["round"] for r in records] == [1, 2], "one record per round, resumes append"
-        assert [r["service_round"] for r in records] == [1, 2]
+        # round 0: the starting adapter (the base model), before any training
+        assert [r["round"] for r in records] == [0, 1, 2], "one record per round, resumes append"
+        assert [r["service_round"] for r in records] == [None, 1, 2]
         for r in records:
             assert r["client_id"] == cid and r["data"] == "texts" and r["examples"] == 2
             assert r["perplexity"] == pytest.approx(np.exp(r["mean_token_loss"]))
@@ -253,9 +254,10 @@ def test_the_held_out_loss_of_a_causal_lm_is_written_for_each_round(
             assert json.loads(f.metadata()["metrics"]) == records[-1]
     for other in per_party[1:]:  # the same global adapter on the same held-out texts
         assert other == pytest.approx(per_party[0], rel=1e-5)
-    assert per_party[0][0] != per_party[0][1], "round 2 moves the adapter, so the loss"
+    assert per_party[0][1] != per_party[0][2], "round 2 moves the adapter, so the loss"
+    assert per_party[0][0] != per_party[0][1], "round 1 moves it from the base model"
     logged = [r.getMessage() for r in caplog.records if "held-out perplexity" in r.getMessage()]
-    assert len(logged) == 6 and sum("round 2/2" in m for m in logged) == 3
+    assert len(logged) == 9 and sum("round 2/2" in m for m in logged) == 3
 
 
 def _captioner_toml(
@@ -325,8 +327,9 @@ def test_three_captioner_parties_federate_and_evaluate_on_held_out_scenes(
     records = []
     for cid in ids:
         lines = (tmp_path / "out" / cid / "metrics.jsonl").read_text().splitlines()
-        assert len(lines) == 1
-        record = json.loads(lines[0])
+        assert len(lines) == 2, "round 0 (the base model), then round 1"
+        assert json.loads(lines[0])["round"] == 0
+        record = json.loads(lines[1])
         assert record["round"] == 1 and record["data"] == "captions" and record["examples"] == 4
         assert 0.0 <= record["mean_recall"] <= 1.0 and 0.0 <= record["bleu"] <= 1.0
         assert set(record["recall_by_domain"]) == {"energy", "residential", "urban"}
@@ -335,7 +338,7 @@ def test_three_captioner_parties_federate_and_evaluate_on_held_out_scenes(
     logged = [
         r.getMessage() for r in caplog.records if "held-out mean concept recall" in r.getMessage()
     ]
-    assert len(logged) == 3 and all("round 1/1" in m and "on 4 scenes" in m for m in logged)
+    assert len(logged) == 6 and sum("round 1/1" in m and "on 4 scenes" in m for m in logged) == 3
 
 
 def test_held_out_settings_that_do_not_fit_the_data_are_refused(

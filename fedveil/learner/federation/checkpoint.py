@@ -70,6 +70,24 @@ def write_checkpoint(path: Path, layout: AdapterLayout, checkpoint: PartyCheckpo
     write_atomically(path, save(tensors, metadata=metadata), sync_folder=True)
 
 
+def read_fingerprint(path: Path) -> dict[str, object] | None:
+    """Only the settings fingerprint of the checkpoint at `path` (None if there is none):
+    what a party needs to rebuild its model as it was before reading the adapter."""
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="np") as reader:
+            metadata = reader.metadata() or {}
+        fingerprint = json.loads(metadata["fingerprint"])
+    except Exception as exc:  # safetensors raises its own error types
+        raise ConfigError(
+            f"checkpoint {path} is unreadable ({exc}); remove it to start over"
+        ) from None
+    if not isinstance(fingerprint, dict):
+        raise ConfigError(f"checkpoint {path} has a corrupt header; remove it to start over")
+    return fingerprint
+
+
 def read_checkpoint(path: Path, layout: AdapterLayout) -> PartyCheckpoint | None:
     """The checkpoint at `path` (None if there is none); ConfigError naming the file when
     it is corrupt or holds another adapter than `layout`."""

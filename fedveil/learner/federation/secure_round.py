@@ -41,6 +41,8 @@ from fedveil.learner.lora.codec import (
 from fedveil.learner.lora.config import AggregationVariant
 from fedveil.learner.lora.hashing import base_model_hash
 from fedveil.proto import aggregation_pb2 as pb
+from fedveil.proto.convert_plan import plan_from_spec
+from fedveil.secagg.protocol.plan import FederationPlan, plan_mismatches
 
 AnyClient = AsyncAggregationClient | AggregationClient
 
@@ -87,12 +89,22 @@ class SecureRound:
         model: torch.nn.Module,
         client: AnyClient,
         layout: AdapterLayout | None = None,
+        plan: FederationPlan | None = None,
     ) -> None:
         self.model = model
         self.client = client
         self.layout = layout if layout is not None else infer_layout(model)
+        self.plan = plan
         chain_base = client.model_chain.base_model_hash
-        if chain_base != self.layout.base_model_hash:
+        if plan is not None:
+            _check_layout_fits(self.layout, plan)
+            if chain_base != plan.digest():
+                raise AdapterMismatchError(
+                    "the client's model chain is not rooted in the federation plan's digest; "
+                    "build the client with base_model_hash=plan.digest() "
+                    "(learner.federation.plan_local.local_plan)"
+                )
+        elif chain_base != self.layout.base_model_hash:
             raise AdapterMismatchError(
                 f"the adapter belongs to base model {self.layout.base_model_hash.hex()[:16]}..., "
                 f"but the client was built for {chain_base.hex()[:16]}...; pass "
@@ -114,7 +126,22 @@ class SecureRound:
         return adapter_delta(self.model, self.layout, self._start)
 
     def check_spec(self, spec: pb.RoundSpec) -> None:
-        """Refuse a round whose vectors do not have this adapter's size."""
+        """Refuse a round whose plan differs from this party's (naming each field), or
+        whose vectors do not have this adapter's size."""
+        served = plan_from_spec(spec)
+        if served is not None and self.plan is None:
+            raise AdapterMismatchError(
+                f"round {spec.round_id} belongs to federation {served.name!r}, which serves "
+                "a plan: build SecureRound with plan=learner.federation.plan_local.local_plan"
+                "(...) and the client with base_model_hash=plan.digest()"
+            )
+        if served is not None and self.plan is not None:
+            differ = plan_mismatches(served, self.plan)
+            if differ:
+                raise AdapterMismatchError(
+                    f"round {spec.round_id} of federation {served.name!r} needs another model "
+                    f"or adapter than this party holds: {'; '.join(differ)}"
+                )
         if int(spec.dimension) != self.layout.size:
             raise AdapterMismatchError(
                 f"this adapter has {self.layout.size} trainable values, but round "
@@ -155,6 +182,11 @@ class SecureRound:
         result = client.run_round(delta, weight, join_timeout_s=join_timeout_s)
         return self._apply(result)
 
+    def apply_result(self, result: AggregateResult) -> SecureRoundResult:
+        """Apply a result fetched outside `run` (a missed round's, learner.federation.
+        rejoin): the adapter becomes the round start plus its mean, as after a round."""
+        return self._apply(result)
+
     def _apply(self, result: AggregateResult) -> SecureRoundResult:
         mean = np.asarray(result.weighted_mean, dtype=np.float64)
         self._start = apply_mean_delta(self.model, self.layout, self._start, mean)
@@ -164,6 +196,21 @@ class SecureRound:
             total_weight=result.total_weight,
             delta_norm=float(np.linalg.norm(mean)),
             error_bound=result.error_bound,
+        )
+
+
+def _check_layout_fits(layout: AdapterLayout, plan: FederationPlan) -> None:
+    """The model's adapter must be the plan's: same base model, size and layout."""
+    if layout.base_model_hash != plan.base_model_hash:
+        raise AdapterMismatchError(
+            f"the model's base weights hash to {layout.base_model_hash.hex()[:16]}..., but "
+            f"the plan's base model {plan.base_model!r} to {plan.base_model_hash.hex()[:16]}..."
+        )
+    if layout.size != plan.dimension or layout.fingerprint() != plan.layout_sha256:
+        raise AdapterMismatchError(
+            f"the model's adapter ({layout.size} values) is not the plan's ({plan.dimension} "
+            "values, its layout): apply the plan's LoRA settings (rank, target modules, "
+            "variant, seed)"
         )
 
 
