@@ -126,3 +126,48 @@ def test_a_party_killed_mid_federation_rejoins_with_the_global_adapter(tmp_path:
     with safe_open(str(tmp_path / "out" / victim / "checkpoint.safetensors"), "np") as f:
         assert f.metadata()["rounds_done"] == str(ROUNDS)
         assert f.metadata()["chain_round_id"] == str(ROUNDS)
+
+
+def test_the_federation_resumes_after_the_server_is_killed_and_restarted(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the server once the parties have applied round 1; the same command restarts
+    it on its journal, and the parties (retrying, then waiting for the next round) finish
+    the plan's rounds with the same adapter."""
+    model = _save_tiny_gpt2(tmp_path / "gpt2-tiny")
+    ids = [f"org-{i:02d}" for i in range(3)]
+    keys = enrol_federation(tmp_path / "pki", ids)
+    plan = tmp_path / "federation.toml"
+    args = ["plan", "--model-dir", str(model), "--out", str(plan), "--rounds", str(ROUNDS)]
+    assert main(args + ["--rank", "2", "--alpha", "4", "--target-modules", "c_attn"]) == 0
+    plan.write_text(plan.read_text() + "stage_timeout_s = 25.0\n")
+    port = _free_port()
+    configs = [
+        _party_toml(tmp_path, keys, cid, model, _texts(tmp_path, i), port)
+        for i, cid in enumerate(ids)
+    ]
+    server_args = ["server", "--config", str(plan), "--keys-dir", str(keys)]
+    server_args += ["--port", str(port), "--state-dir", str(tmp_path / "state")]
+    with ProcessGroup(tmp_path / "procs") as group:
+        server = group.start("server", server_args)
+        server.wait_for("listening on", 60, stream="stdout")
+        parties = [
+            group.start(cid, ["train", "--config", str(c)])
+            for cid, c in zip(ids, configs, strict=True)
+        ]
+        parties[0].wait_for(rf"round 1/{ROUNDS}: checkpoint written", 120)
+        server.popen.kill()
+        server.popen.wait(timeout=10)
+        again = group.start("server-again", server_args)
+        again.wait_for("listening on", 60, stream="stdout")
+        for party in parties:
+            assert party.wait(240) == 0, party.describe() + again.describe()
+    adapters = [
+        load_file(str(tmp_path / "out" / cid / "adapter" / "adapter_model.safetensors"))
+        for cid in ids
+    ]
+    for other in adapters[1:]:
+        assert all(np.array_equal(other[k], adapters[0][k]) for k in adapters[0])
+    for cid in ids:
+        with safe_open(str(tmp_path / "out" / cid / "checkpoint.safetensors"), "np") as f:
+            assert f.metadata()["rounds_done"] == str(ROUNDS)
