@@ -1,4 +1,13 @@
-"""`fedveil demo`: the command-line face of fedveil/demo (run.py runs it).
+"""`fedveil demo`: the command-line face of fedveil/demo.
+
+By default the demo is a deployment on loopback (demo/deploy.py): a `fedveil server`
+process and one `fedveil train` process per party, each in its own folder under
+--workdir, then each party's `fedveil train --alone`; the table comes from the parties'
+own evaluations. `--in-process` runs the same federation inside this process
+(demo/run.py), which is also where the DP variants (--dp) run.
+
+Exit status: 0 with the table printed; 1 when a process of the deployment failed (its
+last log lines are printed); 2 for bad arguments; 130 when interrupted.
 
 Why the flags come from fedveil.demo.choices: `--mode` and `--dp` are spelled as the
 server spells them (secagg.modes), and that module is light enough to import while the
@@ -77,13 +86,26 @@ def add_parser(sub: SubParsers) -> None:
         default=1.0,
         help="client DP: L2 clip C of an update; sample DP: per-sample gradient clip",
     )
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run the federation inside this process (the service on a private thread) "
+        "instead of as separate server and party processes",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("fedveil-demo"),
+        help="the deployment's folder: operator/ and parties/NAME/ (default ./fedveil-demo; "
+        "replaced by the next run)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
     add_logging_flags(p, default_level="WARNING")
 
 
 def run(args: argparse.Namespace) -> int:
     from fedveil.demo.options import DemoOptions
-    from fedveil.demo.run import run_demo
+    from fedveil.demo.processes import ProcessFailed
     from fedveil.demo.table import format_table
     from fedveil.learner.lora.config import AggregationVariant
 
@@ -103,13 +125,38 @@ def run(args: argparse.Namespace) -> int:
             delta=args.dp_delta,
             dp_clip_norm=args.dp_clip_norm,
             progress=not args.no_progress,
+            workdir=args.workdir,
         )
-        report = run_demo(options)
+        if args.in_process:
+            from fedveil.demo.run import run_demo
+
+            report = run_demo(options)
+        else:
+            from fedveil.demo.deploy import check_deployable, run_deployment
+
+            check_deployable(options)  # before the base model is built
+            report = run_deployment(options, _say if options.progress else _quiet)
+    except ProcessFailed as exc:
+        if exc.tail:
+            print(exc.tail, file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except FedveilError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("error: interrupted (the processes were stopped)", file=sys.stderr)
+        return 130
     print(format_table(report))
     return 0
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _quiet(line: str) -> None:
+    del line
 
 
 COMMAND = Command("demo", add_parser, run)

@@ -14,6 +14,9 @@ checkpoint; a checkpoint written with other settings (base model, adapter, data,
 client) is refused. party.toml is described in commands.party_settings; --server,
 --credentials, --rounds and --out override its [party] table.
 
+`--alone` trains the same rounds on this party's data only, without the service
+(commands.train_alone): the baseline a party compares the federation with.
+
 Exit status: 0 when every round was applied and the adapter saved; 1 when a round
 failed, the service refused, or this party refused the round (another model, another
 adapter size, a mode it does not allow); 2 for bad arguments, settings, model or data
@@ -28,7 +31,7 @@ from pathlib import Path
 
 from fedveil.commands import Command, SubParsers
 from fedveil.commands.logs import add_logging_flags, configure_logging
-from fedveil.commands.party_settings import PARTY_FLAGS, load_party_settings
+from fedveil.commands.party_settings import PARTY_FLAGS, PartySettings, load_party_settings
 from fedveil.errors import FedveilError
 
 
@@ -44,6 +47,12 @@ def add_parser(sub: SubParsers) -> argparse.ArgumentParser:
     p.add_argument("--credentials", type=Path, default=None, help="this party's enrolment folder")
     p.add_argument("--rounds", type=int, default=None, help="rounds in all (resumes count)")
     p.add_argument("--out", type=Path, default=None, help="checkpoint and adapter folder")
+    p.add_argument(
+        "--alone",
+        action="store_true",
+        help="train the same rounds locally, without the service (the party's own baseline; "
+        "no credentials or network used): OUT/metrics.jsonl and OUT/adapter",
+    )
     add_logging_flags(p, default_level=None)  # None: [party] log_level
     return p
 
@@ -54,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_party_settings(args.config, overrides)
         configure_logging(settings.party.log_level, settings.party.log_format)
+        if getattr(args, "alone", False):
+            return _run_alone(settings)
         from fedveil.commands.train_rounds import prepare, run_rounds  # torch: only here
 
         prepared = prepare(settings)
@@ -70,6 +81,26 @@ def run(args: argparse.Namespace) -> int:
         return 130
     finally:
         prepared.close()
+    return 0
+
+
+def _run_alone(settings: PartySettings) -> int:
+    """`--alone` (commands.train_alone): the same exit statuses, without a service."""
+    from fedveil.commands.train_alone import prepare_alone, run_alone  # torch: only here
+
+    try:
+        prepared = prepare_alone(settings)
+    except (FedveilError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        run_alone(prepared)
+    except (FedveilError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted (an alone run starts afresh when re-run)", file=sys.stderr)
+        return 130
     return 0
 
 

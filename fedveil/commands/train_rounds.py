@@ -231,7 +231,7 @@ def run_round(run: PartyRun, number: int) -> bool:
     load_adapter_vector(party.model, party.layout, party.global_vector)
     secure_round.begin()
     logger.info("%s: training on %d examples", tag, party.weight)
-    stats = party.train_round(number).stats
+    stats = party.train_round(number - 1).stats  # 0-based, as the in-process federation
     logger.info(
         "%s: trained %d steps, mean loss %.4f (%.1fs)",
         tag,

@@ -46,6 +46,9 @@ class DemoOptions:
     delta: float = 1e-5
     dp_clip_norm: float = 1.0
     progress: bool = True
+    workdir: Path = Path("fedveil-demo")
+    """The deployment demo's work folder (operator/ and parties/NAME/); not used with
+    --in-process."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_mode(self.mode, "mode"))

@@ -80,6 +80,20 @@ class DemoTiming:
 
 
 @dataclass(frozen=True)
+class DeploymentFacts:
+    """How the deployment demo ran (`fedveil demo` without --in-process): where, how many
+    processes, each phase's wall-clock seconds, and how far apart the parties' own
+    evaluations of the final global adapter were (0 when they hold the same adapter)."""
+
+    workdir: Path
+    processes: int
+    setup_seconds: float
+    federated_seconds: float
+    alone_seconds: float
+    party_max_difference: float
+
+
+@dataclass(frozen=True)
 class DemoReport:
     """One demo run's figures; `format_table` prints them, `write_json` saves them."""
 
@@ -96,6 +110,7 @@ class DemoReport:
     adapter_size: int
     timing: DemoTiming
     privacy: RunPrivacy | None = None
+    deployment: DeploymentFacts | None = None
 
     @property
     def best_local_mean_recall(self) -> float:
@@ -137,7 +152,21 @@ class DemoReport:
         }
         if self.privacy is not None:
             fields.update(_privacy_fields(self.privacy, self.parties))
+        if self.deployment is not None:
+            fields.update(_deployment_fields(self.deployment))
         return fields
+
+
+def _deployment_fields(facts: DeploymentFacts) -> dict[str, object]:
+    return {
+        "deployment": True,
+        "workdir": str(facts.workdir),
+        "processes": facts.processes,
+        "setup_seconds": facts.setup_seconds,
+        "federated_seconds": facts.federated_seconds,
+        "alone_seconds": facts.alone_seconds,
+        "party_max_difference": facts.party_max_difference,
+    }
 
 
 def _privacy_fields(privacy: RunPrivacy, parties: tuple[PartyRow, ...]) -> dict[str, object]:
