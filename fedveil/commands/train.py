@@ -27,12 +27,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from fedveil.commands import Command, SubParsers
 from fedveil.commands.logs import add_logging_flags, configure_logging
-from fedveil.commands.party_settings import PARTY_FLAGS, PartySettings, load_party_settings
+from fedveil.commands.party_settings import PARTY_FLAGS, load_party_settings
 from fedveil.errors import FedveilError
+
+Prepared = TypeVar("Prepared")
 
 
 def add_parser(sub: SubParsers) -> argparse.ArgumentParser:
@@ -63,44 +67,44 @@ def run(args: argparse.Namespace) -> int:
     try:
         settings = load_party_settings(args.config, overrides)
         configure_logging(settings.party.log_level, settings.party.log_format)
-        if getattr(args, "alone", False):
-            return _run_alone(settings)
-        from fedveil.commands.train_rounds import prepare, run_rounds  # torch: only here
+    except (FedveilError, OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if getattr(args, "alone", False):
+        from fedveil.commands.train_alone import prepare_alone, run_alone  # torch: only here
 
-        prepared = prepare(settings)
+        return _execute(
+            lambda: prepare_alone(settings),
+            run_alone,
+            "an alone run starts afresh when re-run",
+        )
+    from fedveil.commands.train_rounds import prepare, run_rounds  # torch: only here
+
+    return _execute(lambda: prepare(settings), run_rounds, "re-run the same command to resume")
+
+
+def _execute(
+    prepare: Callable[[], Prepared], rounds: Callable[[Prepared], object], resume: str
+) -> int:
+    """Exit 2 when preparing fails (settings, model, data), 1 when a round does, 130 on
+    Ctrl-C; one `error:` line each, never a traceback."""
+    try:
+        prepared = prepare()
     except (FedveilError, OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
-        run_rounds(prepared)
+        rounds(prepared)
     except (FedveilError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("error: interrupted (re-run the same command to resume)", file=sys.stderr)
+        print(f"error: interrupted ({resume})", file=sys.stderr)
         return 130
     finally:
-        prepared.close()
-    return 0
-
-
-def _run_alone(settings: PartySettings) -> int:
-    """`--alone` (commands.train_alone): the same exit statuses, without a service."""
-    from fedveil.commands.train_alone import prepare_alone, run_alone  # torch: only here
-
-    try:
-        prepared = prepare_alone(settings)
-    except (FedveilError, OSError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        run_alone(prepared)
-    except (FedveilError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("error: interrupted (an alone run starts afresh when re-run)", file=sys.stderr)
-        return 130
+        close = getattr(prepared, "close", None)
+        if close is not None:
+            close()
     return 0
 
 
