@@ -25,6 +25,13 @@ Layout (relative paths are taken from the working directory, as `fedveil client`
               data.texts, for a causal LM: mean token loss and perplexity) or, for
               city_domain data, city_test_samples (held-out scenes of the built-in data,
               default 90: mean concept recall and BLEU, as `fedveil demo` scores them)
+    [dp]      optional differential privacy, with a budget kept in a ledger file that
+              survives restarts: kind ("sample": DP-SGD on this party's records; "client":
+              this party's budget for the service's client-level DP rounds), epsilon,
+              delta (1e-5), accountant (prv | rdp | pld), ledger (default
+              privacy-ledger.json in the credentials folder); for "sample" only: clip_norm (1.0),
+              noise_multiplier (default: calibrated to epsilon over the party's rounds),
+              batch_size, learning_rate (default: [recipe]'s)
 """
 
 from __future__ import annotations
@@ -43,7 +50,7 @@ from fedveil.secagg.protocol.config import ClientPolicy
 from fedveil.settings_loader import StrictSettings, apply_overrides, load_settings, read_toml
 
 CITY_DOMAINS = ("energy", "residential", "urban")
-TABLES = ("party", "data", "lora", "recipe", "eval")
+TABLES = ("party", "data", "lora", "recipe", "eval", "dp")
 DEFAULT_CITY_TEST_SAMPLES = 90
 
 
@@ -170,6 +177,48 @@ class EvalTable(StrictSettings):
     city_test_samples: int | None = Field(default=None, ge=1)
 
 
+DEFAULT_LEDGER_FILE = "privacy-ledger.json"
+SAMPLE_ONLY = ("clip_norm", "noise_multiplier", "batch_size", "learning_rate")
+"""[dp] keys that tune DP-SGD; the service sets the noise of client-level DP rounds."""
+
+
+class DpTable(StrictSettings):
+    """[dp]: this party's privacy budget, and (kind "sample") how DP-SGD spends it.
+
+    Why a budget and a ledger file for both kinds: the budget is what the organisation
+    accepts to spend over the federation, and only a file that survives a restart makes a
+    re-run start from what was already spent instead of from zero."""
+
+    kind: Literal["sample", "client"]
+    epsilon: float = Field(gt=0)
+    delta: float = Field(default=1e-5, gt=0, lt=1)
+    clip_norm: float | None = Field(default=None, gt=0)  # None: 1.0 (sample)
+    noise_multiplier: float | None = Field(default=None, gt=0)  # None: calibrated
+    accountant: Literal["prv", "rdp", "pld"] = "prv"
+    batch_size: int | None = Field(default=None, ge=1)  # None: recipe.batch_size
+    learning_rate: float | None = Field(default=None, gt=0)  # None: recipe.learning_rate
+    # None: privacy-ledger.json in the credentials folder, which outlives any run's OUT
+    # folder (deleting OUT must not reset the budget)
+    ledger: Path | None = Field(default=None, strict=False)
+
+    @model_validator(mode="after")
+    def _kind_fits(self) -> DpTable:
+        if self.kind == "client":
+            given = [name for name in SAMPLE_ONLY if getattr(self, name) is not None]
+            if given:
+                raise ConfigError(
+                    f'dp.{given[0]} is for kind = "sample" (DP-SGD on this party\'s '
+                    'records); with kind = "client" the service sets the noise of its '
+                    "client-level DP rounds and this party keeps only the budget"
+                )
+        return self
+
+    def ledger_path(self, credentials: Path) -> Path:
+        """The ledger file: dp.ledger, else privacy-ledger.json in the party's credentials
+        folder (clients.privacy_ledger's suggested place)."""
+        return self.ledger if self.ledger is not None else credentials / DEFAULT_LEDGER_FILE
+
+
 class PartySettings(StrictSettings):
     """One `fedveil train` run, validated before anything is loaded or sent."""
 
@@ -180,13 +229,42 @@ class PartySettings(StrictSettings):
     when it serves none). Given: it must match the served plan, or the party refuses."""
     recipe: RecipeTable = Field(default_factory=RecipeTable)
     eval: EvalTable | None = None
+    dp: DpTable | None = None
+    """None: no differential privacy (the service's rounds may still add some; without a
+    budget this party does not account for it)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> PartySettings:
         self.party.roster_fingerprint()  # a malformed roster_sha256 is named before any I/O
         self.party.policy()  # an unknown allow_mode is named too
         self._eval_fits_data()
+        self._dp_fits()
         return self
+
+    def _dp_fits(self) -> None:
+        """Refuse [dp] with settings it would silently ignore or that cannot run."""
+        dp = self.dp
+        if dp is None:
+            return
+        noiseless = [mode for mode in self.party.allow_mode if mode != "secagg"]
+        if dp.kind == "client" and noiseless:
+            raise ConfigError(
+                f'party.allow_mode {noiseless} with dp.kind = "client": those modes add '
+                "no DP noise, so a party with a privacy budget refuses their rounds; leave "
+                "them out (client-level DP runs in SecAgg rounds)"
+            )
+        recipe = self.recipe
+        if dp.kind == "sample" and (recipe.epochs != 1 or recipe.max_steps is not None):
+            raise ConfigError(
+                'recipe.epochs and recipe.max_steps do not apply with dp.kind = "sample": '
+                "each round is one Poisson-sampled pass over the records, as the noise is "
+                "calibrated; leave epochs at 1 and max_steps out"
+            )
+        if dp.kind == "sample" and recipe.schedule != "constant":
+            raise ConfigError(
+                'recipe.schedule must be "constant" with dp.kind = "sample" (DP-SGD steps '
+                "with a constant learning rate, dp.learning_rate or recipe.learning_rate)"
+            )
 
     def _eval_fits_data(self) -> None:
         held_out = self.eval
@@ -221,7 +299,7 @@ def load_party_settings(path: Path, overrides: Mapping[str, Any]) -> PartySettin
     if unknown:
         raise ConfigError(
             f"{path}: unknown tables {unknown}; party.toml has "
-            "[party], [data], [lora], [recipe], [eval]"
+            "[party], [data], [lora], [recipe], [eval], [dp]"
         )
     for name in TABLES:
         if name in data and not isinstance(data[name], dict):

@@ -17,10 +17,16 @@ client) is refused. party.toml is described in commands.party_settings; --server
 `--alone` trains the same rounds on this party's data only, without the service
 (commands.train_alone): the baseline a party compares the federation with.
 
-Exit status: 0 when every round was applied and the adapter saved; 1 when a round
-failed, the service refused, or this party refused the round (another model, another
-adapter size, a mode it does not allow); 2 for bad arguments, settings, model or data
-(a malformed JSONL line is named with its number).
+With a [dp] table the party trains with DP-SGD (kind "sample") or charges the service's
+client-level DP rounds (kind "client") against a budget kept in a ledger file that a
+restart does not reset (commands.party_settings).
+
+Exit status: 0 when every round was applied and the adapter saved; 1 when rounds failed
+more than party.max_failed_rounds times, the service refused, or this party refused the
+round (a mode it does not allow, a round past its privacy budget or without the DP noise
+it requires); 2 for bad arguments, settings, model or data (a malformed JSONL line is
+named with its number; another base model or adapter than the federation plan's; a
+privacy ledger of another federation, or one that holds less than the checkpoint says).
 """
 
 from __future__ import annotations

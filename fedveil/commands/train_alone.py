@@ -82,6 +82,11 @@ def _check_local_settings(settings: PartySettings) -> int:
         )
         if not given
     ]
+    if settings.dp is not None:
+        raise ConfigError(
+            "--alone trains the non-private baseline a party compares the federation with; "
+            "leave out [dp] for it (a private run alone is not implemented)"
+        )
     if missing:
         raise ConfigError(
             f"--alone trains without the service, so it cannot adopt the served plan: give "

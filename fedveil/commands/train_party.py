@@ -19,6 +19,7 @@ from transformers.utils import logging as hf_logging
 from fedveil.commands.party_settings import (
     DEFAULT_CITY_TEST_SAMPLES,
     DataTable,
+    DpTable,
     LoraTable,
     PartySettings,
 )
@@ -29,8 +30,10 @@ from fedveil.learner.data.text import load_jsonl_texts
 from fedveil.learner.federation.heldout import CaptionHeldOut, HeldOut, TextHeldOut
 from fedveil.learner.lora.config import AggregationVariant, LoraSettings
 from fedveil.learner.models.loading import ModelKind, load_model
+from fedveil.learner.training.dp_loop import DPTrainConfig
 from fedveil.learner.training.loop import TrainConfig
 from fedveil.learner.training.party import Party, captioner_party, text_party
+from fedveil.secagg.dp import PrivacyLedger
 from fedveil.secagg.protocol.plan import FederationPlan
 
 _LOAD_LOCK = threading.Lock()
@@ -98,12 +101,37 @@ def train_config(settings: PartySettings) -> TrainConfig:
     )
 
 
+def sample_dp_config(settings: PartySettings, rounds: int) -> DPTrainConfig | None:
+    """DP-SGD's settings for a [dp] kind = "sample" party (None otherwise).
+
+    `rounds` is the run's total (resumed rounds included): the noise is calibrated so the
+    whole run fits the budget, the same z on every run of it, not stretched over what is
+    left after a restart."""
+    dp = settings.dp
+    if dp is None or dp.kind != "sample":
+        return None
+    return DPTrainConfig(
+        clip_norm=1.0 if dp.clip_norm is None else float(dp.clip_norm),
+        epsilon=float(dp.epsilon),
+        delta=float(dp.delta),
+        rounds=rounds,
+        noise_multiplier=None if dp.noise_multiplier is None else float(dp.noise_multiplier),
+        accountant=dp.accountant,
+        batch_size=dp.batch_size,
+        learning_rate=None if dp.learning_rate is None else float(dp.learning_rate),
+    )
+
+
 def build_party(
-    name: str, settings: PartySettings, lora: LoraSettings | None = None
+    name: str,
+    settings: PartySettings,
+    lora: LoraSettings | None = None,
+    dp: DPTrainConfig | None = None,
+    dp_ledger: PrivacyLedger | None = None,
 ) -> Party:
     """Base model + LoRA (`lora`, default: the party's [lora]) over this party's data;
-    ConfigError naming what to fix (a model of the wrong kind for the data, a malformed
-    JSONL line with its number)."""
+    with `dp`, DP-SGD charging `dp_ledger`. ConfigError naming what to fix (a model of
+    the wrong kind for the data, a malformed JSONL line with its number)."""
     data = settings.data
     lora = lora if lora is not None else lora_settings(settings)
     recipe = train_config(settings)
@@ -118,7 +146,9 @@ def build_party(
                 f"data.texts is a text corpus, but {loaded.path} is a {loaded.kind.value}; "
                 "use data.city_domain for the captioner, or a causal LM model_dir"
             )
-        return text_party(name, texts, loaded, lora, recipe, max_length=data.max_length)
+        return text_party(
+            name, texts, loaded, lora, recipe, data.max_length, dp=dp, dp_ledger=dp_ledger
+        )
     if loaded.kind is not ModelKind.CAPTIONER:
         raise ConfigError(
             f"data.city_domain is captioner data, but {loaded.path} is a {loaded.kind.value}; "
@@ -126,7 +156,7 @@ def build_party(
         )
     config = CityDataConfig(seed=data.city_seed, samples_per_party=data.city_samples)
     dataset = make_party_dataset(config, Domain(str(data.city_domain)))
-    return captioner_party(dataset, loaded, lora, recipe)
+    return captioner_party(dataset, loaded, lora, recipe, dp=dp, dp_ledger=dp_ledger)
 
 
 def load_heldout_texts(settings: PartySettings) -> list[str] | None:
@@ -167,6 +197,15 @@ def _data_identity(data: DataTable) -> dict[str, object]:
     return fields
 
 
+def _dp_identity(dp: DpTable | None) -> dict[str, object] | None:
+    """[dp] as it shapes the run; the ledger's path may move (the file binds itself)."""
+    if dp is None:
+        return None
+    fields = dp.model_dump(mode="json")
+    fields.pop("ledger")
+    return fields
+
+
 def settings_fingerprint(
     settings: PartySettings,
     party: Party,
@@ -176,8 +215,8 @@ def settings_fingerprint(
 ) -> dict[str, object]:
     """What a checkpoint must have been written with to be resumed: the party, the base
     model, the adapter (`lora` as applied) and its layout, the federation plan, the data
-    (its content, not only its path) and the recipe. Rounds, out, server address and
-    logging may change between runs."""
+    (its content, not only its path), the recipe and the [dp] table. Rounds, out, server
+    address, logging and the ledger's path may change between runs."""
     recipe = settings.recipe.model_dump(mode="json")
     recipe.pop("threads")  # how fast, not what is trained
     return {
@@ -195,4 +234,5 @@ def settings_fingerprint(
         "plan": None if plan is None else plan.digest().hex(),
         "recipe": recipe,
         "data": _data_identity(settings.data),
+        "dp": _dp_identity(settings.dp),
     }

@@ -19,19 +19,27 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedveil.clients.credentials import ClientCredentials
 from fedveil.clients.errors import TransportError
+from fedveil.clients.privacy_ledger import PersistentPrivacyLedger
 from fedveil.clients.transport import AggregationClient
-from fedveil.commands.party_client import build_client, fetch_served_plan, load_credentials
+from fedveil.commands.party_client import (
+    build_client,
+    fetch_served_plan,
+    load_credentials,
+    open_ledger,
+)
 from fedveil.commands.party_settings import PartySettings
 from fedveil.commands.train_party import (
     build_heldout,
     build_party,
     load_heldout_texts,
     lora_settings,
+    sample_dp_config,
     settings_fingerprint,
     stored_lora,
 )
-from fedveil.errors import ConfigError
+from fedveil.errors import ConfigError, PrivacyBudgetExceededError, PrivacyPolicyError
 from fedveil.learner.federation.checkpoint import (
     CHECKPOINT_FILE,
     PartyCheckpoint,
@@ -47,6 +55,8 @@ from fedveil.learner.lora.codec import load_adapter_vector
 from fedveil.learner.lora.config import LoraSettings
 from fedveil.learner.training.party import Party
 from fedveil.proto import aggregation_pb2 as pb
+from fedveil.proto.convert import spec_to_config
+from fedveil.secagg.dp import PrivacyLedger
 from fedveil.secagg.protocol.model_chain import ModelChain
 from fedveil.secagg.protocol.plan import FederationPlan, plan_mismatches
 
@@ -68,6 +78,8 @@ class PartyRun:
     rounds: int
     """Rounds in all: party.rounds, else the served plan's."""
     heldout: HeldOut | None = None
+    ledger: PersistentPrivacyLedger | None = None
+    """The [dp] privacy ledger: DP-SGD's (kind "sample") or the client's ("client")."""
 
     @property
     def checkpoint_path(self) -> Path:
@@ -79,6 +91,7 @@ class PartyRun:
 
     def close(self) -> None:
         self.client.close()
+        _close_ledger(self.ledger)
 
 
 def _check_same_settings(path: Path, stored: dict[str, object], now: dict[str, object]) -> None:
@@ -91,25 +104,39 @@ def _check_same_settings(path: Path, stored: dict[str, object], now: dict[str, o
 
 
 def prepare(settings: PartySettings) -> PartyRun:
-    """Everything before the first round: credentials, the served plan, model + LoRA,
-    data, the checkpoint (if any, for these settings), the client. ConfigError names
-    anything to fix, e.g. each field where this party's model or adapter is not the plan's.
+    """Everything before the first round: credentials, the privacy ledger ([dp]), the
+    served plan, model + LoRA, data, the checkpoint (if any, for these settings), the
+    client. ConfigError names anything to fix, e.g. each field where this party's model or
+    adapter is not the plan's, or a ledger of another federation.
 
     What can be refused locally is refused before the service is asked for its plan: a
-    malformed data line, a checkpoint of other settings."""
+    malformed data line, a ledger that cannot be used, a checkpoint of other settings."""
     credentials = load_credentials(settings.party)
     heldout_texts = load_heldout_texts(settings)  # a malformed line: before the model
+    ledger = open_ledger(settings.party, settings.dp, credentials)
+    try:
+        return _prepare(settings, credentials, heldout_texts, ledger)
+    except BaseException:
+        _close_ledger(ledger)
+        raise
+
+
+def _prepare(
+    settings: PartySettings,
+    credentials: ClientCredentials,
+    heldout_texts: list[str] | None,
+    ledger: PersistentPrivacyLedger | None,
+) -> PartyRun:
     path = settings.party.out / CHECKPOINT_FILE
     stored = read_fingerprint(path)
-    served = None
-    if settings.lora is not None:
-        lora = lora_settings(settings)
-    elif stored is not None:
-        lora = stored_lora(stored)  # the adapter adopted when the run started
-    else:
-        served = fetch_served_plan(settings.party, credentials)
-        lora = lora_settings(settings, served)
-    party = build_party(credentials.client_id, settings, lora)
+    lora, served = _adapter(settings, credentials, stored)
+    if served is None and _sample_dp(settings) and settings.party.rounds is None:
+        served = fetch_served_plan(settings.party, credentials)  # DP-SGD calibrates for its rounds
+    dp = sample_dp_config(settings, _rounds(settings, served)) if _sample_dp(settings) else None
+    party = build_party(
+        credentials.client_id, settings, lora, dp, ledger if dp is not None else None
+    )
+    _start_dp_sgd(credentials.client_id, party)
     if stored is not None:
         local = settings_fingerprint(settings, party, credentials.client_id, lora)
         _check_same_settings(path, {**stored, "plan": None}, local)
@@ -119,23 +146,12 @@ def prepare(settings: PartySettings) -> PartyRun:
     rounds = _rounds(settings, plan)
     heldout = build_heldout(settings, party, heldout_texts)
     fingerprint = settings_fingerprint(settings, party, credentials.client_id, lora, plan)
-    path = settings.party.out / CHECKPOINT_FILE
-    checkpoint = read_checkpoint(path, party.layout)
     root = party.base_hash if plan is None else plan.digest()
-    chain, rounds_done = ModelChain(root), 0
-    if checkpoint is not None:
-        _check_same_settings(path, checkpoint.fingerprint, fingerprint)
-        party.global_vector = checkpoint.adapter.copy()
-        load_adapter_vector(party.model, party.layout, party.global_vector)
-        chain, rounds_done = checkpoint.chain, checkpoint.rounds_done
-        logger.info(
-            "%s: resuming from %s after round %d (service round %s)",
-            credentials.client_id,
-            path,
-            rounds_done,
-            chain.round_id,
-        )
-    client = build_client(settings.party, credentials, chain)
+    chain, rounds_done = _resume(
+        credentials.client_id, party, path, fingerprint, ModelChain(root), ledger
+    )
+    client_budget = ledger if dp is None else None  # [dp] kind = "client"
+    client = build_client(settings.party, credentials, chain, client_budget)
     try:
         secure_round = SecureRound(party.model, client, party.layout, plan=plan)
     except BaseException:
@@ -153,8 +169,101 @@ def prepare(settings: PartySettings) -> PartyRun:
         "" if plan is None else f", federation {plan.name!r} plan matches",
     )
     return PartyRun(
-        settings, party, client, secure_round, fingerprint, rounds_done, rounds, heldout
+        settings, party, client, secure_round, fingerprint, rounds_done, rounds, heldout, ledger
     )
+
+
+def _start_dp_sgd(client_id: str, party: Party) -> None:
+    """Build DP-SGD now (Opacus, the noise calibration: seconds), so that a party does not
+    join its first round late, past the other parties' stage deadlines."""
+    trainer = party.dp_trainer
+    if trainer is None:
+        return
+    logger.info(
+        "%s: DP-SGD: noise multiplier %.4g (%s), clip norm %g, %d step(s) per round at "
+        "sample rate %.3g",
+        client_id,
+        trainer.noise_multiplier,
+        "given"
+        if trainer.dp.noise_multiplier is not None
+        else f"calibrated for {trainer.dp.rounds} rounds",
+        trainer.dp.clip_norm,
+        trainer.steps_per_round,
+        trainer.sample_rate,
+    )
+
+
+def _sample_dp(settings: PartySettings) -> bool:
+    return settings.dp is not None and settings.dp.kind == "sample"
+
+
+def _adapter(
+    settings: PartySettings, credentials: ClientCredentials, stored: dict[str, object] | None
+) -> tuple[LoraSettings, FederationPlan | None]:
+    """The adapter to build: [lora], else the one the checkpoint's run adopted, else the
+    served plan's (which is then returned too, so it is fetched once)."""
+    if settings.lora is not None:
+        return lora_settings(settings), None
+    if stored is not None:
+        return stored_lora(stored), None  # the adapter adopted when the run started
+    served = fetch_served_plan(settings.party, credentials)
+    return lora_settings(settings, served), served
+
+
+def _resume(
+    client_id: str,
+    party: Party,
+    path: Path,
+    fingerprint: dict[str, object],
+    chain: ModelChain,
+    ledger: PersistentPrivacyLedger | None,
+) -> tuple[ModelChain, int]:
+    """The model chain and rounds done: `chain` and 0 without a checkpoint; else the
+    checkpoint's, its adapter loaded into the party (same settings, same ledger spend)."""
+    checkpoint = read_checkpoint(path, party.layout)
+    if checkpoint is None:
+        return chain, 0
+    _check_same_settings(path, checkpoint.fingerprint, fingerprint)
+    _check_ledger_kept(path, checkpoint, ledger)
+    party.global_vector = checkpoint.adapter.copy()
+    load_adapter_vector(party.model, party.layout, party.global_vector)
+    logger.info(
+        "%s: resuming from %s after round %d (service round %s)",
+        client_id,
+        path,
+        checkpoint.rounds_done,
+        checkpoint.chain.round_id,
+    )
+    return checkpoint.chain, checkpoint.rounds_done
+
+
+def _check_ledger_kept(
+    path: Path, checkpoint: PartyCheckpoint, ledger: PersistentPrivacyLedger | None
+) -> None:
+    """Refuse to resume with a ledger that holds less than the checkpoint recorded: it
+    was replaced or started over, and the privacy already spent would be forgotten."""
+    privacy = (checkpoint.metrics or {}).get("privacy")
+    if ledger is None or not isinstance(privacy, dict):
+        return
+    recorded = float(privacy["epsilon"])
+    if spent_epsilon(ledger) < recorded * (1 - 1e-9):
+        raise ConfigError(
+            f"privacy ledger {ledger.path} holds epsilon {spent_epsilon(ledger):.4g}, but the "
+            f"checkpoint {path} recorded {recorded:.4g} spent (ledger {privacy['ledger']}): "
+            "the ledger was replaced or started over; restore it, the privacy already spent "
+            "is not forgotten"
+        )
+
+
+def spent_epsilon(ledger: PrivacyLedger) -> float:
+    """Epsilon the ledger holds at its budget's delta (0 before its first round)."""
+    return ledger.spent_epsilon if ledger.rounds else 0.0
+
+
+def _close_ledger(ledger: PersistentPrivacyLedger | None) -> None:
+    """Release the ledger file's lock (every charge is already on disk)."""
+    if ledger is not None:
+        ledger.close()
 
 
 def _own_plan(party: Party, lora: LoraSettings, served: FederationPlan) -> FederationPlan:
@@ -184,8 +293,7 @@ def _rounds(settings: PartySettings, plan: FederationPlan | None) -> int:
     if plan is not None and plan.rounds > 0:
         return plan.rounds
     raise ConfigError(
-        "party.rounds is required: the service serves no federation plan with a number "
-        "of rounds"
+        "party.rounds is required: the service serves no federation plan with a number of rounds"
     )
 
 
@@ -226,8 +334,11 @@ def run_round(run: PartyRun, number: int) -> bool:
     the local training of this attempt is dropped: it started from a stale adapter)."""
     party, secure_round, total = run.party, run.secure_round, run.rounds
     tag = f"{run.client.client_id} round {number}/{total}"
-    if _announced(run, tag) is None:
+    _check_sample_budget(run, tag)  # before waiting for the round, before training
+    info = _announced(run, tag)
+    if info is None:
         return False
+    _check_client_dp(run, info.spec, tag)
     load_adapter_vector(party.model, party.layout, party.global_vector)
     secure_round.begin()
     logger.info("%s: training on %d examples", tag, party.weight)
@@ -257,9 +368,44 @@ def run_round(run: PartyRun, number: int) -> bool:
     return True
 
 
+def _check_sample_budget(run: PartyRun, tag: str) -> None:
+    """[dp] kind = "sample": refuse a round that would overspend before it trains."""
+    trainer = run.party.dp_trainer
+    if trainer is None:
+        return
+    try:
+        trainer.check_round()
+    except PrivacyBudgetExceededError as exc:
+        raise PrivacyBudgetExceededError(f"{tag}: {exc}") from None
+
+
+def _check_client_dp(run: PartyRun, spec: pb.RoundSpec, tag: str) -> None:
+    """[dp] kind = "client": refuse, before training, a round the client would refuse at
+    upload (clients.transport, secagg.protocol.client): one without client-level DP noise,
+    or one that would overspend the ledger. The client checks both again before sending."""
+    ledger = run.client.privacy_ledger
+    if ledger is None:
+        return
+    policy = run.settings.party.policy()
+    secagg = int(spec.mode) == pb.AGGREGATION_MODE_SECAGG
+    dp = spec_to_config(spec).dp if secagg else None
+    if dp is None or (dp.central and not policy.accept_central_dp):
+        raise PrivacyPolicyError(
+            f"{tag}: service round {spec.round_id} adds no client-level DP noise, but this "
+            'party has a privacy budget ([dp] kind = "client"): refusing to send an '
+            'un-noised update; ask the operator to run the server with dp = "client"'
+        )
+    sampling = dp.sampling_prob if policy.trust_server_sampling else 1.0
+    try:
+        ledger.check(dp.events(sampling))
+    except PrivacyBudgetExceededError as exc:
+        raise PrivacyBudgetExceededError(f"{tag}: {exc}") from None
+
+
 def _save_round(run: PartyRun, number: int, tag: str) -> None:
-    """Evaluate (with [eval]) and checkpoint the global adapter after `number` rounds."""
-    metrics = _evaluate(run, number, tag)
+    """Evaluate (with [eval]) and checkpoint the global adapter after `number` rounds,
+    with the privacy spent so far (with [dp])."""
+    metrics = _round_record(run, number, tag)
     checkpoint = PartyCheckpoint(
         number, run.party.global_vector, run.client.model_chain, run.fingerprint, metrics
     )
@@ -269,18 +415,73 @@ def _save_round(run: PartyRun, number: int, tag: str) -> None:
         append_metrics(run.metrics_path, metrics)
 
 
+def _round_record(run: PartyRun, number: int, tag: str) -> dict[str, object] | None:
+    """One line of OUT/metrics.jsonl (and the checkpoint's metrics): the held-out figures
+    ([eval]) and the privacy spent ([dp]); None with neither."""
+    evaluated = _evaluate(run, number, tag)
+    privacy = _privacy(run, tag)
+    if privacy is None:
+        return evaluated
+    return {**(evaluated or _record_head(run, number)), "privacy": privacy}
+
+
+def _record_head(run: PartyRun, number: int) -> dict[str, object]:
+    return {
+        "round": number,
+        "service_round": run.client.model_chain.round_id,
+        "client_id": run.client.client_id,
+    }
+
+
 def _evaluate(run: PartyRun, number: int, tag: str) -> dict[str, object] | None:
     """The global adapter on this party's held-out data ([eval]), as one metrics record."""
     if run.heldout is None:
         return None
     result = run.heldout.evaluate(run.party)
     logger.info("%s: %s", tag, result.summary())
+    return {**_record_head(run, number), **result.as_dict()}
+
+
+def _privacy(run: PartyRun, tag: str) -> dict[str, object] | None:
+    """The epsilon spent so far, as the ledger file holds it (the source of truth; this
+    copy is for the reader of metrics.jsonl and the check on resume)."""
+    ledger, dp = run.ledger, run.settings.dp
+    if ledger is None or dp is None:
+        return None
+    spent = spent_epsilon(ledger)
+    logger.info(
+        "%s: privacy spent: epsilon %.4g of budget %g at delta %g (%s DP, %d round(s) "
+        "charged, ledger %s)",
+        tag,
+        spent,
+        ledger.budget.epsilon,
+        ledger.budget.delta,
+        dp.kind,
+        ledger.rounds,
+        ledger.path,
+    )
     return {
-        "round": number,
-        "service_round": run.client.model_chain.round_id,
-        "client_id": run.client.client_id,
-        **result.as_dict(),
+        "kind": dp.kind,
+        "epsilon": spent,
+        "delta": ledger.budget.delta,
+        "budget_epsilon": ledger.budget.epsilon,
+        "accountant": ledger.method.value,
+        "rounds_charged": ledger.rounds,
+        "ledger": str(ledger.path),
     }
+
+
+def _start_metrics(run: PartyRun) -> None:
+    """A fresh start: drop OUT/metrics.jsonl lines of a run that left no checkpoint; with
+    [eval], score the starting adapter (round 0: the base model, LoRA starts with B = 0)."""
+    if run.heldout is None and run.ledger is None:
+        return
+    run.metrics_path.unlink(missing_ok=True)
+    if run.heldout is None:
+        return
+    metrics = _round_record(run, 0, f"{run.client.client_id} round 0/{run.rounds}")
+    assert metrics is not None
+    append_metrics(run.metrics_path, metrics)
 
 
 def run_rounds(run: PartyRun) -> Path:
@@ -296,11 +497,8 @@ def run_rounds(run: PartyRun) -> Path:
             run.rounds_done,
             total,
         )
-    elif run.rounds_done == 0 and run.heldout is not None:
-        run.metrics_path.unlink(missing_ok=True)  # lines of a run that left no checkpoint
-        metrics = _evaluate(run, 0, f"{run.client.client_id} round 0/{total}")
-        assert metrics is not None
-        append_metrics(run.metrics_path, metrics)
+    elif run.rounds_done == 0:
+        _start_metrics(run)
     failures = 0
     while run.rounds_done < total:
         number = run.rounds_done + 1

@@ -159,3 +159,15 @@ def test_alone_needs_the_adapter_and_rounds_it_cannot_adopt_from_a_plan(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot adopt the served plan" in err[0]
     assert "[lora]" in err[0] and "rounds" in err[0]
+
+
+def test_alone_refuses_a_dp_table(
+    tmp_path: Path, model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The alone run is the non-private reference; training it with DP silently off (or
+    on) would misstate what the comparison measures."""
+    config = _party_toml(tmp_path, model_dir, tmp_path / "out", tmp_path / "none")
+    config.write_text(config.read_text() + '\n[dp]\nkind = "sample"\nepsilon = 8.0\n')
+    assert main(["train", "--config", str(config), "--alone"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-private baseline" in err[0]

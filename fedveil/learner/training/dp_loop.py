@@ -131,6 +131,20 @@ def calibrate(dp: DPTrainConfig, examples: int, batch_size: int) -> float:
     )
 
 
+def _ledger_for(dp: DPTrainConfig, owner: str, ledger: PrivacyLedger | None) -> PrivacyLedger:
+    """`ledger` when it enforces `dp`'s budget with `dp`'s accountant; else ConfigError."""
+    budget = PrivacyBudget(dp.epsilon, dp.delta)
+    if ledger is None:
+        return PrivacyLedger(budget, method=dp.accountant, owner=owner)
+    if ledger.budget != budget or ledger.method is not AccountingMethod(dp.accountant):
+        raise ConfigError(
+            f"the privacy ledger enforces epsilon={ledger.budget.epsilon:g} "
+            f"delta={ledger.budget.delta:g} ({ledger.method.value}), but DP-SGD is set for "
+            f"epsilon={budget.epsilon:g} delta={budget.delta:g} ({dp.accountant})"
+        )
+    return ledger
+
+
 class DPTrainer:
     """One party's private trainer: an Opacus session and a ledger, for all its rounds."""
 
@@ -141,7 +155,12 @@ class DPTrainer:
         train_config: TrainConfig,
         dp: DPTrainConfig,
         owner: str,
+        ledger: PrivacyLedger | None = None,
     ) -> None:
+        """`ledger`: where the rounds are charged; None, a fresh in-memory one for `dp`'s
+        budget. Give one (e.g. clients.privacy_ledger's file-backed ledger) so a restarted
+        party starts from what it already spent; it must enforce `dp`'s budget and
+        accountant, or the trainer would check one budget and calibrate for another."""
         params = trainable_parameters(model)
         if not params:
             raise ConfigError("the model has no trainable parameters; apply LoRA first")
@@ -149,9 +168,7 @@ class DPTrainer:
         self.dp = dp
         train_config = dp.training(train_config)
         self.noise_multiplier = calibrate(dp, len(data), train_config.batch_size)
-        self.ledger = PrivacyLedger(
-            PrivacyBudget(dp.epsilon, dp.delta), method=dp.accountant, owner=owner
-        )
+        self.ledger = _ledger_for(dp, owner, ledger)
         indices = TensorDataset(torch.arange(len(data)))
         loader = DataLoader(indices, batch_size=train_config.batch_size, shuffle=False)
         optimizer = torch.optim.AdamW(

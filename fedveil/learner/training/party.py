@@ -49,6 +49,7 @@ from fedveil.learner.training.batches import (
 )
 from fedveil.learner.training.dp_loop import DPTrainConfig, DPTrainer
 from fedveil.learner.training.loop import TrainConfig, TrainStats, train
+from fedveil.secagg.dp import PrivacyLedger
 
 
 @dataclass(frozen=True, eq=False)
@@ -91,7 +92,10 @@ class Party:
         lora: LoraSettings,
         train_config: TrainConfig,
         dp: DPTrainConfig | None = None,
+        dp_ledger: PrivacyLedger | None = None,
     ) -> None:
+        """`dp_ledger`: where DP-SGD charges its rounds (e.g. a file that survives a
+        restart); None, an in-memory ledger of `dp`'s budget (learner.training.dp_loop)."""
         if not name:
             raise ConfigError("a party needs a non-empty name")
         if len(data) == 0:
@@ -106,6 +110,7 @@ class Party:
         self.layout = adapter_layout(self.model, self.base_hash, lora.variant)
         self.global_vector = adapter_vector(self.model, self.layout)
         self.dp = dp
+        self.dp_ledger = dp_ledger
         self._dp_trainer: DPTrainer | None = None
 
     @property
@@ -113,7 +118,12 @@ class Party:
         """The party's DP-SGD session and ledger (built on first use; None without DP)."""
         if self.dp is not None and self._dp_trainer is None:
             self._dp_trainer = DPTrainer(
-                self.model, self.data, self.train_config, self.dp, f"party {self.name!r}"
+                self.model,
+                self.data,
+                self.train_config,
+                self.dp,
+                f"party {self.name!r}",
+                ledger=self.dp_ledger,
             )
         return self._dp_trainer
 
@@ -189,9 +199,11 @@ def captioner_party(
     lora: LoraSettings,
     train_config: TrainConfig,
     dp: DPTrainConfig | None = None,
+    dp_ledger: PrivacyLedger | None = None,
 ) -> Party:
     """A party over a city-safety dataset (its captions after its domain prompt); with
-    `dp`, it trains with sample-level DP-SGD (learner.training.dp_loop)."""
+    `dp`, it trains with sample-level DP-SGD (learner.training.dp_loop), charging
+    `dp_ledger` when given."""
     loaded = _own_copy(base)
     if loaded.kind is not ModelKind.CAPTIONER:
         raise ConfigError(f"{loaded.path} is a {loaded.kind.value}, not a captioner")
@@ -205,7 +217,7 @@ def captioner_party(
         [e.caption for e in dataset],
         max_length=max_positions,
     )
-    return Party(dataset.name, loaded, data, lora, train_config, dp)
+    return Party(dataset.name, loaded, data, lora, train_config, dp, dp_ledger)
 
 
 def text_party(
@@ -215,11 +227,13 @@ def text_party(
     lora: LoraSettings,
     train_config: TrainConfig,
     max_length: int = 128,
+    dp: DPTrainConfig | None = None,
+    dp_ledger: PrivacyLedger | None = None,
 ) -> Party:
-    """A party over a causal LM and a list of texts (see `learner.data.text`)."""
+    """A party over a causal LM and a list of texts (see `learner.data.text`); `dp` and
+    `dp_ledger` as for `captioner_party`."""
     loaded = _own_copy(base)
     if loaded.kind is not ModelKind.CAUSAL_LM:
         raise ConfigError(f"{loaded.path} is a {loaded.kind.value}, not a causal LM")
-    return Party(
-        name, loaded, encode_texts(loaded.tokenizer, texts, max_length), lora, train_config
-    )
+    data = encode_texts(loaded.tokenizer, texts, max_length)
+    return Party(name, loaded, data, lora, train_config, dp, dp_ledger)
