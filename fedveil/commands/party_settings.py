@@ -14,17 +14,23 @@ Layout (relative paths are taken from the working directory, as `fedveil client`
     [party]   credentials, roster, roster_sha256, server, server_name, model_dir, rounds
               (default: the federation plan's), out, allow_mode, min_cohort, min_threshold,
               join_timeout_s, max_failed_rounds, log_level, log_format
-    [data]    texts (JSONL of {"text": ...}, causal LM) or city_domain (built-in captioner
-              data: energy, residential, urban), city_samples, city_seed, max_length
+    [data]    exactly one of texts (JSONL of {"text": ...}, causal LM), captions (JSONL of
+              {"image": ..., "caption": ...}, a captioner on the organisation's own
+              images: learner.data.image_captions) or city_domain (built-in captioner
+              data: energy, residential, urban); city_samples, city_seed (city_domain);
+              max_length (texts; a captioner's captions are cut at its decoder's length)
     [lora]    optional: rank, alpha, dropout, target_modules, variant (ffa | fedavg), seed;
               without it the party adopts the adapter of the plan the server serves
               (`fedveil plan`); with it, a plan that differs is refused, naming the keys
     [recipe]  epochs, max_steps, batch_size, learning_rate, weight_decay, max_grad_norm,
               schedule, seed, threads
     [eval]    optional held-out evaluation after each round: texts (a JSONL like
-              data.texts, for a causal LM: mean token loss and perplexity) or, for
-              city_domain data, city_test_samples (held-out scenes of the built-in data,
-              default 90: mean concept recall and BLEU, as `fedveil demo` scores them)
+              data.texts, for a causal LM: mean token loss and perplexity); captions (a
+              JSONL like data.captions, for captions data: the captioner's mean token loss
+              and perplexity, since concept recall needs the built-in scenes' concept
+              annotations); or, for city_domain data, city_test_samples (held-out scenes
+              of the built-in data, default 90: mean concept recall and BLEU, as
+              `fedveil demo` scores them)
     [dp]      optional differential privacy, with a budget kept in a ledger file that
               survives restarts: kind ("sample": DP-SGD on this party's records; "client":
               this party's budget for the service's client-level DP rounds), epsilon,
@@ -116,9 +122,11 @@ class PartyTable(StrictSettings):
 
 
 class DataTable(StrictSettings):
-    """[data]: a JSONL text corpus (causal LM) or the built-in city data of one domain."""
+    """[data]: a JSONL text corpus (causal LM), a JSONL of the organisation's own image
+    captions (captioner), or the built-in city data of one domain (captioner)."""
 
     texts: Path | None = Field(default=None, strict=False)
+    captions: Path | None = Field(default=None, strict=False)
     city_domain: str | None = None
     city_samples: int = Field(default=240, ge=1)
     city_seed: int = Field(default=0, ge=0)
@@ -126,10 +134,12 @@ class DataTable(StrictSettings):
 
     @model_validator(mode="after")
     def _one_source(self) -> DataTable:
-        if (self.texts is None) == (self.city_domain is None):
+        given = [v for v in (self.texts, self.captions, self.city_domain) if v is not None]
+        if len(given) != 1:
             raise ConfigError(
                 'data: give exactly one of texts (a JSONL file of {"text": ...} lines, for a '
-                "causal LM) or city_domain (the built-in captioner's data: "
+                'causal LM), captions (a JSONL file of {"image": ..., "caption": ...} lines, '
+                "for a captioner) or city_domain (the built-in captioner's data: "
                 f"{', '.join(CITY_DOMAINS)})"
             )
         if self.city_domain is not None and self.city_domain not in CITY_DOMAINS:
@@ -174,6 +184,7 @@ class EvalTable(StrictSettings):
     """[eval]: this party's own held-out data, scored with the global adapter each round."""
 
     texts: Path | None = Field(default=None, strict=False)
+    captions: Path | None = Field(default=None, strict=False)
     city_test_samples: int | None = Field(default=None, ge=1)
 
 
@@ -267,25 +278,63 @@ class PartySettings(StrictSettings):
             )
 
     def _eval_fits_data(self) -> None:
+        """[eval] scores the kind of data [data] holds, and only that kind."""
         held_out = self.eval
         if held_out is None:
             return
         if self.data.texts is not None:
-            if held_out.city_test_samples is not None:
-                raise ConfigError(
-                    "eval.city_test_samples is for city_domain data; with data.texts give "
-                    'eval.texts (a held-out JSONL of {"text": ...} lines)'
-                )
-            if held_out.texts is None:
-                raise ConfigError(
-                    'eval: give texts (a held-out JSONL of {"text": ...} lines) to evaluate '
-                    "a causal LM, or leave out [eval]"
-                )
-        elif held_out.texts is not None:
-            raise ConfigError(
-                "eval.texts is for a causal LM (data.texts); with data.city_domain give "
-                f"eval.city_test_samples (default {DEFAULT_CITY_TEST_SAMPLES}) or an empty [eval]"
-            )
+            _eval_for_texts(held_out)
+        elif self.data.captions is not None:
+            _eval_for_captions(held_out)
+        else:
+            _eval_for_city(held_out)
+
+
+_HELD_OUT_CAPTIONS = 'a held-out JSONL of {"image": ..., "caption": ...} lines'
+
+
+def _eval_for_texts(held_out: EvalTable) -> None:
+    if held_out.city_test_samples is not None:
+        raise ConfigError(
+            "eval.city_test_samples is for city_domain data; with data.texts give "
+            'eval.texts (a held-out JSONL of {"text": ...} lines)'
+        )
+    if held_out.captions is not None:
+        raise ConfigError(
+            "eval.captions is for data.captions (a captioner); with data.texts give "
+            'eval.texts (a held-out JSONL of {"text": ...} lines)'
+        )
+    if held_out.texts is None:
+        raise ConfigError(
+            'eval: give texts (a held-out JSONL of {"text": ...} lines) to evaluate '
+            "a causal LM, or leave out [eval]"
+        )
+
+
+def _eval_for_captions(held_out: EvalTable) -> None:
+    if held_out.texts is not None or held_out.city_test_samples is not None:
+        key = "texts" if held_out.texts is not None else "city_test_samples"
+        raise ConfigError(
+            f"eval.{key} does not score data.captions; give eval.captions ({_HELD_OUT_CAPTIONS})"
+        )
+    if held_out.captions is None:
+        raise ConfigError(
+            f"eval: give captions ({_HELD_OUT_CAPTIONS}) to evaluate a captioner on your "
+            "own images, or leave out [eval]"
+        )
+
+
+def _eval_for_city(held_out: EvalTable) -> None:
+    if held_out.texts is not None:
+        raise ConfigError(
+            "eval.texts is for a causal LM (data.texts); with data.city_domain give "
+            f"eval.city_test_samples (default {DEFAULT_CITY_TEST_SAMPLES}) or an empty [eval]"
+        )
+    if held_out.captions is not None:
+        raise ConfigError(
+            "eval.captions is for data.captions (your own images); with data.city_domain "
+            f"give eval.city_test_samples (default {DEFAULT_CITY_TEST_SAMPLES}) or an empty [eval]"
+        )
 
 
 PARTY_FLAGS = ("server", "credentials", "rounds", "out", "log_level", "log_format")

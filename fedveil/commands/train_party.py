@@ -12,8 +12,10 @@ from __future__ import annotations
 import hashlib
 import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging as hf_logging
 
 from fedveil.commands.party_settings import (
@@ -26,13 +28,24 @@ from fedveil.commands.party_settings import (
 from fedveil.errors import ConfigError
 from fedveil.learner.data.concepts import Domain
 from fedveil.learner.data.datasets import CityDataConfig, make_party_dataset, make_test_set
+from fedveil.learner.data.image_captions import ImageCaption, RgbImages, load_image_captions
 from fedveil.learner.data.text import load_jsonl_texts
-from fedveil.learner.federation.heldout import CaptionHeldOut, HeldOut, TextHeldOut
+from fedveil.learner.federation.heldout import (
+    CaptionHeldOut,
+    HeldOut,
+    ImageCaptionHeldOut,
+    TextHeldOut,
+)
 from fedveil.learner.lora.config import AggregationVariant, LoraSettings
-from fedveil.learner.models.loading import ModelKind, load_model
+from fedveil.learner.models.loading import LoadedModel, ModelKind, load_model
 from fedveil.learner.training.dp_loop import DPTrainConfig
 from fedveil.learner.training.loop import TrainConfig
-from fedveil.learner.training.party import Party, captioner_party, text_party
+from fedveil.learner.training.party import (
+    Party,
+    captioner_party,
+    image_caption_party,
+    text_party,
+)
 from fedveil.secagg.dp import PrivacyLedger
 from fedveil.secagg.protocol.plan import FederationPlan
 
@@ -135,7 +148,9 @@ def build_party(
     data = settings.data
     lora = lora if lora is not None else lora_settings(settings)
     recipe = train_config(settings)
-    texts = None if data.texts is None else load_jsonl_texts(data.texts)  # before the model
+    # every line (and every image) is checked before the model is loaded
+    texts = None if data.texts is None else load_jsonl_texts(data.texts)
+    pairs = None if data.captions is None else load_image_captions(data.captions)
     if not sys.stderr.isatty():
         hf_logging.disable_progress_bar()  # a log file gets our lines, not tqdm's
     with _LOAD_LOCK:
@@ -144,27 +159,80 @@ def build_party(
         if loaded.kind is not ModelKind.CAUSAL_LM:
             raise ConfigError(
                 f"data.texts is a text corpus, but {loaded.path} is a {loaded.kind.value}; "
-                "use data.city_domain for the captioner, or a causal LM model_dir"
+                "use data.captions or data.city_domain for the captioner, or a causal LM "
+                "model_dir"
             )
         return text_party(
             name, texts, loaded, lora, recipe, data.max_length, dp=dp, dp_ledger=dp_ledger
         )
-    if loaded.kind is not ModelKind.CAPTIONER:
-        raise ConfigError(
-            f"data.city_domain is captioner data, but {loaded.path} is a {loaded.kind.value}; "
-            'use data.texts (a JSONL of {"text": ...} lines) for a causal LM'
+    if pairs is not None:
+        _require_captioner(loaded, "data.captions is image captions")
+        check_caption_words(pairs, loaded.tokenizer)
+        images, captions = RgbImages(pairs), [p.caption for p in pairs]
+        return image_caption_party(
+            name, images, captions, loaded, lora, recipe, dp=dp, dp_ledger=dp_ledger
         )
+    _require_captioner(loaded, "data.city_domain is captioner data")
     config = CityDataConfig(seed=data.city_seed, samples_per_party=data.city_samples)
     dataset = make_party_dataset(config, Domain(str(data.city_domain)))
     return captioner_party(dataset, loaded, lora, recipe, dp=dp, dp_ledger=dp_ledger)
 
 
+def _require_captioner(loaded: LoadedModel, what: str) -> None:
+    """Captioner data on a causal LM is refused in one line that says what fits."""
+    if loaded.kind is not ModelKind.CAPTIONER:
+        raise ConfigError(
+            f"{what}, but {loaded.path} is a {loaded.kind.value}; use a captioner "
+            '(vision-encoder-decoder) model_dir, or data.texts (a JSONL of {"text": ...} '
+            "lines) for a causal LM"
+        )
+
+
+def check_caption_words(pairs: Sequence[ImageCaption], tokenizer: PreTrainedTokenizerBase) -> None:
+    """Refuse a caption with a word the tokenizer does not know, naming its line.
+
+    Why: a closed-vocabulary tokenizer (the built-in captioner's is word level) maps an
+    unknown word to its unk token, and the party would silently learn to say "<unk>".
+    A subword tokenizer never produces unk, so this costs such a model nothing."""
+    unk = tokenizer.unk_token_id
+    if unk is None:
+        return
+    for pair in pairs:
+        if unk not in tokenizer(pair.caption, add_special_tokens=False)["input_ids"]:
+            continue
+        unknown = [
+            word
+            for word in pair.caption.split()
+            if unk in tokenizer(word, add_special_tokens=False)["input_ids"]
+        ]
+        raise ConfigError(
+            f"{pair.where}: caption words {unknown or [pair.caption]} are not in the "
+            "model's vocabulary; use the model's words (its tokenizer) or another model"
+        )
+
+
 def load_heldout_texts(settings: PartySettings) -> list[str] | None:
-    """eval.texts, validated line by line like data.texts (before any model is loaded)."""
+    """eval.texts, validated line by line like data.texts (before any model is loaded).
+
+    eval.captions is validated here too, for the same reason (every line and image
+    checked before the model loads), and read again by build_heldout, whose signature
+    the callers share: a second pass over a held-out file costs little next to a model."""
     held_out = settings.eval
-    if held_out is None or held_out.texts is None:
+    if held_out is None:
+        return None
+    if held_out.captions is not None:
+        load_heldout_captions(settings)
+    if held_out.texts is None:
         return None
     return load_jsonl_texts(held_out.texts)
+
+
+def load_heldout_captions(settings: PartySettings) -> list[ImageCaption] | None:
+    """eval.captions, validated line by line like data.captions (None without it)."""
+    held_out = settings.eval
+    if held_out is None or held_out.captions is None:
+        return None
+    return load_image_captions(held_out.captions)
 
 
 def build_heldout(settings: PartySettings, party: Party, texts: list[str] | None) -> HeldOut | None:
@@ -173,10 +241,14 @@ def build_heldout(settings: PartySettings, party: Party, texts: list[str] | None
     held_out = settings.eval
     if held_out is None:
         return None
+    batch_size = settings.recipe.batch_size
     if texts is not None:
-        return TextHeldOut.from_texts(
-            party, texts, settings.data.max_length, settings.recipe.batch_size
-        )
+        return TextHeldOut.from_texts(party, texts, settings.data.max_length, batch_size)
+    pairs = load_heldout_captions(settings)
+    if pairs is not None:
+        check_caption_words(pairs, party.loaded.tokenizer)
+        captions = [p.caption for p in pairs]
+        return ImageCaptionHeldOut.from_pairs(party, RgbImages(pairs), captions, batch_size)
     samples = held_out.city_test_samples or DEFAULT_CITY_TEST_SAMPLES
     config = CityDataConfig(seed=settings.data.city_seed, test_samples=samples)
     return CaptionHeldOut.from_scenes(party, make_test_set(config))
@@ -194,6 +266,10 @@ def _data_identity(data: DataTable) -> dict[str, object]:
     fields = data.model_dump(mode="json")
     if data.texts is not None:
         fields["texts"] = _file_sha256(data.texts)  # the content: the file may move
+    if data.captions is not None:
+        # the JSONL's content (image paths and captions); the image files are named by it,
+        # not hashed: a folder of photos would be read again at every start
+        fields["captions"] = _file_sha256(data.captions)
     return fields
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,7 @@ from fedveil.learner.training.batches import (
     EncodedCaptions,
     EncodedText,
     encode_captions,
+    encode_images,
     encode_texts,
 )
 from fedveil.learner.training.dp_loop import DPTrainConfig, DPTrainer
@@ -205,19 +207,78 @@ def captioner_party(
     `dp`, it trains with sample-level DP-SGD (learner.training.dp_loop), charging
     `dp_ledger` when given."""
     loaded = _own_copy(base)
+    data = encode_for_captioner(
+        loaded,
+        [e.image for e in dataset],
+        [e.prompt for e in dataset],
+        [e.caption for e in dataset],
+    )
+    return Party(dataset.name, loaded, data, lora, train_config, dp, dp_ledger)
+
+
+IMAGE_CHUNK = 64
+"""Images run through the image processor this many at a time (see encode_for_captioner)."""
+
+
+def encode_for_captioner(
+    loaded: LoadedModel,
+    images: Sequence[np.ndarray],
+    prompts: Sequence[str],
+    captions: Sequence[str],
+) -> EncodedCaptions:
+    """Captioner rows as every captioner party trains on them: captions truncated to the
+    decoder's positions, images encoded IMAGE_CHUNK at a time, so a lazily decoded
+    sequence (learner.data.image_captions.RgbImages) never holds a whole folder decoded
+    (the processor treats each image alone, so chunking changes no value)."""
     if loaded.kind is not ModelKind.CAPTIONER:
         raise ConfigError(f"{loaded.path} is a {loaded.kind.value}, not a captioner")
     decoder_config = getattr(getattr(loaded.model, "config", None), "decoder", None)
     max_positions = int(getattr(decoder_config, "n_positions", 64))
-    data = encode_captions(
+    pixels = [
+        encode_images(loaded.image_processor, images[start : start + IMAGE_CHUNK])
+        for start in range(0, len(images), IMAGE_CHUNK)
+    ]
+    return encode_captions(
         loaded.tokenizer,
         loaded.image_processor,
-        [e.image for e in dataset],
-        [e.prompt for e in dataset],
-        [e.caption for e in dataset],
+        images,
+        prompts,
+        captions,
         max_length=max_positions,
+        pixel_values=torch.cat(pixels) if pixels else None,
     )
-    return Party(dataset.name, loaded, data, lora, train_config, dp, dp_ledger)
+
+
+IMAGE_CAPTION_PROMPT = ""
+"""An organisation's own captions are learnt after no prompt (the decoder starts at its
+bos token): the city data's domain prompts name the built-in scenario's viewpoints, which
+an organisation's captions do not have."""
+
+
+def encode_image_captions(
+    loaded: LoadedModel, images: Sequence[np.ndarray], captions: Sequence[str]
+) -> EncodedCaptions:
+    """(image, caption) pairs after IMAGE_CAPTION_PROMPT, for training and held-out
+    scoring alike (one encoding, so the held-out loss is the training loss)."""
+    return encode_for_captioner(loaded, images, [IMAGE_CAPTION_PROMPT] * len(captions), captions)
+
+
+def image_caption_party(
+    name: str,
+    images: Sequence[np.ndarray],
+    captions: Sequence[str],
+    base: LoadedModel | str | Path,
+    lora: LoraSettings,
+    train_config: TrainConfig,
+    dp: DPTrainConfig | None = None,
+    dp_ledger: PrivacyLedger | None = None,
+) -> Party:
+    """A captioner party over an organisation's own (image, caption) pairs
+    (`fedveil train` with data.captions); encoded as captioner_party encodes the city
+    data, after IMAGE_CAPTION_PROMPT; `dp` and `dp_ledger` as for captioner_party."""
+    loaded = _own_copy(base)
+    data = encode_image_captions(loaded, images, captions)
+    return Party(name, loaded, data, lora, train_config, dp, dp_ledger)
 
 
 def text_party(
