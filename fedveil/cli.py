@@ -18,12 +18,14 @@ from fedveil.commands import (
     model_hash,
     plan,
     server,
+    simulate,
     simulate_secagg,
     train,
 )
 
 COMMANDS: tuple[Command, ...] = (
     simulate_secagg.COMMAND,
+    simulate.COMMAND,
     keys.COMMAND,
     server.COMMAND,
     client.COMMAND,

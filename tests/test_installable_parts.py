@@ -36,8 +36,10 @@ from tests.helpers import REPO_ROOT
 
 ROOT = REPO_ROOT
 DEEP_LEARNING = ("torch", "torchvision", "transformers", "peft", "opacus", "pytorch_msssim")
-# Installed here by [dev] but not by the base install; grpc imports it when present.
-NOT_IN_BASE = ("grpc_tools",)
+# Installed here by [dev] but not by the base install, and imported when present: grpc
+# imports grpc_tools; numpy.f2py imports charset_normalizer (which [sim]'s Ray pulls in
+# through requests).
+NOT_IN_BASE = ("grpc_tools", "charset_normalizer")
 TRAIN_DISTRIBUTIONS = {"torch", "transformers", "peft", "opacus"}
 
 # Runs in the subprocess: argv = folder, port, blocked, absent. Prints one JSON line last.
