@@ -273,7 +273,7 @@ class RoundCoordinator:
             result = action(active.server)
             if message is not None:
                 self.journal.record(active.round_id, *encode_message(active.round_id, message))
-            if active.server.stage is stage and not active.server.expected_senders():
+            if active.server.stage is stage and active.server.stage_complete():
                 self._close_in_background(active, stage)
             return active, result
 

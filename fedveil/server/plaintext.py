@@ -102,6 +102,10 @@ class PlaintextRound:
     def expected_senders(self) -> frozenset[str]:
         return self.roster - self._uploaded if self.stage is Stage.MASKED_INPUT else frozenset()
 
+    def stage_complete(self) -> bool:
+        """`not expected_senders()` in O(1): uploads are checked to come from the roster."""
+        return self.stage is not Stage.MASKED_INPUT or len(self._uploaded) >= len(self.roster)
+
     def uploads_in_flight(self) -> frozenset[str]:
         return frozenset(c for c in self.roster if self.uploads.progress(c) is not None)
 

@@ -103,6 +103,11 @@ class CkksServerRound:
             return self.members - self._uploaded
         return frozenset()
 
+    def stage_complete(self) -> bool:
+        """Whether the current stage has heard from everyone it expects (CKKS cohorts are
+        small: the set difference is cheap here)."""
+        return not self.expected_senders()
+
     def uploads_in_flight(self) -> frozenset[str]:
         if self.uploads is None:
             return frozenset()

@@ -132,6 +132,15 @@ class ServerRound:
         self._survivors: frozenset[str] = frozenset()
         self._signatures: dict[str, ConsistencySignature] = {}
         self._reveals: dict[str, UnmaskResponse] = {}
+        # Views that stay fixed once a stage has closed, computed once when the next stage
+        # opens (_freeze_views) rather than once per client message: with n clients a
+        # per-message O(n) rebuild makes a stage O(n^2) on the server.
+        self._roster_set = frozenset(config.roster)
+        self._advertised: frozenset[str] | None = None
+        self._survivor_order: tuple[str, ...] = ()
+        self._survivor_message = b""
+        self._signers: frozenset[str] = frozenset()
+        self._unmask_request: UnmaskRequest | None = None
         self._receivers: dict[type, tuple[Stage, Callable[[Any], None]]] = {
             KeyAdvertisement: (Stage.ADVERTISE_KEYS, self._on_advertisement),
             ShareKeysResponse: (Stage.SHARE_KEYS, self._on_share_keys),
@@ -144,6 +153,8 @@ class ServerRound:
 
     @property
     def advertised(self) -> frozenset[str]:
+        if self._advertised is not None:
+            return self._advertised
         return frozenset(self._adverts)
 
     @property
@@ -166,7 +177,7 @@ class ServerRound:
             Stage.SHARE_KEYS: self.advertised,
             Stage.MASKED_INPUT: self._shared,
             Stage.CONSISTENCY_CHECK: self._survivors,
-            Stage.UNMASK: frozenset(self._signatures),
+            Stage.UNMASK: self._signers,
         }
         done = {
             Stage.ADVERTISE_KEYS: set(self._adverts),
@@ -176,6 +187,18 @@ class ServerRound:
             Stage.UNMASK: set(self._reveals),
         }
         return pools.get(self.stage, frozenset()) - done.get(self.stage, set())
+
+    def stage_complete(self) -> bool:
+        """Whether every client the current stage expects has answered: O(1), for a
+        caller that asks after each message (expected_senders() builds the set)."""
+        answered, pool = {
+            Stage.ADVERTISE_KEYS: (len(self._adverts), len(self._roster_set)),
+            Stage.SHARE_KEYS: (len(self._share_responses), len(self.advertised)),
+            Stage.MASKED_INPUT: (len(self._uploaded), len(self._shared)),
+            Stage.CONSISTENCY_CHECK: (len(self._signatures), len(self._survivors)),
+            Stage.UNMASK: (len(self._reveals), len(self._signers)),
+        }.get(self.stage, (0, 0))
+        return answered >= pool  # each answer was checked to come from the pool
 
     # --- incoming --------------------------------------------------------------------
 
@@ -237,7 +260,7 @@ class ServerRound:
 
     def _on_advertisement(self, adv: KeyAdvertisement) -> None:
         self._sender_check(
-            adv.client_id, frozenset(self.config.roster), self._adverts, "key advertisement"
+            adv.client_id, self._roster_set, self._adverts, "key advertisement"
         )
         if len(adv.encryption_key) != X25519_KEY_BYTES or len(adv.masking_key) != X25519_KEY_BYTES:
             raise InvalidMessageError("advertised X25519 public keys must be 32 bytes each")
@@ -326,7 +349,7 @@ class ServerRound:
         self._sender_check(
             item.client_id, self._survivors, self._signatures, "consistency signature"
         )
-        message = survivor_set_message(self.config.session_id, self._survivors)
+        message = self._survivor_message
         try:
             self._identities[item.client_id].verify(item.signature, message)
         except InvalidSignatureError as exc:
@@ -338,11 +361,11 @@ class ServerRound:
 
     def _on_unmask(self, response: UnmaskResponse) -> None:
         holder = response.client_id
-        self._sender_check(holder, frozenset(self._signatures), self._reveals, "unmask shares")
-        held = {holder} | (self.graph[holder] & self._shared)
-        dropped = self._shared - self._survivors
+        self._sender_check(holder, self._signers, self._reveals, "unmask shares")
+        held = {holder} | (self.graph[holder] & self._shared)  # k + 1 ids: cheap to intersect
         self._check_reveal(holder, response.self_mask_shares, held & self._survivors, "self-mask")
-        self._check_reveal(holder, response.key_shares, held & dropped, "masking-key")
+        # held - survivors: the shared (so held) neighbours that dropped before uploading
+        self._check_reveal(holder, response.key_shares, held - self._survivors, "masking-key")
         self._reveals[holder] = response
 
     @staticmethod
@@ -384,14 +407,11 @@ class ServerRound:
             return MaskedInputRequest(tuple(inbox))
         if self.stage is Stage.CONSISTENCY_CHECK:
             self._require_member(client_id, self._survivors)
-            return ConsistencyRequest(tuple(sorted(self._survivors)))
+            return ConsistencyRequest(self._survivor_order)
         if self.stage is Stage.UNMASK:
-            self._require_member(client_id, frozenset(self._signatures))
-            return UnmaskRequest(
-                survivors=tuple(sorted(self._survivors)),
-                dropped=tuple(sorted(self._shared - self._survivors)),
-                signatures=tuple(self._signatures[c] for c in sorted(self._signatures)),
-            )
+            self._require_member(client_id, self._signers)
+            assert self._unmask_request is not None
+            return self._unmask_request  # one frozen message, the same for every signer
         raise StageError(f"no request to send in stage {self.stage.value}")
 
     def _require_member(self, client_id: str, pool: frozenset[str]) -> None:
@@ -468,6 +488,24 @@ class ServerRound:
     def _move(self, target: Stage) -> None:
         check_transition(self.stage, target)
         self.stage = target
+        self._freeze_views(target)
+
+    def _freeze_views(self, opened: Stage) -> None:
+        """What the stage just closed has fixed, computed once for the stage that opens."""
+        if opened is Stage.SHARE_KEYS:
+            self._advertised = frozenset(self._adverts)
+        elif opened is Stage.CONSISTENCY_CHECK:
+            self._survivor_order = tuple(sorted(self._survivors))
+            self._survivor_message = survivor_set_message(
+                self.config.session_id, self._survivors
+            )
+        elif opened is Stage.UNMASK:
+            self._signers = frozenset(self._signatures)
+            self._unmask_request = UnmaskRequest(
+                survivors=self._survivor_order,
+                dropped=tuple(sorted(self._shared - self._survivors)),
+                signatures=tuple(self._signatures[c] for c in sorted(self._signatures)),
+            )
 
     # --- unmasking -------------------------------------------------------------------
 
