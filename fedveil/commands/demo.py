@@ -23,7 +23,7 @@ from pathlib import Path
 from fedveil.commands import Command, SubParsers
 from fedveil.commands.logs import add_logging_flags, configure_logging
 from fedveil.demo.choices import DP_KINDS, MODES
-from fedveil.errors import FedveilError
+from fedveil.errors import ConfigError, FedveilError
 from fedveil.secagg.modes import AggregationMode, DPKind
 
 # Literal, not AggregationVariant: importing learner.lora pulls in torch and peft (seconds),
@@ -87,6 +87,14 @@ def add_parser(sub: SubParsers) -> None:
         help="client DP: L2 clip C of an update; sample DP: per-sample gradient clip",
     )
     p.add_argument(
+        "--clients-per-party",
+        type=int,
+        default=1,
+        help="--in-process: split each organisation's data into N branch offices, each its "
+        "own SecAgg client (client DP protects each office; N > 1 runs the rounds in "
+        "process; benchmarks/README.md, 'Client-level DP vs cohort size')",
+    )
+    p.add_argument(
         "--in-process",
         action="store_true",
         help="run the federation inside this process (the service on a private thread) "
@@ -126,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
             dp_clip_norm=args.dp_clip_norm,
             progress=not args.no_progress,
             workdir=args.workdir,
+            clients_per_party=args.clients_per_party,
         )
         if args.in_process:
             from fedveil.demo.run import run_demo
@@ -134,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             from fedveil.demo.deploy import check_deployable, run_deployment
 
+            if options.clients_per_party > 1:
+                raise ConfigError("--clients-per-party > 1 runs only with --in-process")
             check_deployable(options)  # before the base model is built
             report = run_deployment(options, _say if options.progress else _quiet)
     except ProcessFailed as exc:

@@ -13,10 +13,14 @@ from pathlib import Path
 from fedveil.demo.choices import DP_KINDS
 from fedveil.errors import ConfigError
 from fedveil.learner.data.concepts import DOMAINS, Domain
+from fedveil.learner.data.datasets import CityDataConfig
 from fedveil.learner.federated_local import CaptionerRecipe
 from fedveil.learner.lora.config import AggregationVariant
 from fedveil.learner.training.dp_loop import DPTrainConfig
 from fedveil.secagg.modes import AggregationMode, DPKind, mode_spec, parse_dp_kind, parse_mode
+
+MAX_CLIENTS_PER_PARTY = CityDataConfig.samples_per_party
+"""Each client holds at least one sample of its party's 240."""
 
 SAMPLE_DP_BATCH = 64
 SAMPLE_DP_LEARNING_RATE = 5e-2
@@ -49,6 +53,11 @@ class DemoOptions:
     workdir: Path = Path("fedveil-demo")
     """The deployment demo's work folder (operator/ and parties/NAME/); not used with
     --in-process."""
+    clients_per_party: int = 1
+    """Branch offices per organisation (--clients-per-party): each organisation's data is
+    split into this many SecAgg clients (datasets.split_party_dataset); client-level DP
+    protects each office. 1: one client per organisation, over the gRPC service; more:
+    in-process SecAgg+ rounds (runners.aggregators.InProcessSecAgg), --in-process only."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_mode(self.mode, "mode"))
@@ -65,6 +74,32 @@ class DemoOptions:
             raise ConfigError(
                 f"need epsilon > 0 and 0 < delta < 1, got {self.epsilon}, {self.delta}"
             )
+        self._check_clients()
+
+    def _check_clients(self) -> None:
+        """Many clients per party run SecAgg+ in process, with client DP or none."""
+        n = self.clients_per_party
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"clients per party must be an int >= 1, got {n!r}")
+        if n == 1:
+            return
+        if n > MAX_CLIENTS_PER_PARTY:
+            raise ConfigError(
+                f"clients per party must be <= {MAX_CLIENTS_PER_PARTY} (each client needs "
+                f"at least one of its party's samples), got {n}"
+            )
+        if self.mode is not AggregationMode.SECAGG:
+            raise ConfigError("--clients-per-party > 1 runs SecAgg+ in process: use --mode secagg")
+        if self.dp is DPKind.SAMPLE:
+            raise ConfigError(
+                "--clients-per-party > 1 takes --dp client or none (sample-level DP-SGD "
+                "runs one session per party)"
+            )
+
+    @property
+    def clients(self) -> int:
+        """Secure-aggregation clients in the federation: parties x clients per party."""
+        return self.parties * self.clients_per_party
 
     @property
     def domains(self) -> tuple[Domain, ...]:

@@ -7,6 +7,14 @@ own domain; trained together over the aggregation service (SecAgg+ by default, e
 party a real mutual-TLS client), the shared adapter describes a scene from all three
 viewpoints. The table puts the base model, each party alone (same rounds, same local
 budget) and the federation side by side on the full-caption test set.
+
+Which path aggregates: with one client per organisation (the default) every round goes
+over the real gRPC service (runners.service_aggregator); with `--clients-per-party N`
+> 1 each organisation's data is split into N branch offices, each its own SecAgg client,
+and the rounds run in process (runners.aggregators.InProcessSecAgg: the same SecAgg+
+protocol, client DP stages, calibration and accountant, without a TLS client per office,
+which hundreds of offices in one process could not afford). The organisations-alone
+rows are always each organisation's whole data, non-private.
 """
 
 from __future__ import annotations
@@ -26,10 +34,18 @@ from fedveil.demo.report import (
     ServiceRound,
 )
 from fedveil.demo.table import format_table
-from fedveil.learner.data.datasets import make_party_datasets, make_test_set
+from fedveil.learner.data.datasets import (
+    PartyDataset,
+    SceneExample,
+    make_party_datasets,
+    make_test_set,
+    split_party_dataset,
+)
 from fedveil.learner.federated_local import Comparison, compare_local_and_federated, make_parties
 from fedveil.learner.models.base import build_base_model
-from fedveil.learner.models.loading import load_model
+from fedveil.learner.models.loading import LoadedModel, load_model
+from fedveil.learner.training.party import Party
+from fedveil.runners.aggregators import InProcessSecAgg
 from fedveil.runners.service_aggregator import ServiceAggregator
 from fedveil.secagg.modes import DPKind
 
@@ -49,21 +65,10 @@ def run_demo(options: DemoOptions) -> DemoReport:
     names = list(datasets)
     # a party of its own holds the layout (the service's dimension) and saves the result
     keeper = make_parties(loaded, {names[0]: datasets[names[0]]}, recipe)[0]
-    with ServiceAggregator(
-        names,
-        keeper.layout.size,
-        base_model_hash=keeper.base_hash,
-        mode=options.mode,
-        rounds=options.rounds,
-        dp_epsilon=options.epsilon if options.dp is DPKind.CLIENT else None,
-        dp_delta=options.delta,
-        dp_clip_norm=options.dp_clip_norm,
-        progress=options.progress,
-    ) as service:
-        comparison = compare_local_and_federated(
-            loaded, datasets, test_set, recipe, aggregate=service, progress=options.progress
-        )
-        results = tuple(service.results)
+    if options.clients_per_party > 1:
+        comparison, results = _run_offices(options, loaded, datasets, test_set, keeper)
+    else:
+        comparison, results = _run_service(options, loaded, datasets, test_set, keeper)
     keeper.apply_aggregate(comparison.run.global_vector - keeper.global_vector)
     adapter_path = keeper.save_adapter(options.adapter_dir)
     run_rounds = comparison.run.rounds
@@ -94,6 +99,60 @@ def run_demo(options: DemoOptions) -> DemoReport:
     if options.json_out is not None:
         report.write_json(options.json_out)
     return report
+
+
+def _dp_epsilon(options: DemoOptions) -> float | None:
+    return options.epsilon if options.dp is DPKind.CLIENT else None
+
+
+def _run_service(
+    options: DemoOptions,
+    loaded: LoadedModel,
+    datasets: dict[str, PartyDataset],
+    test_set: tuple[SceneExample, ...],
+    keeper: Party,
+) -> tuple[Comparison, tuple[AggregateResult, ...]]:
+    """One client per organisation, every round over the gRPC service."""
+    with ServiceAggregator(
+        list(datasets),
+        keeper.layout.size,
+        base_model_hash=keeper.base_hash,
+        mode=options.mode,
+        rounds=options.rounds,
+        dp_epsilon=_dp_epsilon(options),
+        dp_delta=options.delta,
+        dp_clip_norm=options.dp_clip_norm,
+        progress=options.progress,
+    ) as service:
+        comparison = compare_local_and_federated(
+            loaded, datasets, test_set, options.recipe(), service, options.progress
+        )
+        return comparison, tuple(service.results)
+
+
+def _run_offices(
+    options: DemoOptions,
+    loaded: LoadedModel,
+    datasets: dict[str, PartyDataset],
+    test_set: tuple[SceneExample, ...],
+    keeper: Party,
+) -> tuple[Comparison, tuple[AggregateResult, ...]]:
+    """Every organisation split into clients_per_party offices, rounds in process."""
+    clients: dict[str, PartyDataset] = {}
+    for dataset in datasets.values():
+        clients.update(split_party_dataset(dataset, options.clients_per_party))
+    aggregate = InProcessSecAgg(
+        list(clients),
+        keeper.layout.size,
+        rounds=options.rounds,
+        dp_epsilon=_dp_epsilon(options),
+        dp_delta=options.delta,
+        dp_clip_norm=options.dp_clip_norm,
+    )
+    comparison = compare_local_and_federated(
+        loaded, clients, test_set, options.recipe(), aggregate, options.progress, alone=datasets
+    )
+    return comparison, tuple(aggregate.results)
 
 
 def _party_rows(comparison: Comparison) -> tuple[PartyRow, ...]:

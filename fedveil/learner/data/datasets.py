@@ -179,3 +179,71 @@ def make_generic_dataset(config: CityDataConfig, samples: int) -> PartyDataset:
         prompt = GENERIC_PROMPTS[1 + int(rng.integers(0, len(GENERIC_PROMPTS) - 1))]
         examples.append(CaptionExample(image, prompt, generic_part(scene, prompt), frozenset()))
     return PartyDataset("generic", None, tuple(examples))
+
+
+# --- organisations split into many clients (`fedveil demo --clients-per-party N`) --------
+
+VALIDATION_OFFSET = 1_000_000
+"""Validation scenes are test-stream samples from this index on: disjoint from the test
+set (indices below test_samples) however many test samples are asked for, up to a
+million, yet drawn the same way."""
+
+
+def client_name(party: str, index: int, clients: int) -> str:
+    """`energy-07`: a client's name, zero-padded so that names sort in index order."""
+    return f"{party}-{index:0{len(str(clients - 1))}d}"
+
+
+def split_party_dataset(dataset: PartyDataset, clients: int) -> dict[str, PartyDataset]:
+    """An organisation's data split into `clients` branch offices (contiguous slices of
+    its samples, sizes differing by at most one), keyed by client name.
+
+    Why split rather than draw each office anew: the organisation alone and its offices
+    together then hold exactly the same samples, so "the organisation alone" is the
+    same baseline whatever the number of offices, and a federation of many offices
+    trains on the same data (and costs the same) as one of three organisations; only
+    how the data is cut into DP clients changes."""
+    if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
+        raise ConfigError(f"clients per party must be a positive int, got {clients!r}")
+    if clients > len(dataset):
+        raise ConfigError(
+            f"{dataset.name!r} has {len(dataset)} samples, too few for {clients} clients "
+            "(each needs at least one)"
+        )
+    if clients == 1:
+        return {dataset.name: dataset}
+    slices = np.array_split(np.arange(len(dataset)), clients)
+    return {
+        client_name(dataset.name, k, clients): PartyDataset(
+            client_name(dataset.name, k, clients),
+            dataset.domain,
+            tuple(dataset.examples[int(i)] for i in chunk),
+        )
+        for k, chunk in enumerate(slices)
+    }
+
+
+def make_client_datasets(
+    config: CityDataConfig, domains: Sequence[Domain] = DOMAINS, clients_per_party: int = 1
+) -> dict[str, PartyDataset]:
+    """Every party's data split into `clients_per_party` clients (split_party_dataset),
+    in party order; one client per party is make_party_datasets itself."""
+    clients: dict[str, PartyDataset] = {}
+    for dataset in make_party_datasets(config, domains).values():
+        clients.update(split_party_dataset(dataset, clients_per_party))
+    return clients
+
+
+def make_validation_set(config: CityDataConfig, samples: int) -> tuple[SceneExample, ...]:
+    """Held-out scenes like the test set's but disjoint from it (VALIDATION_OFFSET), to
+    choose a recipe (clip norm, learning rate) without scoring on the test set."""
+    if samples < 1:
+        raise ConfigError(f"samples must be at least 1, got {samples}")
+    examples = []
+    for i in range(samples):
+        rng = _rng(config.seed, "test", VALIDATION_OFFSET + i)
+        scene, image = _image(rng, config, presence=config.presence)
+        concepts = {d: scene.concepts_of(d) for d in DOMAINS}
+        captions = {d: domain_caption(concepts[d], d) for d in DOMAINS}
+        examples.append(SceneExample(image, captions, concepts))
+    return tuple(examples)
