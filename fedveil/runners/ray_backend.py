@@ -54,8 +54,13 @@ from fedveil.secagg.protocol.messages import EncryptedShare, MaskedInput, ShareK
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.secagg.protocol.stages import Stage
 
+logger = logging.getLogger(__name__)
+
 LOCAL_OBJECT_STORE_BYTES = 512 * 2**20
 """Object store of a local Ray: a few masked vectors are in flight at a time, not n."""
+
+LOCAL_START_ATTEMPTS = 3
+"""Tries to start a local Ray before giving up (see connect)."""
 
 SMALL_BATCH = 64
 """Clients per actor call in the stages whose messages are O(k) or O(n) bytes."""
@@ -82,14 +87,25 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
         return False
     if address:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        ray.init(
-            num_cpus=num_cpus or default_cpus(),
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-            object_store_memory=LOCAL_OBJECT_STORE_BYTES,
-        )
+        return True
+    for attempt in range(LOCAL_START_ATTEMPTS):
+        try:
+            ray.init(
+                num_cpus=num_cpus or default_cpus(),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+            )
+            return True
+        except RuntimeError as exc:
+            # On a loaded machine the local head's GCS can miss Ray's start-up deadline
+            # ("Timed out waiting for file .../gcs_server_port"); a second start usually
+            # succeeds once the first one's processes are gone.
+            ray.shutdown()
+            if attempt + 1 == LOCAL_START_ATTEMPTS:
+                raise ConfigError(f"could not start a local Ray: {exc}") from exc
+            logger.warning("a local Ray did not start (%s); trying again", exc)
     return True
 
 
