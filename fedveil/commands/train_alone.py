@@ -31,6 +31,7 @@ from pathlib import Path
 
 from fedveil.commands.party_settings import PartySettings
 from fedveil.commands.train_party import build_heldout, build_party, load_heldout_texts
+from fedveil.commands.train_rounds import ADAPTER_DIR  # the same place in OUT
 from fedveil.errors import ConfigError, FedveilError
 from fedveil.learner.federated_local import run_round
 from fedveil.learner.federation.heldout import METRICS_FILE, HeldOut, append_metrics
@@ -38,10 +39,6 @@ from fedveil.learner.lora.aggregation import weighted_mean
 from fedveil.learner.training.party import Party
 
 logger = logging.getLogger("fedveil.train")
-
-ADAPTER_DIR = "adapter"
-"""As `fedveil train` (commands.train_rounds.ADAPTER_DIR): the same place in OUT."""
-
 
 @dataclass(eq=False)
 class AloneRun:

@@ -56,7 +56,7 @@ from fedveil.learner.lora.config import LoraSettings
 from fedveil.learner.training.party import Party
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto.convert import spec_to_config
-from fedveil.secagg.dp import PrivacyLedger
+from fedveil.secagg.protocol.client import check_round_dp
 from fedveil.secagg.protocol.model_chain import ModelChain
 from fedveil.secagg.protocol.plan import FederationPlan, plan_mismatches
 
@@ -246,18 +246,13 @@ def _check_ledger_kept(
     if ledger is None or not isinstance(privacy, dict):
         return
     recorded = float(privacy["epsilon"])
-    if spent_epsilon(ledger) < recorded * (1 - 1e-9):
+    if ledger.spent_epsilon < recorded * (1 - 1e-9):
         raise ConfigError(
-            f"privacy ledger {ledger.path} holds epsilon {spent_epsilon(ledger):.4g}, but the "
+            f"privacy ledger {ledger.path} holds epsilon {ledger.spent_epsilon:.4g}, but the "
             f"checkpoint {path} recorded {recorded:.4g} spent (ledger {privacy['ledger']}): "
             "the ledger was replaced or started over; restore it, the privacy already spent "
             "is not forgotten"
         )
-
-
-def spent_epsilon(ledger: PrivacyLedger) -> float:
-    """Epsilon the ledger holds at its budget's delta (0 before its first round)."""
-    return ledger.spent_epsilon if ledger.rounds else 0.0
 
 
 def _close_ledger(ledger: PersistentPrivacyLedger | None) -> None:
@@ -381,25 +376,21 @@ def _check_sample_budget(run: PartyRun, tag: str) -> None:
 
 def _check_client_dp(run: PartyRun, spec: pb.RoundSpec, tag: str) -> None:
     """[dp] kind = "client": refuse, before training, a round the client would refuse at
-    upload (clients.transport, secagg.protocol.client): one without client-level DP noise,
-    or one that would overspend the ledger. The client checks both again before sending."""
+    upload: the session's own check (secagg.protocol.client.check_round_dp) on the
+    announced round's terms. The client applies it again when the round starts."""
     ledger = run.client.privacy_ledger
     if ledger is None:
         return
-    policy = run.settings.party.policy()
-    secagg = int(spec.mode) == pb.AGGREGATION_MODE_SECAGG
-    dp = spec_to_config(spec).dp if secagg else None
-    if dp is None or (dp.central and not policy.accept_central_dp):
+    if int(spec.mode) != pb.AGGREGATION_MODE_SECAGG:  # only SecAgg rounds carry DP noise
         raise PrivacyPolicyError(
             f"{tag}: service round {spec.round_id} adds no client-level DP noise, but this "
             'party has a privacy budget ([dp] kind = "client"): refusing to send an '
             'un-noised update; ask the operator to run the server with dp = "client"'
         )
-    sampling = dp.sampling_prob if policy.trust_server_sampling else 1.0
     try:
-        ledger.check(dp.events(sampling))
-    except PrivacyBudgetExceededError as exc:
-        raise PrivacyBudgetExceededError(f"{tag}: {exc}") from None
+        check_round_dp(spec_to_config(spec), run.settings.party.policy(), ledger)
+    except (PrivacyPolicyError, PrivacyBudgetExceededError) as exc:
+        raise type(exc)(f"{tag}: {exc}") from None
 
 
 def _save_round(run: PartyRun, number: int, tag: str) -> None:
@@ -448,7 +439,7 @@ def _privacy(run: PartyRun, tag: str) -> dict[str, object] | None:
     ledger, dp = run.ledger, run.settings.dp
     if ledger is None or dp is None:
         return None
-    spent = spent_epsilon(ledger)
+    spent = ledger.spent_epsilon
     logger.info(
         "%s: privacy spent: epsilon %.4g of budget %g at delta %g (%s DP, %d round(s) "
         "charged, ledger %s)",

@@ -166,39 +166,14 @@ class ClientSession:
         self, config: RoundConfig, policy: ClientPolicy, ledger: PrivacyLedger | None
     ) -> None:
         """Refuse DP terms this client cannot accept, and a round that would overspend."""
+        events = check_round_dp(config, policy, ledger)
         dp = config.dp
         if dp is None:
-            if ledger is not None:
-                raise PrivacyPolicyError(
-                    f"round {config.round_id} adds no differential-privacy noise, but this "
-                    "client has a privacy budget: refusing to send an un-noised update; ask "
-                    'the operator to run the server with dp = "client"'
-                )
             return
-        if dp.central:
-            if ledger is not None and not policy.accept_central_dp:
-                raise PrivacyPolicyError(
-                    f"round {config.round_id} runs central DP: the server sees the exact sum "
-                    "and adds the noise itself (it trusts the server); this client's policy "
-                    "requires client-level DP (set accept_central_dp to take part)"
-                )
-        else:
-            honest = config.size - policy.max_colluders
-            if honest < dp.config.min_clients:
-                raise CohortTooSmallError(
-                    f"round {config.round_id} sizes its noise for min_clients="
-                    f"{dp.config.min_clients} honest clients, but its roster of {config.size} "
-                    f"less the {policy.max_colluders} colluders this client assumes leaves "
-                    f"{honest}: the released sum could carry less noise than accounted"
-                )
+        if not dp.central:
             self._dp_floor = dp.config.min_clients + policy.max_colluders
         self._dp_pipeline = dp.pipeline(config.session_id)
-        if ledger is not None:
-            if not isinstance(ledger, PrivacyLedger):
-                raise ConfigError(f"ledger must be a PrivacyLedger, got {type(ledger).__name__}")
-            q = dp.sampling_prob if policy.trust_server_sampling else 1.0
-            self._ledger_events = dp.events(q)
-            ledger.check(self._ledger_events)
+        self._ledger_events = events
 
     # --- public API --------------------------------------------------------------------
 
@@ -506,3 +481,48 @@ class ClientSession:
         """Drop every secret once the session can no longer use it."""
         self._held.clear()
         self._input = None
+
+
+def check_round_dp(
+    config: RoundConfig, policy: ClientPolicy, ledger: PrivacyLedger | None
+) -> tuple[DpEvent, ...]:
+    """The round's DP terms as this client judges them, before it sends anything: the
+    events its ledger would be charged (empty without DP), or the refusal. Refused: a
+    round without DP noise when the client has a budget, central DP unless the policy
+    accepts it, noise sized for fewer honest clients than the roster leaves after the
+    colluders the client assumes, and a round that would overspend the ledger.
+
+    A module function so that a party can ask before it trains (commands.train_rounds),
+    with the very checks the session applies when the round starts."""
+    dp = config.dp
+    if dp is None:
+        if ledger is not None:
+            raise PrivacyPolicyError(
+                f"round {config.round_id} adds no differential-privacy noise, but this "
+                "client has a privacy budget: refusing to send an un-noised update; ask "
+                'the operator to run the server with dp = "client"'
+            )
+        return ()
+    if dp.central:
+        if ledger is not None and not policy.accept_central_dp:
+            raise PrivacyPolicyError(
+                f"round {config.round_id} runs central DP: the server sees the exact sum "
+                "and adds the noise itself (it trusts the server); this client's policy "
+                "requires client-level DP (set accept_central_dp to take part)"
+            )
+    else:
+        honest = config.size - policy.max_colluders
+        if honest < dp.config.min_clients:
+            raise CohortTooSmallError(
+                f"round {config.round_id} sizes its noise for min_clients="
+                f"{dp.config.min_clients} honest clients, but its roster of {config.size} "
+                f"less the {policy.max_colluders} colluders this client assumes leaves "
+                f"{honest}: the released sum could carry less noise than accounted"
+            )
+    if ledger is None:
+        return ()
+    if not isinstance(ledger, PrivacyLedger):
+        raise ConfigError(f"ledger must be a PrivacyLedger, got {type(ledger).__name__}")
+    events = dp.events(dp.sampling_prob if policy.trust_server_sampling else 1.0)
+    ledger.check(events)
+    return events
