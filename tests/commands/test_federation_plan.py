@@ -27,8 +27,9 @@ from fedveil.learner.models import load_model
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.server.keys_store import client_dir
 from fedveil.server.settings import ServerSettings, load_settings
-from tests.commands.test_train_command import LORA, _save_tiny_gpt2, _texts
+from tests.commands.test_train_command import LORA, _texts
 from tests.helpers.service_harness import make_keys, running_server, settings_for
+from tests.helpers.tiny_gpt2 import save_tiny_gpt2
 
 ROUNDS = 2
 
@@ -97,7 +98,7 @@ def _write_plan(tmp_path: Path, model_dir: Path) -> Path:
 
 @pytest.fixture
 def planned(tmp_path: Path) -> tuple[Path, Path, list[str], list[Path], ServerSettings]:
-    model_dir = _save_tiny_gpt2(tmp_path / "gpt2-tiny")
+    model_dir = save_tiny_gpt2(tmp_path / "gpt2-tiny")
     keys, ids = make_keys(tmp_path, 3)
     texts = [_texts(tmp_path, i) for i in range(3)]
     plan_file = _write_plan(tmp_path, model_dir)
@@ -173,7 +174,7 @@ def test_a_party_with_another_adapter_or_base_model_is_refused_naming_it(
     tmp_path: Path, planned: tuple, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model_dir, keys, ids, texts, settings = planned
-    other_model = _save_tiny_gpt2(tmp_path / "gpt2-other")  # fresh random weights
+    other_model = save_tiny_gpt2(tmp_path / "gpt2-other")  # fresh random weights
     alpha = '[lora]\nrank = 2\nalpha = 8.0\ntarget_modules = ["c_attn"]\n'
 
     async def run() -> list[str]:

@@ -20,8 +20,8 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from fedveil.cli import main
-from tests.commands.test_train_command import WORDS, _save_tiny_gpt2
 from tests.helpers.service_harness import enrol_federation, enrolled_client_dir
+from tests.helpers.tiny_gpt2 import WORDS, save_tiny_gpt2
 from tests.server.test_service_processes import ProcessGroup
 
 pytestmark = pytest.mark.slow
@@ -72,7 +72,7 @@ def _free_port() -> int:
 
 
 def test_a_party_killed_mid_federation_rejoins_with_the_global_adapter(tmp_path: Path) -> None:
-    model = _save_tiny_gpt2(tmp_path / "gpt2-tiny")
+    model = save_tiny_gpt2(tmp_path / "gpt2-tiny")
     ids = [f"org-{i:02d}" for i in range(PARTIES)]
     keys = enrol_federation(tmp_path / "pki", ids)  # each party's keys from its own request
     plan = tmp_path / "federation.toml"
@@ -134,7 +134,7 @@ def test_the_federation_resumes_after_the_server_is_killed_and_restarted(
     """SIGKILL the server once the parties have applied round 1; the same command restarts
     it on its journal, and the parties (retrying, then waiting for the next round) finish
     the plan's rounds with the same adapter."""
-    model = _save_tiny_gpt2(tmp_path / "gpt2-tiny")
+    model = save_tiny_gpt2(tmp_path / "gpt2-tiny")
     ids = [f"org-{i:02d}" for i in range(3)]
     keys = enrol_federation(tmp_path / "pki", ids)
     plan = tmp_path / "federation.toml"

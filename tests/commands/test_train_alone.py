@@ -16,36 +16,19 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.numpy import load_file
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
 from fedveil.cli import main
 from fedveil.learner.federated_local import run_federated
 from fedveil.learner.lora.config import AggregationVariant, LoraSettings
-from fedveil.learner.models import build_word_tokenizer, load_model
+from fedveil.learner.models import load_model
 from fedveil.learner.training.loop import TrainConfig
 from fedveil.learner.training.party import text_party
 from tests.helpers.service_harness import enrol_federation, enrolled_client_dir
+from tests.helpers.tiny_gpt2 import save_tiny_gpt2
 
-WORDS = ["the", "gate", "is", "open", "closed", "meter", "reads", "high", "low", "pipe"]
 TEXTS = ["the gate is open", "the gate is closed", "the meter reads high", "the pipe is low"]
 HELD_OUT = ["the gate reads high", "the pipe is"]
-
-
-def _save_tiny_gpt2(path: Path) -> Path:
-    tokenizer = build_word_tokenizer(WORDS, [])
-    config = GPT2Config(
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=32,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    GPT2LMHeadModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _jsonl(path: Path, texts: list[str]) -> Path:
@@ -55,7 +38,7 @@ def _jsonl(path: Path, texts: list[str]) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _save_tiny_gpt2(tmp_path_factory.mktemp("model") / "gpt2-tiny")
+    return save_tiny_gpt2(tmp_path_factory.mktemp("model") / "gpt2-tiny")
 
 
 def _party_toml(tmp_path: Path, model_dir: Path, out: Path, credentials: Path) -> Path:

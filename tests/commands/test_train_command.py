@@ -17,40 +17,23 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.numpy import load_file
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
 from fedveil.cli import main
 from fedveil.learner.federation.checkpoint import CHECKPOINT_FILE
 from fedveil.learner.lora import LoraSettings, adapter_layout, apply_lora, base_model_hash
 from fedveil.learner.lora.config import AggregationVariant
-from fedveil.learner.models import build_word_tokenizer, load_model
+from fedveil.learner.models import load_model
 from fedveil.server.keys_store import client_dir
 from tests.helpers.service_harness import make_keys, running_server, settings_for
+from tests.helpers.tiny_gpt2 import save_tiny_gpt2
 
-WORDS = ["the", "gate", "is", "open", "closed", "meter", "reads", "high", "low", "pipe"]
 TEXTS = (
     ["the gate is open", "the gate is closed", "the gate is open"],
     ["the meter reads high", "the meter reads low"],
     ["the pipe is open", "the pipe is closed", "the pipe reads low", "the meter is low"],
 )
 LORA = LoraSettings(rank=2, alpha=4.0, target_modules=("c_attn",), variant=AggregationVariant.FFA)
-
-
-def _save_tiny_gpt2(path: Path) -> Path:
-    tokenizer = build_word_tokenizer(WORDS, [])
-    config = GPT2Config(
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=32,
-        vocab_size=len(tokenizer),
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    GPT2LMHeadModel(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def _federation_plan(model_dir: Path) -> tuple[int, bytes]:
@@ -112,7 +95,7 @@ def _texts(tmp_path: Path, index: int) -> Path:
 
 @pytest.fixture
 def federation(tmp_path: Path) -> tuple[Path, Path, list[str], list[Path], int, bytes]:
-    model_dir = _save_tiny_gpt2(tmp_path / "gpt2-tiny")
+    model_dir = save_tiny_gpt2(tmp_path / "gpt2-tiny")
     keys, ids = make_keys(tmp_path, 3)
     texts = [_texts(tmp_path, i) for i in range(3)]
     dimension, base = _federation_plan(model_dir)

@@ -31,10 +31,10 @@ from tests.commands.test_train_command import (
     _federation_plan,
     _one_error_line,
     _party_toml,
-    _save_tiny_gpt2,
     _texts,
 )
 from tests.helpers.service_harness import make_keys, running_server, settings_for
+from tests.helpers.tiny_gpt2 import save_tiny_gpt2
 
 Phase = Callable[[int], list[Path]]
 """One step of a test: the party.toml files to run at once, given the server's port."""
@@ -51,7 +51,7 @@ CLIENT_DP = '\n[dp]\nkind = "client"\nepsilon = 50.0\n'
 def federation(tmp_path: Path) -> tuple[Path, Path, list[str], list[Path], int, bytes]:
     """test_train_command's federation: the saved tiny GPT-2, three enrolled parties and
     their texts, the server's dimension and base model hash."""
-    model_dir = _save_tiny_gpt2(tmp_path / "gpt2-tiny")
+    model_dir = save_tiny_gpt2(tmp_path / "gpt2-tiny")
     keys, ids = make_keys(tmp_path, 3)
     texts = [_texts(tmp_path, i) for i in range(3)]
     dimension, base = _federation_plan(model_dir)

@@ -24,8 +24,9 @@ from fedveil.learner.lora import LoraSettings, adapter_layout, apply_lora, base_
 from fedveil.learner.lora.config import AggregationVariant
 from fedveil.learner.models import load_model
 from fedveil.server.keys_store import client_dir
-from tests.commands.test_train_command import _adapter, _one_error_line, _save_tiny_gpt2
+from tests.commands.test_train_command import _adapter, _one_error_line
 from tests.helpers.service_harness import make_keys, running_server, settings_for
+from tests.helpers.tiny_gpt2 import save_tiny_gpt2
 
 SCENES = {
     # caption (the built-in captioner's words) -> (sky, house colour or None, sun, car)
@@ -234,7 +235,7 @@ def test_captions_data_on_a_causal_lm_is_refused_in_one_line(
     tmp_path: Path, party: tuple[Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
     captions = _captions_file(tmp_path / "data", list(SCENES)[:2])
-    gpt2 = _save_tiny_gpt2(tmp_path / "gpt2-tiny")
+    gpt2 = save_tiny_gpt2(tmp_path / "gpt2-tiny")
     line = _refused(tmp_path, party, gpt2, captions, capsys)
     assert "data.captions is image captions" in line and "causal-lm" in line
     assert "captioner (vision-encoder-decoder) model_dir" in line
