@@ -2,10 +2,12 @@
 
 Exit status: 0 when every claimed cell holds its thresholds, 1 with one line per breach
 (cell, metric, value, threshold), 2 on a configuration error (nothing is run).
-Resumable: jobs already stored under --out with the same settings, code and dependency
-versions are not recomputed; --fresh discards them. For CI: --junit writes one testcase
-per claimed cell, --summary (else $GITHUB_STEP_SUMMARY, appended to) a Markdown summary,
-and progress bars are off unless stdout and stderr are terminals (logs stay readable).
+Jobs run in local worker processes, or with --backend ray as Ray tasks (seeds x cells in
+parallel on a local Ray or an existing cluster, runners.ray_audit). Resumable: jobs
+already stored under --out with the same settings, code and dependency versions are not
+recomputed; --fresh discards them. For CI: --junit writes one testcase per claimed cell,
+--summary (else $GITHUB_STEP_SUMMARY, appended to) a Markdown summary, and progress bars
+are off unless stdout and stderr are terminals (logs stay readable).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from fedveil.commands.logs import add_logging_flags, configure_logging
 from fedveil.errors import ConfigError
 
 if TYPE_CHECKING:
+    from fedveil.attacks.audit.executors import JobExecutor
     from fedveil.attacks.audit.report import AuditReport
 
 
@@ -46,7 +49,23 @@ def add_parser(sub: SubParsers) -> None:
         "(default: the config's, else quick)",
     )
     p.add_argument(
-        "--workers", type=int, default=2, help="processes (default 2: one per core; 1: inline)"
+        "--workers",
+        type=int,
+        default=2,
+        help="local backend: processes (default 2: one per core; 1: inline)",
+    )
+    p.add_argument(
+        "--backend",
+        choices=("local", "ray"),
+        default="local",
+        help="local: worker processes on this machine; ray: every job a Ray task "
+        "(a local Ray, or the cluster at --ray-address)",
+    )
+    p.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDR",
+        help="with --backend ray: an existing cluster (host:port, ray://host:port or auto)",
     )
     p.add_argument("--fresh", action="store_true", help="discard stored jobs and recompute")
     p.add_argument(
@@ -80,6 +99,12 @@ def run(args: argparse.Namespace) -> int:
         config = load_config(args.config, args.profile)
         if args.workers < 1:
             raise ConfigError(f"--workers must be >= 1, got {args.workers}")
+        if args.ray_address and args.backend != "ray":
+            raise ConfigError("--ray-address needs --backend ray")
+        if args.ray_address:
+            from fedveil.runners.ray_backend import probe  # a socket check; no Ray import
+
+            probe(args.ray_address)
         if args.out.exists() and not args.out.is_dir():
             raise ConfigError(f"--out {args.out} exists and is not a directory")
         for flag, path in (("--junit", args.junit), ("--summary", args.summary)):
@@ -92,13 +117,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.fresh and (args.out / "work").is_dir():
         shutil.rmtree(args.out / "work")
-    result = run_audit(
-        config,
-        args.out,
-        real_aggregators,
-        workers=args.workers,
-        progress=show_progress(args.no_progress),
-    )
+    try:
+        result = run_audit(
+            config,
+            args.out,
+            real_aggregators,
+            workers=args.workers,
+            progress=show_progress(args.no_progress),
+            executor=_executor(args),
+        )
+    except ConfigError as exc:  # e.g. a local Ray that would not start
+        print(f"fedveil audit: configuration error: {exc}", file=sys.stderr)
+        return 2
     _print_matrix(result.audit)
     _write_ci_files(result.audit, args.junit, args.summary)
     if result.reused:
@@ -114,6 +144,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print("all claimed protections held")
     return 0
+
+
+def _executor(args: argparse.Namespace) -> JobExecutor | None:
+    """The Ray executor for --backend ray (Ray is imported only when a job runs)."""
+    if args.backend != "ray":
+        return None
+    from fedveil.runners.ray_audit import RayJobs
+
+    return RayJobs(args.ray_address)
 
 
 def show_progress(no_progress: bool) -> bool:

@@ -1,20 +1,13 @@
-"""Run an audit: plan the jobs, skip the ones already stored, run the rest on two
-lanes, judge every cell (the update measurements once per seed; positive controls
-across cells) and write report.json and report.html.
-
-Why two lanes: the machine this must fit on has two cores and the models are tiny, so
-one torch thread per process is fastest (more threads only spin). The output lane
-trains each protection's released model and probes it (the scenario's base model is
-built once per process, so that lane is one process); the update attacks run in the
-other. A job that fails is reported on its cells and the others go on.
+"""Run an audit: plan the jobs, skip the ones already stored, run the rest on an
+executor (attacks.audit.executors: two local lanes by default; Ray tasks through
+runners.ray_audit), judge every cell (the update measurements once per seed; positive
+controls across cells) and write report.json and report.html. A job that fails is
+reported on its cells and the others go on.
 """
 
 from __future__ import annotations
 
-import concurrent.futures as cf
-import multiprocessing
 import time
-import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,15 +16,9 @@ from tqdm.auto import tqdm
 from fedveil.attacks.audit.active_rows import active_rows
 from fedveil.attacks.audit.config import AuditConfig
 from fedveil.attacks.audit.evaluate import Cell, evaluate_cells
+from fedveil.attacks.audit.executors import JobExecutor, LocalLanes
 from fedveil.attacks.audit.html import write_html
-from fedveil.attacks.audit.jobs import (
-    AggregatorsFactory,
-    Job,
-    JobContext,
-    plan,
-    run_job,
-    seeds_for,
-)
+from fedveil.attacks.audit.jobs import AggregatorsFactory, JobContext, plan, seeds_for
 from fedveil.attacks.audit.matrix import applies, jobs_of
 from fedveil.attacks.audit.report import AuditReport, build_report, write_report
 from fedveil.attacks.audit.store import JobStore, StoredJob, fingerprint
@@ -56,34 +43,6 @@ class AuditResult:
 
     def _claimed_errors(self) -> list[str]:
         return [c.name for c in self.cells if c.claimed and c.details.error is not None]
-
-
-def _run_and_store(job: Job, context: JobContext, store: JobStore, fp: str) -> None:
-    store.save(job.key, fp, run_job(job, context))
-
-
-def _run_lane(
-    jobs: list[Job], context: JobContext, store: JobStore, fps: dict[str, str]
-) -> dict[str, str]:
-    """Run jobs one after another in this process; {job key: error} for the failures."""
-    errors: dict[str, str] = {}
-    for job in jobs:
-        try:
-            _run_and_store(job, context, store, fps[job.key])
-        except Exception as exc:  # one failed job must not lose the others
-            errors[job.key] = f"{type(exc).__name__}: {exc}"
-            traceback.print_exc()
-    return errors
-
-
-def _lanes(pending: list[Job], workers: int) -> list[list[Job]]:
-    if workers <= 1:
-        return [pending]
-    output = [j for j in pending if j.lane == "output"]
-    update = [j for j in pending if j.lane == "update"]
-    if not output:  # split the update jobs over the workers
-        return [update[i::workers] for i in range(workers) if update[i::workers]]
-    return [lane for lane in (output, update) if lane]
 
 
 def _seed_results(
@@ -120,8 +79,10 @@ def run_audit(
     workers: int = 2,
     progress: bool = True,
     lora_rank: int | None = 16,
+    executor: JobExecutor | None = None,
 ) -> AuditResult:
-    """Run (or resume) the audit of `config` into `out_dir`."""
+    """Run (or resume) the audit of `config` into `out_dir`; the pending jobs run on
+    `executor` (default: LocalLanes(workers), see attacks.audit.executors)."""
     start = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     store = JobStore(out_dir)
@@ -132,28 +93,14 @@ def run_audit(
     fps = {job.key: fingerprint(context.settings(), job.key) for job in jobs}
     reused = [j.key for j in jobs if store.load(j.key, fps[j.key]) is not None]
     pending = [j for j in jobs if j.key not in reused]
-    errors: dict[str, str] = {}
+    run_jobs = executor or LocalLanes(workers)
     with tqdm(total=len(jobs), initial=len(reused), desc="audit jobs", disable=not progress) as bar:
-        lanes = _lanes(pending, workers)
-        if workers <= 1 or len(lanes) <= 1:
-            for job in pending:
-                bar.set_postfix_str(job.key)
-                errors |= _run_lane([job], context, store, fps)
-                bar.update(1)
-        else:
-            spawn = multiprocessing.get_context("spawn")
-            with cf.ProcessPoolExecutor(len(lanes), mp_context=spawn) as pool:
-                futures = [pool.submit(_run_lane, lane, context, store, fps) for lane in lanes]
-                done_keys: set[str] = set()
-                while True:
-                    finished, _ = cf.wait(futures, timeout=2.0)
-                    now = {j.key for j in pending if store.load(j.key, fps[j.key]) is not None}
-                    bar.update(len(now - done_keys))
-                    done_keys |= now
-                    if len(finished) == len(futures):
-                        break
-                for future in futures:
-                    errors |= future.result()
+
+        def done(key: str) -> None:
+            bar.set_postfix_str(key)
+            bar.update(1)
+
+        errors = run_jobs(pending, context, store, fps, done)
     cells = evaluate_cells(
         config,
         [
