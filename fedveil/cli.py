@@ -20,6 +20,7 @@ from fedveil.commands import (
     server,
     simulate,
     simulate_secagg,
+    status,
     train,
 )
 
@@ -28,6 +29,7 @@ COMMANDS: tuple[Command, ...] = (
     simulate.COMMAND,
     keys.COMMAND,
     server.COMMAND,
+    status.COMMAND,
     client.COMMAND,
     demo.COMMAND,
     audit.COMMAND,

@@ -10,6 +10,9 @@ client's keys. So the flow has no dealer (server/keys_store.py shows the folders
     operator:      fedveil keys enrol DIR/request.json --ca-dir CA --server-dir SERVER
     operator:      fedveil keys show --server-dir SERVER    (the roster's SHA-256)
     operator:      fedveil keys revoke ID --server-dir SERVER
+    operator:      fedveil keys operator --ca-dir CA --server-dir SERVER --name NAME --out DIR
+                   (a certificate for `fedveil status`; server/operators.py)
+    operator:      fedveil keys revoke-operator NAME --server-dir SERVER
 """
 
 from __future__ import annotations
@@ -30,6 +33,13 @@ from fedveil.server.keys_store import (
     load_roster,
     read_request,
     revoke_client,
+)
+from fedveil.server.operators import (
+    OPERATOR_CERT,
+    OPERATOR_KEY,
+    OPERATORS_FILE,
+    issue_operator,
+    revoke_operator,
 )
 from fedveil.server.pki import validate_client_id
 from fedveil.server.roster import Roster
@@ -112,6 +122,33 @@ def add_parser(
     show.add_argument(
         "--server-dir", type=Path, required=True, help="server folder from `keys init`"
     )
+
+    operator = sub.add_parser(
+        "operator",
+        help="operator: a certificate that may ask the server's status (`fedveil status`)",
+    )
+    operator.add_argument("--ca-dir", type=Path, required=True, help="CA folder from `keys init`")
+    operator.add_argument(
+        "--server-dir",
+        type=Path,
+        required=True,
+        help="server folder from `keys init` (the certificate is pinned in its operators.json)",
+    )
+    operator.add_argument("--name", default="operator", help="the operator's name (operator)")
+    operator.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="the operator's folder: operator.pem, operator.key and ca.pem (apart from both)",
+    )
+
+    revoke_op = sub.add_parser(
+        "revoke-operator", help="operator: unpin an operator certificate (refused at once)"
+    )
+    revoke_op.add_argument("name", help="the operator to remove")
+    revoke_op.add_argument(
+        "--server-dir", type=Path, required=True, help="server folder from `keys init`"
+    )
     return keys
 
 
@@ -178,6 +215,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"roster SHA-256 {roster.sha256().hex()}")
         elif args.keys_command == "show":
             _print_roster(load_roster(args.server_dir))
+        elif args.keys_command == "operator":
+            fingerprint = issue_operator(args.ca_dir, args.server_dir, args.name, args.out)
+            print(
+                f"issued operator {args.name!r}: {args.out / OPERATOR_CERT} and "
+                f"{args.out / OPERATOR_KEY} (keep the key with the operator, not the server)"
+            )
+            print(
+                f"pinned certificate SHA-256 {fingerprint.hex()} in "
+                f"{args.server_dir / OPERATORS_FILE}; ask with `fedveil status --server "
+                f"HOST:PORT --credentials {args.out}`"
+            )
+        elif args.keys_command == "revoke-operator":
+            revoke_operator(args.server_dir, args.name)
+            print(f"revoked operator {args.name!r}: the server refuses its certificate at once")
         else:
             print(f"error: unknown keys command {args.keys_command!r}", file=sys.stderr)
             return 2

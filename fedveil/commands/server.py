@@ -89,6 +89,24 @@ def add_parser(sub: SubParsers) -> None:
         help="serve gRPC reflection (off by default: it lists the whole API to anyone)",
     )
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve Prometheus metrics on this port (off by default; 0: any free port)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=None,
+        help="address the metrics endpoint binds (default 127.0.0.1: it has no authentication)",
+    )
+    p.add_argument(
+        "--shutdown-drain-s",
+        type=float,
+        default=0.0,
+        help="on SIGTERM/SIGINT, report NOT_SERVING on health this long before stopping "
+        "(time for a load balancer's probes to notice; default 0)",
+    )
+    p.add_argument(
         "--max-calls-per-client",
         type=int,
         default=None,
@@ -108,8 +126,13 @@ def run(args: argparse.Namespace) -> int:
         "insecure": args.insecure,
         "reflection": args.reflection,
         "max_calls_per_client": args.max_calls_per_client,
+        "metrics_port": args.metrics_port,
+        "metrics_host": args.metrics_host,
     }
     overrides.update({name: getattr(args, name) for name, _, _ in _ROUND_FLAGS})
+    if not args.shutdown_drain_s >= 0:
+        print("error: --shutdown-drain-s must be >= 0", file=sys.stderr)
+        return 2
     try:
         settings = load_settings(args.config, overrides)
         # No CA or client private key readable by the server (no dealer): before any bind.
@@ -123,6 +146,11 @@ def run(args: argparse.Namespace) -> int:
     async def serve() -> None:
         running = await start_server(settings)
         print(f"fedveil server listening on {settings.host}:{running.port}", flush=True)
+        if running.metrics_port is not None:
+            print(
+                f"metrics on http://{settings.metrics_host}:{running.metrics_port}/metrics",
+                flush=True,
+            )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -130,7 +158,7 @@ def run(args: argparse.Namespace) -> int:
         done = asyncio.ensure_future(running.wait_for_rounds())
         halt = asyncio.ensure_future(stop.wait())
         await asyncio.wait({done, halt}, return_when=asyncio.FIRST_COMPLETED)
-        await running.stop(grace_s=2.0)
+        await running.stop(grace_s=2.0, drain_s=args.shutdown_drain_s)
 
     try:
         asyncio.run(serve())

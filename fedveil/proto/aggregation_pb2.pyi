@@ -514,3 +514,47 @@ class ResultChunk(_message.Message):
     data: bytes
     sha256: bytes
     def __init__(self, header: _Optional[_Union[ResultHeader, _Mapping]] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+
+class StatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ServerStatus(_message.Message):
+    __slots__ = ("round_open", "round_id", "mode", "stage", "expected_clients", "arrived_clients", "missing_clients", "connected_clients", "stage_opened_at", "stage_deadline", "stage_timeout_s", "enrolled_clients", "rounds_opened", "results_published", "last_failed_round", "last_failed_stage", "last_failure", "dp_epsilon_spent")
+    ROUND_OPEN_FIELD_NUMBER: _ClassVar[int]
+    ROUND_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    ARRIVED_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    STAGE_OPENED_AT_FIELD_NUMBER: _ClassVar[int]
+    STAGE_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    ENROLLED_CLIENTS_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_OPENED_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILED_ROUND_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILED_STAGE_FIELD_NUMBER: _ClassVar[int]
+    LAST_FAILURE_FIELD_NUMBER: _ClassVar[int]
+    DP_EPSILON_SPENT_FIELD_NUMBER: _ClassVar[int]
+    round_open: bool
+    round_id: int
+    mode: AggregationMode
+    stage: RoundStage
+    expected_clients: int
+    arrived_clients: int
+    missing_clients: _containers.RepeatedScalarFieldContainer[str]
+    connected_clients: _containers.RepeatedScalarFieldContainer[str]
+    stage_opened_at: float
+    stage_deadline: float
+    stage_timeout_s: float
+    enrolled_clients: int
+    rounds_opened: int
+    results_published: int
+    last_failed_round: int
+    last_failed_stage: RoundStage
+    last_failure: str
+    dp_epsilon_spent: float
+    def __init__(self, round_open: _Optional[bool] = ..., round_id: _Optional[int] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., stage: _Optional[_Union[RoundStage, str]] = ..., expected_clients: _Optional[int] = ..., arrived_clients: _Optional[int] = ..., missing_clients: _Optional[_Iterable[str]] = ..., connected_clients: _Optional[_Iterable[str]] = ..., stage_opened_at: _Optional[float] = ..., stage_deadline: _Optional[float] = ..., stage_timeout_s: _Optional[float] = ..., enrolled_clients: _Optional[int] = ..., rounds_opened: _Optional[int] = ..., results_published: _Optional[int] = ..., last_failed_round: _Optional[int] = ..., last_failed_stage: _Optional[_Union[RoundStage, str]] = ..., last_failure: _Optional[str] = ..., dp_epsilon_spent: _Optional[float] = ...) -> None: ...

@@ -580,3 +580,81 @@ class Aggregation:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class OperationsStub:
+    """Asked by the federation's operator with a certificate from `fedveil keys operator`; a
+    party's certificate gets PERMISSION_DENIED.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.GetStatus = channel.unary_unary(
+                '/fedveil.v1.Operations/GetStatus',
+                request_serializer=fedveil_dot_proto_dot_aggregation__pb2.StatusRequest.SerializeToString,
+                response_deserializer=fedveil_dot_proto_dot_aggregation__pb2.ServerStatus.FromString,
+                _registered_method=True)
+
+
+class OperationsServicer:
+    """Asked by the federation's operator with a certificate from `fedveil keys operator`; a
+    party's certificate gets PERMISSION_DENIED.
+    """
+
+    def GetStatus(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_OperationsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=fedveil_dot_proto_dot_aggregation__pb2.StatusRequest.FromString,
+                    response_serializer=fedveil_dot_proto_dot_aggregation__pb2.ServerStatus.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'fedveil.v1.Operations', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('fedveil.v1.Operations', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Operations:
+    """Asked by the federation's operator with a certificate from `fedveil keys operator`; a
+    party's certificate gets PERMISSION_DENIED.
+    """
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fedveil.v1.Operations/GetStatus',
+            fedveil_dot_proto_dot_aggregation__pb2.StatusRequest.SerializeToString,
+            fedveil_dot_proto_dot_aggregation__pb2.ServerStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

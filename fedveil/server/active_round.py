@@ -44,6 +44,11 @@ class ActiveRound:
     result_digest: bytes = b""
     noise_seed: bytes | None = None  # central DP: keys the server's noise (journalled)
     privacy: RoundPrivacyReport | None = None  # DP rounds, once the result is released
+    # When the current stage opened (Unix seconds, and the event loop's clock for its
+    # duration) and whom it waited for then: what `fedveil status` and the metrics read.
+    stage_opened_at: float = 0.0
+    stage_opened_clock: float = 0.0
+    stage_expected: frozenset[str] = frozenset()
 
     def serialised_result(self, chunk_bytes: int) -> tuple[list[bytes], bytes]:
         """The result as download chunks and the SHA-256 of their concatenation.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import TypeVar
@@ -39,6 +40,7 @@ from fedveil.server.roster import Roster
 from fedveil.server.roster_watch import RosterWatch
 from fedveil.server.round_modes import round_shape, rounds_for
 from fedveil.server.settings import RoundSettings
+from fedveil.server.status_events import FailureNote, RoundObserver
 from fedveil.server.stored_results import keep_result
 from fedveil.server.uploads import StreamedUploads
 
@@ -76,6 +78,10 @@ class RoundCoordinator:
             round_id=last[0] if last else None,
         )
         self.failed_rounds: dict[int, str] = {}
+        # What an operator watches (server.metrics; a no-op without --metrics-port) and the
+        # last failure `fedveil status` reports.
+        self.observer = RoundObserver()
+        self.last_failure: FailureNote | None = self._journalled_failure()
         self.lock = asyncio.Lock()
         self.rounds: OrderedDict[int, ActiveRound] = OrderedDict()
         self.current: ActiveRound | None = None
@@ -127,6 +133,30 @@ class RoundCoordinator:
         self.mode_rounds.check_roster(identities, round_id, self.chain.model_hash)
 
     @property
+    def opened(self) -> int:
+        """Rounds opened (or resumed) by this process."""
+        return self._opened
+
+    @property
+    def published(self) -> int:
+        """Results published over the journal's lifetime."""
+        return self._published
+
+    def _journalled_failure(self, lookback: int = 64) -> FailureNote | None:
+        """The last failed round among the journal's most recent `lookback`, so a
+        restarted server still tells its operator why (the stage is not journalled)."""
+        last = self.journal.last_round_id()
+        for round_id in range(last, max(0, last - lookback), -1):
+            status = self.journal.round_status(round_id)
+            if status is not None and status[0] == Stage.FAILED.value:
+                return FailureNote(round_id, None, status[1] or "failed", "journal")
+        return None
+
+    def _note_failure(self, note: FailureNote) -> None:
+        self.last_failure = note
+        self.observer.round_ended(note.round_id, note)
+
+    @property
     def round_dp(self) -> RoundDP | None:
         """Every round's DP terms (None without DP), calibrated when the server started."""
         return self.dp.round_dp
@@ -161,6 +191,7 @@ class RoundCoordinator:
         self._next_round_id += 1
         self._opened += 1
         self._arm_deadline(active)
+        self.observer.round_opened(round_id)
         log.info("round %d open (%s): %s", round_id, self.settings.mode, active.spec.dimension)
         return active
 
@@ -196,6 +227,7 @@ class RoundCoordinator:
                 log.error(reason)
                 self.journal.end_round(record.round_id, "failed", reason)
                 self.failed_rounds[record.round_id] = reason
+                self._note_failure(FailureNote(record.round_id, None, reason, "restart"))
                 continue
             self._next_round_id = max(self._next_round_id, record.round_id + 1)
             if server.stage in (Stage.DONE, Stage.FAILED):
@@ -222,6 +254,7 @@ class RoundCoordinator:
             self._keep(active)
             self._opened += 1
             self._arm_deadline(active)
+            self.observer.round_opened(record.round_id)
             log.warning(
                 "round %d resumed after restart at stage %s", record.round_id, server.stage.value
             )
@@ -282,6 +315,8 @@ class RoundCoordinator:
         server, stage = active.server, active.server.stage
         if active.deadline is not None and active.deadline is not asyncio.current_task():
             active.deadline.cancel()
+        # Whom the stage heard from, before advancing moves on to the next stage's pool.
+        answered = len(active.stage_expected - server.expected_senders())
         if stage is Stage.MASKED_INPUT:
             for client_id in sorted(server.uploads_in_flight()):
                 self.uploads.roll_back(active, client_id)
@@ -303,6 +338,11 @@ class RoundCoordinator:
                 log.exception("round %d: privacy accounting failed", active.round_id)
         self.journal.record(active.round_id, "advance", "", stage.value.encode())
         self.mode_rounds.after_advance(active, stage)
+        seconds = asyncio.get_running_loop().time() - active.stage_opened_clock
+        expected = len(active.stage_expected)
+        self.observer.stage_closed(active.round_id, stage, seconds, answered, expected)
+        if active.privacy is not None and server.stage is Stage.DONE:
+            self.observer.privacy_spent(active.privacy.epsilon)
         if server.stage is Stage.DONE:
             # Before any client downloads it or the next round opens (whose model hash
             # chains it); the serialised result is cached for the downloads and journalled
@@ -320,6 +360,18 @@ class RoundCoordinator:
                 str(server.failure or ""),
             )
             log.info("round %d %s", active.round_id, server.stage.value)
+            if server.stage is Stage.FAILED:
+                failure = server.failure
+                self._note_failure(
+                    FailureNote(
+                        active.round_id,
+                        server.failed_at,
+                        str(failure or "failed"),
+                        type(failure).__name__ if failure is not None else "unknown",
+                    )
+                )
+            else:
+                self.observer.round_ended(active.round_id, None)
             if active is self.current:
                 self.open_next_round()
         else:
@@ -353,8 +405,12 @@ class RoundCoordinator:
                 await self._close_stage(active)
 
     def _arm_deadline(self, active: ActiveRound) -> None:
+        """The current stage opens now: its deadline, and what status and metrics read."""
         stage = active.server.stage
-        active.deadline = asyncio.get_running_loop().create_task(self._deadline(active, stage))
+        loop = asyncio.get_running_loop()
+        active.stage_opened_at, active.stage_opened_clock = time.time(), loop.time()
+        active.stage_expected = frozenset(active.server.expected_senders())
+        active.deadline = loop.create_task(self._deadline(active, stage))
 
     async def _deadline(self, active: ActiveRound, stage: Stage) -> None:
         await asyncio.sleep(self.settings.stage_timeout_s)

@@ -5,7 +5,10 @@ an aggregation server are the ones its operator enrolled, so trust is rooted in 
 the operator creates for this federation (`fedveil keys init`) and nothing else. The
 server certificate proves to clients that they reached the real aggregator; each client
 certificate carries the client id (subject CN and a `fedveil:client:<id>` URI SAN) so the
-server can look the caller up on its roster after the mutual-TLS handshake.
+server can look the caller up on its roster after the mutual-TLS handshake. An operator
+certificate (`fedveil keys operator`) carries an extended key usage of its own,
+`OPERATOR_USAGE`, which the CA never puts in a party's certificate: it lets its holder ask
+the server's status (server.operators), and takes part in no round.
 
 All keys are ECDSA P-256 and all signatures SHA-256: small, fast to generate in tests and
 accepted by every TLS stack gRPC ships with.
@@ -31,6 +34,13 @@ from fedveil.errors import ConfigError
 #: held to that bound even though the protocol itself accepts ids up to 128 characters.
 MAX_CLIENT_ID_CHARS = 64
 CLIENT_URI_PREFIX = "fedveil:client:"
+OPERATOR_URI_PREFIX = "fedveil:operator:"
+#: The operator's extended key usage: a UUID OID (ITU-T X.667, arc 2.25), so it needs no
+#: registration and collides with nothing. Party certificates carry only clientAuth.
+OPERATOR_USAGE = x509.ObjectIdentifier("2.25.332194771545735118275396156514372148287")
+#: Operator names become the CN "operator:<name>", which no client id can equal (':' is
+#: outside the client-id alphabet), so an operator never passes for a party on the roster.
+OPERATOR_CN_PREFIX = "operator:"
 DEFAULT_VALID_DAYS = 825
 _CLIENT_ID_RE = re.compile(r"[A-Za-z0-9._-]+")
 _DNS_LABEL_RE = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -177,7 +187,7 @@ class CertificateAuthority:
         self,
         subject: str,
         san: list[x509.GeneralName],
-        usage: x509.ObjectIdentifier,
+        usage: x509.ObjectIdentifier | list[x509.ObjectIdentifier],
         valid_days: int,
     ) -> IssuedCertificate:
         key = ec.generate_private_key(ec.SECP256R1())
@@ -188,11 +198,12 @@ class CertificateAuthority:
         self,
         subject: str,
         san: list[x509.GeneralName],
-        usage: x509.ObjectIdentifier,
+        usage: x509.ObjectIdentifier | list[x509.ObjectIdentifier],
         public_key: ec.EllipticCurvePublicKey,
         valid_days: int,
     ) -> x509.Certificate:
         """A leaf certificate for a key held elsewhere (the CA never sees its private half)."""
+        usages = usage if isinstance(usage, list) else [usage]
         not_before, not_after = _validity(valid_days, self.certificate.not_valid_after_utc)
         ca_ski = self.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
         return (
@@ -205,7 +216,7 @@ class CertificateAuthority:
             .not_valid_after(not_after)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(_key_usage(digital_signature=True), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.SubjectAlternativeName(san), critical=False)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
             .add_extension(
@@ -312,3 +323,24 @@ def certificate_common_name(certificate: x509.Certificate) -> str:
     if len(names) != 1 or not isinstance(names[0].value, str):
         raise ConfigError("the certificate must have exactly one subject common name")
     return names[0].value
+
+
+def issue_operator_certificate(
+    ca: CertificateAuthority, name: str, valid_days: int = DEFAULT_VALID_DAYS
+) -> IssuedCertificate:
+    """Issue an operator's TLS certificate: clientAuth (so the mutual-TLS handshake accepts
+    it) plus `OPERATOR_USAGE`, which is what the server checks before it answers
+    GetStatus; CN "operator:<name>", URI SAN "fedveil:operator:<name>"."""
+    validate_client_id(name)  # the same conservative alphabet: it names a folder too
+    san: list[x509.GeneralName] = [x509.UniformResourceIdentifier(f"{OPERATOR_URI_PREFIX}{name}")]
+    usages = [ExtendedKeyUsageOID.CLIENT_AUTH, OPERATOR_USAGE]
+    return ca._issue(f"{OPERATOR_CN_PREFIX}{name}", san, usages, valid_days)
+
+
+def is_operator_certificate(certificate: x509.Certificate) -> bool:
+    """Whether the certificate carries the operator's extended key usage."""
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return OPERATOR_USAGE in usage

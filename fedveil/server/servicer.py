@@ -17,18 +17,16 @@ import grpc
 
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto import aggregation_pb2_grpc as pb_grpc
-from fedveil.proto import convert
 from fedveil.secagg.ckks.server_round import CkksServerRound
-from fedveil.secagg.protocol.stages import Stage
 from fedveil.server.ckks_handlers import CkksHandlers
 from fedveil.server.coordinator import RoundCoordinator
 from fedveil.server.errors import RoundFailedError
-from fedveil.server.plaintext import PlaintextRound
 from fedveil.server.plaintext_handlers import PlaintextHandlers
 from fedveil.server.result_stream import ResultStream
 from fedveil.server.roster import Roster
 from fedveil.server.rpc_plumbing import RpcPlumbing
 from fedveil.server.secagg_handlers import SecAggHandlers
+from fedveil.server.status import wire_stage
 from fedveil.server.upload_stream import UploadStreams
 
 
@@ -67,15 +65,7 @@ class AggregationServicer(pb_grpc.AggregationServicer):
             active = self.coordinator.current
             if active is None:
                 raise RoundFailedError("no round is open on this server (all rounds have run)")
-            stage = convert.STAGE_TO_PB[active.server.stage]
-            collects = isinstance(active.server, PlaintextRound | CkksServerRound)
-            if collects and active.server.stage is Stage.MASKED_INPUT:
-                stage = pb.ROUND_STAGE_COLLECT
-            if isinstance(active.server, CkksServerRound) and active.server.stage is (
-                Stage.SHARE_KEYS
-            ):
-                stage = pb.ROUND_STAGE_DISTRIBUTE_KEYS
-            return pb.RoundInfo(spec=active.spec, stage=stage)
+            return pb.RoundInfo(spec=active.spec, stage=wire_stage(active.server))
 
         return await self.calls.guard(context, work())
 

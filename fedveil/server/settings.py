@@ -200,6 +200,11 @@ class ServerSettings(StrictSettings):
     max_calls_per_client: int = Field(default=8, ge=1, le=10_000)
     # gRPC server reflection lists the whole API to anyone who connects: off unless asked.
     reflection: bool = False
+    # Prometheus metrics over plain HTTP (server.metrics): off unless a port is given
+    # (0: any free port); loopback unless the operator binds it elsewhere, since the
+    # endpoint has no authentication (it shows counts and times, never client data).
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
 
     @model_validator(mode="after")
     def _tls(self) -> ServerSettings:
