@@ -28,6 +28,7 @@ from fedveil.proto import aggregation_pb2 as pb
 from fedveil.server.keys_store import client_dir
 from fedveil.server.settings import ServerSettings, load_settings
 from tests.commands.test_train_command import LORA, _texts
+from tests.helpers.party_toml import TEXT_RECIPE, texts_data, write_party_toml
 from tests.helpers.service_harness import make_keys, running_server, settings_for
 from tests.helpers.tiny_gpt2 import save_tiny_gpt2
 
@@ -42,33 +43,20 @@ def _party_toml(
     texts: Path,
     port: int,
     lora: str = "",
-    rounds: str = "",
+    rounds: int | None = None,
 ) -> Path:
     """A party.toml with no [lora] and no rounds unless given: both come from the plan."""
-    config = tmp_path / f"{cid}.toml"
-    config.write_text(
-        f"""
-[party]
-credentials = "{client_dir(keys, cid)}"
-roster = "{keys / "roster.json"}"
-server = "localhost:{port}"
-model_dir = "{model_dir}"
-out = "{tmp_path / "out" / cid}"
-join_timeout_s = 30
-{rounds}
-
-[data]
-texts = "{texts}"
-max_length = 16
-
-[recipe]
-epochs = 1
-batch_size = 2
-learning_rate = 0.02
-{lora}
-"""
+    return write_party_toml(
+        tmp_path,
+        cid,
+        credentials=client_dir(keys, cid),
+        roster=keys / "roster.json",
+        port=port,
+        model_dir=model_dir,
+        data=texts_data(texts),
+        rounds=rounds,
+        sections=TEXT_RECIPE + lora,
     )
-    return config
 
 
 def _write_plan(tmp_path: Path, model_dir: Path) -> Path:
@@ -239,7 +227,7 @@ def test_a_server_that_shows_a_divergent_party_its_own_plan_cannot_average_it_in
     plain = settings_for(
         tmp_path / "plain", keys, dimension=layout.size, model_hash=base, stage_timeout_s=20.0
     )
-    rounds = "rounds = 1"
+    rounds = 1
     lora = '[lora]\nrank = 2\nalpha = 4.0\ntarget_modules = ["c_attn"]\n'
     configs = [
         _party_toml(

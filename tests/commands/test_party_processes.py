@@ -20,6 +20,7 @@ from safetensors import safe_open
 from safetensors.numpy import load_file
 
 from fedveil.cli import main
+from tests.helpers.party_toml import TEXT_RECIPE, texts_data, write_party_toml
 from tests.helpers.service_harness import enrol_federation, enrolled_client_dir
 from tests.helpers.tiny_gpt2 import WORDS, save_tiny_gpt2
 from tests.server.test_service_processes import ProcessGroup
@@ -39,28 +40,17 @@ def _texts(tmp_path: Path, index: int) -> Path:
 
 
 def _party_toml(tmp_path: Path, keys: Path, cid: str, model: Path, texts: Path, port: int) -> Path:
-    config = tmp_path / f"{cid}.toml"
-    config.write_text(
-        f"""
-[party]
-credentials = "{enrolled_client_dir(keys, cid)}"
-roster = "{keys / "roster.json"}"
-server = "localhost:{port}"
-model_dir = "{model}"
-out = "{tmp_path / "out" / cid}"
-join_timeout_s = 120
-
-[data]
-texts = "{texts}"
-max_length = 16
-
-[recipe]
-epochs = 1
-batch_size = 2
-learning_rate = 0.02
-"""
+    return write_party_toml(
+        tmp_path,
+        cid,
+        credentials=enrolled_client_dir(keys, cid),
+        roster=keys / "roster.json",
+        port=port,
+        model_dir=model,
+        data=texts_data(texts),
+        join_timeout_s=120,
+        sections=TEXT_RECIPE,
     )
-    return config
 
 
 def _free_port() -> int:

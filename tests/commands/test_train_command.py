@@ -25,6 +25,7 @@ from fedveil.learner.lora import LoraSettings, adapter_layout, apply_lora, base_
 from fedveil.learner.lora.config import AggregationVariant
 from fedveil.learner.models import load_model
 from fedveil.server.keys_store import client_dir
+from tests.helpers.party_toml import TEXT_RECIPE, TINY_GPT2_LORA, texts_data, write_party_toml
 from tests.helpers.service_harness import make_keys, running_server, settings_for
 from tests.helpers.tiny_gpt2 import save_tiny_gpt2
 
@@ -54,37 +55,17 @@ def _party_toml(
     rounds: int,
     extra: str = "",
 ) -> Path:
-    config = tmp_path / f"{cid}.toml"
-    config.write_text(
-        f"""
-[party]
-credentials = "{client_dir(keys, cid)}"
-roster = "{keys / "roster.json"}"
-server = "localhost:{port}"
-model_dir = "{model_dir}"
-out = "{tmp_path / "out" / cid}"
-rounds = {rounds}
-join_timeout_s = 30
-
-[data]
-texts = "{texts}"
-max_length = 16
-
-[lora]
-rank = 2
-alpha = 4.0
-target_modules = ["c_attn"]
-variant = "ffa"
-seed = 0
-
-[recipe]
-epochs = 1
-batch_size = 2
-learning_rate = 0.02
-"""
-        + extra
+    return write_party_toml(
+        tmp_path,
+        cid,
+        credentials=client_dir(keys, cid),
+        roster=keys / "roster.json",
+        port=port,
+        model_dir=model_dir,
+        data=texts_data(texts),
+        rounds=rounds,
+        sections=TINY_GPT2_LORA + TEXT_RECIPE + extra,
     )
-    return config
 
 
 def _texts(tmp_path: Path, index: int) -> Path:

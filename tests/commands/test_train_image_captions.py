@@ -25,6 +25,7 @@ from fedveil.learner.lora.config import AggregationVariant
 from fedveil.learner.models import load_model
 from fedveil.server.keys_store import client_dir
 from tests.commands.test_train_command import _adapter, _one_error_line
+from tests.helpers.party_toml import write_party_toml
 from tests.helpers.service_harness import make_keys, running_server, settings_for
 from tests.helpers.tiny_gpt2 import save_tiny_gpt2
 
@@ -80,21 +81,20 @@ def _party_toml(
     port: int,
     extra: str = "",
 ) -> Path:
-    config = tmp_path / f"{cid}.toml"
-    config.write_text(
-        f"""
-[party]
-credentials = "{client_dir(keys, cid)}"
-roster = "{keys / "roster.json"}"
-server = "localhost:{port}"
-model_dir = "{model_dir}"
-out = "{tmp_path / "out" / cid}"
-rounds = 1
-join_timeout_s = 30
+    return write_party_toml(
+        tmp_path,
+        cid,
+        credentials=client_dir(keys, cid),
+        roster=keys / "roster.json",
+        port=port,
+        model_dir=model_dir,
+        data=f'captions = "{captions}"',
+        rounds=1,
+        sections=CAPTIONER_SECTIONS + extra,
+    )
 
-[data]
-captions = "{captions}"
 
+CAPTIONER_SECTIONS = """
 [lora]
 rank = 2
 alpha = 4.0
@@ -103,9 +103,6 @@ alpha = 4.0
 batch_size = 4
 learning_rate = 0.01
 """
-        + extra
-    )
-    return config
 
 
 def _tiny_captioner() -> Path:
