@@ -11,6 +11,7 @@ from typing import NoReturn, cast
 from fedveil.commands import (
     Command,
     SubParsers,
+    attack,
     audit,
     client,
     demo,
@@ -36,6 +37,7 @@ COMMANDS: tuple[Command, ...] = (
     model_hash.COMMAND,
     train.COMMAND,
     plan.COMMAND,
+    attack.COMMAND,
 )
 """The dispatch table: `fedveil NAME` runs the row whose name is NAME."""
 

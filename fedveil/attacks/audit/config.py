@@ -80,12 +80,15 @@ class AuditConfig:
     dp: clip norm C and noise multiplier z of the DP protections on the update views and
       the epsilon column (per round for client DP, per step for DP-SGD), and delta.
     dp_output: the same for the federation the output attacks probe ([dp.output]).
+    top_records: how many of each membership or extraction cell's records, ranked most
+      exposed first, the report lists (report.json keeps the same N).
     """
 
     protections: tuple[Protection, ...] = PROTECTIONS
     attacks: tuple[Family, ...] = ATTACKS
     profile: str = "quick"
     seed: int = 0
+    top_records: int = 10
     clients: int = 10
     parties: int = 3
     rounds: int | None = None
@@ -108,6 +111,7 @@ class AuditConfig:
                 "attacks": self.attacks,
                 "profile": self.profile,
                 "seed": self.seed,
+                "top_records": self.top_records,
             },
         )
         object.__setattr__(self, "protections", audit.protections)
@@ -160,6 +164,7 @@ class AuditSettings(StrictSettings):
     attacks: tuple[Family, ...] = AuditConfig.attacks
     profile: Profile = "quick"
     seed: int = Field(default=AuditConfig.seed, ge=0)
+    top_records: int = Field(default=AuditConfig.top_records, ge=1)
 
     @field_validator("protections", mode="before")
     @classmethod
@@ -397,6 +402,7 @@ def config_from_toml(
         attacks=audit.attacks,
         profile=audit.profile if profile is None else profile,
         seed=audit.seed,
+        top_records=audit.top_records,
         clients=document.federation.clients,
         parties=document.federation.parties,
         rounds=document.federation.rounds,

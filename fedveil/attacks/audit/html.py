@@ -5,7 +5,8 @@ without a network or the audit directory, so styles are inline, charts are inlin
 and reconstruction grids are embedded as base64 PNG.
 
 Sections (their ids are what the render test looks for): summary, matrix, epsilon,
-filters, roc, reconstructions, checks.
+filters, roc, records (each membership and extraction cell's most exposed records),
+reconstructions, checks.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from html import escape
 from pathlib import Path
 
 from fedveil.attacks.audit.evaluate import Cell, Check
+from fedveil.attacks.audit.output_cells import exposure_of
 from fedveil.attacks.audit.report import AuditReport
 from fedveil.attacks.audit.svg import roc_loglog
 from fedveil.attacks.families import Family
@@ -208,6 +210,47 @@ def _roc(report: AuditReport) -> str:
     return f"<div class='charts'>{''.join(charts)}</div>"
 
 
+def _records(report: AuditReport) -> str:
+    """Per membership / extraction cell, its top-N records, most exposed first."""
+    blocks = []
+    for cell in report.cells:
+        exposure = exposure_of(cell)
+        if exposure is None:
+            continue
+        rows = [
+            "<tr><th>rank</th><th>record</th><th>member</th><th>score</th><th>extracted</th>"
+            "<th>exposure</th><th>above non-members</th></tr>"
+        ]
+        for r in exposure.records[: report.top_records]:
+            score = r.get("score")
+            rows.append(
+                f"<tr><td>{r['rank']}</td><td>{escape(str(r['text']))}</td>"
+                f"<td>{'yes' if r['member'] else 'no'}</td>"
+                f"<td>{escape(_shown(float(score)) if isinstance(score, float) else '-')}</td>"
+                f"<td>{'yes' if r['extracted'] else 'no'}</td>"
+                f"<td>{escape(_shown(_float(r['exposure'])))}</td>"
+                f"<td>{_float(r['above_non_members']):.0%}</td></tr>"
+            )
+        baseline = ", ".join(
+            f"{k} {v if isinstance(v, int) else escape(_shown(_float(v)))}"
+            for k, v in exposure.baseline.items()
+        )
+        blocks.append(
+            f"<h3>{escape(cell.protection)} / {escape(cell.attack)}</h3>"
+            f"<p class='muted'>Ranked by {escape(exposure.ranked_by)}; the top "
+            f"{min(report.top_records, len(exposure.records))} of {len(exposure.records)}. "
+            f"Baseline (non-member canaries, never trained on): {baseline}.</p>"
+            f"<table class='exposed'>{''.join(rows)}</table>"
+        )
+    if not blocks:
+        return "<p>No membership or extraction cell recorded per-record scores.</p>"
+    return "".join(blocks)
+
+
+def _float(value: JSONValue) -> float:
+    return float(value) if isinstance(value, int | float) else float("nan")
+
+
 def _figure_path(figure: str, out_dir: Path) -> Path | None:
     """Where a record's figure is: as written (absolute, or relative to the working
     directory the audit ran in, e.g. `--out audit-report`), under the audit directory, or
@@ -312,6 +355,10 @@ act is a breach.</p>{_active(report)}</section>
 <section id="epsilon"><h2>Claimed vs empirical epsilon</h2>{_epsilon(report)}</section>
 <section id="filters"><h2>Output filter effectiveness</h2>{_filters(report)}</section>
 <section id="roc"><h2>Membership ROC curves (log-log)</h2>{_roc(report)}</section>
+<section id="records"><h2>Most exposed records</h2>
+<p class="muted">Which records an attack singles out, not only how well it does on
+average: "above non-members" is the share of canaries the model never saw that score
+below the record.</p>{_records(report)}</section>
 <section id="reconstructions"><h2>Gradient inversion: originals vs reconstructions</h2>
 {_reconstructions(report, out_dir)}</section>
 <section id="checks"><h2>Every check</h2>{_checks(report)}</section>

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from fedveil.attacks.audit.evaluate import Cell
 from fedveil.attacks.audit.outcome import cell_outcome
+from fedveil.attacks.audit.output_cells import exposure_of
 from fedveil.attacks.audit.report import AuditReport
 from fedveil.attacks.measure.records import finite_json
 
@@ -39,11 +40,41 @@ def summary_markdown(report: AuditReport) -> str:
         ]
     if report.breaches:
         lines += ["", "### Breaches", "", "```", *report.breaches, "```"]
+    lines += _exposed(report)
     unjudged = [(c, o) for c, o in outcomes if o.kind in ("skip", "error")]
     if unjudged:
         lines += ["", "### Not judged", ""]
         lines += [f"- {c.name}: {o.label}: {_escape(o.message)}" for c, o in unjudged]
     return "\n".join(lines) + "\n"
+
+
+def _exposed(report: AuditReport) -> list[str]:
+    """Per membership / extraction cell, its top-N records, most exposed first."""
+    lines: list[str] = []
+    for cell in report.cells:
+        exposure = exposure_of(cell)
+        if exposure is None:
+            continue
+        if not lines:
+            lines += ["", "### Most exposed records"]
+        lines += [
+            "",
+            f"{cell.name}, ranked by {_escape(exposure.ranked_by)} "
+            f"(top {min(report.top_records, len(exposure.records))} of {len(exposure.records)}):",
+            "",
+            "| rank | record | member | score | extracted | above non-members |",
+            "|---|---|---|---|---|---|",
+        ]
+        for r in exposure.records[: report.top_records]:
+            score = r.get("score")
+            shown = _number(score) if isinstance(score, int | float) else "-"
+            above = r.get("above_non_members")
+            share = f"{float(above):.0%}" if isinstance(above, int | float) else "-"
+            lines.append(
+                f"| {r['rank']} | {_escape(str(r['text']))} | {'yes' if r['member'] else 'no'} "
+                f"| {shown} | {'yes' if r['extracted'] else 'no'} | {share} |"
+            )
+    return lines
 
 
 def _table(report: AuditReport) -> list[str]:

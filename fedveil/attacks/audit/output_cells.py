@@ -6,13 +6,23 @@ intervals of AUC and TPR at 1% FPR, widened to the Bonferroni level of the attac
 metrics the cell maximises over; extraction, Clopper-Pearson on the count of member
 canaries emitted. The utility floor (utility.py) is applied here too: every output
 cell shows what its model learned.
+
+Per-record risk: an AUC says how well an attack separates members from non-members on
+average, not which records are exposed. When the released model's records carry each
+canary's scores (`details.params["per_record"]`, see PER_RECORD_KEY), each membership
+and extraction cell also lists the canaries ranked by the strongest attack's score
+(membership) or by extraction and exposure (extraction), each with how many non-member
+canaries (records the model never saw: the data-free reference) score below it, so a
+team sees which of its records are most exposed (`ExposedDetails`, report.json
+`cells[].details.exposed_records`; the report shows the top N).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 
-from fedveil.attacks.audit.cells import Cell, Check
+from fedveil.attacks.audit.cells import Cell, CellDetails, Check
 from fedveil.attacks.audit.confidence import (
     CONFIDENCE,
     clopper_pearson,
@@ -22,7 +32,16 @@ from fedveil.attacks.audit.confidence import (
 from fedveil.attacks.audit.config import Thresholds
 from fedveil.attacks.audit.utility import utility_of
 from fedveil.attacks.families import Family
-from fedveil.attacks.measure.records import OutputRecord
+from fedveil.attacks.measure.records import JSONObject, JSONValue, OutputRecord
+
+PER_RECORD_KEY = "per_record"
+"""Where a released model's records carry each canary's scores, in OutputDetails.params:
+
+    {"canaries": [{"text": str, "member": bool, "extracted": bool, "exposure": float}, ...],
+     "scores": {attack name: [one float per canary, higher = more member-like], ...}}
+
+in registry order (attacks.measure.output_leakage writes it next to the AUC it computes
+from the same scores). Records without it (stored before it existed) list no records."""
 
 
 def _maximum_check(
@@ -89,6 +108,9 @@ def mia_cell(cell: Cell, records: list[OutputRecord], t: Thresholds) -> None:
     cell.details.roc = {r.attack: r.roc for r in mine if r.roc.fpr}
     cell.details.auc_ci = (best_auc.auc_low, best_auc.auc_high)
     cell.utility = utility_of(mine[0])
+    ranked = membership_exposure(best_auc)
+    if ranked is not None:
+        attach_exposure(cell, ranked)
 
 
 def extraction_cell(cell: Cell, records: list[OutputRecord], t: Thresholds) -> None:
@@ -110,6 +132,10 @@ def extraction_cell(cell: Cell, records: list[OutputRecord], t: Thresholds) -> N
         Check(key, value, limit, value <= limit, ci_low=low, ci_high=high, level=CONFIDENCE)
     )
     cell.utility = utility_of(first)
+    if not filtered:
+        ranked = extraction_exposure(first)
+        if ranked is not None:
+            attach_exposure(cell, ranked)
     if filtered:
         if first.filter_fpr is not None:
             cell.metrics["filter_fpr"] = first.filter_fpr
@@ -117,6 +143,149 @@ def extraction_cell(cell: Cell, records: list[OutputRecord], t: Thresholds) -> N
         filters = first.details.filters
         if filters:
             cell.details.filters = dict(filters)
+
+
+# --- per-record risk ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Exposure:
+    """A cell's records ranked most exposed first, and the reference they are read against.
+
+    ranked_by: what orders them ("<attack> score", or "extracted, then exposure");
+    records: {rank, text, member, score, extracted, exposure, above_non_members} each,
+      above_non_members the share of non-member canaries scoring below this one (1.0:
+      above every record the model never saw);
+    baseline: the non-member canaries' scores (count, median, max) or rates.
+    """
+
+    ranked_by: str
+    records: list[JSONObject]
+    baseline: JSONObject
+
+    def to_json(self, top: int | None = None) -> JSONObject:
+        shown = self.records[:top] if top else self.records
+        return {
+            "ranked_by": self.ranked_by,
+            "records_total": len(self.records),
+            "records": list(shown),
+            "baseline": self.baseline,
+        }
+
+
+@dataclass
+class ExposedDetails(CellDetails):
+    """CellDetails with the cell's per-record ranking (report.json: "exposed_records")."""
+
+    exposure: Exposure | None = field(default=None)
+
+    def to_json(self) -> JSONObject:
+        out = super().to_json()
+        if self.exposure is not None:
+            out["exposed_records"] = self.exposure.to_json()
+        return out
+
+
+def attach_exposure(cell: Cell, exposure: Exposure) -> None:
+    """Give `cell` its per-record ranking, keeping every detail it already holds."""
+    kept = {f.name: getattr(cell.details, f.name) for f in fields(CellDetails)}
+    cell.details = ExposedDetails(**kept, exposure=exposure)
+
+
+def exposure_of(cell: Cell) -> Exposure | None:
+    """The cell's per-record ranking, if it has one."""
+    details = cell.details
+    return details.exposure if isinstance(details, ExposedDetails) else None
+
+
+def _per_record(record: OutputRecord) -> tuple[list[Mapping[str, JSONValue]], JSONObject] | None:
+    data = record.details.params.get(PER_RECORD_KEY)
+    if not isinstance(data, Mapping):
+        return None
+    canaries, scores = data.get("canaries"), data.get("scores")
+    if not isinstance(canaries, list) or not isinstance(scores, Mapping):
+        return None
+    rows = [c for c in canaries if isinstance(c, Mapping)]
+    if len(rows) != len(canaries) or not rows:
+        return None
+    return rows, dict(scores)
+
+
+def _share_below(value: float, reference: Sequence[float]) -> float:
+    return sum(r < value for r in reference) / len(reference) if reference else 0.0
+
+
+def _row(rank: int, canary: Mapping[str, JSONValue], score: float | None) -> JSONObject:
+    row: JSONObject = {
+        "rank": rank,
+        "text": str(canary.get("text", "")),
+        "member": bool(canary.get("member")),
+        "extracted": bool(canary.get("extracted")),
+        "exposure": _number(canary.get("exposure")),
+    }
+    if score is not None:
+        row["score"] = score
+    return row
+
+
+def _number(value: JSONValue | None) -> float:
+    """A JSON number, or report.json's spelling of a non-finite one ("inf", "-inf")."""
+    if isinstance(value, int | float):
+        return float(value)
+    if value in ("inf", "-inf", "nan"):
+        return float(str(value))
+    return float("nan")
+
+
+def membership_exposure(record: OutputRecord) -> Exposure | None:
+    """The canaries ranked by `record`'s attack score, most member-like first."""
+    parsed = _per_record(record)
+    if parsed is None:
+        return None
+    canaries, scores = parsed
+    values = scores.get(record.attack)
+    if not isinstance(values, list) or len(values) != len(canaries):
+        return None
+    numbers = [_number(v) for v in values]
+    non_members = [v for v, c in zip(numbers, canaries, strict=True) if not c.get("member")]
+    order = sorted(range(len(numbers)), key=lambda i: (-numbers[i], i))
+    rows = []
+    for rank, i in enumerate(order, start=1):
+        row = _row(rank, canaries[i], numbers[i])
+        row["above_non_members"] = _share_below(numbers[i], non_members)
+        rows.append(row)
+    ordered = sorted(non_members)
+    baseline: JSONObject = {
+        "non_members": len(non_members),
+        "median": ordered[len(ordered) // 2] if ordered else float("nan"),
+        "max": ordered[-1] if ordered else float("nan"),
+    }
+    return Exposure(f"{record.attack} score", rows, baseline)
+
+
+def extraction_exposure(record: OutputRecord) -> Exposure | None:
+    """The canaries ranked by greedy extraction, then by exposure (log2 rank gain)."""
+    parsed = _per_record(record)
+    if parsed is None:
+        return None
+    canaries, _ = parsed
+    exposures = [_number(c.get("exposure")) for c in canaries]
+    non_members = [e for e, c in zip(exposures, canaries, strict=True) if not c.get("member")]
+    order = sorted(
+        range(len(canaries)),
+        key=lambda i: (not canaries[i].get("extracted"), -exposures[i], i),
+    )
+    rows = []
+    for rank, i in enumerate(order, start=1):
+        row = _row(rank, canaries[i], None)
+        row["above_non_members"] = _share_below(exposures[i], non_members)
+        rows.append(row)
+    baseline: JSONObject = {
+        "non_members": len(non_members),
+        "extraction_rate_non_members": record.details.extraction_rate_non_members,
+        "mean_exposure_non_members": record.details.mean_exposure_non_members,
+    }
+    return Exposure("extracted, then exposure", rows, baseline)
 
 
 OUTPUT_CELLS: dict[Family, Callable[[Cell, list[OutputRecord], Thresholds], None]] = {

@@ -14,7 +14,12 @@ Schema "fedveil.audit/2" (bump the number on any incompatible change):
   breaches: ["BREACH <protection>/<attack>: <metric> = v exceeds the threshold t
     (<level> CI a to b)"], only conclusive breaches of claimed cells,
   notes: ["INCONCLUSIVE <cell>: <reason>", "VACUOUS <cell>: <reason>"],
-  passed: true iff no breach.
+  passed: true iff no breach,
+  top_records: N, how many records each cell's details.exposed_records lists.
+Membership and extraction cells whose records carry per-canary scores also have
+details.exposed_records {ranked_by, records_total, records: [{rank, text, member, score,
+extracted, exposure, above_non_members}] (the N most exposed), baseline} (additive: a
+reader of version 2 that ignores unknown keys reads it unchanged).
 Version 2 (from 1): verdicts with confidence intervals, positive controls, the utility
 floor, settings.seeds/confidence/multiplicity/utility_margin, notes.
 Infinite values are the strings "inf" / "-inf" (JSON has no infinity).
@@ -35,6 +40,7 @@ from fedveil.attacks.audit.confidence import CONFIDENCE, MULTIPLICITY
 from fedveil.attacks.audit.config import AuditConfig, Thresholds
 from fedveil.attacks.audit.evaluate import Cell, breach_lines, note_lines
 from fedveil.attacks.audit.jobs import seeds_of
+from fedveil.attacks.audit.output_cells import exposure_of
 from fedveil.attacks.audit.utility import UTILITY_MARGIN
 from fedveil.attacks.families import Family
 from fedveil.attacks.measure.records import JSONObject, JSONValue
@@ -67,6 +73,12 @@ def _clean(value: object) -> JSONValue:
     if value is None or isinstance(value, bool | int | float | str):
         return value
     raise TypeError(f"cannot write {type(value).__name__} into report.json")
+
+
+def clean_json(value: object) -> JSONValue:
+    """`value` as report.json may hold it (non-finite floats as strings); shared with
+    `fedveil attack`'s report (attacks.own.report), which follows the same conventions."""
+    return _clean(value)
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,7 @@ class AuditReport:
     reused_jobs: Sequence[str] | None = None
     errors: Mapping[str, str] | None = None
     active: Sequence[ActiveRow] = ()
+    top_records: int = 10
     schema: str = SCHEMA
 
     @property
@@ -176,11 +189,12 @@ class AuditReport:
             "settings": self.settings.to_json(),
             "thresholds": {f.name: getattr(self.thresholds, f.name) for f in fields(Thresholds)},
             "claims": {str(p): [str(a) for a in attacks] for p, attacks in self.claims.items()},
-            "cells": [c.to_dict() for c in self.cells],
+            "cells": [self._cell(c) for c in self.cells],
             "active_adversaries": [r.to_json() for r in self.active],
             "breaches": self.breaches,
             "notes": self.notes(),
             "passed": self.passed,
+            "top_records": self.top_records,
         }
         if self.reused_jobs is not None:
             report["reused_jobs"] = list(self.reused_jobs)
@@ -189,6 +203,15 @@ class AuditReport:
         cleaned = _clean(report)
         assert isinstance(cleaned, dict)
         return cleaned
+
+    def _cell(self, cell: Cell) -> JSONObject:
+        """The cell as report.json holds it, its ranked records cut to the top N."""
+        out = cell.to_dict()
+        exposure = exposure_of(cell)
+        details = out.get("details")
+        if exposure is not None and isinstance(details, dict):
+            details["exposed_records"] = exposure.to_json(self.top_records)
+        return out
 
 
 def build_report(
@@ -237,6 +260,7 @@ def build_report(
         reused_jobs=reused_jobs,
         errors=errors,
         active=tuple(active),
+        top_records=config.top_records,
     )
 
 

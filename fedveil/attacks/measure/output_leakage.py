@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fedveil.attacks.measure.records import JSONObject, OutputDetails, OutputRecord, Roc
+from fedveil.attacks.measure.records import (
+    JSONObject,
+    OutputDetails,
+    OutputRecord,
+    Roc,
+    finite_json,
+)
 from fedveil.attacks.output.empirical_epsilon import audit
 from fedveil.attacks.output.filters import (
     PII_PATTERNS,
@@ -195,6 +201,24 @@ def output_leakage_records(
             "exposure_candidates": settings.exposure_candidates,
             "bootstrap": settings.bootstrap,
             "alpha": 0.05,
+            # per-record risk (attacks.audit.output_cells.PER_RECORD_KEY): every canary
+            # with the scores its AUC was computed from, so the report can rank records
+            "per_record": {
+                "canaries": [
+                    {
+                        "text": canary.text,
+                        "member": bool(member),
+                        "extracted": bool(extracted),
+                        "exposure": finite_json(float(exposure.exposure)),
+                    }
+                    for canary, member, extracted, exposure in zip(
+                        registry, labels, probe.extracted, exposures, strict=True
+                    )
+                ],
+                "scores": {
+                    name: [finite_json(float(v)) for v in values] for name, values in scores.items()
+                },
+            },
         },
     )
     boot = BootstrapConfig(n_resamples=settings.bootstrap)
