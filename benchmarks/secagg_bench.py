@@ -8,6 +8,19 @@ interleaved with the protocol rounds, and reports the ratio. A ratio near 1 mean
 protocol adds little beyond the masks themselves; the acceptance target is <= 2.
 
 Usage: python benchmarks/secagg_bench.py [--quick] [--json OUT] [--repeats R] [--bits M]
+       [--case D,N,K,DROP ...] [--acceptance-only] [--flower-python PATH]
+
+The upload stage has a limit of its own: the server must read every upload once (unpack,
+add into the sum, and the SHA-256 the stream is checked against), so its masked-input
+stage is compared with exactly that, done the plain way, in the same process. With
+--flower-python, Flower 1.42's SecAgg+ server (benchmarks/flower_secagg_bench.py, run by
+that interpreter) is timed on the same inputs after each round. Reproduce the acceptance
+case with Flower next to it:
+
+    python3 -m venv /tmp/flwr-venv
+    /tmp/flwr-venv/bin/pip install flwr==1.42.0 numpy
+    .venv/bin/python benchmarks/secagg_bench.py --acceptance-only \
+        --flower-python /tmp/flwr-venv/bin/python --json benchmarks/results/secagg_limit.json
 
 Matrix (full): d in {1e5, 1e6, 4e6} x n in {10, 50} x k in {default_neighbours(n) =
 floor(2 log2 n + 1), n - 1} x drop in {0, 0.1}, plus the acceptance case n=50, k=7,
@@ -53,9 +66,34 @@ Fields of each JSON record (one per configuration; the output is a JSON list):
   one self mask per survivor + one per (dropout, surviving neighbour) pair).
 - server_limit_s: the same keystream + np.add limit for server_keystreams masks;
   server_ratio = server_s / server_limit_s.
-- server_accumulate_s: server time of the masked-input stage
-  (RoundReport.server_seconds['masked-input']: unpack every upload and add it into the
-  running sum, then close the stage).
+- server_upload_s: server time of the masked-input stage
+  (RoundReport.server_seconds['masked-input']: for every upload, check its chunks, add
+  them into the running sum and hash them for the stream's SHA-256, then close the stage).
+  server_accumulate_s is the same figure under its older name.
+- server_upload_limit_s: reading the same number of uploads (the survivors') of the same
+  size once each, the plain way: `hashlib.sha256(payload).digest()` plus one
+  `np.add(acc, np.frombuffer(payload, wire dtype), out=acc)` over the whole vector (for
+  widths that are not 8/16/32 bits, `unpack(payload)` in place of the view). Each payload
+  is a fresh bytes object written just before it is read (copied from a pool of two
+  random payloads), as a client's upload is in the round. upload_limit_hash_s and
+  upload_limit_add_s are its two halves. server_upload_ratio = server_upload_s /
+  server_upload_limit_s.
+- server_total_s: the server's masked-input plus unmask stage time of one round (minimum
+  over repetitions of the per-round sum).
+- flower_aggregate_s, flower_unmask_s, flower_server_s (only with --flower-python): Flower
+  1.42's SecAgg+ server on the same inputs, weights and dropouts, with num_shares =
+  k_effective + 1 (Flower counts the node itself) rounded up to an odd number (an even
+  one fails inside Flower: benchmarks/flower_secagg_bench.py), recorded as
+  flower_num_shares; the same threshold t and clipping range CLIP; quantization_range
+  2^22 and modulus 2^32 (Flower's defaults; 2^32 is its widest modulus). Timed: summing
+  the masked vectors, and unmasking to the weighted mean (benchmarks/
+  flower_secagg_bench.py says exactly what). One Flower round runs after each fedveil
+  round and its limits; minima over the repetitions, flower_server_s being the minimum
+  per-round sum. flower_mean_error: Flower's decoded mean against the exact one;
+  flower_error_bound: survivors * quantisation step / the sum of the survivors' weight
+  ratios (w / max_weight).
+- server_vs_flower = flower_server_s / server_total_s: how many times less server time
+  fedveil needs than Flower for the same round.
 - server_round_s: server time over all stages.
 - upload_bytes: bytes one client uploads over the whole round (RoundReport.upload_bytes
   counts every stage's payload bytes, framing excluded), median over the clients that
@@ -76,12 +114,15 @@ Fields of each JSON record (one per configuration; the output is a JSON list):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -101,7 +142,8 @@ from fedveil.runners.simulation import (
 )
 from fedveil.secagg.protocol.graph import effective_degree
 from fedveil.secagg.protocol.stages import Stage
-from fedveil.secagg.quantize import dtype_for_bits, quantize
+from fedveil.secagg.protocol.upload import NATIVE_WIRE_DTYPES
+from fedveil.secagg.quantize import dtype_for_bits, pack, packed_size, quantize, unpack
 
 DIMENSIONS = (100_000, 1_000_000, 4_000_000)
 COHORTS = (10, 50)
@@ -113,6 +155,8 @@ CLIP = 1.0
 INPUT_STD = 0.1
 KEY_ALLOWANCE_BYTES = 4096
 """'A few kB of keys' in the upload acceptance check: adverts, envelopes, signatures."""
+
+FLOWER_SCRIPT = Path(__file__).with_name("flower_secagg_bench.py")
 
 MASKED = Stage.MASKED_INPUT.value
 UNMASK = Stage.UNMASK.value
@@ -141,7 +185,7 @@ def machine_info() -> dict[str, Any]:
     except Exception:  # pragma: no cover - depends on the cryptography build
         openssl = "unknown"
     try:
-        usable = len(os.sched_getaffinity(0))
+        usable: int | None = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         usable = os.cpu_count()
     return {
@@ -203,6 +247,62 @@ class KeystreamLimit:
             aes += t1 - t0
             add += t2 - t1
         return aes + add, aes, add
+
+
+class UploadLimit:
+    """Times reading `uploads` packed uploads once each: SHA-256 + unpack + add.
+
+    Why fresh payloads: in the round each upload is a bytes object the client has just
+    written; reading one buffer over and over would time a cache, not the upload stage.
+    """
+
+    def __init__(self, elements: int, bits: int, seed: tuple[int, ...]) -> None:
+        self.elements = elements
+        self.bits = bits
+        self.wire = NATIVE_WIRE_DTYPES.get(bits)
+        rng = np.random.default_rng([*seed, 1 << 21])
+        top = np.uint64((1 << bits) - 1)
+        self._pool = [
+            pack(rng.integers(0, top, size=elements, dtype=np.uint64, endpoint=True), bits)
+            for _ in range(2)
+        ]
+        self.nbytes = packed_size(elements, bits)
+        self._acc = np.zeros(elements, dtype=dtype_for_bits(bits))
+        self.seconds(1)  # warm-up: fault the accumulator in
+
+    def seconds(self, uploads: int) -> tuple[float, float, float]:
+        """(total, hash, add) seconds for reading `uploads` uploads."""
+        hashed = added = 0.0
+        for i in range(uploads):
+            payload = bytes(self._pool[i % 2])  # untimed: the client writes its upload
+            t0 = time.perf_counter()
+            hashlib.sha256(payload).digest()
+            t1 = time.perf_counter()
+            if self.wire is not None:
+                values = np.frombuffer(payload, dtype=self.wire)
+            else:
+                values = unpack(payload, self.bits, self.elements)
+            np.add(self._acc, values, out=self._acc)
+            t2 = time.perf_counter()
+            hashed += t1 - t0
+            added += t2 - t1
+        return hashed + added, hashed, added
+
+
+# --- Flower on the same inputs -------------------------------------------------------------
+
+
+def flower_round(python: str, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """One Flower SecAgg+ round (benchmarks/flower_secagg_bench.py) under `python`."""
+    with tempfile.TemporaryDirectory(prefix="flower-secagg-") as tmp:
+        spec_path, out_path = Path(tmp, "spec.json"), Path(tmp, "out.json")
+        spec_path.write_text(json.dumps(spec))
+        subprocess.run(
+            [python, str(FLOWER_SCRIPT), "--spec", str(spec_path), "--json", str(out_path)],
+            check=True,
+        )
+        result: dict[str, Any] = json.loads(out_path.read_text())
+        return result
 
 
 # --- inputs ------------------------------------------------------------------------------
@@ -270,6 +370,7 @@ def bench_config(
     seed: int,
     federation: Federation,
     machine: Mapping[str, Any],
+    flower_python: str | None = None,
 ) -> dict[str, Any]:
     wall = time.perf_counter()
     config = make_config(federation, d, neighbours=k, bits=bits, clip=CLIP, max_weight=MAX_WEIGHT)
@@ -297,6 +398,20 @@ def bench_config(
     limit = KeystreamLimit(config.element_count, ring.dtype)
     client_keystreams = k_eff + 1
     limit.seconds(client_keystreams)  # warm-up at the measured size: caches, frequency
+    upload_limit = UploadLimit(config.element_count, bits, base_seed)
+    flower_spec = {
+        "d": d,
+        "n": n,
+        "num_shares": k_eff + 1 if k_eff % 2 == 0 or k_eff == n - 1 else k_eff + 2,
+        "threshold": config.threshold,
+        "seed": list(base_seed),
+        "weights": [weights[cid] for cid in ids],
+        "dropped": sorted(ids.index(cid) for cid in dropouts),
+        "input_std": INPUT_STD,
+        "clip": CLIP,
+        "max_weight": MAX_WEIGHT,
+        "repeats": 1,
+    }
     best: dict[str, float] = {}
     stats: dict[str, Any] = {}
     round_ok = True
@@ -336,7 +451,12 @@ def bench_config(
             sum(statistics.median(times) for times in report.client_seconds.values() if times),
         )
         keep_min("server_s", report.server_seconds.get(UNMASK, math.nan))
-        keep_min("server_accumulate_s", report.server_seconds.get(MASKED, math.nan))
+        keep_min("server_upload_s", report.server_seconds.get(MASKED, math.nan))
+        keep_min(
+            "server_total_s",
+            report.server_seconds.get(MASKED, math.nan)
+            + report.server_seconds.get(UNMASK, math.nan),
+        )
         keep_min("server_round_s", sum(report.server_seconds.values()))
         stats["upload_bytes"] = int(statistics.median(report.upload_bytes[c] for c in uploaders))
         stats["upload_bytes_max"] = max(report.upload_bytes[c] for c in uploaders)
@@ -349,15 +469,43 @@ def bench_config(
             raise RuntimeError("the unmask keystream count changed between repetitions")
         del report, inputs  # model-sized arrays: free them before timing the limit
 
-        total, aes, add = limit.seconds(client_keystreams)
-        keep_min("client_limit_s", total)
+        client_total, aes, add = limit.seconds(client_keystreams)
+        keep_min("client_limit_s", client_total)
         keep_min("limit_aes_s", aes)
         keep_min("limit_add_s", add)
         if server_keystreams:
             keep_min("server_limit_s", limit.seconds(server_keystreams)[0])
+        upload_total, hashed, added = upload_limit.seconds(len(survivors))
+        keep_min("server_upload_limit_s", upload_total)
+        keep_min("upload_limit_hash_s", hashed)
+        keep_min("upload_limit_add_s", added)
+        if flower_python is not None:
+            flower = flower_round(flower_python, flower_spec)
+            keep_min("flower_aggregate_s", flower["aggregate_s"])
+            keep_min("flower_unmask_s", flower["unmask_s"])
+            keep_min("flower_server_s", flower["server_s"])
+            stats["flower_mean_error"] = max(
+                stats.get("flower_mean_error", 0.0), flower["mean_error"]
+            )
+            ratio_total = sum(weights[c] / MAX_WEIGHT for c in survivors)
+            stats["flower_error_bound"] = len(survivors) * flower["step"] / ratio_total
+            stats["flwr"] = flower["flwr"]
 
+    del upload_limit
     fp32_bytes = 4 * d
     upload = stats["upload_bytes"]
+    flower_fields: dict[str, Any] = {}
+    if flower_python is not None:
+        flower_fields = {
+            "flower_aggregate_s": best["flower_aggregate_s"],
+            "flower_unmask_s": best["flower_unmask_s"],
+            "flower_server_s": best["flower_server_s"],
+            "server_vs_flower": best["flower_server_s"] / best["server_total_s"],
+            "flower_mean_error": stats["flower_mean_error"],
+            "flower_error_bound": stats["flower_error_bound"],
+            "flower_num_shares": flower_spec["num_shares"],
+            "flwr": stats["flwr"],
+        }
     server_limit = best.get("server_limit_s", math.nan)
     gigabytes = client_keystreams * limit.nbytes / 1e9
     return {
@@ -382,7 +530,14 @@ def bench_config(
         "server_limit_s": server_limit,
         "server_ratio": best["server_s"] / server_limit,
         "server_keystreams": stats["server_keystreams"],
-        "server_accumulate_s": best["server_accumulate_s"],
+        "server_upload_s": best["server_upload_s"],
+        "server_accumulate_s": best["server_upload_s"],
+        "server_upload_limit_s": best["server_upload_limit_s"],
+        "server_upload_ratio": best["server_upload_s"] / best["server_upload_limit_s"],
+        "upload_limit_hash_s": best["upload_limit_hash_s"],
+        "upload_limit_add_s": best["upload_limit_add_s"],
+        "server_total_s": best["server_total_s"],
+        **flower_fields,
         "server_round_s": best["server_round_s"],
         "upload_bytes": upload,
         "upload_bytes_max": stats["upload_bytes_max"],
@@ -442,7 +597,9 @@ COLUMNS = (  # (record field, heading, width, format spec)
     ("server_ratio", "s_rat", 6, ".2f"),
     ("client_keystreams", "c_ks", 4, "d"),
     ("server_keystreams", "s_ks", 4, "d"),
-    ("server_accumulate_s", "accum_s", 8, ".4f"),
+    ("server_upload_s", "upload_s", 8, ".4f"),
+    ("server_upload_limit_s", "u_limit", 8, ".4f"),
+    ("server_upload_ratio", "u_rat", 6, ".2f"),
     ("client_quantize_s", "quant_s", 8, ".4f"),
     ("upload_bytes", "upload_B", 10, "d"),
     ("upload_ratio", "up/fp32", 7, ".4f"),
@@ -487,6 +644,14 @@ def report_consistency(path: Path, bits: int, repeats: int, machine: dict[str, A
     write_json(path, [{**r, "machine": machine} for r in rows])
 
 
+def parse_case(text: str) -> tuple[int, int, int, float]:
+    """'1e6,50,7,0.1' -> (1000000, 50, 7, 0.1): one configuration for --case."""
+    parts = text.split(",")
+    if len(parts) != 4:
+        raise argparse.ArgumentTypeError(f"--case takes D,N,K,DROP, got {text!r}")
+    return int(float(parts[0])), int(parts[1]), int(parts[2]), float(parts[3])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="d=1e6 and the default degree only")
@@ -499,6 +664,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--seed", type=int, default=20240601, help="numpy seed for inputs and dropouts"
+    )
+    parser.add_argument(
+        "--case",
+        action="append",
+        type=parse_case,
+        metavar="D,N,K,DROP",
+        help="run this configuration (repeatable) instead of the matrix, e.g. 1e6,50,7,0.1",
+    )
+    parser.add_argument(
+        "--acceptance-only",
+        action="store_true",
+        help="run only the acceptance case (d=4e6, n=50, k=7, drop=0.1)",
+    )
+    parser.add_argument(
+        "--flower-python",
+        help="a Python with flwr==1.42.0 (its own venv): time Flower's SecAgg+ server too",
     )
     parser.add_argument(
         "--consistency-json",
@@ -521,7 +702,8 @@ def main(argv: list[str] | None = None) -> int:
     federations: dict[int, Federation] = {}
     records: list[dict[str, Any]] = []
     start = time.perf_counter()
-    for d, n, k, drop in matrix(args.quick):
+    cases = [ACCEPTANCE] if args.acceptance_only else (args.case or matrix(args.quick))
+    for d, n, k, drop in cases:
         federation = federations.setdefault(n, Federation.enrol(n))
         record = bench_config(
             d,
@@ -533,9 +715,20 @@ def main(argv: list[str] | None = None) -> int:
             seed=args.seed,
             federation=federation,
             machine=machine,
+            flower_python=args.flower_python,
         )
         records.append(record)
         print(table_row(record), flush=True)
+        if args.flower_python is not None:
+            print(
+                f"# d={d} n={n} k={k} drop={drop}: fedveil server {record['server_total_s']:.3f} s "
+                f"(upload {record['server_upload_s']:.3f} + unmask {record['server_s']:.3f}), "
+                f"Flower {record['flower_server_s']:.3f} s (aggregate "
+                f"{record['flower_aggregate_s']:.3f} + unmask {record['flower_unmask_s']:.3f}): "
+                f"{record['server_vs_flower']:.2f}x; Flower mean error "
+                f"{record['flower_mean_error']:.2e} (bound {record['flower_error_bound']:.2e})",
+                flush=True,
+            )
         if args.json is not None:
             write_json(args.json, records)
     elapsed = time.perf_counter() - start

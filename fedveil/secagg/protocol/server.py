@@ -9,7 +9,6 @@ uploads are added into one running sum as they arrive, so memory is O(d), not O(
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -63,7 +62,12 @@ from fedveil.secagg.protocol.messages import (
     UnmaskResponse,
 )
 from fedveil.secagg.protocol.stages import Stage, check_transition, require_stage
-from fedveil.secagg.protocol.upload import UploadAccumulator, aligned_chunk_bytes
+from fedveil.secagg.protocol.upload import (
+    Chunk,
+    UploadAccumulator,
+    aligned_chunk_bytes,
+    payload_chunks,
+)
 from fedveil.secagg.quantize import AggregateEstimate, dequantize_sum
 
 MAX_ENVELOPE_BYTES = 1024
@@ -307,14 +311,19 @@ class ServerRound:
         self._share_responses[sender] = response
 
     def _on_masked_input(self, upload: MaskedInput) -> None:
-        """A whole payload at once: the streaming path with every chunk in one call."""
-        client, payload, size = upload.client_id, upload.payload, self.uploads.chunk_bytes
+        """A whole payload at once: the streaming path with every chunk in one call.
+
+        The chunks are views of the payload, not copies, and the digest the stream's
+        sender would send is the one the accumulator computed while adding: the payload
+        is read once, as a streamed upload is.
+        """
+        client, payload = upload.client_id, upload.payload
         self.begin_masked_input(client, len(payload))
-        chunks = [payload[i : i + size] for i in range(0, max(len(payload), 1), size)]
+        chunks = payload_chunks(payload, self.uploads.chunk_bytes)
         try:
             for index, chunk in enumerate(chunks):
                 self.add_masked_chunk(client, index, chunk)
-            self.finish_masked_input(client, hashlib.sha256(payload).digest())
+            self.finish_masked_input(client, self.uploads.running_digest(client))
         except FedveilError:
             self.abort_masked_input(client, chunks)
             raise
@@ -327,7 +336,7 @@ class ServerRound:
         self._sender_check(client_id, self._shared, self._uploaded, "masked input")
         self.uploads.begin(client_id, total_bytes)
 
-    def add_masked_chunk(self, client_id: str, index: int, data: bytes) -> None:
+    def add_masked_chunk(self, client_id: str, index: int, data: Chunk) -> None:
         """Validate chunk `index` and add it into the running sum."""
         require_stage(self.stage, Stage.MASKED_INPUT, "a masked-input chunk")
         self.uploads.add_chunk(client_id, index, data)
@@ -338,7 +347,7 @@ class ServerRound:
         self.uploads.finish(client_id, digest)
         self._uploaded.add(client_id)
 
-    def abort_masked_input(self, client_id: str, chunks: Iterable[bytes]) -> None:
+    def abort_masked_input(self, client_id: str, chunks: Iterable[Chunk]) -> None:
         """Remove an unfinished upload from the sum, given the chunks that were added."""
         self.uploads.abort(client_id, chunks)
 

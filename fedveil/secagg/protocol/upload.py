@@ -7,6 +7,13 @@ elements, and the stream ends with a SHA-256 of the whole payload, so truncation
 reordering and corruption are caught. A chunk is validated completely before it touches
 the sum; an upload abandoned half-way is subtracted again from the chunks the caller
 kept, so a failed upload never leaves a trace in the sum.
+
+Why the byte-aligned widths (m = 8, 16, 32) take their own path: their wire layout is a
+plain little-endian array, so a chunk is added into the sum straight from the received
+bytes (a numpy view, no unpacked copy), and every byte string is a valid chunk (no padding
+bits), so nothing needs checking before the add. The add reads each block of the chunk
+into cache and the SHA-256 then reads it from there, so the upload is streamed from
+memory once; the sum wraps mod 2^32 and is reduced into the ring when the round closes.
 """
 
 from __future__ import annotations
@@ -22,12 +29,36 @@ from fedveil.secagg.quantize import packed_size, unpack
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 
+FUSED_BLOCK_BYTES = 1 << 18
+"""Bytes added and then hashed together on the byte-aligned path: small enough that the
+block the add just read is still in the core's cache when the hash reads it, large enough
+that the per-block Python overhead stays negligible (benchmarks/README.md)."""
+
+NATIVE_WIRE_DTYPES: dict[int, np.dtype] = {
+    8: np.dtype("<u1"),
+    16: np.dtype("<u2"),
+    32: np.dtype("<u4"),
+}
+"""Ring widths whose packed layout (secagg.quantize.packing) is a plain little-endian
+array of this dtype, i.e. that need no unpacking. 64 is one too, but is not a ring width."""
+
+Chunk = bytes | memoryview
+"""A chunk as the accumulator takes it: the wire bytes, or a copy-free view of a slice of
+a whole payload (the in-process path, which delivers every chunk of a payload at once)."""
+
 
 def aligned_chunk_bytes(bits: int, target: int = DEFAULT_CHUNK_BYTES) -> int:
     """The largest chunk size <= target that holds a whole number of m-bit elements."""
     if target < bits:
         raise ConfigError(f"chunk of {target} bytes cannot hold 8 elements of {bits} bits")
     return target // bits * bits
+
+
+def payload_chunks(payload: bytes, chunk_bytes: int) -> list[memoryview]:
+    """A whole payload cut into chunks of `chunk_bytes` as copy-free views (at least one,
+    so an empty payload still reaches the size check)."""
+    view = memoryview(payload)
+    return [view[i : i + chunk_bytes] for i in range(0, max(len(payload), 1), chunk_bytes)]
 
 
 @dataclass
@@ -68,8 +99,8 @@ class ChunkedUploads:
     def _apply(self, client_id: str, index: int, data: bytes, *, subtract: bool) -> None:
         raise NotImplementedError
 
-    def add_chunk(self, client_id: str, index: int, data: bytes) -> None:
-        """Validate one chunk fully, then add it into the sum at its offset."""
+    def _expect_chunk(self, client_id: str, index: int, size: int) -> UploadProgress:
+        """The upload `index` may join, once its position and size are checked."""
         state = self._open.get(client_id)
         if state is None:
             raise ProtocolError(f"no upload in progress for {client_id!r}; start with chunk 0")
@@ -83,15 +114,32 @@ class ChunkedUploads:
             )
         last = index == self.chunk_count - 1
         expected = self.total_bytes - index * self.chunk_bytes if last else self.chunk_bytes
-        if len(data) != expected:
+        if size != expected:
             raise InvalidMessageError(
-                f"chunk {index} has {len(data)} bytes; expected {expected} "
+                f"chunk {index} has {size} bytes; expected {expected} "
                 f"(chunk size {self.chunk_bytes}, total {self.total_bytes})"
             )
+        return state
+
+    def add_chunk(self, client_id: str, index: int, data: bytes) -> None:
+        """Validate one chunk fully, then add it into the sum at its offset."""
+        state = self._expect_chunk(client_id, index, len(data))
         self._apply(client_id, index, data, subtract=False)
         state.hasher.update(data)
         state.received_bytes += len(data)
         state.next_index += 1
+
+    def running_digest(self, client_id: str) -> bytes:
+        """SHA-256 of the bytes that arrived so far in `client_id`'s open upload.
+
+        For a caller that holds the whole payload and delivers it chunk by chunk itself
+        (the in-process path): the digest its sender would have sent, without a second pass
+        over the bytes.
+        """
+        state = self._open.get(client_id)
+        if state is None:
+            raise ProtocolError(f"no upload in progress for {client_id!r}")
+        return state.hasher.digest()
 
     def finish(self, client_id: str, digest: bytes) -> None:
         """Close an upload whose every chunk arrived and whose digest matches."""
@@ -109,14 +157,15 @@ class ChunkedUploads:
             )
         del self._open[client_id]
 
+    def _added_chunks(self, client_id: str) -> int:
+        """Close `client_id`'s unfinished upload: how many of its chunks are in the sum."""
+        state = self._open.pop(client_id, None)
+        return 0 if state is None else state.next_index
+
     def abort(self, client_id: str, chunks: Iterable[bytes]) -> None:
         """Take an unfinished upload's chunks (as kept by the caller) out of the sum."""
-        state = self._open.pop(client_id, None)
-        if state is None:
-            return
-        for index, data in enumerate(chunks):
-            if index >= state.next_index:
-                break
+        added = self._added_chunks(client_id)
+        for index, data in zip(range(added), chunks, strict=False):
             self._apply(client_id, index, data, subtract=True)
 
 
@@ -135,10 +184,50 @@ class UploadAccumulator(ChunkedUploads):
         self.bits = bits
         self.element_count = element_count
         self._elements_per_chunk = chunk_bytes * 8 // bits
+        self._wire = NATIVE_WIRE_DTYPES.get(bits)
 
-    def _apply(self, client_id: str, index: int, data: bytes, *, subtract: bool) -> None:
+    def add_chunk(self, client_id: str, index: int, data: Chunk) -> None:
+        """Validate one chunk fully, then add it into the sum at its offset.
+
+        Byte-aligned widths add and hash block by block (module docstring); the others
+        unpack the whole chunk first, since its padding bits must be checked before the add.
+        """
+        state = self._expect_chunk(client_id, index, len(data))
+        if self._wire is None:
+            self._apply(client_id, index, data, subtract=False)
+            state.hasher.update(data)
+        else:
+            self._add_and_hash(index, data, state)
+        state.received_bytes += len(data)
+        state.next_index += 1
+
+    def abort(self, client_id: str, chunks: Iterable[Chunk]) -> None:
+        """Take an unfinished upload's chunks (as kept by the caller) out of the sum."""
+        added = self._added_chunks(client_id)
+        for index, data in zip(range(added), chunks, strict=False):
+            self._apply(client_id, index, data, subtract=True)
+
+    def _span(self, index: int) -> slice:
         start = index * self._elements_per_chunk
-        stop = min(self.element_count, start + self._elements_per_chunk)
-        values = unpack(data, self.bits, stop - start)
-        target = self._target[start:stop]
+        return slice(start, min(self.element_count, start + self._elements_per_chunk))
+
+    def _add_and_hash(self, index: int, data: Chunk, state: UploadProgress) -> None:
+        assert self._wire is not None
+        values = np.frombuffer(data, dtype=self._wire)
+        target = self._target[self._span(index)]
+        step = FUSED_BLOCK_BYTES // self._wire.itemsize
+        raw = memoryview(data).cast("B")
+        width = self._wire.itemsize
+        for lo in range(0, values.shape[0], step):
+            part = target[lo : lo + step]
+            np.add(part, values[lo : lo + step], out=part)
+            state.hasher.update(raw[lo * width : (lo + step) * width])
+
+    def _apply(self, client_id: str, index: int, data: Chunk, *, subtract: bool) -> None:
+        span = self._span(index)
+        if self._wire is not None:
+            values = np.frombuffer(data, dtype=self._wire)
+        else:
+            values = unpack(data, self.bits, span.stop - span.start)
+        target = self._target[span]
         (np.subtract if subtract else np.add)(target, values, out=target)

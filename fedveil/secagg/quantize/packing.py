@@ -138,7 +138,7 @@ def _span(position: int, bits: int) -> tuple[int, int, bool]:
     return word, shift, shift + bits > 64
 
 
-def unpack(payload: bytes, bits: int, count: int) -> np.ndarray:
+def unpack(payload: bytes | bytearray | memoryview, bits: int, count: int) -> np.ndarray:
     """The inverse of `pack`: `count` values of `bits` bits, in uint32 (bits <= 32) or uint64.
 
     Raises InvalidMessageError when the payload length is not packed_size(count, bits) or
