@@ -16,6 +16,7 @@ import numpy as np
 
 from fedveil.attacks.active.ckks_colluder import run_ckks_colluder
 from fedveil.attacks.active.crafted_aggregate import crafted_aggregate_attack
+from fedveil.attacks.active.seed_replay_step import run_seed_replay
 from fedveil.attacks.active.sybil import roster_refusals, run_sybil_round
 from fedveil.attacks.measure.records import JSONObject
 
@@ -137,4 +138,30 @@ def active_rows(seed: int = 0) -> list[ActiveRow]:
                 f"the victim's ClientSession: {reason or 'accepted'}",
             )
         )
+    rows.append(_seed_replay())
     return rows
+
+
+def _seed_replay() -> ActiveRow:
+    """DP-SGD noise replayed from a guessed seed: refused when fedveil's noise keeps its
+    energy; the detail carries the positive control (Opacus' seeded generator), which must
+    leak at the same budget or the row could not have failed."""
+    outcome = run_seed_replay()
+    ours, control = outcome.fedveil, outcome.control
+    observed = OPEN if ours.leaked or not control.leaked else REFUSED
+    by = "the OS CSPRNG (learner.dp_randomness)" if observed == REFUSED else None
+    detail = (
+        f"best of {ours.guesses} seed guesses removed {ours.noise_removed:.2f} of the noise's "
+        f"energy from fedveil's DP-SGD step; control (Opacus, torch seeded): "
+        f"{control.noise_removed:.2f}"
+        + ("" if control.leaked else " - the control did not leak, so nothing was shown")
+    )
+    return ActiveRow(
+        "dp-sgd-seed-replay",
+        "replay a party's DP-SGD noise from a guessed seed",
+        REFUSED,
+        observed,
+        by,
+        max(0.0, ours.noise_removed),
+        detail,
+    )

@@ -39,3 +39,21 @@ def test_a_defence_that_does_not_act_is_a_breach(monkeypatch: pytest.MonkeyPatch
         .breach_line()
         .startswith("BREACH active/imprint-beyond-bounds: expected refused")
     )
+
+
+def test_seed_replay_row_is_refused_only_while_the_dp_noise_comes_from_the_os(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Both ways at the same budget: the seeded control leaks and fedveil's step does not;
+    with the OS-CSPRNG switch removed from make_private, the same row is a BREACH."""
+    from fedveil.learner import dp_sgd
+
+    rows = {r.name: r for r in active_rows()}
+    row = rows["dp-sgd-seed-replay"]
+    assert row.observed == REFUSED and not row.breached, row.detail
+    assert "control (Opacus, torch seeded): 1.00" in row.detail
+
+    monkeypatch.setattr(dp_sgd, "use_os_csprng", lambda optimizer, loader: None)
+    row = {r.name: r for r in active_rows()}["dp-sgd-seed-replay"]
+    assert row.observed == OPEN and row.breached and row.leak is not None and row.leak > 0.99
+    assert row.breach_line().startswith("BREACH active/dp-sgd-seed-replay: expected refused")
