@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 
 from fedveil.clients.ckks_streams import CiphertextPayload
 from fedveil.clients.errors import TransportError, from_rpc_error
-from fedveil.clients.streams import ChunkedPayload, ResultAssembler
+from fedveil.clients.streams import ChunkedPayload, DownloadedMean, ResultAssembler
 from fedveil.errors import ConfigError
 from fedveil.proto import aggregation_pb2 as pb
 
@@ -160,13 +159,13 @@ async def fetch_result(
     expected_dimension: int | None,
     retry: RetryPolicy,
     timeout_s: float,
-) -> tuple[pb.ResultHeader, np.ndarray]:
+) -> DownloadedMean:
     """Download and check the result; a broken stream starts over from the first chunk."""
 
-    async def attempt(_: int) -> tuple[pb.ResultHeader, np.ndarray]:
+    async def attempt(_: int) -> DownloadedMean:
         assembler = ResultAssembler(request.round_id, expected_dimension)
         async for chunk in stub.GetResult(request, timeout=timeout_s):
             assembler.add(chunk)
-        return assembler.finish()
+        return assembler.downloaded()
 
     return await with_retry("GetResult", retry, attempt)

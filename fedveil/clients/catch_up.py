@@ -34,7 +34,7 @@ from fedveil.clients.errors import TransportError
 from fedveil.clients.plaintext_driver import plaintext_limits
 from fedveil.clients.result import AggregateResult, Received, accept, mean_received
 from fedveil.clients.secagg_driver import secagg_limits
-from fedveil.clients.streams import ResultAssembler, layout_from_pb
+from fedveil.clients.streams import DownloadedMean, ResultAssembler, layout_from_pb
 from fedveil.errors import ImplausibleAggregateError, ProtocolError, SessionMismatchError
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto.convert import mode_from_wire, privacy_from_pb, spec_to_config
@@ -102,10 +102,10 @@ async def catch_up(
 
 async def _download(
     stub: Any, request: pb.GetResultRequest, *, dimension: int, retry: RetryPolicy, timeout_s: float
-) -> tuple[pb.ResultHeader, np.ndarray] | None:
+) -> DownloadedMean | None:
     """A missed round's header and mean; None when the server says the round failed."""
 
-    async def attempt(_: int) -> tuple[pb.ResultHeader, np.ndarray]:
+    async def attempt(_: int) -> DownloadedMean:
         assembler = ResultAssembler(request.round_id, dimension)
         call = stub.GetResult(request, timeout=timeout_s)
         try:
@@ -117,7 +117,7 @@ async def _download(
             cancel = getattr(call, "cancel", None)
             if callable(cancel):
                 cancel()  # a no-op once the stream ended
-        return assembler.finish()
+        return assembler.downloaded()
 
     try:
         return await with_retry("GetResult", retry, attempt)
@@ -136,7 +136,9 @@ def _refuse_ckks(header: pb.ResultHeader) -> None:
         )
 
 
-def _received(spec: pb.RoundSpec, header: pb.ResultHeader, mean: np.ndarray) -> Received:
+def _received(
+    spec: pb.RoundSpec, header: pb.ResultHeader, mean: np.ndarray, payload_sha256: bytes
+) -> Received:
     """The missed result as the round's driver would have received it (clients.result).
 
     The limits are a survivor's, except that this party is not among the survivors: the
@@ -168,4 +170,5 @@ def _received(spec: pb.RoundSpec, header: pb.ResultHeader, mean: np.ndarray) -> 
         cohort=cohort,
         values=values,
         privacy=privacy,
+        payload_sha256=payload_sha256,
     )

@@ -15,7 +15,7 @@ import numpy as np
 from fedveil.clients.calls import RetryPolicy, call_unary, fetch_result
 from fedveil.clients.result import Received, mean_received
 from fedveil.clients.round_call import RoundCall
-from fedveil.clients.streams import ChunkedPayload, TensorLayout
+from fedveil.clients.streams import ChunkedPayload, DownloadedMean, TensorLayout
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.secagg.modes import AggregationMode
 from fedveil.secagg.protocol.aggregate_bounds import (
@@ -37,13 +37,19 @@ class PlaintextDriver:
         self, call: RoundCall, update: np.ndarray, weight: int, layout: TensorLayout | None
     ) -> Received:
         spec = call.spec
-        header, mean = await self._exchange(call, update, weight)
+        header, mean, payload_sha256 = await self._exchange(call, update, weight)
         cohort, values = plaintext_limits(spec, call.client_id, own_weight=weight)
-        return mean_received(header, mean, layout, mode=self.mode, cohort=cohort, values=values)
+        return mean_received(
+            header,
+            mean,
+            layout,
+            mode=self.mode,
+            cohort=cohort,
+            values=values,
+            payload_sha256=payload_sha256,
+        )
 
-    async def _exchange(
-        self, call: RoundCall, update: np.ndarray, weight: int
-    ) -> tuple[pb.ResultHeader, np.ndarray]:
+    async def _exchange(self, call: RoundCall, update: np.ndarray, weight: int) -> DownloadedMean:
         """Stream the update in the clear, then fetch the mean."""
         spec = call.spec
         logger.warning(

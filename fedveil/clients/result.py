@@ -111,12 +111,15 @@ def mean_received(
     values: Callable[[int, int], ValueLimits],
     privacy: RoundPrivacyReport | None = None,
     privacy_spent: EpsilonReport | None = None,
+    payload_sha256: bytes | None = None,
 ) -> Received:
     """What a SecAgg or plaintext round gave: the header and the float64 mean as streamed.
 
     One place for the drivers and for a party that fetches a missed round's result
     (clients.catch_up): the payload digest covers the mean exactly as the server streamed
     it, so every party that received the same result chains the same digest.
+    `payload_sha256`: that digest where the download already computed it over the very
+    bytes `mean` was read from (clients.streams.DownloadedMean); hashed here otherwise.
     """
     result = AggregateResult.from_header(
         header, mean, layout, privacy=privacy, privacy_spent=privacy_spent
@@ -125,7 +128,7 @@ def mean_received(
         result,
         mode=mode,
         header=header,
-        payload_sha256=mean_payload_digest(mean),
+        payload_sha256=mean_payload_digest(mean) if payload_sha256 is None else payload_sha256,
         cohort=cohort,
         values=values,
     )

@@ -22,7 +22,7 @@ from fedveil.clients.calls import RetryPolicy, call_unary, fetch_result, upload_
 from fedveil.clients.errors import TransportError
 from fedveil.clients.result import Received, mean_received
 from fedveil.clients.round_call import RoundCall
-from fedveil.clients.streams import ChunkedPayload, TensorLayout
+from fedveil.clients.streams import ChunkedPayload, DownloadedMean, TensorLayout
 from fedveil.errors import ProtocolError, SurvivorSetMismatchError
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto.convert import (
@@ -89,7 +89,7 @@ class SecAggRoundDriver:
             method, request, rpc=rpc, retry=self.retry, timeout_s=self.stage_timeout_s
         )
 
-    async def run(self) -> tuple[pb.ResultHeader, np.ndarray]:
+    async def run(self) -> DownloadedMean:
         adv = pb.AdvertiseKeysRequest(
             round_id=self.round_id, advertisement=advertisement_to_pb(self.session.advertise())
         )
@@ -142,22 +142,23 @@ class SecAggRoundDriver:
                 rpc="Unmask",
             )
 
-    async def _result(self, signed: tuple[str, ...]) -> tuple[pb.ResultHeader, np.ndarray]:
+    async def _result(self, signed: tuple[str, ...]) -> DownloadedMean:
         request = pb.GetResultRequest(round_id=self.round_id, client_id=self.session.client_id)
-        header, mean = await fetch_result(
+        downloaded = await fetch_result(
             self.stub,
             request,
             expected_dimension=int(self.spec.dimension),
             retry=self.retry,
             timeout_s=self.stage_timeout_s,
         )
+        header = downloaded.header
         if set(header.survivors) != set(signed):
             raise SurvivorSetMismatchError(
                 f"round {self.round_id}: the result claims survivors {sorted(header.survivors)}, "
                 f"but this client signed {sorted(signed)}"
             )
-        logger.info("round %d: result: %d values received", self.round_id, mean.shape[0])
-        return header, mean
+        logger.info("round %d: result: %d values received", self.round_id, downloaded.mean.shape[0])
+        return downloaded
 
 
 class SecAggDriver:
@@ -198,7 +199,7 @@ class SecAggDriver:
         driver = SecAggRoundDriver(
             call.stub, spec, session, call.retry, call.stage_timeout_s, call.unary_timeout_s
         )
-        header, mean = await driver.run()
+        header, mean, payload_sha256 = await driver.run()
         privacy = privacy_from_pb(header.privacy) if header.HasField("privacy") else None
         if config.dp is not None and privacy is not None:
             published = (config.dp.config.noise_multiplier, config.dp.config.clip_norm)
@@ -220,6 +221,7 @@ class SecAggDriver:
             values=values,
             privacy=privacy,
             privacy_spent=session.privacy_spent,
+            payload_sha256=payload_sha256,
         )
 
 

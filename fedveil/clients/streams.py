@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -90,11 +90,24 @@ class ChunkedPayload:
 # --- result ------------------------------------------------------------------------------
 
 
+class DownloadedMean(NamedTuple):
+    """A checked result download: the header, the float64 mean, and the SHA-256 of the
+    wire bytes the mean was read from (what the model chain digests, computed once)."""
+
+    header: pb.ResultHeader
+    mean: np.ndarray
+    payload_sha256: bytes
+
+
 class ResultAssembler:
     """Checks and joins a streamed ResultChunk sequence into the float64 weighted mean.
 
     Why so strict: the result is what the client trains on next; a truncated or
     re-ordered stream must fail loudly, never yield a silently wrong model.
+    Why the buffer is allocated up front only when the caller names the dimension: then
+    the header's size is the round's, and each chunk is copied once, into place; without
+    it a header could make the client allocate whatever it announces, so the buffer grows
+    with the bytes that actually arrive.
     """
 
     def __init__(
@@ -104,9 +117,11 @@ class ResultAssembler:
         self._dimension = expected_dimension
         self._header: pb.ResultHeader | None = None
         self._data = bytearray()
+        self._filled = 0
         self._hasher = hashlib.sha256()
         self._next_index = 0
         self._digest: bytes | None = None
+        self._verified: bytes | None = None
 
     def add(self, chunk: pb.ResultChunk) -> None:
         if self._digest is not None:
@@ -118,11 +133,16 @@ class ResultAssembler:
         self._take_header(chunk)
         assert self._header is not None
         data = chunk.data  # each read of a bytes field copies it: read once
-        if len(self._data) + len(data) > self._header.total_bytes:
+        end = self._filled + len(data)
+        if end > self._header.total_bytes:
             raise StreamIntegrityError(
                 f"result stream exceeds the announced {self._header.total_bytes} bytes"
             )
-        self._data += data
+        if len(self._data) >= end:
+            self._data[self._filled : end] = data
+        else:
+            self._data += data
+        self._filled = end
         self._hasher.update(data)
         self._next_index += 1
         if chunk.sha256:
@@ -135,21 +155,40 @@ class ResultAssembler:
             raise StreamIntegrityError(f"result header {where} chunk")
         if first:
             self._header = _checked_header(chunk.header, self._round_id, self._dimension)
+            if self._dimension is not None:
+                self._data = bytearray(self._header.total_bytes)
 
     def finish(self) -> tuple[pb.ResultHeader, np.ndarray]:
-        """The header and the weighted mean, once every byte and the digest checked out."""
+        """The header and the weighted mean, once every byte and the digest checked out.
+
+        The mean is a view of the received bytes (no copy on a little-endian machine);
+        `payload_sha256` is their verified SHA-256 from then on.
+        """
         if self._header is None:
             raise StreamIntegrityError("the result stream was empty (no header)")
-        if len(self._data) != self._header.total_bytes:
+        if self._filled != self._header.total_bytes:
             raise StreamIntegrityError(
-                f"result stream ended after {len(self._data)} of {self._header.total_bytes} bytes"
+                f"result stream ended after {self._filled} of {self._header.total_bytes} bytes"
             )
         if self._digest is None:
             raise StreamIntegrityError("the result stream's last chunk carries no SHA-256")
         if self._digest != self._hasher.digest():
             raise StreamIntegrityError("result digest mismatch: the bytes were corrupted")
-        mean = np.frombuffer(self._data, dtype=RESULT_DTYPE).astype(np.float64)
+        self._verified = self._digest
+        mean = np.frombuffer(self._data, dtype=RESULT_DTYPE).astype(np.float64, copy=False)
         return self._header, mean
+
+    @property
+    def payload_sha256(self) -> bytes:
+        """SHA-256 of the assembled bytes, once `finish` checked it against the stream's."""
+        if self._verified is None:
+            raise StreamIntegrityError("the result is not complete and checked yet")
+        return self._verified
+
+    def downloaded(self) -> DownloadedMean:
+        """`finish`, with the digest of the bytes the mean was read from."""
+        header, mean = self.finish()
+        return DownloadedMean(header, mean, self.payload_sha256)
 
 
 def _checked_header(

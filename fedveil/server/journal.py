@@ -8,6 +8,22 @@ to, so an update is never lost after it was acknowledged nor counted twice on re
 Masked-input chunks live in their own table (they are megabytes) until the round ends.
 Payloads are protobuf bytes of the fedveil.v1 messages: nothing is ever unpickled.
 
+Why the chunks of an ended round are purged in the background, not in `end_round`: the
+coordinator ends a round under its lock, so every reply of the round's last stage waited
+for the delete, and deleting is as dear as writing (this SQLite zeroes freed pages,
+secure_delete); no restart needs the chunks of a round that is no longer open, so
+`end_round` commits the round's status with its events gone and a journal thread deletes
+the chunks a few rows per transaction (other writes get in between). A crash before it
+finished leaves chunks of a closed round, which replay never reads and the next start
+purges. Why 64 KiB pages: a megabyte chunk is written (and zeroed) in 16 WAL frames
+rather than 256; an existing journal keeps the page size it was created with. Why the
+same thread checkpoints the WAL, on a connection of its own: SQLite's automatic
+checkpoint runs inside whichever commit crosses its threshold, so it stalled an upload
+chunk's write on the event loop or the result's write at a round's close; a checkpoint
+only moves committed pages from the WAL into the database file, so when it runs changes
+nothing a restart reads. The price: while uploads keep arriving during a checkpoint the
+WAL cannot start over, so it can grow to about one round's uploads until the round ends.
+
 Every published result is kept too (its ResultHeader and download pieces), unlike the
 events: a party that missed a round must be able to fetch that round's result later,
 also after the round left memory or the server restarted (server.stored_results).
@@ -18,17 +34,29 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from fedveil.errors import ConfigError
 from fedveil.secagg.ckks.messages import EpochKeys
+
+log = logging.getLogger(__name__)
+
+PAGE_BYTES = 65536
+CHECKPOINT_BYTES = 64 << 20
+"""Bytes committed to the WAL after which the journal thread checkpoints it (and after
+every purged round), which also bounds the WAL file's size."""
+PURGE_BATCH_ROWS = 4
+"""Upload chunks deleted per purge transaction: a few megabytes, so a journal write from
+the event loop never waits long behind the purger."""
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS rounds (
@@ -143,10 +171,22 @@ class RoundJournal:
         self._lock = threading.RLock()
         _private_files(Path(path))
         self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA page_size={PAGE_BYTES}")  # takes effect on a new file only
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA wal_autocheckpoint=0")  # the journal thread checkpoints
         for statement in _SCHEMA:
             self._db.execute(statement)
+        self._path = str(path)
+        self._purge = _JournalThread(self._purge_some, self._checkpoint)
+        # Chunks a crash left behind: of rounds that are no longer open (never replayed).
+        self._purge.add(
+            int(round_id)
+            for (round_id,) in self._rows(
+                "SELECT DISTINCT round_id FROM upload_chunks WHERE round_id NOT IN "
+                "(SELECT round_id FROM rounds WHERE status = 'open')"
+            )
+        )
 
     # --- rounds -------------------------------------------------------------------------
 
@@ -154,14 +194,38 @@ class RoundJournal:
         self._rows("INSERT INTO rounds VALUES (?, ?, 'open', '')", (round_id, spec))
 
     def end_round(self, round_id: int, status: str, reason: str = "") -> None:
-        """Mark a round done or failed and drop its bulky data."""
+        """Mark a round done or failed and drop its events; its upload chunks are purged
+        in the background (`wait_for_purge`), since nothing reads a closed round's."""
         with self._transaction():
             self._rows(
                 "UPDATE rounds SET status = ?, reason = ? WHERE round_id = ?",
                 (status, reason, round_id),
             )
-            self._rows("DELETE FROM upload_chunks WHERE round_id = ?", (round_id,))
             self._rows("DELETE FROM events WHERE round_id = ?", (round_id,))
+        self._purge.add([round_id])
+
+    def wait_for_purge(self, timeout_s: float | None = None) -> bool:
+        """Wait until the upload chunks of every ended round are deleted; False on timeout."""
+        return self._purge.wait(timeout_s)
+
+    def _checkpoint(self) -> None:
+        """Copy the WAL's committed pages into the database file (journal thread only:
+        on a connection of its own, so writers on the main connection go on meanwhile)."""
+        db = sqlite3.connect(self._path, isolation_level=None, timeout=60)
+        try:
+            db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        finally:
+            db.close()
+
+    def _purge_some(self, round_id: int) -> bool:
+        """Delete a few of a closed round's upload chunks; True once none are left."""
+        with self._transaction():
+            deleted = self._db.execute(
+                "DELETE FROM upload_chunks WHERE rowid IN (SELECT rowid FROM upload_chunks "
+                "WHERE round_id = ? LIMIT ?)",
+                (round_id, PURGE_BATCH_ROWS),
+            ).rowcount
+        return deleted < PURGE_BATCH_ROWS
 
     def last_round_id(self) -> int:
         rows = self._rows("SELECT MAX(round_id) FROM rounds")
@@ -222,6 +286,7 @@ class RoundJournal:
             )
             for index, piece in enumerate(pieces):
                 self._rows("INSERT INTO result_pieces VALUES (?, ?, ?)", (round_id, index, piece))
+        self._purge.wrote(sum(len(piece) for piece in pieces))
         return True
 
     def result(self, round_id: int) -> StoredResult | None:
@@ -262,6 +327,7 @@ class RoundJournal:
                 (round_id, client_id, index, data),
             )
             self.record(round_id, "chunk", client_id, str(index).encode())
+        self._purge.wrote(len(data))
 
     def chunk(self, round_id: int, client_id: str, index: int) -> bytes:
         rows = self._rows(
@@ -346,5 +412,91 @@ class RoundJournal:
             self._db.execute("COMMIT")
 
     def close(self) -> None:
+        """Stop the purger after its current batch (what is left is purged at the next
+        start), then close the connection once work in flight is done."""
+        self._purge.stop()
         with self._lock:
             self._db.close()
+
+
+class _JournalThread:
+    """The journal's background thread: it deletes closed rounds' upload chunks, batch by
+    batch, and checkpoints the WAL every CHECKPOINT_BYTES written and after each purge.
+
+    Started on first use; `purge_some(round_id)` deletes one batch and says whether the
+    round is clean. A failure is logged and leaves the rest to the next start's purge (or
+    to the next checkpoint).
+    """
+
+    def __init__(self, purge_some: Callable[[int], bool], checkpoint: Callable[[], None]) -> None:
+        self._purge_some = purge_some
+        self._checkpoint = checkpoint
+        self._pending: list[int] = []
+        self._unsaved = 0
+        self._changed = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+
+    def add(self, round_ids: Iterable[int]) -> None:
+        with self._changed:
+            fresh = [r for r in round_ids if r not in self._pending]
+            if not fresh or self._stopping:
+                return
+            self._pending.extend(fresh)
+            self._wake()
+
+    def wrote(self, nbytes: int) -> None:
+        """`nbytes` more were committed; past CHECKPOINT_BYTES the thread checkpoints."""
+        with self._changed:
+            self._unsaved += nbytes
+            if self._unsaved >= CHECKPOINT_BYTES and not self._stopping:
+                self._wake()
+
+    def _wake(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="fedveil-journal", daemon=True)
+            self._thread.start()
+        self._changed.notify_all()
+
+    def wait(self, timeout_s: float | None) -> bool:
+        with self._changed:
+            self._changed.wait_for(lambda: not self._pending or self._stopping, timeout_s)
+            return not self._pending
+
+    def stop(self) -> None:
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(
+                    lambda: self._pending or self._unsaved >= CHECKPOINT_BYTES or self._stopping
+                )
+                if self._stopping:
+                    return
+                round_id = self._pending[0] if self._pending else None
+                if round_id is None:
+                    self._unsaved = 0
+            if round_id is None:
+                self._guarded(self._checkpoint, "checkpointing the WAL")
+                continue
+            clean = self._guarded(partial(self._purge_some, round_id), "purging round chunks")
+            if clean is not False:
+                with self._changed:
+                    self._pending.remove(round_id)
+                    self._unsaved = 0
+                    self._changed.notify_all()
+                self._guarded(self._checkpoint, "checkpointing the WAL")
+
+    @staticmethod
+    def _guarded(work: Callable[[], object], what: str) -> object:
+        try:
+            return work()
+        except Exception:  # noqa: BLE001 - the next start (or checkpoint) does what is left
+            log.exception("journal: %s failed", what)
+            return None

@@ -239,7 +239,7 @@ async def served_header(victim: AsyncAggregationClient) -> pb.ResultHeader:
     """Round 1's result as the malicious server serves the victim (a side download; the
     server, which tampers, knows the tampered digest anyway)."""
     request = pb.GetResultRequest(round_id=1, client_id=victim.client_id)
-    header, _ = await fetch_result(
+    downloaded = await fetch_result(
         victim._ensure_stub(), request, expected_dimension=D, retry=RetryPolicy(), timeout_s=10
     )
-    return header
+    return downloaded.header

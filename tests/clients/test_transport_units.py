@@ -49,7 +49,7 @@ from fedveil.errors import ConfigError, FedveilError, ProtocolError
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto.convert import config_to_spec
 from fedveil.runners.simulation import Federation, make_config
-from fedveil.secagg.protocol.model_chain import round_model_hash
+from fedveil.secagg.protocol.model_chain import mean_payload_digest, round_model_hash
 from fedveil.secagg.protocol.upload import UploadAccumulator
 
 FAST = RetryPolicy(attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002)
@@ -217,20 +217,36 @@ def test_bad_header_is_refused(header: dict, expected: dict, match: str) -> None
         assemble(result_chunks(np.ones(5), **header), **expected)
 
 
-def test_truncated_overlong_reordered_and_trailing_streams_are_refused() -> None:
+@pytest.mark.parametrize("expected", [{}, {"expected_dimension": 6}])
+def test_truncated_overlong_reordered_and_trailing_streams_are_refused(expected: dict) -> None:
+    """Both buffers: grown as bytes arrive, and allocated up front for a known dimension."""
     chunks = result_chunks(np.ones(6), step=16)
     with pytest.raises(StreamIntegrityError, match="ended after 32 of 48"):
-        assemble(chunks[:-1])
+        assemble(chunks[:-1], **expected)
     with pytest.raises(StreamIntegrityError, match="out of order"):
-        assemble([chunks[0], chunks[2]])
+        assemble([chunks[0], chunks[2]], **expected)
     extra = pb.ResultChunk(index=3, data=b"\x00" * 8)
     with pytest.raises(StreamIntegrityError, match="after the one carrying the digest"):
-        assemble([*chunks, extra])
+        assemble([*chunks, extra], **expected)
     chunks[1].data += b"\x00" * 24
     with pytest.raises(StreamIntegrityError, match="exceeds"):
-        assemble(chunks)
+        assemble(chunks, **expected)
     with pytest.raises(StreamIntegrityError, match="empty"):
-        assemble([])
+        assemble([], **expected)
+
+
+@pytest.mark.parametrize("expected", [{}, {"expected_dimension": 9}])
+def test_the_download_carries_the_checked_digest_of_the_bytes(expected: dict) -> None:
+    mean = np.linspace(-2, 2, 9)
+    assembler = ResultAssembler(**expected)
+    with pytest.raises(StreamIntegrityError, match="not complete"):
+        _ = assembler.payload_sha256
+    for chunk in result_chunks(mean, step=16):
+        assembler.add(chunk)
+    header, out, sha256 = assembler.downloaded()
+    np.testing.assert_array_equal(out, mean)
+    assert out.flags.writeable and header.dimension == 9
+    assert sha256 == mean_payload_digest(out) == hashlib.sha256(mean.tobytes()).digest()
 
 
 def test_missing_digest_is_refused() -> None:
@@ -511,8 +527,11 @@ def test_broken_result_stream_starts_over() -> None:
     mean = np.arange(7.0)
     stub = ResultStub(result_chunks(mean, step=16))
     request = pb.GetResultRequest(round_id=9, client_id="a")
-    _, out = asyncio.run(fetch_result(stub, request, expected_dimension=7, retry=FAST, timeout_s=1))
+    _, out, sha256 = asyncio.run(
+        fetch_result(stub, request, expected_dimension=7, retry=FAST, timeout_s=1)
+    )
     np.testing.assert_array_equal(out, mean)
+    assert sha256 == hashlib.sha256(mean.astype("<f8").tobytes()).digest()
     assert stub.calls == 2
 
 

@@ -27,6 +27,7 @@ import pytest
 import fedveil.clients.result as client_result
 import fedveil.clients.secagg_driver as secagg_driver
 from fedveil.clients.errors import TransportError
+from fedveil.clients.streams import DownloadedMean
 from fedveil.clients.transport import AggregateResult, AsyncAggregationClient
 from fedveil.errors import (
     ConfigError,
@@ -36,7 +37,12 @@ from fedveil.errors import (
 )
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto.convert import spec_to_config
-from fedveil.secagg.protocol.model_chain import ModelChain, result_digest, round_model_hash
+from fedveil.secagg.protocol.model_chain import (
+    ModelChain,
+    mean_payload_digest,
+    result_digest,
+    round_model_hash,
+)
 from fedveil.secagg.protocol.server import ServerRound
 from tests.helpers.service_harness import (
     BASE_MODEL_HASH,
@@ -133,10 +139,12 @@ def tamper_result_of(
     real = secagg_driver.fetch_result
 
     async def fetch(stub: Any, request: pb.GetResultRequest, **kwargs: Any) -> Any:
-        header, mean = await real(stub, request, **kwargs)
-        if request.client_id == victim:
-            mean = change(mean.copy())
-        return header, mean
+        downloaded = await real(stub, request, **kwargs)
+        if request.client_id != victim:
+            return downloaded
+        # what the victim would hash had the server streamed it these bytes
+        mean = change(downloaded.mean.copy())
+        return DownloadedMean(downloaded.header, mean, mean_payload_digest(mean))
 
     monkeypatch.setattr(secagg_driver, "fetch_result", fetch)
 

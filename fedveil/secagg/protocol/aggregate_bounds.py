@@ -131,22 +131,29 @@ def check_cohort(limits: CohortLimits, survivors: Iterable[str], total_weight: i
 
 
 def check_values(round_id: int, mean: np.ndarray, limits: ValueLimits) -> None:
-    """Refuse a mean with a non-finite value, a coordinate or an L2 norm out of reach."""
+    """Refuse a mean with a non-finite value, a coordinate or an L2 norm out of reach.
+
+    Why max and min: together they say whether every value is finite (NaN and infinity
+    reach them) and how far the largest coordinate reaches, in two passes that allocate
+    nothing; the offending index is looked up only for a refusal.
+    """
     values = np.asarray(mean, dtype=np.float64)
     if values.ndim != 1:
         raise ImplausibleAggregateError(f"round {round_id}: the mean is not a flat vector")
-    if not np.all(np.isfinite(values)):
-        raise ImplausibleAggregateError(f"round {round_id}: the mean holds NaN or infinity")
     if values.size == 0:
         return
-    index = int(np.argmax(np.abs(values)))
-    largest = float(abs(values[index]))
-    if largest > limits.coordinate:
+    high, low = float(values.max()), float(values.min())
+    if not (math.isfinite(high) and math.isfinite(low)):
+        raise ImplausibleAggregateError(f"round {round_id}: the mean holds NaN or infinity")
+    if max(high, -low) > limits.coordinate:
+        index = int(np.argmax(np.abs(values)))
         raise ImplausibleAggregateError(
             f"round {round_id}: coordinate {index} of the mean is {values[index]:.6g}, beyond "
             f"{limits.coordinate:.6g} ({limits.reason}); no honest cohort could produce it"
         )
-    norm = float(np.linalg.norm(values))
+    # Not np.linalg.norm: its BLAS dot shares two cores with scipy's BLAS threads (loaded
+    # by the DP accountant) and measured far slower than this loop (benchmarks/README.md).
+    norm = math.sqrt(float(np.einsum("i,i->", values, values)))
     if norm > limits.l2:
         raise ImplausibleAggregateError(
             f"round {round_id}: the mean's L2 norm is {norm:.6g}, beyond {limits.l2:.6g} "
