@@ -93,6 +93,37 @@ def keystream(seed: bytes, nbytes: int) -> bytes:
     return _encryptor(seed).update(bytes(nbytes))
 
 
+class UniformStream:
+    """Successive blocks of the `uniform_unit_interval(seed, ...)` sequence.
+
+    Why: stochastic rounding of a long vector wants its uniforms a cache-sized block at a
+    time, next to the values they round, not one full-length float64 array; the blocks
+    concatenated are exactly `uniform_unit_interval(seed, total)` (one AES-CTR stream).
+    """
+
+    def __init__(self, seed: bytes, block: int) -> None:
+        _check_seed(seed)
+        if block <= 0:
+            raise ConfigError(f"block must be positive, got {block}")
+        self._enc = _encryptor(seed)
+        self._zeros = bytes(8 * block)
+        self._raw = bytearray(8 * block + 16)  # update_into needs one spare block
+        self._words = np.frombuffer(self._raw, dtype=np.uint64, count=block)
+        self._out = np.empty(block, dtype=np.float64)
+        self._block = block
+
+    def next(self, count: int) -> np.ndarray:
+        """The next `count` (<= block) uniforms; the array is reused by the next call."""
+        if not 0 <= count <= self._block:
+            raise ConfigError(f"count must be in [0, {self._block}], got {count}")
+        self._enc.update_into(memoryview(self._zeros)[: 8 * count], self._raw)
+        words = self._words[:count]
+        out = self._out[:count]
+        np.right_shift(words, np.uint64(11), out=words)
+        np.multiply(words, 1.0 / (1 << 53), out=out)
+        return out
+
+
 def uniform_unit_interval(seed: bytes, count: int) -> np.ndarray:
     """`count` float64 values uniform on [0, 1) with 53 random bits each, from AES-CTR.
 

@@ -25,7 +25,7 @@ from fractions import Fraction
 import numpy as np
 
 from fedveil.errors import ConfigError, RingOverflowError
-from fedveil.secagg.crypto.prg import SEED_BYTES, uniform_unit_interval
+from fedveil.secagg.crypto.prg import SEED_BYTES, UniformStream
 from fedveil.secagg.quantize.ring import Ring
 
 MAX_DERIVED_LEVELS = 2**40
@@ -243,6 +243,10 @@ def _validated_update(update: np.ndarray) -> np.ndarray:
     return update.astype(np.float64)  # a copy: everything below works in place on it
 
 
+QUANTIZE_BLOCK = 32 * 1024
+"""Elements quantised at a time: a block's float64 values, uniforms and levels fit in L2."""
+
+
 def quantize(
     update: np.ndarray,
     weight: int,
@@ -268,17 +272,26 @@ def quantize(
     ring = config.ring
     d = x.shape[0]
     clip = config.clip
-    clipped = int(np.count_nonzero(x > clip)) + int(np.count_nonzero(x < -clip))
-    np.clip(x, -clip, clip, out=x)
-    np.multiply(x, float(weight) * config.effective_scale, out=x)
-    rounded = np.floor(x)
-    np.subtract(x, rounded, out=x)  # x is now frac(v) in [0, 1)
-    rounded += uniform_unit_interval(seed, d) < x
-    levels = rounded.astype(np.int64)
-    # Float error can push |v| a hair past max_weight*clip*scale; keep the proven bound.
-    np.clip(levels, -config.level_cap, config.level_cap, out=levels)
+    factor = float(weight) * config.effective_scale
+    cap = config.level_cap
+    uniforms = UniformStream(seed, min(QUANTIZE_BLOCK, max(d, 1)))
     values = ring.zeros(d + 1)
-    values[:d] = ring.from_signed(levels)
+    clipped = 0
+    # Block by block so each block's values, uniforms and levels stay in cache; every
+    # element goes through the same operations as a whole-vector pass would.
+    for start in range(0, d, QUANTIZE_BLOCK):
+        stop = min(start + QUANTIZE_BLOCK, d)
+        block = x[start:stop]
+        clipped += int(np.count_nonzero(block > clip)) + int(np.count_nonzero(block < -clip))
+        np.clip(block, -clip, clip, out=block)
+        np.multiply(block, factor, out=block)
+        rounded = np.floor(block)
+        np.subtract(block, rounded, out=block)  # block is now frac(v) in [0, 1)
+        rounded += uniforms.next(stop - start) < block
+        levels = rounded.astype(np.int64)
+        # Float error can push |v| a hair past max_weight*clip*scale; keep the proven bound.
+        np.clip(levels, -cap, cap, out=levels)
+        values[start:stop] = ring.from_signed(levels)
     values[d] = weight
     return QuantizedUpdate(values=values, clipped_count=clipped)
 
