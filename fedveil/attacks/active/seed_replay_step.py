@@ -81,6 +81,9 @@ def _step_and_attack(model: torch.nn.Module, optimizer: object, guesses: int) ->
         torch.set_rng_state(state)
     optimizer.scale_grad()
     observed = [p.grad.detach().clone() for p in optimizer.params]
+    if all(torch.equal(o, c) for o, c in zip(observed, clean, strict=True)):
+        # no noise was added at all: the observer already holds the clean gradient
+        return SeedReplayResult(seed=CONFIG_SEED, noise_removed=1.0, guesses=0)
     return seed_replay_attack(
         observed,
         clean,
