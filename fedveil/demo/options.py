@@ -16,6 +16,7 @@ from fedveil.learner.data.concepts import DOMAINS, Domain
 from fedveil.learner.data.datasets import CityDataConfig
 from fedveil.learner.federated_local import CaptionerRecipe
 from fedveil.learner.lora.config import AggregationVariant
+from fedveil.learner.lora.hetero_config import HeteroConfig
 from fedveil.learner.training.dp_loop import DPTrainConfig
 from fedveil.secagg.modes import AggregationMode, DPKind, mode_spec, parse_dp_kind, parse_mode
 
@@ -29,6 +30,15 @@ DP-SGD every per-sample gradient is clipped (norms far above C = 1) and noised (
 z * C / batch on the mean), so steps are small and noisy. Chosen by a small sweep of batch
 size and learning rate scored on the test set, so tuned on it (benchmarks/README.md,
 "Recipe choices")."""
+
+
+DEMO_WEIGHTING = "tower"
+"""--ranks / --text-only-party: every party holds the whole rank-max global adapter and
+trains its first r columns (HeteroConfig.hold_global), and each coordinate is averaged
+over the parties that train its tower (a text-only party never dilutes the image side;
+a lower-rank party counts as zeros in the columns it does not train). Measured on the
+demo's task (benchmarks/README.md, "Heterogeneous ranks"): the issue's per-group mean
+with truncation learnt only the rank-16 party's domain at ranks 4/8/16."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +68,12 @@ class DemoOptions:
     split into this many SecAgg clients (datasets.split_party_dataset); client-level DP
     protects each office. 1: one client per organisation, over the gRPC service; more:
     in-process SecAgg+ rounds (runners.aggregators.InProcessSecAgg), --in-process only."""
+    ranks: tuple[int, ...] | None = None
+    """--ranks: one LoRA rank per party, in party order; the largest is the federation's
+    maximum rank (learner.lora.hetero_layout). None: every party at the recipe's rank."""
+    text_only_party: tuple[str, ...] = ()
+    """--text-only-party: parties holding captions without images; they train only the
+    decoder-side adapters."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_mode(self.mode, "mode"))
@@ -75,6 +91,7 @@ class DemoOptions:
                 f"need epsilon > 0 and 0 < delta < 1, got {self.epsilon}, {self.delta}"
             )
         self._check_clients()
+        self._check_hetero()
 
     def _check_clients(self) -> None:
         """Many clients per party run SecAgg+ in process, with client DP or none."""
@@ -95,6 +112,40 @@ class DemoOptions:
                 "--clients-per-party > 1 takes --dp client or none (sample-level DP-SGD "
                 "runs one session per party)"
             )
+
+    def _check_hetero(self) -> None:
+        """Ranks (one per party) and text-only parties: in process, no DP, one client each."""
+        if self.ranks is None and not self.text_only_party:
+            return
+        if self.ranks is not None and len(self.ranks) != self.parties:
+            raise ConfigError(
+                f"--ranks needs one rank per party ({self.parties}), got {len(self.ranks)}"
+            )
+        if self.dp is not DPKind.NONE:
+            raise ConfigError(
+                "--ranks and --text-only-party run without --dp (under client DP the "
+                "clipped indicator would reweight parties and carry noise in the divisor)"
+            )
+        if self.clients_per_party != 1:
+            raise ConfigError("--ranks and --text-only-party take one client per party")
+        self.hetero()
+
+    def hetero(self) -> HeteroConfig | None:
+        """The heterogeneous federation, checked against the parties (None: uniform)."""
+        if self.ranks is None and not self.text_only_party:
+            return None
+        names = [d.value for d in self.domains]
+        ranks = dict(zip(names, self.ranks, strict=True)) if self.ranks is not None else {}
+        max_rank = max(ranks.values(), default=CaptionerRecipe().lora.rank)
+        config = HeteroConfig(
+            max_rank,
+            ranks,
+            frozenset(self.text_only_party),
+            weighting=DEMO_WEIGHTING,
+            hold_global=True,
+        )
+        config.check_parties(names, has_vision=True)
+        return config
 
     @property
     def clients(self) -> int:
@@ -117,10 +168,16 @@ class DemoOptions:
                 batch_size=SAMPLE_DP_BATCH,
                 learning_rate=SAMPLE_DP_LEARNING_RATE,
             )
+        hetero = self.hetero()
+        lora = dataclasses.replace(default.lora, variant=self.variant, seed=self.seed)
+        if hetero is not None:  # same scaling alpha / rank as the default at every rank
+            rank = hetero.max_rank
+            lora = dataclasses.replace(lora, rank=rank, alpha=lora.alpha * rank / lora.rank)
         return CaptionerRecipe(
             dp=dp,
             rounds=self.rounds,
-            lora=dataclasses.replace(default.lora, variant=self.variant, seed=self.seed),
+            hetero=hetero,
+            lora=lora,
             train=dataclasses.replace(default.train, seed=self.seed, progress=self.progress),
             data=dataclasses.replace(default.data, seed=self.seed),
         )

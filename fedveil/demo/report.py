@@ -94,6 +94,17 @@ class DeploymentFacts:
 
 
 @dataclass(frozen=True)
+class HeteroFacts:
+    """`--ranks` / `--text-only-party`: each party's LoRA rank (the global adapter is at
+    the largest) and the parties that trained on captions without images."""
+
+    ranks: dict[str, int]
+    text_only: tuple[str, ...]
+    lone_bands: tuple[str, ...] = ()
+    """Groups one party trains alone: the aggregate there is that party's own delta."""
+
+
+@dataclass(frozen=True)
 class DemoReport:
     """One demo run's figures; `format_table` prints them, `write_json` saves them."""
 
@@ -111,6 +122,7 @@ class DemoReport:
     timing: DemoTiming
     privacy: RunPrivacy | None = None
     deployment: DeploymentFacts | None = None
+    hetero: HeteroFacts | None = None
 
     @property
     def best_local_mean_recall(self) -> float:
@@ -154,6 +166,10 @@ class DemoReport:
             fields.update(_privacy_fields(self.privacy, self.parties))
         if self.deployment is not None:
             fields.update(_deployment_fields(self.deployment))
+        if self.hetero is not None:
+            fields["ranks"] = dict(self.hetero.ranks)
+            fields["text_only"] = list(self.hetero.text_only)
+            fields["lone_bands"] = list(self.hetero.lone_bands)
         return fields
 
 

@@ -28,6 +28,7 @@ from fedveil.demo.options import SAMPLE_DP_BATCH, SAMPLE_DP_LEARNING_RATE, DemoO
 from fedveil.demo.report import (
     DemoReport,
     DemoTiming,
+    HeteroFacts,
     PartyDP,
     PartyRow,
     RunPrivacy,
@@ -42,6 +43,8 @@ from fedveil.learner.data.datasets import (
     split_party_dataset,
 )
 from fedveil.learner.federated_local import Comparison, compare_local_and_federated, make_parties
+from fedveil.learner.lora.hetero_cohort import compare_hetero
+from fedveil.learner.lora.hetero_layout import HeteroLayout
 from fedveil.learner.models.base import build_base_model
 from fedveil.learner.models.loading import LoadedModel, load_model
 from fedveil.learner.training.party import Party
@@ -63,7 +66,8 @@ def run_demo(options: DemoOptions) -> DemoReport:
     datasets = make_party_datasets(recipe.data, options.domains)
     test_set = make_test_set(recipe.data)
     names = list(datasets)
-    # a party of its own holds the layout (the service's dimension) and saves the result
+    # a party of its own holds the layout (the service's dimension) and saves the result;
+    # with --ranks it is at the federation's maximum rank, where the global adapter lives
     keeper = make_parties(loaded, {names[0]: datasets[names[0]]}, recipe)[0]
     if options.clients_per_party > 1:
         comparison, results = _run_offices(options, loaded, datasets, test_set, keeper)
@@ -95,6 +99,7 @@ def run_demo(options: DemoOptions) -> DemoReport:
             ),
         ),
         privacy=_run_privacy(options, comparison, results),
+        hetero=_hetero_facts(options),
     )
     if options.json_out is not None:
         report.write_json(options.json_out)
@@ -103,6 +108,27 @@ def run_demo(options: DemoOptions) -> DemoReport:
 
 def _dp_epsilon(options: DemoOptions) -> float | None:
     return options.epsilon if options.dp is DPKind.CLIENT else None
+
+
+def _hetero_facts(options: DemoOptions) -> HeteroFacts | None:
+    hetero = options.hetero()
+    if hetero is None:
+        return None
+    names = [d.value for d in options.domains]
+    return HeteroFacts(
+        {n: hetero.rank_of(n) for n in names},
+        tuple(sorted(hetero.text_only)),
+        tuple(hetero.lone_bands(names, ("text", "vision"))),
+    )
+
+
+def _dimension(options: DemoOptions, keeper: Party) -> int:
+    """What every party sends: the adapter, or with --ranks / --text-only-party its
+    rank-max padding, indicator and reference entry (learner.lora.hetero_layout)."""
+    hetero = options.hetero()
+    if hetero is None:
+        return keeper.layout.size
+    return HeteroLayout(keeper.layout, hetero.max_rank).size
 
 
 def _run_service(
@@ -115,7 +141,7 @@ def _run_service(
     """One client per organisation, every round over the gRPC service."""
     with ServiceAggregator(
         list(datasets),
-        keeper.layout.size,
+        _dimension(options, keeper),
         base_model_hash=keeper.base_hash,
         mode=options.mode,
         rounds=options.rounds,
@@ -124,9 +150,9 @@ def _run_service(
         dp_clip_norm=options.dp_clip_norm,
         progress=options.progress,
     ) as service:
-        comparison = compare_local_and_federated(
-            loaded, datasets, test_set, options.recipe(), service, options.progress
-        )
+        recipe = options.recipe()
+        compare = compare_local_and_federated if recipe.hetero is None else compare_hetero
+        comparison = compare(loaded, datasets, test_set, recipe, service, options.progress)
         return comparison, tuple(service.results)
 
 

@@ -38,6 +38,7 @@ from fedveil.learner.evaluation.report import EvaluationReport, evaluate_caption
 from fedveil.learner.lora.aggregation import Aggregator, weighted_mean
 from fedveil.learner.lora.codec import AdapterLayout, AdapterMismatchError
 from fedveil.learner.lora.config import AggregationVariant, LoraSettings
+from fedveil.learner.lora.hetero_config import HeteroConfig
 from fedveil.learner.models.loading import LoadedModel, load_model
 from fedveil.learner.training.batches import EncodedCaptions, encode_captions, encode_images
 from fedveil.learner.training.dp_loop import DPTrainConfig
@@ -147,10 +148,18 @@ class CaptionerRecipe:
     dp: DPTrainConfig | None = None
     """Sample-level DP-SGD for the federation's parties (the local-only baselines of
     compare_local_and_federated stay non-private)."""
+    hetero: HeteroConfig | None = None
+    """Per-party ranks (<= lora.rank, the federation's maximum) and text-only parties
+    (learner.lora.hetero_cohort); None: every party trains lora as it is."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.rounds, int) or self.rounds < 1:
             raise ConfigError(f"rounds must be a positive int, got {self.rounds!r}")
+        if self.hetero is not None and self.hetero.max_rank != self.lora.rank:
+            raise ConfigError(
+                f"the heterogeneous federation's maximum rank {self.hetero.max_rank} must be "
+                f"the adapter's rank {self.lora.rank}"
+            )
 
 
 @dataclass(frozen=True)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import torch
 
+from fedveil.errors import ConfigError
 from fedveil.learner.lora.codec import AdapterLayout
 from fedveil.learner.lora.config import LoraSettings
+from fedveil.learner.lora.hetero_layout import HeteroLayout
 from fedveil.secagg.protocol.plan import AdapterPlan, FederationPlan
 
 
@@ -30,13 +32,16 @@ def resolved_target_modules(model: torch.nn.Module) -> tuple[str, ...]:
     return tuple(sorted(targets))
 
 
-def adapter_plan(model: torch.nn.Module, lora: LoraSettings) -> AdapterPlan:
+def adapter_plan(
+    model: torch.nn.Module, lora: LoraSettings, *, heterogeneous: bool = False
+) -> AdapterPlan:
     return AdapterPlan(
         rank=lora.rank,
         alpha=lora.alpha,
         target_modules=resolved_target_modules(model),
         variant=lora.variant.value,
         seed=lora.seed,
+        heterogeneous=heterogeneous,
     )
 
 
@@ -57,5 +62,33 @@ def local_plan(
         lora=adapter_plan(model, lora),
         dimension=layout.size,
         layout_sha256=layout.fingerprint(),
+        rounds=rounds,
+    )
+
+
+def local_hetero_plan(
+    model: torch.nn.Module,
+    hetero: HeteroLayout,
+    federation: LoraSettings,
+    *,
+    name: str,
+    base_model: str,
+    rounds: int,
+) -> FederationPlan:
+    """The plan of a heterogeneous federation, the same from every party whatever its own
+    rank or towers: `federation` is the rank-max settings (rank = the maximum, its alpha),
+    `hetero` the extended layout (learner.lora.hetero_layout), `model` any party's peft
+    model (only its resolved target modules are read, and they do not depend on rank)."""
+    if federation.rank != hetero.max_rank:
+        raise ConfigError(
+            f"the federation's rank {federation.rank} is not the layout's maximum {hetero.max_rank}"
+        )
+    return FederationPlan(
+        name=name,
+        base_model=base_model,
+        base_model_hash=hetero.full.base_model_hash,
+        lora=adapter_plan(model, federation, heterogeneous=True),
+        dimension=hetero.size,
+        layout_sha256=hetero.fingerprint(),
         rounds=rounds,
     )

@@ -12,6 +12,11 @@ rank, other target modules, another variant), so the message can say what to fix
 Only the trainable LoRA tensors travel, in the sorted canonical-name order of
 learner.lora.codec (FFA-LoRA: B only; the frozen A is derived by every party from the
 shared seed). Other trainable parameters (e.g. peft's modules_to_save) stay local.
+
+Heterogeneous federations (`hetero=`): the party trains its own rank (and maybe only the
+text tower) but holds the federation's rank-max global adapter; it sends its delta
+extended to the rank-max layout with its indicator (learner.lora.hetero_layout), decodes
+the per-group mean, moves the global adapter and loads it back cut to its own rank.
 """
 
 from __future__ import annotations
@@ -40,6 +45,8 @@ from fedveil.learner.lora.codec import (
 )
 from fedveil.learner.lora.config import AggregationVariant
 from fedveil.learner.lora.hashing import base_model_hash
+from fedveil.learner.lora.hetero_layout import HeteroLayout, PartyShape
+from fedveil.learner.lora.hetero_party import load_held
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.proto.convert_plan import plan_from_spec
 from fedveil.secagg.protocol.plan import FederationPlan, plan_mismatches
@@ -81,7 +88,12 @@ class SecureRound:
     `client` is an AsyncAggregationClient (for `await run`) or the blocking
     AggregationClient (for `run_sync`; `await run` then waits in a worker thread).
     `layout` defaults to `infer_layout(model)`; pass the federation's own to have it
-    checked against the model.
+    checked against the model. `hetero`: the federation's extended layout, with
+    `hetero_start` the rank-max global adapter this party starts from (default: the
+    party's adapter padded, right for FFA-LoRA whose B starts at zero; FedAvg parties pass
+    the rank-max reference's start, learner.lora.hetero_party.reference_adapter);
+    `hetero_shape` what the party trains when its model holds more (the whole rank-max
+    adapter with masked gradients, learner.lora.hetero_party.mask_gradients).
     """
 
     def __init__(
@@ -90,14 +102,31 @@ class SecureRound:
         client: AnyClient,
         layout: AdapterLayout | None = None,
         plan: FederationPlan | None = None,
+        *,
+        hetero: HeteroLayout | None = None,
+        hetero_start: np.ndarray | None = None,
+        hetero_shape: PartyShape | None = None,
     ) -> None:
         self.model = model
         self.client = client
         self.layout = layout if layout is not None else infer_layout(model)
         self.plan = plan
+        self.hetero = hetero
+        self.hetero_shape = hetero_shape
+        self._global: np.ndarray | None = None
+        if hetero is not None:
+            hetero.party_shape(self.layout)  # refuses an adapter that is no truncation
+            own = adapter_vector(model, self.layout)
+            start = hetero.pad(self.layout, own) if hetero_start is None else hetero_start
+            self._global = np.asarray(start, dtype=np.float32).copy()
+            if not np.array_equal(hetero.truncate(self.layout, self._global), own):
+                raise AdapterMismatchError(
+                    "the party's adapter is not the federation's rank-max start cut to its "
+                    "rank; align it (learner.lora.hetero_party.align_to_reference)"
+                )
         chain_base = client.model_chain.base_model_hash
         if plan is not None:
-            _check_layout_fits(self.layout, plan)
+            _check_layout_fits(self.layout, plan, hetero)
             if chain_base != plan.digest():
                 raise AdapterMismatchError(
                     "the client's model chain is not rooted in the federation plan's digest; "
@@ -122,8 +151,22 @@ class SecureRound:
         self._start = adapter_vector(self.model, self.layout)
 
     def delta(self) -> np.ndarray:
-        """The update this party would send now: current adapter minus round start."""
-        return adapter_delta(self.model, self.layout, self._start)
+        """The update this party would send now: current adapter minus round start (with
+        `hetero`: extended to the rank-max layout with the party's indicator)."""
+        delta = adapter_delta(self.model, self.layout, self._start)
+        if self.hetero is None:
+            return delta
+        return self.hetero.extend(self.layout, delta, self.hetero_shape)
+
+    @property
+    def size(self) -> int:
+        """Values this party sends per round."""
+        return self.layout.size if self.hetero is None else self.hetero.size
+
+    @property
+    def global_vector(self) -> np.ndarray:
+        """The global adapter as this party holds it: rank-max with `hetero`, else its own."""
+        return self.start if self._global is None else self._global.copy()
 
     def check_spec(self, spec: pb.RoundSpec) -> None:
         """Refuse a round whose plan differs from this party's (naming each field), or
@@ -142,9 +185,9 @@ class SecureRound:
                     f"round {spec.round_id} of federation {served.name!r} needs another model "
                     f"or adapter than this party holds: {'; '.join(differ)}"
                 )
-        if int(spec.dimension) != self.layout.size:
+        if int(spec.dimension) != self.size:
             raise AdapterMismatchError(
-                f"this adapter has {self.layout.size} trainable values, but round "
+                f"this adapter has {self.size} trainable values, but round "
                 f"{spec.round_id} aggregates {spec.dimension}; build the adapter with the "
                 "federation's LoRA settings (rank, target modules, variant)"
             )
@@ -189,7 +232,16 @@ class SecureRound:
 
     def _apply(self, result: AggregateResult) -> SecureRoundResult:
         mean = np.asarray(result.weighted_mean, dtype=np.float64)
-        self._start = apply_mean_delta(self.model, self.layout, self._start, mean)
+        if self.hetero is not None and self._global is not None:
+            mean = self.hetero.decode(mean, result.error_bound).values
+            self._global = (self._global.astype(np.float64) + mean).astype(np.float32)
+            own = self.hetero.truncate(self.layout, self._global)
+            self._start = apply_mean_delta(
+                self.model, self.layout, self._start, own.astype(np.float64) - self._start
+            )
+            load_held(self.model, self.hetero, self._global)
+        else:
+            self._start = apply_mean_delta(self.model, self.layout, self._start, mean)
         return SecureRoundResult(
             round_id=result.round_id,
             survivors=result.survivors,
@@ -199,14 +251,37 @@ class SecureRound:
         )
 
 
-def _check_layout_fits(layout: AdapterLayout, plan: FederationPlan) -> None:
-    """The model's adapter must be the plan's: same base model, size and layout."""
+def _check_layout_fits(
+    layout: AdapterLayout, plan: FederationPlan, hetero: HeteroLayout | None = None
+) -> None:
+    """The model's adapter must be the plan's: same base model, size and layout (with
+    `hetero`: the extended layout's, and a plan that says it is heterogeneous)."""
+    if hetero is not None or plan.lora.heterogeneous:
+        if hetero is None or not plan.lora.heterogeneous:
+            raise AdapterMismatchError(
+                "the federation's plan and this party disagree on heterogeneous ranks: "
+                f"plan heterogeneous={plan.lora.heterogeneous}, party "
+                f"{'heterogeneous' if hetero is not None else 'uniform'}"
+            )
+        if hetero.size != plan.dimension or hetero.fingerprint() != plan.layout_sha256:
+            raise AdapterMismatchError(
+                f"the party's extended layout ({hetero.size} values) is not the plan's "
+                f"({plan.dimension}): build it at the plan's maximum rank {plan.lora.rank} "
+                "with the plan's target modules, variant and seed"
+            )
+        if hetero.max_rank != plan.lora.rank:
+            raise AdapterMismatchError(
+                f"the party's maximum rank {hetero.max_rank} is not the plan's {plan.lora.rank}"
+            )
+        layout = hetero.full
     if layout.base_model_hash != plan.base_model_hash:
         raise AdapterMismatchError(
             f"the model's base weights hash to {layout.base_model_hash.hex()[:16]}..., but "
             f"the plan's base model {plan.base_model!r} to {plan.base_model_hash.hex()[:16]}..."
         )
-    if layout.size != plan.dimension or layout.fingerprint() != plan.layout_sha256:
+    if hetero is None and (
+        layout.size != plan.dimension or layout.fingerprint() != plan.layout_sha256
+    ):
         raise AdapterMismatchError(
             f"the model's adapter ({layout.size} values) is not the plan's ({plan.dimension} "
             "values, its layout): apply the plan's LoRA settings (rank, target modules, "

@@ -28,6 +28,7 @@ from fedveil.errors import ConfigError
 from fedveil.secagg.crypto.encoding import encode_fields
 
 _PLAN_TAG = b"fedveil-federation-plan-v1"
+_HETERO_TAG = b"heterogeneous-ranks-and-towers-v1"
 HASH_BYTES = 32
 VARIANTS = ("ffa", "fedavg")
 
@@ -44,8 +45,17 @@ class AdapterPlan:
     variant: str
     """"ffa" (A frozen from the shared seed, only B travels) or "fedavg" (A and B)."""
     seed: int
+    heterogeneous: bool = False
+    """Parties may train any rank <= `rank` and any subset of the towers (text-only
+    parties): each sends its delta padded to rank `rank` with an indicator section
+    (learner.lora.hetero_layout), and `layout_sha256` is that extended layout's
+    fingerprint. False: every party trains exactly this adapter."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.heterogeneous, bool):
+            raise ConfigError(
+                f"federation.lora.heterogeneous must be a bool, got {self.heterogeneous!r}"
+            )
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ConfigError(f"federation.lora.rank must be a positive int, got {self.rank!r}")
         if not float(self.alpha) > 0:
@@ -98,8 +108,12 @@ class FederationPlan:
             raise ConfigError(f"federation.rounds must be an int >= 0, got {self.rounds!r}")
 
     def digest(self) -> bytes:
-        """The root of every party's model chain: equal iff the plans are equal."""
+        """The root of every party's model chain: equal iff the plans are equal.
+
+        A heterogeneous plan appends its marker, so plans without it keep the digests
+        they had before the field existed."""
         lora = self.lora
+        extra = (_HETERO_TAG,) if lora.heterogeneous else ()
         return hashlib.sha256(
             encode_fields(
                 _PLAN_TAG,
@@ -115,6 +129,7 @@ class FederationPlan:
                 self.dimension,
                 self.layout_sha256,
                 self.rounds,
+                *extra,
             )
         ).digest()
 
