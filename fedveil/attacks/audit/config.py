@@ -17,13 +17,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import ClassVar, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, TypeVar, get_args
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from fedveil.attacks.audit.matrix import ATTACKS, DEFAULT_CLAIMS, check_attack, check_claims
-from fedveil.attacks.families import Family, parse_family
+from fedveil.attacks.families import Family, Kind, parse_family
 from fedveil.attacks.protections import PROTECTIONS, DPSettings, Protection, parse_protection
+from fedveil.attacks.targets.user_update import UpdateTargetSpec, check_update_target
 from fedveil.errors import ConfigError
 from fedveil.settings_loader import StrictSettings, load_settings, read_toml
 
@@ -72,8 +73,14 @@ class AuditConfig:
 
     model_dir / texts: a user's local causal-LM directory (save_pretrained) and JSONL
       texts ({"text": ...} per line) for the output attacks; None: the built-in tiny
-      GPT-2 and its synthetic texts. The update attacks always use the built-in targets
-      (they measure what the protection's round reveals). canaries: how many to plant.
+      GPT-2 and its synthetic texts. canaries: how many to plant.
+    records / lora: the text column's update cells on the same model (`fedveil attack`'s
+      files): the records JSONL whose leakage through a round is audited, and the
+      adapter (a federation plan or [lora] TOML file, an inline [target.lora] table, or
+      None for the library's defaults). None: the built-in update targets. With
+      records, the inversion and labels columns do not apply (a causal LM's text records
+      have no images or class labels) and, without texts, neither do the output ones:
+      naming one is a ConfigError, the default column list leaves them out.
     clients: the cohort of the secure aggregate the update attacks observe.
     parties: the federation whose released model the output attacks probe (party 0
       holds the planted canaries). rounds: its FedAvg rounds (None: the profile's).
@@ -95,6 +102,8 @@ class AuditConfig:
     model_dir: Path | None = None
     texts: Path | None = None
     canaries: int | None = None
+    records: Path | None = None
+    lora: Path | Mapping[str, Any] | None = None
     dp: DPSettings = field(default_factory=DPSettings)
     dp_output: OutputDP = field(default_factory=OutputDP)
     thresholds: Thresholds = field(default_factory=Thresholds)
@@ -122,7 +131,13 @@ class AuditConfig:
         )
         _load(
             TargetSettings,
-            {"model": self.model_dir, "texts": self.texts, "canaries": self.canaries},
+            {
+                "model": self.model_dir,
+                "texts": self.texts,
+                "canaries": self.canaries,
+                "records": self.records,
+                "lora": self.lora,
+            },
         )
         if self.model_dir is not None and not self.model_dir.is_dir():
             raise ConfigError(
@@ -131,11 +146,48 @@ class AuditConfig:
             )
         if self.texts is not None and not self.texts.is_file():
             raise ConfigError(f"[target] texts {self.texts} is not a file: give a JSONL file")
+        unfit = inapplicable(self.records is not None, self.texts is not None)
+        named = [a for a in self.attacks if a in unfit]
+        if named:
+            raise ConfigError(
+                f"[audit] attacks: {', '.join(a.value for a in named)} "
+                f"{'does' if len(named) == 1 else 'do'} not apply to this [target]: "
+                f"{unfit[named[0]]}; leave {'it' if len(named) == 1 else 'them'} out"
+            )
+        spec = self.update_target
+        if spec is not None:
+            check_update_target(spec)  # loads model, adapter and records once, here
         object.__setattr__(self, "claims", check_claims(self.claims))
+
+    @property
+    def update_target(self) -> UpdateTargetSpec | None:
+        """The update cells' user target ([target] model + records), None: built-in."""
+        if self.records is None or self.model_dir is None:
+            return None
+        return UpdateTargetSpec.of(self.model_dir, self.records, self.lora)
 
     def claimed(self, protection: Protection | str, attack: Family | str) -> bool:
         """Whether `protection` claims to stop `attack` (a claimed cell can breach)."""
         return check_attack(attack) in self.claims.get(parse_protection(protection), ())
+
+
+def inapplicable(records: bool, texts: bool) -> dict[Family, str]:
+    """The columns a user target cannot answer, with why (the built-in: none). Run on
+    the built-in targets instead they would report on a model that is not the team's."""
+    out: dict[Family, str] = {}
+    if records:
+        why = (
+            "[target] records audits a causal LM's text records, which have no images or "
+            "class labels (the column would run the built-in target)"
+        )
+        out.update({Family.INVERSION: why, Family.LABELS: why})
+        if not texts:
+            why = (
+                "the output attacks on your model need [target] texts (without it they "
+                "would probe the built-in model)"
+            )
+            out.update({f: why for f in Family if f.kind is Kind.OUTPUT})
+    return out
 
 
 # --- the sections of audit.toml ---------------------------------------------------------
@@ -193,10 +245,14 @@ class FederationSettings(StrictSettings):
 
 
 class TargetSettings(StrictSettings):
-    """[target]: a user's own causal LM and texts for the output attacks (both or neither).
+    """[target]: a user's own causal LM (model) with texts for the output attacks, and/or
+    records (and the adapter, lora) for the text column's update cells.
 
     Paths are as written: config_from_toml resolves relative ones against the config
-    file's directory, and AuditConfig checks that they exist."""
+    file's directory, and AuditConfig checks that they exist. lora is a path string
+    (a federation plan, or a TOML file with a [lora] table: `fedveil attack
+    --lora-config`) or an inline [target.lora] table (rank, alpha, target_modules,
+    variant, seed, dropout)."""
 
     settings_where: ClassVar[str] = "target"
 
@@ -204,8 +260,23 @@ class TargetSettings(StrictSettings):
     model: Path | None = Field(default=None, strict=False)
     texts: Path | None = Field(default=None, strict=False)
     canaries: int | None = Field(default=None, ge=2)
+    records: Path | None = Field(default=None, strict=False)
+    lora: Path | dict[str, Any] | None = None  # the validator makes a string a Path
 
-    @field_validator("model", "texts", mode="before")
+    @field_validator("lora", mode="before")
+    @classmethod
+    def _lora(cls, value: object) -> object:
+        if isinstance(value, Mapping):
+            return dict(value)
+        if value is None or isinstance(value, Path):
+            return value
+        if not isinstance(value, str) or not value:
+            raise ValueError(
+                "must be a path string (a plan or [lora] TOML) or a [target.lora] table"
+            )
+        return Path(value).expanduser()
+
+    @field_validator("model", "texts", "records", mode="before")
     @classmethod
     def _path(cls, value: object) -> object:
         if value is None or isinstance(value, Path):
@@ -216,8 +287,22 @@ class TargetSettings(StrictSettings):
 
     @model_validator(mode="after")
     def _both(self) -> TargetSettings:
-        if (self.model is None) != (self.texts is None):
-            raise ConfigError("[target] needs both model (a local directory) and texts (JSONL)")
+        if self.model is None and self.records is not None:
+            raise ConfigError(
+                "[target] records needs model (the local directory of the base model the "
+                "records train)"
+            )
+        if self.model is None and self.lora is not None:
+            raise ConfigError("[target] lora needs model and records (the update cells' target)")
+        if self.lora is not None and self.records is None:
+            raise ConfigError(
+                "[target] lora: the adapter is the update cells'; give records (JSONL) too"
+            )
+        if (self.model is None) != (self.texts is None) and self.records is None:
+            raise ConfigError(
+                "[target] needs both model (a local directory) and texts (JSONL) for the "
+                "output attacks, or model and records (JSONL) for the update attacks"
+            )
         return self
 
 
@@ -391,6 +476,12 @@ def config_from_toml(
     directory)."""
     document = _load(AuditDocument, doc)
     audit, target = document.audit, document.target
+    attacks = audit.attacks
+    section = doc.get("audit")
+    if not (isinstance(section, Mapping) and "attacks" in section):
+        # the default columns are those the target can answer (see `inapplicable`)
+        unfit = inapplicable(target.records is not None, target.texts is not None)
+        attacks = tuple(a for a in attacks if a not in unfit)
 
     def resolve(path: Path | None) -> Path | None:
         if path is None or path.is_absolute():
@@ -399,7 +490,7 @@ def config_from_toml(
 
     return AuditConfig(
         protections=audit.protections,
-        attacks=audit.attacks,
+        attacks=attacks,
         profile=audit.profile if profile is None else profile,
         seed=audit.seed,
         top_records=audit.top_records,
@@ -409,6 +500,8 @@ def config_from_toml(
         model_dir=resolve(target.model),
         texts=resolve(target.texts),
         canaries=target.canaries,
+        records=resolve(target.records),
+        lora=target.lora if isinstance(target.lora, dict) else resolve(target.lora),
         dp=document.dp.settings(),
         dp_output=document.dp.output.settings(float(document.dp.delta)),
         thresholds=document.thresholds.thresholds(),

@@ -11,6 +11,11 @@ into cells.
 Jobs run in worker processes (the two cores: one lane trains and probes the released
 models, the other runs the update attacks), so everything a job needs travels as
 plain data plus an importable aggregators factory (attacks/ may not import fedveil/).
+
+A user update target (`[target] records`) changes what the text column's jobs measure,
+not the plan: text_recovery runs on the team's model and records
+(attacks.measure.user_update), the built-in captioner job gives no records (USER_JOBS),
+and the target's files are part of every job's fingerprint.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -43,7 +49,11 @@ from fedveil.attacks.measure.records import (
     Record,
 )
 from fedveil.attacks.protections import Aggregators, DPSettings, Protection
+from fedveil.attacks.targets.user_update import UpdateTargetSpec
 from fedveil.secagg.modes import DPKind
+
+if TYPE_CHECKING:  # imported lazily: the measurements load torch models
+    from fedveil.attacks.measure.observe import UpdateLeakageSettings
 
 AggregatorsFactory = Callable[[], Aggregators]
 
@@ -120,6 +130,8 @@ class JobContext:
     dp_output: OutputDP
     figures: Path
     aggregators_factory: AggregatorsFactory
+    update_target: UpdateTargetSpec | None = None
+    """[target] model + records: the text column's update cells run on it (USER_JOBS)."""
 
     @classmethod
     def of(cls, config: AuditConfig, out_dir: Path, factory: AggregatorsFactory) -> JobContext:
@@ -136,11 +148,12 @@ class JobContext:
             dp_output=config.dp_output,
             figures=out_dir / "figures",
             aggregators_factory=factory,
+            update_target=config.update_target,
         )
 
     def settings(self) -> JSONObject:
         """What a job's result depends on (the store's fingerprint)."""
-        return {
+        settings: JSONObject = {
             "quick": self.quick,
             "seed": self.seed,
             "clients": self.clients,
@@ -154,6 +167,9 @@ class JobContext:
             ],
             "schema": 1,
         }
+        if self.update_target is not None:  # absent otherwise: stored jobs stay reusable
+            settings["update_target"] = self.update_target.identity()
+        return settings
 
 
 def _target_identity(
@@ -201,8 +217,30 @@ def run_job(job: Job, context: JobContext) -> JobResult:
                 figures=context.figures,
                 seed=job.seed,
             )
-            records = list(RECORD_FUNCTIONS[job.family](job.protection, settings, aggregators))
+            if context.update_target is not None and job.family in USER_JOBS:
+                records = list(_user_update_records(job, context, settings, aggregators))
+            else:
+                records = list(RECORD_FUNCTIONS[job.family](job.protection, settings, aggregators))
     return JobResult(records, time.perf_counter() - start)
+
+
+USER_JOBS = frozenset({"text_recovery", "captioner"})
+"""The text column's measurements, which a user update target replaces: text_recovery
+runs on the team's model and records; the built-in captioner gives no records (mixed in,
+its caption rows would judge the team's cell on another model). The inversion and labels
+columns do not apply to such a target (config.inapplicable), so no other job meets it."""
+
+
+def _user_update_records(
+    job: Job, context: JobContext, settings: UpdateLeakageSettings, aggregators: Aggregators
+) -> list[Record]:
+    if job.family != "text_recovery" or context.update_target is None:
+        return []
+    from fedveil.attacks.measure.user_update import user_text_records
+
+    return list(
+        user_text_records(job.protection.value, settings, aggregators, context.update_target)
+    )
 
 
 def _output_records(

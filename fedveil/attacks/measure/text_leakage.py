@@ -469,7 +469,18 @@ __all__ = [
     "FFA_SGD",
     "TEXT_TRAINING",
     "captioner_records",
+    "client_views",
     "prior_baseline",
     "target_bag",
     "text_recovery_records",
+    "view_params",
 ]
+
+
+client_views = _views
+"""Each protection's views of these clients' updates (one per client for single-client
+protections, one round otherwise): public for the user target's text rows
+(attacks.measure.user_update), which build the same views of a team's own model."""
+
+view_params = _view_params
+"""The views' mechanism parameters, SNR averaged (see client_views)."""

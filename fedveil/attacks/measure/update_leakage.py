@@ -13,6 +13,10 @@ attack and, for the DP protections, sigma, C, z, SNR, epsilon and delta.
   reconstruction, averaged (an attack that finds one client's image scores 1/n of it).
 - label_leak_records: analytic label recovery from the head gradient (iDLG, counts).
 - text_recovery_records / captioner_records: see attacks.measure.text_leakage.
+- on a team's own model and records (audit.toml's `[target] records`), the text
+  column's measurement is attacks.measure.user_update.user_text_records instead (the
+  audit's jobs dispatch to it; it needs the target's files, so it is not in
+  RECORD_FUNCTIONS).
 
 Labels and secure aggregation, stated plainly: the head gradient of an aggregate still
 gives the cohort's label *counts* (LLG+), so the label multiset is part of what SecAgg

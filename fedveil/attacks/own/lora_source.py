@@ -61,14 +61,15 @@ def settings_from_flags(
     )
 
 
-def settings_from_file(path: Path) -> AdapterSource:
-    """A federation plan (`[federation.lora]`, from `fedveil plan`) or a `[lora]` table."""
+def settings_from_file(path: Path, *, key: str = "--lora-config") -> AdapterSource:
+    """A federation plan (`[federation.lora]`, from `fedveil plan`) or a `[lora]` table;
+    `key` is how the caller spells the option in its errors."""
     if not path.is_file():
-        raise ConfigError(f"--lora-config {path} does not exist")
+        raise ConfigError(f"{key} {path} does not exist")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid TOML ({exc})") from None
+        raise ConfigError(f"{key} {path} is not valid TOML ({exc})") from None
     federation = data.get("federation")
     if isinstance(federation, dict) and isinstance(federation.get("lora"), dict):
         settings = _settings(federation["lora"], f"{path} [federation.lora]")
@@ -76,9 +77,15 @@ def settings_from_file(path: Path) -> AdapterSource:
     if isinstance(data.get("lora"), dict):
         return AdapterSource(_settings(data["lora"], f"{path} [lora]"), f"{path} [lora]")
     raise ConfigError(
-        f"{path} has neither a [federation.lora] table (a plan from `fedveil plan`) nor a "
+        f"{key} {path} has neither a [federation.lora] table (a plan from `fedveil plan`) nor a "
         "[lora] table (rank, alpha, target_modules, variant, seed)"
     )
+
+
+def settings_from_table(table: dict[str, Any], where: str) -> AdapterSource:
+    """A `[lora]`-style table given inline (audit.toml's `[target.lora]`); errors name
+    `where`."""
+    return AdapterSource(_settings(table, where), where)
 
 
 def _settings(table: dict[str, Any], where: str) -> LoraSettings:

@@ -132,27 +132,28 @@ class OwnModel:
         )
 
 
-def load_own_model(model_dir: Path, source: AdapterSource) -> OwnModel:
-    """Load `model_dir` offline, apply the adapter, check it against a plan if given."""
+def load_own_model(model_dir: Path, source: AdapterSource, *, key: str = "--model-dir") -> OwnModel:
+    """Load `model_dir` offline, apply the adapter, check it against a plan if given;
+    `key` is how the caller spells the model option in its errors."""
     if not model_dir.is_dir():
         raise ConfigError(
-            f"--model-dir {str(model_dir)!r} is not a local model directory; fedveil never "
+            f"{key} {str(model_dir)!r} is not a local model directory; fedveil never "
             "downloads models (a Hub name is refused): save the model with save_pretrained "
             "and pass that directory"
         )
     try:
         loaded = load_model(model_dir)
     except ModelLoadError as exc:
-        raise ConfigError(f"--model-dir: {exc}") from None
+        raise ConfigError(f"{key}: {exc}") from None
     except (OSError, ValueError, KeyError) as exc:
         raise ConfigError(
-            f"--model-dir {model_dir}: cannot load the model and its tokenizer ({exc})"
+            f"{key} {model_dir}: cannot load the model and its tokenizer ({exc})"
         ) from None
     base = base_model_hash(loaded.model)
     plan = source.plan
     if plan is not None and plan.base_model_hash != base:
         raise ConfigError(
-            f"--model-dir {model_dir} hashes to {base.hex()[:16]}..., the plan {plan.source} "
+            f"{key} {model_dir} hashes to {base.hex()[:16]}..., the plan {plan.source} "
             f"binds base model {plan.base_model_hash.hex()[:16]}...: pass the federation's "
             "base model"
         )

@@ -41,10 +41,11 @@ class Record:
     """`file:line` of a given record; "public generator" / "uniform tokens" for a reference."""
 
 
-def read_records(path: Path, tokenizer: Any) -> list[Record]:
-    """Every record of the JSONL in file order, tokenised; errors name `file:line`."""
+def read_records(path: Path, tokenizer: Any, *, key: str = "--records") -> list[Record]:
+    """Every record of the JSONL in file order, tokenised; errors name `file:line` (and
+    `key`, how the caller spells the option: a flag, or `[target] records` in audit.toml)."""
     if not path.is_file():
-        raise ConfigError(f"--records {path} does not exist")
+        raise ConfigError(f"{key} {path} does not exist")
     records: list[Record] = []
     with path.open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
@@ -57,7 +58,7 @@ def read_records(path: Path, tokenizer: Any) -> list[Record]:
                 raise ConfigError(f"{where}: not valid JSON ({exc.msg})") from None
             records.append(_record(item, where, tokenizer))
     if not records:
-        raise ConfigError(f"--records {path} holds no records")
+        raise ConfigError(f"{key} {path} holds no records")
     return records
 
 
