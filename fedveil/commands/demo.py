@@ -95,6 +95,21 @@ def add_parser(sub: SubParsers) -> None:
         "process; benchmarks/README.md, 'Client-level DP vs cohort size')",
     )
     p.add_argument(
+        "--ranks",
+        default=None,
+        metavar="R1,R2,...",
+        help="--in-process: one LoRA rank per party, e.g. 4,8,16 (the largest is the "
+        "federation's; zero-padded, per-group weighted mean inside SecAgg+)",
+    )
+    p.add_argument(
+        "--text-only-party",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="--in-process: a party with captions but no images (trains the decoder-side "
+        "adapters only); repeatable",
+    )
+    p.add_argument(
         "--in-process",
         action="store_true",
         help="run the federation inside this process (the service on a private thread) "
@@ -112,6 +127,7 @@ def add_parser(sub: SubParsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fedveil.demo.choices import parse_rank_list
     from fedveil.demo.options import DemoOptions
     from fedveil.demo.processes import ProcessFailed
     from fedveil.demo.table import format_table
@@ -135,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             workdir=args.workdir,
             clients_per_party=args.clients_per_party,
+            ranks=None if args.ranks is None else parse_rank_list(args.ranks),
+            text_only_party=tuple(args.text_only_party),
         )
         if args.in_process:
             from fedveil.demo.run import run_demo
@@ -145,6 +163,8 @@ def run(args: argparse.Namespace) -> int:
 
             if options.clients_per_party > 1:
                 raise ConfigError("--clients-per-party > 1 runs only with --in-process")
+            if options.ranks is not None or options.text_only_party:
+                raise ConfigError("--ranks and --text-only-party run only with --in-process")
             check_deployable(options)  # before the base model is built
             report = run_deployment(options, _say if options.progress else _quiet)
     except ProcessFailed as exc:

@@ -178,18 +178,20 @@ class CkksSpec(_message.Message):
     def __init__(self, preset: _Optional[str] = ..., key_epoch: _Optional[int] = ..., key_holder: _Optional[str] = ..., key_fingerprint: _Optional[bytes] = ..., value_bound: _Optional[float] = ..., rotate_every: _Optional[int] = ..., chunk_count: _Optional[int] = ...) -> None: ...
 
 class LoraPlan(_message.Message):
-    __slots__ = ("rank", "alpha", "target_modules", "variant", "seed")
+    __slots__ = ("rank", "alpha", "target_modules", "variant", "seed", "heterogeneous")
     RANK_FIELD_NUMBER: _ClassVar[int]
     ALPHA_FIELD_NUMBER: _ClassVar[int]
     TARGET_MODULES_FIELD_NUMBER: _ClassVar[int]
     VARIANT_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    HETEROGENEOUS_FIELD_NUMBER: _ClassVar[int]
     rank: int
     alpha: float
     target_modules: _containers.RepeatedScalarFieldContainer[str]
     variant: str
     seed: int
-    def __init__(self, rank: _Optional[int] = ..., alpha: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ...) -> None: ...
+    heterogeneous: bool
+    def __init__(self, rank: _Optional[int] = ..., alpha: _Optional[float] = ..., target_modules: _Optional[_Iterable[str]] = ..., variant: _Optional[str] = ..., seed: _Optional[int] = ..., heterogeneous: _Optional[bool] = ...) -> None: ...
 
 class FederationPlan(_message.Message):
     __slots__ = ("name", "base_model", "base_model_hash", "lora", "dimension", "layout_sha256", "rounds")

@@ -7,27 +7,13 @@ malformed plan from the wire becomes the plan's own ConfigError, never a half-bu
 
 from __future__ import annotations
 
-from fedveil.errors import ConfigError
 from fedveil.proto import aggregation_pb2 as pb
 from fedveil.secagg.protocol.plan import AdapterPlan, FederationPlan
-
-HETERO_FIELD = "heterogeneous"
-"""LoraPlan's flag for AdapterPlan.heterogeneous; a build whose aggregation.proto lacks it
-cannot carry a heterogeneous plan and refuses to send one without it."""
-
-
-def _wire_has_hetero() -> bool:
-    return HETERO_FIELD in pb.LoraPlan.DESCRIPTOR.fields_by_name
 
 
 def plan_to_pb(plan: FederationPlan) -> pb.FederationPlan:
     lora = plan.lora
-    if lora.heterogeneous and not _wire_has_hetero():
-        raise ConfigError(
-            "this build's wire format has no LoraPlan.heterogeneous field, so a "
-            "heterogeneous plan cannot be served; update fedveil"
-        )
-    msg = pb.FederationPlan(
+    return pb.FederationPlan(
         name=plan.name,
         base_model=plan.base_model,
         base_model_hash=plan.base_model_hash,
@@ -37,14 +23,12 @@ def plan_to_pb(plan: FederationPlan) -> pb.FederationPlan:
             target_modules=list(lora.target_modules),
             variant=lora.variant,
             seed=lora.seed,
+            heterogeneous=lora.heterogeneous,
         ),
         dimension=plan.dimension,
         layout_sha256=plan.layout_sha256,
         rounds=plan.rounds,
     )
-    if lora.heterogeneous:
-        setattr(msg.lora, HETERO_FIELD, True)
-    return msg
 
 
 def plan_from_spec(spec: pb.RoundSpec) -> FederationPlan | None:
@@ -63,7 +47,7 @@ def plan_from_spec(spec: pb.RoundSpec) -> FederationPlan | None:
             target_modules=tuple(lora.target_modules),
             variant=lora.variant,
             seed=int(lora.seed),
-            heterogeneous=bool(getattr(lora, HETERO_FIELD, False)),
+            heterogeneous=bool(lora.heterogeneous),
         ),
         dimension=int(msg.dimension),
         layout_sha256=bytes(msg.layout_sha256),
