@@ -25,14 +25,8 @@ import sys
 from pathlib import Path
 
 from fedveil.commands import Command, SubParsers
+from fedveil.commands.lora_flags import add_lora_flags
 from fedveil.errors import ConfigError, FedveilError
-
-
-def _csv(value: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in value.split(",") if part.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one module name")
-    return names
 
 
 def add_parser(sub: SubParsers) -> argparse.ArgumentParser:
@@ -56,16 +50,7 @@ def add_parser(sub: SubParsers) -> argparse.ArgumentParser:
         default=None,
         help="federation.toml from `fedveil plan`, or a TOML file with a [lora] table",
     )
-    p.add_argument("--rank", type=int, default=None, help="LoRA rank (default 8)")
-    p.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default 16)")
-    p.add_argument(
-        "--target-modules",
-        type=_csv,
-        default=None,
-        help="comma-separated module names (default: the model's usual LoRA targets)",
-    )
-    p.add_argument("--variant", default=None, help="ffa (default: B only travels) or fedavg")
-    p.add_argument("--lora-seed", type=int, default=None, help="shared seed (default 0)")
+    add_lora_flags(p, unset_defaults=True)
     p.add_argument(
         "--records", type=Path, default=None, help='JSONL of {"text": ...} or {"caption": ...}'
     )

@@ -19,16 +19,10 @@ import sys
 from pathlib import Path
 
 from fedveil.commands import Command, SubParsers
+from fedveil.commands.lora_flags import add_lora_flags
 from fedveil.errors import ConfigError, FedveilError
 from fedveil.secagg.modes import parse_mode
 from fedveil.secagg.protocol.plan import VARIANTS
-
-
-def _csv(value: str) -> tuple[str, ...]:
-    names = tuple(part.strip() for part in value.split(",") if part.strip())
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one module name")
-    return names
 
 
 def add_parser(sub: SubParsers) -> argparse.ArgumentParser:
@@ -43,16 +37,7 @@ def add_parser(sub: SubParsers) -> argparse.ArgumentParser:
     p.add_argument("--name", default="federation", help="the federation's name")
     p.add_argument("--rounds", type=int, default=20, help="rounds (0: until stopped)")
     p.add_argument("--mode", default="secagg", help="secagg, ckks or plaintext")
-    p.add_argument("--rank", type=int, default=8, help="LoRA rank")
-    p.add_argument("--alpha", type=float, default=16.0, help="LoRA alpha")
-    p.add_argument(
-        "--target-modules",
-        type=_csv,
-        default=None,
-        help="comma-separated module names (default: the model's usual LoRA targets)",
-    )
-    p.add_argument("--variant", default="ffa", help="ffa (B only travels) or fedavg")
-    p.add_argument("--lora-seed", type=int, default=0, help="shared seed of the frozen factors")
+    add_lora_flags(p)
     p.add_argument("--force", action="store_true", help="replace an existing --out file")
     return p
 
