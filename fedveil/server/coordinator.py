@@ -33,12 +33,12 @@ from fedveil.secagg.protocol.stages import ORDER, Stage
 from fedveil.server.active_round import ActiveRound, AnyRound
 from fedveil.server.downloads import ResultDownloads
 from fedveil.server.dp_policy import FederationDP
-from fedveil.server.errors import RoundFailedError, UnknownRoundError
+from fedveil.server.errors import RoundFailedError, StageClosedError, UnknownRoundError
 from fedveil.server.journal import RoundJournal
 from fedveil.server.replay import encode_message, replay
 from fedveil.server.roster import Roster
 from fedveil.server.roster_watch import RosterWatch
-from fedveil.server.round_modes import round_shape, rounds_for
+from fedveil.server.round_modes import check_buffer, round_shape, rounds_for
 from fedveil.server.settings import RoundSettings
 from fedveil.server.status_events import FailureNote, RoundObserver
 from fedveil.server.stored_results import keep_result
@@ -93,6 +93,7 @@ class RoundCoordinator:
         self.downloads = ResultDownloads()
         self._background: set[asyncio.Task[None]] = set()
         _, threshold = round_shape(settings, len(self.roster))
+        check_buffer(settings, len(self.roster))
         # The federation's DP policy: every round's noise, and what released rounds spent.
         self.dp = FederationDP(settings, cohort=len(self.roster), threshold=threshold)
         self.dp.restore(journal)
@@ -254,6 +255,8 @@ class RoundCoordinator:
             self._keep(active)
             self._opened += 1
             self._arm_deadline(active)
+            if self._buffer_full(active):  # its K advertisements were journalled
+                self._close_in_background(active, active.server.stage)
             self.observer.round_opened(record.round_id)
             log.warning(
                 "round %d resumed after restart at stage %s", record.round_id, server.stage.value
@@ -303,12 +306,38 @@ class RoundCoordinator:
                     "accepted"
                 )
             active.check_stage(stage)
+            if stage is Stage.ADVERTISE_KEYS and self._buffer_full(active):
+                # The K-th advertisement's close is queued behind this lock: the buffer is
+                # exactly K, not whoever else slips in before the close runs.
+                raise StageClosedError(
+                    f"round {round_id} already buffered {self.settings.buffer_size} clients; "
+                    "this client is out of the round — join the next one"
+                )
             result = action(active.server)
             if message is not None:
                 self.journal.record(active.round_id, *encode_message(active.round_id, message))
-            if active.server.stage is stage and active.server.stage_complete():
+            if active.server.stage is stage and (
+                active.server.stage_complete() or self._buffer_full(active)
+            ):
                 self._close_in_background(active, stage)
             return active, result
+
+    def _buffer_full(self, active: ActiveRound) -> bool:
+        """Buffered rounds (round.buffer_size = K): the key-advertisement stage closes as
+        soon as K clients have advertised, and the round runs among exactly those K.
+
+        Why only that stage: the cohort is fixed once keys are shared (a client that
+        arrives later gets StageClosedError, DEADLINE_EXCEEDED, "join the next one", and
+        its next GetRound poll finds the next round); every later stage still waits for
+        all of the K or its deadline, as any round does."""
+        k = self.settings.buffer_size
+        server = active.server
+        return (
+            k is not None
+            and isinstance(server, ServerRound)
+            and server.stage is Stage.ADVERTISE_KEYS
+            and len(server.advertised) >= k
+        )
 
     async def _close_stage(self, active: ActiveRound) -> None:
         """Close the round's current stage (lock held)."""

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Protocol
 
+from fedveil.errors import ConfigError
 from fedveil.proto.convert import config_to_spec
 from fedveil.proto.convert_ckks import ckks_config_to_spec
 from fedveil.secagg.ckks.config import CkksRoundConfig
@@ -27,8 +28,9 @@ from fedveil.secagg.crypto.identity import VerifyingIdentity
 from fedveil.secagg.crypto.prg import SEED_BYTES
 from fedveil.secagg.modes import AggregationMode, parse_mode
 from fedveil.secagg.protocol.config import RoundConfig
+from fedveil.secagg.protocol.consistency import consistency_quorum
 from fedveil.secagg.protocol.dp import RoundDP
-from fedveil.secagg.protocol.graph import default_neighbours, default_threshold
+from fedveil.secagg.protocol.graph import default_neighbours, default_threshold, effective_degree
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.secagg.protocol.stages import Stage
 from fedveil.secagg.protocol.upload import aligned_chunk_bytes
@@ -46,6 +48,47 @@ def round_shape(settings: RoundSettings, cohort: int) -> tuple[int, int]:
     k = settings.neighbours if settings.neighbours is not None else default_neighbours(cohort)
     t = settings.threshold if settings.threshold is not None else default_threshold(cohort, k)
     return k, t
+
+
+def round_floor(settings: RoundSettings) -> int:
+    """The fewest survivors a round may release: min_cohort, or a buffered round's K.
+
+    Why K is published as the spec's min_cohort: every client already holds the result to
+    at least that many survivors (clients.secagg_driver.secagg_limits), and a buffer of K
+    is exactly a round whose cohort is the first K to arrive."""
+    return settings.buffer_size or settings.min_cohort
+
+
+def check_buffer(settings: RoundSettings, cohort: int) -> None:
+    """Refuse a buffer size that cannot shape a round of this roster (one ConfigError line).
+
+    Why each bound: K above the roster never fills; K below the threshold t or below the
+    consistency quorum (a survivor set must be signed by more than half the roster,
+    secagg.protocol.consistency) fails every round closed; and a sparse neighbour graph
+    leaves some of the K without t neighbours among the other K, so their masks could not
+    be removed: a buffer needs the complete graph (the default up to 8 clients)."""
+    k = settings.buffer_size
+    if k is None:
+        return
+    if k > cohort:
+        raise ConfigError(
+            f"round.buffer_size = {k} exceeds the roster's {cohort} clients: the buffer "
+            "would never fill"
+        )
+    degree, t = round_shape(settings, cohort)
+    if effective_degree(cohort, degree) < cohort - 1:
+        raise ConfigError(
+            f"round.buffer_size needs the complete neighbour graph (neighbours = "
+            f"{cohort - 1} for {cohort} clients), got neighbours = {degree}: in a sparse "
+            "graph some of the K buffered clients may lack t neighbours among the others"
+        )
+    quorum = consistency_quorum(cohort)
+    if k < max(t, quorum):
+        raise ConfigError(
+            f"round.buffer_size = {k} is below what a round of {cohort} clients needs: "
+            f"threshold t = {t} and a survivor set signed by more than half the roster "
+            f"({quorum}); raise buffer_size to at least {max(t, quorum)}"
+        )
 
 
 class ModeRounds(Protocol):
@@ -98,7 +141,7 @@ class SecAggRounds:
         chunk = aligned_chunk_bytes(config.quantization.bits, self.settings.chunk_bytes)
         spec = config_to_spec(
             config,
-            min_cohort=self.settings.min_cohort,
+            min_cohort=round_floor(self.settings),
             chunk_bytes=chunk,
             stage_timeout_s=self.settings.stage_timeout_s,
         )
@@ -108,13 +151,14 @@ class SecAggRounds:
             config,
             roster,
             chunk_bytes=chunk,
-            quorum=self.settings.min_cohort,
+            quorum=round_floor(self.settings),
             noise_seed=seed,
         )
         return ActiveRound(server, spec, noise_seed=seed)
 
     def check_roster(self, roster: Roster, round_id: int, model_hash: bytes) -> None:
         self.config(round_id, tuple(sorted(roster)), model_hash)  # the threshold and degree fit
+        check_buffer(self.settings, len(roster))
 
     def after_advance(self, active: ActiveRound, closed: Stage) -> None:
         return None

@@ -76,6 +76,12 @@ class RoundSettings(StrictSettings):
     dp_rotate: bool = True
     dp_sampling_prob: float = Field(default=1.0, gt=0, le=1)  # client sampling rate assumed
     dp_accountant: Literal["prv", "rdp", "pld"] = "prv"  # discrete noise: rdp whatever this says
+    # Buffered (FedBuff) rounds, secagg mode: a round's key-advertisement stage closes as
+    # soon as buffer_size clients have advertised, and the round runs among those K; a
+    # client that comes later joins the next round (server.buffered). K is the round's
+    # published min_cohort, so it is the survivor floor every client checks. None: a
+    # stage waits for every roster member or its deadline.
+    buffer_size: int | None = Field(default=None, ge=2)
 
     @field_validator("mode", mode="before")
     @classmethod
@@ -175,6 +181,34 @@ class RoundSettings(StrictSettings):
                     "round.dp_target_epsilon needs the number of rounds it covers: set "
                     "rounds (or dp_rounds) >= 1"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_buffer(self) -> RoundSettings:
+        k = self.buffer_size
+        if k is None:
+            return self
+        if self.mode != AggregationMode.SECAGG:
+            raise ConfigError(
+                f'round.buffer_size needs mode = "secagg" (got {self.mode.value!r}): a '
+                "buffer is one secure round among the first K clients to arrive"
+            )
+        if k < self.min_cohort:
+            raise ConfigError(
+                f"round.buffer_size = {k} is below round.min_cohort = {self.min_cohort}: a "
+                "buffer is a round's whole cohort, and no round may release a sum of fewer "
+                "than min_cohort updates"
+            )
+        if self.threshold is not None and k < self.threshold:
+            raise ConfigError(
+                f"round.buffer_size = {k} is below round.threshold = {self.threshold}: a "
+                "buffer of K clients cannot gather t shares to unmask"
+            )
+        if self.dp != DPKind.NONE and self.dp_min_clients is not None and k < self.dp_min_clients:
+            raise ConfigError(
+                f"round.buffer_size = {k} is below round.dp_min_clients = "
+                f"{self.dp_min_clients}: a buffer would carry less than the accounted noise"
+            )
         return self
 
     @property

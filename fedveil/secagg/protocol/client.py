@@ -424,12 +424,15 @@ class ClientSession:
             raise SurvivorSetMismatchError(
                 f"{self.client_id!r} uploaded its masked input but is missing from the survivor set"
             )
-        floor = max(self.config.threshold, self.policy.min_cohort, self._dp_floor)
+        # A buffered round's K (config.min_survivors) is in the session: the server is held
+        # to the smallest sum it announced, even when this client's own floor is lower.
+        buffered = self.config.min_survivors or 0
+        floor = max(self.config.threshold, self.policy.min_cohort, self._dp_floor, buffered)
         if len(survivors) < floor:
             raise CohortTooSmallError(
                 f"survivor set of {len(survivors)} clients is below this client's floor of "
-                f"{floor} (max of threshold, minimum cohort and, in a DP round, min_clients "
-                "plus assumed colluders); refusing to sign"
+                f"{floor} (max of threshold, minimum cohort, a buffered round's K and, in a DP "
+                "round, min_clients plus assumed colluders); refusing to sign"
             )
         quorum = consistency_quorum(self.config.size, self.policy.max_colluders)
         if len(survivors) < quorum:

@@ -28,6 +28,7 @@ MODEL_HASH_BYTES = 32
 MAX_CLIENT_ID_CHARS = 128
 MAX_DIMENSION = 1 << 31
 _SESSION_TAG = b"fedveil-session-v1"
+_BUFFER_TAG = b"fedveil-buffered-round-v1"
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,12 @@ class RoundConfig:
     model_hash: bytes
     aead: AeadAlgorithm = field(default=AeadAlgorithm.AES_256_GCM)
     dp: RoundDP | None = None
+    min_survivors: int | None = None
+    """A buffered round's K (server round.buffer_size): the round runs among the first K
+    clients to arrive and releases no sum of fewer. Bound into the session id (only when
+    set, so other rounds keep theirs), so every client signs the same K; each refuses a
+    K below its own minimum cohort before any key leaves (check_round_floors) and a
+    survivor set below K (secagg.protocol.client)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, int) or self.round_id < 0:
@@ -98,6 +105,14 @@ class RoundConfig:
             raise ConfigError(f"model_hash must be {MODEL_HASH_BYTES} bytes (SHA-256)")
         if self.dp is not None:
             self._check_dp(self.dp)
+        k = self.min_survivors
+        if k is not None and (
+            isinstance(k, bool) or not isinstance(k, int) or not self.threshold <= k <= n
+        ):
+            raise ConfigError(
+                f"min_survivors (the buffer size K) must be an int in [threshold, roster] = "
+                f"[{self.threshold}, {n}], got {k!r}"
+            )
 
     def _check_dp(self, dp: RoundDP) -> None:
         if not isinstance(dp, RoundDP):
@@ -148,7 +163,7 @@ class RoundConfig:
     def canonical_bytes(self) -> bytes:
         q = self.quantization
         dp_fields = self.dp.canonical_fields() if self.dp is not None else ()
-        return encode_fields(
+        fields = encode_fields(
             self.threshold,
             self.neighbours,
             self.dimension,
@@ -160,6 +175,11 @@ class RoundConfig:
             self.aead.value,
             *dp_fields,
         )
+        if self.min_survivors is None:
+            return fields
+        # Wrapped rather than appended: a tagged outer encoding cannot equal any
+        # unbuffered one, whatever the number of DP fields.
+        return encode_fields(_BUFFER_TAG, fields, self.min_survivors)
 
     @cached_property
     def session_id(self) -> bytes:
@@ -284,6 +304,12 @@ def check_round_floors(config: RoundConfig, policy: ClientPolicy) -> None:
     if n < policy.min_cohort:
         raise CohortTooSmallError(
             f"round roster has {n} clients, below this client's minimum cohort {policy.min_cohort}"
+        )
+    k = config.min_survivors
+    if k is not None and k < policy.min_cohort:
+        raise CohortTooSmallError(
+            f"round buffers K={k} clients, below this client's minimum cohort "
+            f"{policy.min_cohort}: it could release a sum of only {k} updates"
         )
     if t < policy.min_threshold:
         raise CohortTooSmallError(
