@@ -41,6 +41,12 @@ _ROUND_FLAGS: tuple[tuple[str, Any, str], ...] = (
     ("min_cohort", int, "fewest enrolled clients the server will run rounds with"),
     ("stage_timeout_s", float, "seconds each stage waits for missing clients"),
     ("rounds", int, "number of rounds to run (0: until stopped)"),
+    (
+        "buffer_size",
+        int,
+        "secagg: buffered (FedBuff) rounds of K clients: a round starts with the first K "
+        "to advertise keys; later ones join the next round",
+    ),
     ("chunk_bytes", int, "upload/download chunk size in bytes"),
     (
         "model_hash",

@@ -212,7 +212,7 @@ class FederationPlan(_message.Message):
     def __init__(self, name: _Optional[str] = ..., base_model: _Optional[str] = ..., base_model_hash: _Optional[bytes] = ..., lora: _Optional[_Union[LoraPlan, _Mapping]] = ..., dimension: _Optional[int] = ..., layout_sha256: _Optional[bytes] = ..., rounds: _Optional[int] = ...) -> None: ...
 
 class RoundSpec(_message.Message):
-    __slots__ = ("round_id", "mode", "dimension", "layout", "quantization", "threshold", "neighbours", "min_cohort", "max_cohort", "roster", "model_hash", "dp", "aead", "session_id", "chunk_bytes", "stage_timeout_s", "ckks", "plan")
+    __slots__ = ("round_id", "mode", "dimension", "layout", "quantization", "threshold", "neighbours", "min_cohort", "max_cohort", "roster", "model_hash", "dp", "aead", "session_id", "chunk_bytes", "stage_timeout_s", "ckks", "plan", "buffer_size")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
@@ -231,6 +231,7 @@ class RoundSpec(_message.Message):
     STAGE_TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     CKKS_FIELD_NUMBER: _ClassVar[int]
     PLAN_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_SIZE_FIELD_NUMBER: _ClassVar[int]
     round_id: int
     mode: AggregationMode
     dimension: int
@@ -249,7 +250,8 @@ class RoundSpec(_message.Message):
     stage_timeout_s: float
     ckks: CkksSpec
     plan: FederationPlan
-    def __init__(self, round_id: _Optional[int] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., dimension: _Optional[int] = ..., layout: _Optional[_Union[VectorLayout, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., threshold: _Optional[int] = ..., neighbours: _Optional[int] = ..., min_cohort: _Optional[int] = ..., max_cohort: _Optional[int] = ..., roster: _Optional[_Iterable[str]] = ..., model_hash: _Optional[bytes] = ..., dp: _Optional[_Union[DpSpec, _Mapping]] = ..., aead: _Optional[str] = ..., session_id: _Optional[bytes] = ..., chunk_bytes: _Optional[int] = ..., stage_timeout_s: _Optional[float] = ..., ckks: _Optional[_Union[CkksSpec, _Mapping]] = ..., plan: _Optional[_Union[FederationPlan, _Mapping]] = ...) -> None: ...
+    buffer_size: int
+    def __init__(self, round_id: _Optional[int] = ..., mode: _Optional[_Union[AggregationMode, str]] = ..., dimension: _Optional[int] = ..., layout: _Optional[_Union[VectorLayout, _Mapping]] = ..., quantization: _Optional[_Union[QuantizationSpec, _Mapping]] = ..., threshold: _Optional[int] = ..., neighbours: _Optional[int] = ..., min_cohort: _Optional[int] = ..., max_cohort: _Optional[int] = ..., roster: _Optional[_Iterable[str]] = ..., model_hash: _Optional[bytes] = ..., dp: _Optional[_Union[DpSpec, _Mapping]] = ..., aead: _Optional[str] = ..., session_id: _Optional[bytes] = ..., chunk_bytes: _Optional[int] = ..., stage_timeout_s: _Optional[float] = ..., ckks: _Optional[_Union[CkksSpec, _Mapping]] = ..., plan: _Optional[_Union[FederationPlan, _Mapping]] = ..., buffer_size: _Optional[int] = ...) -> None: ...
 
 class GetRoundRequest(_message.Message):
     __slots__ = ("client_id",)

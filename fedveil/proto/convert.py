@@ -310,6 +310,7 @@ def config_to_spec(
         chunk_bytes=chunk_bytes,
         stage_timeout_s=stage_timeout_s,
         dp=dp_to_spec(config.dp) if config.dp is not None else None,
+        buffer_size=config.min_survivors or 0,
     )
 
 
@@ -342,6 +343,7 @@ def spec_to_config(spec: pb.RoundSpec) -> RoundConfig:
         model_hash=bytes(spec.model_hash),
         aead=_AEADS[spec.aead],
         dp=dp,
+        min_survivors=int(spec.buffer_size) or None,
     )
     if config.session_id != bytes(spec.session_id):
         raise SessionMismatchError(

@@ -134,6 +134,7 @@ class SecAggRounds:
             quantization=quantization,
             model_hash=model_hash,
             dp=self.dp,
+            min_survivors=s.buffer_size,
         )
 
     def open(self, round_id: int, roster: Roster, model_hash: bytes) -> ActiveRound:

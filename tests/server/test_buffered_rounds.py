@@ -143,12 +143,13 @@ def test_buffered_rounds_close_at_k_and_a_slow_client_lands_later(tmp_path: Path
 
 def test_a_client_whose_cohort_floor_exceeds_k_refuses_the_buffer(tmp_path: Path) -> None:
     """The malicious-server direction: a server that buffers K = 3 while a client demands
-    4 gets no signature from it, so no 3-client sum is released; the honest direction
-    (floor 3) is the test above."""
+    4 is refused before that client sends any key (K travels in the spec, bound into the
+    session id), so no 3-client sum is released; the honest direction (floor 3) is the
+    test above."""
 
     async def run() -> None:
         keys, ids = make_keys(tmp_path, 4)
-        # The refusing client never signs, so the consistency stage ends on its deadline.
+        # The refusing client never advertises, so the first stage ends on its deadline.
         settings = settings_for(
             tmp_path, keys, dimension=D, stage_timeout_s=3.0, rounds=1, buffer_size=3
         )
@@ -159,7 +160,9 @@ def test_a_client_whose_cohort_floor_exceeds_k_refuses_the_buffer(tmp_path: Path
             for client in clients.values():
                 await client.close()
         assert isinstance(outcomes[ids[2]], CohortTooSmallError), outcomes
-        assert "below this client's floor of 4" in str(outcomes[ids[2]])
+        assert "round buffers K=3 clients, below this client's minimum cohort 4" in str(
+            outcomes[ids[2]]
+        )
         assert not any(isinstance(r, AggregateResult) for r in outcomes.values()), outcomes
 
     asyncio.run(run())
