@@ -110,6 +110,29 @@ def add_parser(sub: SubParsers) -> None:
         "adapters only); repeatable",
     )
     p.add_argument(
+        "--buffer",
+        type=int,
+        default=None,
+        metavar="K",
+        help="--in-process: buffered (FedBuff) rounds, each a SecAgg+ round among the first "
+        "K parties to finish on a simulated clock; --rounds counts buffers",
+    )
+    p.add_argument(
+        "--slow-party",
+        default=None,
+        metavar="NAME",
+        help="with --buffer: the organisation whose local run takes --slowdown times as long",
+    )
+    p.add_argument(
+        "--slowdown", type=float, default=5.0, help="with --slow-party: how much slower (5)"
+    )
+    p.add_argument(
+        "--staleness",
+        choices=("polynomial", "constant"),
+        default="polynomial",
+        help="with --buffer: a stale update's weight, (1 + tau)^-1/2 (FedBuff) or constant",
+    )
+    p.add_argument(
         "--in-process",
         action="store_true",
         help="run the federation inside this process (the service on a private thread) "
@@ -153,6 +176,10 @@ def run(args: argparse.Namespace) -> int:
             clients_per_party=args.clients_per_party,
             ranks=None if args.ranks is None else parse_rank_list(args.ranks),
             text_only_party=tuple(args.text_only_party),
+            buffer=args.buffer,
+            slow_party=args.slow_party,
+            slowdown=args.slowdown,
+            staleness=args.staleness,
         )
         if args.in_process:
             from fedveil.demo.run import run_demo
@@ -165,6 +192,8 @@ def run(args: argparse.Namespace) -> int:
                 raise ConfigError("--clients-per-party > 1 runs only with --in-process")
             if options.ranks is not None or options.text_only_party:
                 raise ConfigError("--ranks and --text-only-party run only with --in-process")
+            if options.buffer is not None:
+                raise ConfigError("--buffer runs only with --in-process")
             check_deployable(options)  # before the base model is built
             report = run_deployment(options, _say if options.progress else _quiet)
     except ProcessFailed as exc:

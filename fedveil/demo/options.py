@@ -7,6 +7,7 @@ run before the base model is built (minutes) with one line saying what to fix.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from fedveil.errors import ConfigError
 from fedveil.learner.data.concepts import DOMAINS, Domain
 from fedveil.learner.data.datasets import CityDataConfig
 from fedveil.learner.federated_local import CaptionerRecipe
+from fedveil.learner.federation.staleness import StalenessWeight
 from fedveil.learner.lora.config import AggregationVariant
 from fedveil.learner.lora.hetero_config import HeteroConfig
 from fedveil.learner.training.dp_loop import DPTrainConfig
@@ -74,6 +76,15 @@ class DemoOptions:
     text_only_party: tuple[str, ...] = ()
     """--text-only-party: parties holding captions without images; they train only the
     decoder-side adapters."""
+    buffer: int | None = None
+    """--buffer K: buffered (FedBuff) rounds in process, each a secure round among the first
+    K parties to finish (learner.federation.buffered_local); `rounds` counts buffers.
+    None: synchronous rounds."""
+    slow_party: str | None = None
+    """--slow-party: the organisation whose local run takes `slowdown` times as long."""
+    slowdown: float = 5.0
+    staleness: str = "polynomial"
+    """--staleness: polynomial ((1 + tau)^-1/2, FedBuff's) or constant."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_mode(self.mode, "mode"))
@@ -92,6 +103,7 @@ class DemoOptions:
             )
         self._check_clients()
         self._check_hetero()
+        self._check_buffer()
 
     def _check_clients(self) -> None:
         """Many clients per party run SecAgg+ in process, with client DP or none."""
@@ -112,6 +124,35 @@ class DemoOptions:
                 "--clients-per-party > 1 takes --dp client or none (sample-level DP-SGD "
                 "runs one session per party)"
             )
+
+    def _check_buffer(self) -> None:
+        """Buffered rounds: in process, SecAgg+, 2 <= K <= parties, a known slow party."""
+        names = [d.value for d in self.domains]
+        if self.slow_party is not None and self.slow_party not in names:
+            raise ConfigError(f"--slow-party {self.slow_party!r} is not one of {names}")
+        if not (math.isfinite(self.slowdown) and self.slowdown >= 1):
+            raise ConfigError(f"--slowdown must be a finite number >= 1, got {self.slowdown}")
+        self.staleness_weight()  # validates --staleness
+        if self.buffer is None:
+            return
+        if isinstance(self.buffer, bool) or not 2 <= self.buffer <= self.parties:
+            raise ConfigError(
+                f"--buffer must be in [2, {self.parties}] (the parties), got {self.buffer!r}"
+            )
+        if self.mode is not AggregationMode.SECAGG:
+            raise ConfigError("--buffer runs SecAgg+ rounds in process: use --mode secagg")
+        if self.dp is not DPKind.NONE or self.clients_per_party != 1 or self.hetero():
+            raise ConfigError(
+                "--buffer takes no --dp, --clients-per-party, --ranks or --text-only-party"
+            )
+
+    def staleness_weight(self) -> StalenessWeight:
+        """--staleness as the weight function each party applies to its own weight."""
+        return StalenessWeight(self.staleness)  # type: ignore[arg-type] # checked there
+
+    def durations(self) -> dict[str, float]:
+        """Simulated length of each party's local run: 1, `slowdown` for the slow one."""
+        return {d.value: self.slowdown if d.value == self.slow_party else 1.0 for d in self.domains}
 
     def _check_hetero(self) -> None:
         """Ranks (one per party) and text-only parties: in process, no DP, one client each."""

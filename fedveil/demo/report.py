@@ -9,6 +9,7 @@ and earlier reports use.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,21 @@ class HeteroFacts:
 
 
 @dataclass(frozen=True)
+class BufferedFacts:
+    """`--buffer K`: buffered rounds on a simulated clock (one unit: a fast party's local
+    run), each a secure round among the first K parties to finish."""
+
+    buffer_size: int
+    slow_party: str | None
+    slowdown: float
+    staleness: str
+    simulated_time: float
+    contributions: dict[str, int]
+    """Buffers each party's update went into."""
+    max_staleness: int
+
+
+@dataclass(frozen=True)
 class DemoReport:
     """One demo run's figures; `format_table` prints them, `write_json` saves them."""
 
@@ -123,6 +139,7 @@ class DemoReport:
     privacy: RunPrivacy | None = None
     deployment: DeploymentFacts | None = None
     hetero: HeteroFacts | None = None
+    buffered: BufferedFacts | None = None
 
     @property
     def best_local_mean_recall(self) -> float:
@@ -166,6 +183,8 @@ class DemoReport:
             fields.update(_privacy_fields(self.privacy, self.parties))
         if self.deployment is not None:
             fields.update(_deployment_fields(self.deployment))
+        if self.buffered is not None:
+            fields["buffered"] = dataclasses.asdict(self.buffered)
         if self.hetero is not None:
             fields["ranks"] = dict(self.hetero.ranks)
             fields["text_only"] = list(self.hetero.text_only)

@@ -23,9 +23,12 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from fedveil.clients.result import AggregateResult
 from fedveil.demo.options import SAMPLE_DP_BATCH, SAMPLE_DP_LEARNING_RATE, DemoOptions
 from fedveil.demo.report import (
+    BufferedFacts,
     DemoReport,
     DemoTiming,
     HeteroFacts,
@@ -43,6 +46,12 @@ from fedveil.learner.data.datasets import (
     split_party_dataset,
 )
 from fedveil.learner.federated_local import Comparison, compare_local_and_federated, make_parties
+from fedveil.learner.federation.buffered_local import (
+    BufferedConfig,
+    BufferRecord,
+    federate_buffered,
+)
+from fedveil.learner.lora.aggregation import Aggregator, WeightedUpdate
 from fedveil.learner.lora.hetero_cohort import compare_hetero
 from fedveil.learner.lora.hetero_layout import HeteroLayout
 from fedveil.learner.models.base import build_base_model
@@ -69,7 +78,10 @@ def run_demo(options: DemoOptions) -> DemoReport:
     # a party of its own holds the layout (the service's dimension) and saves the result;
     # with --ranks it is at the federation's maximum rank, where the global adapter lives
     keeper = make_parties(loaded, {names[0]: datasets[names[0]]}, recipe)[0]
-    if options.clients_per_party > 1:
+    buffers: list[BufferRecord] = []
+    if options.buffer is not None:
+        comparison, results = _run_buffered(options, loaded, datasets, test_set, keeper, buffers)
+    elif options.clients_per_party > 1:
         comparison, results = _run_offices(options, loaded, datasets, test_set, keeper)
     else:
         comparison, results = _run_service(options, loaded, datasets, test_set, keeper)
@@ -100,6 +112,7 @@ def run_demo(options: DemoOptions) -> DemoReport:
         ),
         privacy=_run_privacy(options, comparison, results),
         hetero=_hetero_facts(options),
+        buffered=_buffered_facts(options, buffers),
     )
     if options.json_out is not None:
         report.write_json(options.json_out)
@@ -179,6 +192,61 @@ def _run_offices(
         loaded, clients, test_set, options.recipe(), aggregate, options.progress, alone=datasets
     )
     return comparison, tuple(aggregate.results)
+
+
+def _run_buffered(
+    options: DemoOptions,
+    loaded: LoadedModel,
+    datasets: dict[str, PartyDataset],
+    test_set: tuple[SceneExample, ...],
+    keeper: Party,
+    buffers: list[BufferRecord],
+) -> tuple[Comparison, tuple[AggregateResult, ...]]:
+    """`options.rounds` buffers of K updates, each a real SecAgg+ round among its members
+    (in process), on the simulated clock of `options.durations()`."""
+    results: list[AggregateResult] = []
+
+    def round_for(members: tuple[str, ...]) -> Aggregator:
+        secure = InProcessSecAgg(list(members), keeper.layout.size, rounds=1)
+
+        def aggregate(updates: Sequence[WeightedUpdate]) -> np.ndarray:
+            mean = secure(updates)
+            results.extend(secure.results)
+            return mean
+
+        return aggregate
+
+    assert options.buffer is not None  # the caller's branch
+    config = BufferedConfig(
+        options.buffer, options.durations(), options.rounds, options.staleness_weight()
+    )
+    comparison = compare_local_and_federated(
+        loaded,
+        datasets,
+        test_set,
+        options.recipe(),
+        progress=options.progress,
+        federate=federate_buffered(config, round_for, buffers),
+    )
+    return comparison, tuple(results)
+
+
+def _buffered_facts(options: DemoOptions, buffers: list[BufferRecord]) -> BufferedFacts | None:
+    if options.buffer is None:
+        return None
+    contributions = {d.value: 0 for d in options.domains}
+    for record in buffers:
+        for name in record.members:
+            contributions[name] += 1
+    return BufferedFacts(
+        buffer_size=options.buffer,
+        slow_party=options.slow_party,
+        slowdown=options.slowdown,
+        staleness=options.staleness,
+        simulated_time=buffers[-1].time if buffers else 0.0,
+        contributions=contributions,
+        max_staleness=max((t for r in buffers for t in r.staleness.values()), default=0),
+    )
 
 
 def _party_rows(comparison: Comparison) -> tuple[PartyRow, ...]:

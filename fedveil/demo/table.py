@@ -37,6 +37,17 @@ def format_table(report: DemoReport) -> str:
         f"mean recall; {report.rounds} rounds; {timing.seconds:.0f} s in all "
         f"(base model {timing.base_model_seconds:.0f} s)"
     )
+    buffered = report.buffered
+    if buffered is not None:
+        slow = (
+            f"; {buffered.slow_party} {buffered.slowdown:g}x slower" if buffered.slow_party else ""
+        )
+        per_party = ", ".join(f"{n} {c}" for n, c in buffered.contributions.items())
+        lines.append(
+            f"buffered rounds of K = {buffered.buffer_size}{slow}: {buffered.simulated_time:g} "
+            f"simulated units (a fast party's local run), updates per party: {per_party}; "
+            f"staleness {buffered.staleness}, at most {buffered.max_staleness} rounds"
+        )
     facts = report.deployment
     if facts is not None:
         lines.append(

@@ -25,7 +25,7 @@ import copy
 import dataclasses
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -265,6 +265,7 @@ def compare_local_and_federated(
     aggregate: Aggregator = weighted_mean,
     progress: bool = True,
     alone: dict[str, PartyDataset] | None = None,
+    federate: Callable[[list[Party]], FederatedRun] | None = None,
 ) -> Comparison:
     """Score the base model, every party trained alone, and the federation.
 
@@ -277,6 +278,10 @@ def compare_local_and_federated(
     each trained alone as the baseline; the clients then share one model
     (make_client_parties) and train without per-client progress bars. None: every
     dataset is an organisation of its own.
+
+    `federate`: how the parties federate (e.g. buffered rounds,
+    learner.federation.buffered_local); default `recipe.rounds` synchronous rounds of
+    `aggregate`.
     """
     recipe = recipe or CaptionerRecipe()
     recipe = dataclasses.replace(
@@ -292,7 +297,12 @@ def compare_local_and_federated(
     else:
         quiet = dataclasses.replace(recipe.train, progress=False)
         parties = make_client_parties(loaded, datasets, dataclasses.replace(recipe, train=quiet))
-    run = run_federated(parties, recipe.rounds, aggregate, progress)
+    if federate is None:
+        run = run_federated(parties, recipe.rounds, aggregate, progress)
+    else:
+        run = federate(parties)
+        for party in parties:  # every party holds the final global adapter
+            party.global_vector = run.global_vector.copy()
     federated = parties[0].evaluate(test_set, pixels)
     privacy = {}
     for party in parties:

@@ -33,13 +33,14 @@ the baseline the benchmark (benchmarks/buffered_bench.py) compares against.
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedveil.errors import ConfigError
-from fedveil.learner.federated_local import check_cohort
+from fedveil.learner.federated_local import FederatedRun, RoundRecord, check_cohort
 from fedveil.learner.federation.staleness import FEDBUFF, StalenessWeight
 from fedveil.learner.lora.aggregation import Aggregator, WeightedUpdate
 from fedveil.learner.training.party import Party
@@ -175,3 +176,34 @@ def synchronous_config(
 ) -> BufferedConfig:
     """The synchronous baseline on the same clock: every round buffers every party."""
     return BufferedConfig(len(durations), durations, rounds, staleness)
+
+
+def federate_buffered(
+    config: BufferedConfig, round_for: RoundFor, records: list[BufferRecord] | None = None
+) -> Callable[[list[Party]], FederatedRun]:
+    """`compare_local_and_federated(..., federate=...)`: the parties federate in buffers;
+    each buffer is reported as one round (its members' staleness-scaled weights, the norm
+    of its mean). Losses and update norms stay with the parties, as in a secure round.
+    `records` (if given) receives the buffers (simulated times, members, staleness)."""
+
+    def federate(parties: list[Party]) -> FederatedRun:
+        started = time.perf_counter()
+        run = run_buffered(parties, config, round_for)
+        if records is not None:
+            records.extend(run.records)
+        rounds = tuple(
+            RoundRecord(
+                round_index=r.index,
+                weights=dict(r.weights),
+                losses={},
+                update_norms={},
+                aggregate_norm=float(np.linalg.norm(r.mean)),
+                seconds=0.0,
+            )
+            for r in run.records
+        )
+        return FederatedRun(
+            run.global_vector, parties[0].layout, rounds, time.perf_counter() - started
+        )
+
+    return federate
