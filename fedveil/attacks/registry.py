@@ -55,6 +55,7 @@ def _builtin() -> list[Entry]:
     """The built-in attacks, in the order `available()` lists them (per family)."""
     from fedveil.attacks.output.generation import GENERATION_ATTACKS
     from fedveil.attacks.output.likelihood import LIKELIHOOD_ATTACKS
+    from fedveil.attacks.output.reference_mia import lira_offline_score, rmia_score
     from fedveil.attacks.output.target import generation_score, likelihood_score
     from fedveil.attacks.update.batch_inversion import BatchInversion
     from fedveil.attacks.update.dlg import DLG
@@ -78,6 +79,9 @@ def _builtin() -> list[Entry]:
     return [
         *(Entry(cls.name, family, cls) for family, cls in update),
         *(Entry(n, Family.LIKELIHOOD, likelihood_score(n)) for n in LIKELIHOOD_ATTACKS),
+        # calibrated by the auditor's reference models (run only where they are attached)
+        Entry("rmia", Family.LIKELIHOOD, rmia_score),
+        Entry("lira_offline", Family.LIKELIHOOD, lira_offline_score),
         *(Entry(n, Family.GENERATION, generation_score(n)) for n in GENERATION_ATTACKS),
     ]
 

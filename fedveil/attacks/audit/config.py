@@ -89,6 +89,9 @@ class AuditConfig:
     dp_output: the same for the federation the output attacks probe ([dp.output]).
     top_records: how many of each membership or extraction cell's records, ranked most
       exposed first, the report lists (report.json keeps the same N).
+    reference_models: K, the auditor's OUT models the likelihood column's RMIA and
+      offline LiRA are calibrated by (0: neither runs; None: the profile's, quick 2 and
+      full 4, attacks.measure.output_leakage.OutputLeakageSettings).
     """
 
     protections: tuple[Protection, ...] = PROTECTIONS
@@ -96,6 +99,7 @@ class AuditConfig:
     profile: str = "quick"
     seed: int = 0
     top_records: int = 10
+    reference_models: int | None = None
     clients: int = 10
     parties: int = 3
     rounds: int | None = None
@@ -121,6 +125,7 @@ class AuditConfig:
                 "profile": self.profile,
                 "seed": self.seed,
                 "top_records": self.top_records,
+                "reference_models": self.reference_models,
             },
         )
         object.__setattr__(self, "protections", audit.protections)
@@ -217,6 +222,8 @@ class AuditSettings(StrictSettings):
     profile: Profile = "quick"
     seed: int = Field(default=AuditConfig.seed, ge=0)
     top_records: int = Field(default=AuditConfig.top_records, ge=1)
+    # each one more plain federation per audit; beyond 16 the cost is the audit's
+    reference_models: int | None = Field(default=None, ge=0, le=16)
 
     @field_validator("protections", mode="before")
     @classmethod
@@ -494,6 +501,7 @@ def config_from_toml(
         profile=audit.profile if profile is None else profile,
         seed=audit.seed,
         top_records=audit.top_records,
+        reference_models=audit.reference_models,
         clients=document.federation.clients,
         parties=document.federation.parties,
         rounds=document.federation.rounds,

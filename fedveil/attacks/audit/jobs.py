@@ -132,6 +132,8 @@ class JobContext:
     aggregators_factory: AggregatorsFactory
     update_target: UpdateTargetSpec | None = None
     """[target] model + records: the text column's update cells run on it (USER_JOBS)."""
+    reference_models: int | None = None
+    """[audit] reference_models: RMIA / LiRA's reference models (None: the profile's)."""
 
     @classmethod
     def of(cls, config: AuditConfig, out_dir: Path, factory: AggregatorsFactory) -> JobContext:
@@ -149,6 +151,7 @@ class JobContext:
             figures=out_dir / "figures",
             aggregators_factory=factory,
             update_target=config.update_target,
+            reference_models=config.reference_models,
         )
 
     def settings(self) -> JSONObject:
@@ -169,6 +172,8 @@ class JobContext:
         }
         if self.update_target is not None:  # absent otherwise: stored jobs stay reusable
             settings["update_target"] = self.update_target.identity()
+        if self.reference_models is not None:  # absent: the profile's K
+            settings["reference_models"] = self.reference_models
         return settings
 
 
@@ -265,6 +270,8 @@ def _output_records(
         dp_sgd=context.dp_output.sgd,
     )
     attack = OutputLeakageSettings.quick() if context.quick else OutputLeakageSettings.full()
+    if context.reference_models is not None:  # [audit] reference_models (0: none)
+        attack = dataclasses.replace(attack, reference_models=context.reference_models)
     if context.model_dir is not None and context.texts is not None:
         from fedveil.attacks.targets.user_lm import user_scenario
 

@@ -40,7 +40,13 @@ from fedveil.attacks.output.generator import HFGenerator, SamplingConfig
 from fedveil.attacks.output.language_model import LanguageModel
 from fedveil.attacks.output.membership import canary_exposures
 from fedveil.attacks.output.metrics import BootstrapConfig, mia_metrics, roc_curve, scores_by_label
-from fedveil.attacks.output.target import OutputTarget
+from fedveil.attacks.output.reference_mia import (
+    REFERENCE_MIA_ATTACKS,
+    attach_references,
+    attached,
+)
+from fedveil.attacks.output.references import references_for
+from fedveil.attacks.output.target import OutputAttack, OutputTarget
 from fedveil.attacks.registry import MEMBERSHIP_FAMILIES, Kind, available, output_attack
 from fedveil.attacks.targets.canary_lm import CanaryScenario, TrainedModel
 from fedveil.errors import ConfigError
@@ -57,7 +63,12 @@ class OutputLeakageSettings:
     n_samples: continuations sampled per canary prefix; exposure_candidates: candidates
     ranked per canary for exposure; bootstrap: resamples of each interval; filters:
     measure the filter stacks (extraction after filtering, benign FPR); evasions: also
-    try the evasive output forms and prompts against them (needs filters).
+    try the evasive output forms and prompts against them (needs filters);
+    reference_models: K, the auditor's OUT models RMIA and offline LiRA are calibrated by
+    (attacks.output.references: trained once per process by the release's own recipe,
+    shared by every protection row; 0: neither attack runs, the family is the five
+    base-model attacks). Quick 2 (the cost of two more plain federations per audit),
+    full 4.
     """
 
     n_samples: int = 8
@@ -65,9 +76,11 @@ class OutputLeakageSettings:
     bootstrap: int = 1000
     filters: bool = True
     evasions: bool = True
+    reference_models: int = 2
 
     def __post_init__(self) -> None:
-        for name, low in (("n_samples", 1), ("exposure_candidates", 1), ("bootstrap", 10)):
+        checks = (("n_samples", 1), ("exposure_candidates", 1), ("bootstrap", 10))
+        for name, low in (*checks, ("reference_models", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigError(
@@ -78,11 +91,11 @@ class OutputLeakageSettings:
 
     @classmethod
     def quick(cls) -> OutputLeakageSettings:
-        return cls(n_samples=8, exposure_candidates=256, bootstrap=1000)
+        return cls(n_samples=8, exposure_candidates=256, bootstrap=1000, reference_models=2)
 
     @classmethod
     def full(cls) -> OutputLeakageSettings:
-        return cls(n_samples=16, exposure_candidates=1000, bootstrap=2000)
+        return cls(n_samples=16, exposure_candidates=1000, bootstrap=2000, reference_models=4)
 
 
 def downsampled_roc(members: np.ndarray, non_members: np.ndarray, points: int = ROC_POINTS) -> Roc:
@@ -147,6 +160,30 @@ def _filter_details(
     return filters, evasions
 
 
+def _applies(attack: OutputAttack, target: OutputTarget) -> bool:
+    """The registry's access check, and for RMIA / LiRA attached reference models."""
+    if attack.name in REFERENCE_MIA_ATTACKS and not attached(target):
+        return False
+    return attack.applies_to(target)
+
+
+def _attach_references(
+    scenario: CanaryScenario, trained: TrainedModel, target: OutputTarget, count: int
+) -> JSONObject:
+    """Attach `count` reference models to `target` (none for 0); what the record says
+    about them (params: how many, by which recipe, the training seconds this job paid:
+    0 when an earlier row of the same process trained them)."""
+    if count == 0:
+        return {"reference_models": 0}
+    trained_refs = references_for(scenario, trained, count)
+    attach_references(target, trained_refs.references)
+    return {
+        "reference_models": count,
+        "reference_recipe": trained_refs.recipe,
+        "reference_seconds": round(trained_refs.seconds, 3),
+    }
+
+
 def output_leakage_records(
     scenario: CanaryScenario,
     trained: TrainedModel,
@@ -165,10 +202,11 @@ def output_leakage_records(
     )
     probe_config = ProbeConfig(n_samples=settings.n_samples)
     target = OutputTarget(registry, released, reference, generator, probe_config=probe_config)
+    calibration = _attach_references(scenario, trained, target, settings.reference_models)
     attacks = [output_attack(n) for n in available(kind=Kind.OUTPUT)]
     scores, seconds, families = {}, {}, {}
     for family in MEMBERSHIP_FAMILIES:
-        chosen = [a for a in attacks if a.family == family and a.applies_to(target)]
+        chosen = [a for a in attacks if a.family == family and _applies(a, target)]
         start = time.perf_counter()
         for attack in chosen:
             scores[attack.name] = np.asarray(attack.score(target), dtype=np.float64)
@@ -201,6 +239,7 @@ def output_leakage_records(
             "exposure_candidates": settings.exposure_candidates,
             "bootstrap": settings.bootstrap,
             "alpha": 0.05,
+            **calibration,
             # per-record risk (attacks.audit.output_cells.PER_RECORD_KEY): every canary
             # with the scores its AUC was computed from, so the report can rank records
             "per_record": {

@@ -12,7 +12,8 @@ Every score is "higher = more likely a member", so the metrics and the audit in
 attacks.output.metrics / attacks.output.empirical_epsilon never need to know which attack ran.
 The scores read `TokenScores` (attacks.output.language_model), i.e. white-box log-probabilities
 of a released model; the black-box attack that sees only sampled text is
-attacks.output.generation.
+attacks.output.generation. The calibrations by the auditor's own reference models
+(RMIA, offline LiRA) are attacks.output.reference_mia, registered in the same family.
 """
 
 from __future__ import annotations

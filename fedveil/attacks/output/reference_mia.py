@@ -26,10 +26,13 @@ The statistic is the mean token log-probability of the scored tokens (the LOSS
 attack's), and a text's "probability" is its per-token geometric mean exp(mean log p),
 which lies in (0, 1] whatever the text's length, as RMIA's offline correction assumes.
 
-Both scores take an `OutputTarget`, like every likelihood attack, so they register
-under the likelihood family. The reference models travel with the target through
-`attach_references`; a target without any falls back to its base model
-(`target.reference`) as the one reference, which is still a valid (weaker) calibration.
+Both scores take an `OutputTarget`, like every likelihood attack, and are registered
+under the likelihood family (attacks.registry: "rmia", "lira_offline"). The reference
+models travel with the target through `attach_references`; the audit and the membership
+benchmark train them by the release's own federation recipe (attacks.output.references)
+and run the two attacks only on a target they were attached to (`attached`). Called
+directly, a target without any falls back to its base model (`target.reference`) as the
+one reference, which is still a valid (weaker) calibration.
 """
 
 from __future__ import annotations
@@ -206,6 +209,13 @@ def references_of(target: OutputTarget) -> ReferenceModels:
     if target.reference is None:
         raise ConfigError("reference-model attacks need reference models or a base model")
     return ReferenceModels((target.reference,))
+
+
+def attached(target: OutputTarget) -> bool:
+    """Whether the auditor attached reference models to `target` (what the audit runs
+    RMIA / LiRA on: without any, the base-model fallback would only repeat the family's
+    `reference` attack under two more names, and cost two more comparisons)."""
+    return target.released is not None and target in _ATTACHED
 
 
 def has_references(target: OutputTarget) -> bool:

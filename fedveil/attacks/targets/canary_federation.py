@@ -188,11 +188,16 @@ def _plain_mean(updates: Sequence[np.ndarray], weights: Sequence[int]) -> tuple[
 
 
 def _mean_for(
-    protection: Protection, aggregators: Aggregators, settings: FederationSettings, dim: int
+    protection: Protection, aggregators: Aggregators | None, settings: FederationSettings, dim: int
 ) -> Aggregator:
     """The round the federation runs under `protection` (DP-SGD parties aggregate with
-    SecAgg+: their noise is added in training, not in the round)."""
+    SecAgg+: their noise is added in training, not in the round); aggregators None only
+    for the plain mean."""
     spec = protection.spec
+    if spec.dp is DPKind.NONE and spec.aggregation is AggregationMode.PLAINTEXT:
+        return _plain_mean
+    if aggregators is None:
+        raise ConfigError(f"{protection.value} needs the real aggregation rounds")
     if spec.dp is DPKind.CLIENT:
         return aggregators.client_dp(settings.client_dp.client_dp_config(dim, settings.parties))
     if spec.aggregation is AggregationMode.PLAINTEXT:
@@ -259,11 +264,12 @@ def _dp_sgd_step(scenario: CanaryScenario, settings: FederationSettings) -> Loca
 def _federate(
     protection: Protection,
     scenario: CanaryScenario,
-    aggregators: Aggregators,
+    aggregators: Aggregators | None,
     settings: FederationSettings,
+    texts: list[list[str]] | None = None,
 ) -> TrainedModel:
     config = scenario.config
-    texts = party_texts(scenario, settings)
+    texts = party_texts(scenario, settings) if texts is None else texts
     data = [scenario.encode(t) for t in texts]
     weights = [len(t) for t in texts]
     local = (
@@ -344,6 +350,27 @@ def release(
     if key not in scenario.federated:
         scenario.federated[key] = _federate(protection, scenario, aggregators, settings)
     return scenario.federated[key]
+
+
+def federate_texts(
+    texts: list[list[str]], scenario: CanaryScenario, settings: FederationSettings
+) -> TrainedModel:
+    """The plain (unprotected) federation's model trained on `texts`, one list per party,
+    by exactly the recipe `release` uses: the hook the auditor's reference models
+    (attacks.output.references) are trained through, so that they differ from the
+    released model only in their data. Not cached: the caller owns its models."""
+    if len(texts) != settings.parties:
+        raise ConfigError(f"{len(texts)} parties' texts for a federation of {settings.parties}")
+    return _federate(Protection.NONE, scenario, None, settings, texts)
+
+
+def federation_of(scenario: CanaryScenario, trained: TrainedModel) -> FederationSettings | None:
+    """The settings `release` trained `trained` with on `scenario` (None: not one of its
+    releases, e.g. a single party's `scenario.released(...)`)."""
+    for (_, settings), model in scenario.federated.items():
+        if model is trained and isinstance(settings, FederationSettings):
+            return settings
+    return None
 
 
 def federation_scenario(

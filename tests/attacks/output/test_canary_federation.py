@@ -155,6 +155,8 @@ def test_output_registry_names_and_errors(scenario: CanaryScenario) -> None:
         "min_k",
         "min_k_pp",
         "reference",
+        "rmia",
+        "lira_offline",
     )
     assert attack_registry.available("generation") == (
         "samia_rouge_l",
