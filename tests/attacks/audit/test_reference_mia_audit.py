@@ -22,6 +22,7 @@ from fedveil.attacks.measure.output_leakage import OutputLeakageSettings, output
 from fedveil.attacks.measure.records import JobResult, OutputRecord, records_from_json
 from fedveil.attacks.output.likelihood import LIKELIHOOD_ATTACKS
 from fedveil.attacks.output.reference_mia import REFERENCE_MIA_ATTACKS
+from fedveil.attacks.output.references import clear_cache
 from fedveil.attacks.targets.canary_federation import (
     FederationSettings,
     federation_scenario,
@@ -54,6 +55,7 @@ def _stored(out: Path, key: str) -> dict[str, OutputRecord]:
 
 @pytest.mark.slow
 def test_the_likelihood_cells_run_rmia_and_lira_on_both_rows(tmp_path: Path) -> None:
+    clear_cache()  # an earlier audit in this process may have trained the same references
     config = config_from_toml(
         {"audit": {"protections": ["none", "dp-sgd"], "attacks": ["likelihood"]}}
     )
