@@ -57,6 +57,21 @@ class RoundRecord:
     aggregate_norm: float
     seconds: float
 
+    @classmethod
+    def of(
+        cls, round_index: int, updates: Sequence[PartyUpdate], step: np.ndarray, started: float
+    ) -> RoundRecord:
+        """The record of a round whose parties sent `updates` and applied `step`, begun at
+        `started` (time.perf_counter)."""
+        return cls(
+            round_index=round_index,
+            weights={u.party: u.weight for u in updates},
+            losses={u.party: u.stats.mean_loss for u in updates},
+            update_norms={u.party: float(np.linalg.norm(u.vector)) for u in updates},
+            aggregate_norm=float(np.linalg.norm(step)),
+            seconds=time.perf_counter() - started,
+        )
+
 
 @dataclass(frozen=True, eq=False)
 class FederatedRun:
@@ -99,14 +114,7 @@ def run_round(
     mean = np.asarray(aggregate([(u.vector, u.weight) for u in updates]), dtype=np.float64)
     for party in parties:
         party.apply_aggregate(mean)
-    return RoundRecord(
-        round_index=round_index,
-        weights={u.party: u.weight for u in updates},
-        losses={u.party: u.stats.mean_loss for u in updates},
-        update_norms={u.party: float(np.linalg.norm(u.vector)) for u in updates},
-        aggregate_norm=float(np.linalg.norm(mean)),
-        seconds=time.perf_counter() - started,
-    )
+    return RoundRecord.of(round_index, updates, mean, started)
 
 
 def run_federated(

@@ -144,14 +144,7 @@ def run_hetero_round(
     cohort.reference.apply_aggregate(step)
     for party in cohort.members:
         party.global_vector = layout.truncate(party.layout, cohort.global_vector)
-    return RoundRecord(
-        round_index=round_index,
-        weights={u.party: u.weight for u in records},
-        losses={u.party: u.stats.mean_loss for u in records},
-        update_norms={u.party: float(np.linalg.norm(u.vector)) for u in records},
-        aggregate_norm=float(np.linalg.norm(step)),
-        seconds=time.perf_counter() - started,
-    )
+    return RoundRecord.of(round_index, records, step, started)
 
 
 def run_hetero_federated(
