@@ -11,8 +11,9 @@ Usage: python benchmarks/secagg_bench.py [--quick] [--json OUT] [--repeats R] [-
        [--case D,N,K,DROP ...] [--acceptance-only] [--flower-python PATH]
 
 The upload stage has a limit of its own: the server must read every upload once (unpack,
-add into the sum, and the SHA-256 the stream is checked against), so its masked-input
-stage is compared with exactly that, done the plain way, in the same process. With
+add into the sum, and the Poly1305 checksum the stream is checked against:
+secagg.protocol.upload_checksum), so its masked-input stage is compared with exactly that,
+done the plain way, in the same process. With
 --flower-python, Flower 1.42's SecAgg+ server (benchmarks/flower_secagg_bench.py, run by
 that interpreter) is timed on the same inputs after each round. Reproduce the acceptance
 case with Flower next to it:
@@ -68,16 +69,19 @@ Fields of each JSON record (one per configuration; the output is a JSON list):
   server_ratio = server_s / server_limit_s.
 - server_upload_s: server time of the masked-input stage
   (RoundReport.server_seconds['masked-input']: for every upload, check its chunks, add
-  them into the running sum and hash them for the stream's SHA-256, then close the stage).
+  them into the running sum and feed them to the stream's Poly1305 checksum, then close the
+  stage).
   server_accumulate_s is the same figure under its older name.
 - server_upload_limit_s: reading the same number of uploads (the survivors') of the same
-  size once each, the plain way: `hashlib.sha256(payload).digest()` plus one
-  `np.add(acc, np.frombuffer(payload, wire dtype), out=acc)` over the whole vector (for
-  widths that are not 8/16/32 bits, `unpack(payload)` in place of the view). Each payload
-  is a fresh bytes object written just before it is read (copied from a pool of two
-  random payloads), as a client's upload is in the round. upload_limit_hash_s and
-  upload_limit_add_s are its two halves. server_upload_ratio = server_upload_s /
-  server_upload_limit_s.
+  size once each, the plain way: `upload_checksum(session_id, client_id, payload)` (the
+  checksum the stream closes with: HKDF of the client's key, then Poly1305 over the whole
+  payload) plus one `np.add(acc, np.frombuffer(payload, wire dtype), out=acc)` over the
+  whole vector (for widths that are not 8/16/32 bits, `unpack(payload)` in place of the
+  view). Each payload is a fresh bytes object written just before it is read (copied from
+  a pool of two random payloads), as a client's upload is in the round.
+  upload_limit_checksum_s and upload_limit_add_s are its two halves (before the checksum
+  was Poly1305 the first half was the SHA-256, recorded as upload_limit_hash_s).
+  server_upload_ratio = server_upload_s / server_upload_limit_s.
 - server_total_s: the server's masked-input plus unmask stage time of one round (minimum
   over repetitions of the per-round sum).
 - flower_aggregate_s, flower_unmask_s, flower_server_s (only with --flower-python): Flower
@@ -114,7 +118,6 @@ Fields of each JSON record (one per configuration; the output is a JSON list):
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -143,6 +146,7 @@ from fedveil.runners.simulation import (
 from fedveil.secagg.protocol.graph import effective_degree
 from fedveil.secagg.protocol.stages import Stage
 from fedveil.secagg.protocol.upload import NATIVE_WIRE_DTYPES
+from fedveil.secagg.protocol.upload_checksum import upload_checksum
 from fedveil.secagg.quantize import dtype_for_bits, pack, packed_size, quantize, unpack
 
 DIMENSIONS = (100_000, 1_000_000, 4_000_000)
@@ -250,15 +254,16 @@ class KeystreamLimit:
 
 
 class UploadLimit:
-    """Times reading `uploads` packed uploads once each: SHA-256 + unpack + add.
+    """Times reading packed uploads once each: the stream's checksum + unpack + add.
 
     Why fresh payloads: in the round each upload is a bytes object the client has just
     written; reading one buffer over and over would time a cache, not the upload stage.
     """
 
-    def __init__(self, elements: int, bits: int, seed: tuple[int, ...]) -> None:
+    def __init__(self, elements: int, bits: int, seed: tuple[int, ...], session_id: bytes) -> None:
         self.elements = elements
         self.bits = bits
+        self.session_id = session_id
         self.wire = NATIVE_WIRE_DTYPES.get(bits)
         rng = np.random.default_rng([*seed, 1 << 21])
         top = np.uint64((1 << bits) - 1)
@@ -268,15 +273,15 @@ class UploadLimit:
         ]
         self.nbytes = packed_size(elements, bits)
         self._acc = np.zeros(elements, dtype=dtype_for_bits(bits))
-        self.seconds(1)  # warm-up: fault the accumulator in
+        self.seconds(["warm-up"])  # fault the accumulator in
 
-    def seconds(self, uploads: int) -> tuple[float, float, float]:
-        """(total, hash, add) seconds for reading `uploads` uploads."""
-        hashed = added = 0.0
-        for i in range(uploads):
+    def seconds(self, client_ids: list[str]) -> tuple[float, float, float]:
+        """(total, checksum, add) seconds for reading one upload of each of `client_ids`."""
+        checksummed = added = 0.0
+        for i, client_id in enumerate(client_ids):
             payload = bytes(self._pool[i % 2])  # untimed: the client writes its upload
             t0 = time.perf_counter()
-            hashlib.sha256(payload).digest()
+            upload_checksum(self.session_id, client_id, payload)
             t1 = time.perf_counter()
             if self.wire is not None:
                 values = np.frombuffer(payload, dtype=self.wire)
@@ -284,9 +289,9 @@ class UploadLimit:
                 values = unpack(payload, self.bits, self.elements)
             np.add(self._acc, values, out=self._acc)
             t2 = time.perf_counter()
-            hashed += t1 - t0
+            checksummed += t1 - t0
             added += t2 - t1
-        return hashed + added, hashed, added
+        return checksummed + added, checksummed, added
 
 
 # --- Flower on the same inputs -------------------------------------------------------------
@@ -398,7 +403,7 @@ def bench_config(
     limit = KeystreamLimit(config.element_count, ring.dtype)
     client_keystreams = k_eff + 1
     limit.seconds(client_keystreams)  # warm-up at the measured size: caches, frequency
-    upload_limit = UploadLimit(config.element_count, bits, base_seed)
+    upload_limit = UploadLimit(config.element_count, bits, base_seed, config.session_id)
     flower_spec = {
         "d": d,
         "n": n,
@@ -475,9 +480,9 @@ def bench_config(
         keep_min("limit_add_s", add)
         if server_keystreams:
             keep_min("server_limit_s", limit.seconds(server_keystreams)[0])
-        upload_total, hashed, added = upload_limit.seconds(len(survivors))
+        upload_total, checksummed, added = upload_limit.seconds(sorted(survivors))
         keep_min("server_upload_limit_s", upload_total)
-        keep_min("upload_limit_hash_s", hashed)
+        keep_min("upload_limit_checksum_s", checksummed)
         keep_min("upload_limit_add_s", added)
         if flower_python is not None:
             flower = flower_round(flower_python, flower_spec)
@@ -534,7 +539,7 @@ def bench_config(
         "server_accumulate_s": best["server_upload_s"],
         "server_upload_limit_s": best["server_upload_limit_s"],
         "server_upload_ratio": best["server_upload_s"] / best["server_upload_limit_s"],
-        "upload_limit_hash_s": best["upload_limit_hash_s"],
+        "upload_limit_checksum_s": best["upload_limit_checksum_s"],
         "upload_limit_add_s": best["upload_limit_add_s"],
         "server_total_s": best["server_total_s"],
         **flower_fields,

@@ -63,7 +63,7 @@ class CiphertextPayload:
             index=index,
             data=data,
             total_bytes=self.total_bytes,
-            sha256=self.digest if last else b"",
+            checksum=self.digest if last else b"",
             key_fingerprint=self.fingerprint,
         )
 

@@ -116,7 +116,11 @@ class SecAggRoundDriver:
 
     async def _upload(self, masked: m.MaskedInput) -> pb.SurvivorSet:
         upload = ChunkedPayload(
-            self.round_id, masked.client_id, masked.payload, int(self.spec.chunk_bytes)
+            self.round_id,
+            masked.client_id,
+            masked.payload,
+            int(self.spec.chunk_bytes),
+            session_id=self.session.session_id,
         )
         logger.info(
             "round %d: %s: sending %d bytes in %d chunks (UploadMaskedInput)",

@@ -1,7 +1,7 @@
 """Pure helpers behind the client transport: upload chunking, result assembly, flattening.
 
 Why apart from transport.py: these carry the wire contract (chunk sizes, which chunk
-carries the digest, where a resumed upload starts, how the result is checked) and are
+carries the checksum, where a resumed upload starts, how the result is checked) and are
 tested without a server or an event loop. Nothing here does I/O.
 """
 
@@ -17,6 +17,7 @@ import numpy as np
 from fedveil.clients.errors import StreamIntegrityError, TransportError
 from fedveil.errors import ConfigError
 from fedveil.proto import aggregation_pb2 as pb
+from fedveil.secagg.protocol.upload_checksum import upload_checksum
 
 RESULT_DTYPE = np.dtype("<f8")
 
@@ -26,22 +27,30 @@ RESULT_DTYPE = np.dtype("<f8")
 
 @dataclass(frozen=True, eq=False)
 class ChunkedPayload:
-    """One masked upload cut into VectorChunks of exactly `chunk_bytes` (the last shorter).
+    """One upload cut into VectorChunks of exactly `chunk_bytes` (the last shorter).
 
-    The digest covers the whole payload, so a resumed stream carries the same digest as
-    the first attempt and the server checks the bytes it assembled across attempts.
+    The checksum covers the whole payload, so a resumed stream carries the same checksum
+    as the first attempt and the server checks the bytes it assembled across attempts. A
+    masked input names its round's `session_id`: its checksum is the Poly1305 of
+    secagg.protocol.upload_checksum, keyed by that session and this client; a plaintext
+    upload names none and carries the SHA-256 of its float32 bytes.
     """
 
     round_id: int
     client_id: str
     payload: bytes = field(repr=False)
     chunk_bytes: int
-    digest: bytes = field(init=False, repr=False)
+    session_id: bytes | None = field(default=None, repr=False)
+    checksum: bytes = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.chunk_bytes <= 0:
             raise ConfigError(f"chunk_bytes must be positive, got {self.chunk_bytes}")
-        object.__setattr__(self, "digest", hashlib.sha256(self.payload).digest())
+        if self.session_id is None:
+            checksum = hashlib.sha256(self.payload).digest()
+        else:
+            checksum = upload_checksum(self.session_id, self.client_id, self.payload)
+        object.__setattr__(self, "checksum", checksum)
 
     @property
     def total_bytes(self) -> int:
@@ -83,7 +92,7 @@ class ChunkedPayload:
             index=index,
             data=data,
             total_bytes=self.total_bytes,
-            sha256=self.digest if last else b"",
+            checksum=self.checksum if last else b"",
         )
 
 

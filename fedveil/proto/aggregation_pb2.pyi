@@ -322,13 +322,13 @@ class RelayedShares(_message.Message):
     def __init__(self, shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ...) -> None: ...
 
 class VectorChunk(_message.Message):
-    __slots__ = ("round_id", "client_id", "index", "data", "total_bytes", "sha256", "weight", "key_fingerprint")
+    __slots__ = ("round_id", "client_id", "index", "data", "total_bytes", "checksum", "weight", "key_fingerprint")
     ROUND_ID_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
-    SHA256_FIELD_NUMBER: _ClassVar[int]
+    CHECKSUM_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     KEY_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     round_id: int
@@ -336,10 +336,10 @@ class VectorChunk(_message.Message):
     index: int
     data: bytes
     total_bytes: int
-    sha256: bytes
+    checksum: bytes
     weight: int
     key_fingerprint: bytes
-    def __init__(self, round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ..., weight: _Optional[int] = ..., key_fingerprint: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, round_id: _Optional[int] = ..., client_id: _Optional[str] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., total_bytes: _Optional[int] = ..., checksum: _Optional[bytes] = ..., weight: _Optional[int] = ..., key_fingerprint: _Optional[bytes] = ...) -> None: ...
 
 class UploadStatusRequest(_message.Message):
     __slots__ = ("round_id", "client_id")

@@ -119,7 +119,7 @@ class CkksHandlers:
                 )
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
             return coordinator.uploads.finish_if_last(
-                active, client_id, bytes(chunk.sha256), server.finish_upload
+                active, client_id, bytes(chunk.checksum), server.finish_upload
             )
 
         _, done = await coordinator.submit(active.round_id, Stage.MASKED_INPUT, apply)

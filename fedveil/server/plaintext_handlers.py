@@ -54,7 +54,7 @@ class PlaintextHandlers:
                 )
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
             return coordinator.uploads.finish_if_last(
-                active, client_id, bytes(chunk.sha256), plain.finish_upload
+                active, client_id, bytes(chunk.checksum), plain.finish_upload
             )
 
         _, done = await coordinator.submit(active.round_id, Stage.MASKED_INPUT, apply)

@@ -128,7 +128,7 @@ class SecAggHandlers:
             round_server.add_masked_chunk(client_id, chunk.index, chunk.data)
             journal.record_chunk(active.round_id, client_id, chunk.index, chunk.data)
             return coordinator.uploads.finish_if_last(
-                active, client_id, bytes(chunk.sha256), round_server.finish_masked_input
+                active, client_id, bytes(chunk.checksum), round_server.finish_masked_input
             )
 
         _, done = await coordinator.submit(active.round_id, Stage.MASKED_INPUT, apply)

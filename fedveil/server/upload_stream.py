@@ -3,7 +3,7 @@ fed chunk by chunk to the mode's own `take`, and where a broken upload resumes.
 
 Why apart from the mode handlers: SecAgg's masked input, the plaintext baseline and CKKS
 ciphertexts all arrive as the same VectorChunk stream with the same rules (one caller and
-one round per stream, the digest on the last chunk, resume from GetUploadStatus); only
+one round per stream, the checksum on the last chunk, resume from GetUploadStatus); only
 what a chunk does to the round differs, and that is the handler's `take`.
 """
 
@@ -60,10 +60,10 @@ class UploadStreams:
         if not complete:
             # Not a long poll on an upload that cannot finish: the chunks are kept, and
             # the client resumes (the stream of an honest client only ends after the
-            # last chunk, which carries the digest).
+            # last chunk, which carries the checksum).
             raise InvalidMessageError(
                 f"the upload stream ended after chunk {last}, before the last chunk (the "
-                "one that carries the SHA-256); the chunks received are kept: resume from "
+                "one that carries the checksum); the chunks received are kept: resume from "
                 "GetUploadStatus's next_index"
             )
         return active, client_id, received

@@ -2,7 +2,7 @@
 
 Why apart from the coordinator and the servicer: the SecAgg, plaintext and CKKS uploads
 all arrive in chunks that are added to the round's sum (and journalled) as they come, so
-an upload that is abandoned half-way, or whose digest does not match, must be subtracted
+an upload that is abandoned half-way, or whose checksum does not match, must be subtracted
 again and erased from the journal; the same rules serve every mode, and a stage that
 closes rolls back whatever is still in flight.
 """
@@ -37,8 +37,9 @@ class StreamedUploads:
         digest: bytes,
         finish: Callable[[str, bytes], None],
     ) -> bool:
-        """After a chunk (lock held): on the last one, which carries the digest, close the
-        upload and journal it, or roll it back whole; True once the upload is complete."""
+        """After a chunk (lock held): on the last one, which carries the checksum (`digest`:
+        the mode's, see VectorChunk.checksum), close the upload and journal it, or roll it
+        back whole; True once the upload is complete."""
         if not digest:
             return False
         try:

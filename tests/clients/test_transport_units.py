@@ -51,8 +51,10 @@ from fedveil.proto.convert import config_to_spec
 from fedveil.runners.simulation import Federation, make_config
 from fedveil.secagg.protocol.model_chain import mean_payload_digest, round_model_hash
 from fedveil.secagg.protocol.upload import UploadAccumulator
+from fedveil.secagg.protocol.upload_checksum import upload_checksum
 
 FAST = RetryPolicy(attempts=3, initial_backoff_s=0.001, max_backoff_s=0.002)
+SESSION = bytes(range(100, 132))  # a session id: keys a masked input's checksum
 BASE = bytes(range(32))  # a base model hash; no round here is about a model
 
 
@@ -72,15 +74,27 @@ def test_chunks_have_exact_sizes_indices_total_and_digest_only_last() -> None:
     assert [len(c.data) for c in chunks] == [4096, 4096, len(payload) - 8192]
     assert all(c.total_bytes == len(payload) for c in chunks)
     assert all((c.round_id, c.client_id) == (7, "client-0") for c in chunks)
-    assert [bool(c.sha256) for c in chunks] == [False, False, True]
-    assert chunks[-1].sha256 == hashlib.sha256(payload).digest()
+    assert [bool(c.checksum) for c in chunks] == [False, False, True]
+    assert chunks[-1].checksum == hashlib.sha256(payload).digest()
     assert b"".join(c.data for c in chunks) == payload
+
+
+def test_a_masked_input_carries_its_sessions_poly1305_checksum() -> None:
+    """Named by its session, the upload closes with the Poly1305 checksum the server
+    recomputes (secagg.protocol.upload_checksum), never the plaintext upload's SHA-256."""
+    payload = bytes(range(256)) * 40
+    masked = ChunkedPayload(7, "client-0", payload, 4096, session_id=SESSION)
+    plain = ChunkedPayload(7, "client-0", payload, 4096)
+    last = list(masked.chunks())[-1]
+    assert last.checksum == upload_checksum(SESSION, "client-0", payload)
+    assert len(last.checksum) == 16 and last.checksum != plain.checksum
+    assert list(masked.chunks(masked.chunk_count))[0].checksum == last.checksum
 
 
 def test_payload_of_whole_chunks_ends_with_a_full_chunk() -> None:
     chunks = list(ChunkedPayload(1, "a", b"x" * 64, 32).chunks())
     assert [len(c.data) for c in chunks] == [32, 32]
-    assert chunks[-1].sha256 == hashlib.sha256(b"x" * 64).digest()
+    assert chunks[-1].checksum == hashlib.sha256(b"x" * 64).digest()
 
 
 @settings(max_examples=60, deadline=None)
@@ -101,7 +115,7 @@ def test_already_complete_upload_is_one_empty_chunk_past_the_end() -> None:
     assert only.index == upload.chunk_count == 4
     assert only.data == b""
     assert only.total_bytes == 100
-    assert only.sha256 == hashlib.sha256(payload).digest()
+    assert only.checksum == hashlib.sha256(payload).digest()
 
 
 @pytest.mark.parametrize("start", [-1, 5])
@@ -113,7 +127,7 @@ def test_resume_index_out_of_range_is_refused_before_streaming(start: int) -> No
 
 def test_empty_payload_and_bad_chunk_size() -> None:
     (only,) = list(ChunkedPayload(1, "a", b"", 8).chunks())
-    assert (only.index, only.data, only.sha256) == (0, b"", hashlib.sha256(b"").digest())
+    assert (only.index, only.data, only.checksum) == (0, b"", hashlib.sha256(b"").digest())
     with pytest.raises(ConfigError, match="chunk_bytes"):
         ChunkedPayload(1, "a", b"x", 0)
 
@@ -122,8 +136,10 @@ def test_chunks_and_a_resumed_upload_are_accepted_by_the_accumulator() -> None:
     bits, elements, chunk_bytes = 16, 101, 32
     rng = np.random.default_rng(0)
     payload = rng.integers(0, 256, (elements * bits + 7) // 8, dtype=np.uint8).tobytes()
-    upload = ChunkedPayload(1, "c", payload, chunk_bytes)
-    accumulator = UploadAccumulator(np.zeros(elements, np.uint64), bits, elements, chunk_bytes)
+    upload = ChunkedPayload(1, "c", payload, chunk_bytes, session_id=SESSION)
+    accumulator = UploadAccumulator(
+        np.zeros(elements, np.uint64), bits, elements, chunk_bytes, session_id=SESSION
+    )
     first = list(upload.chunks())[:3]
     accumulator.begin("c", first[0].total_bytes)
     for chunk in first:
@@ -132,8 +148,8 @@ def test_chunks_and_a_resumed_upload_are_accepted_by_the_accumulator() -> None:
     assert progress is not None
     for chunk in upload.chunks(progress.next_index):
         accumulator.add_chunk("c", chunk.index, chunk.data)
-        if chunk.sha256:
-            accumulator.finish("c", chunk.sha256)
+        if chunk.checksum:
+            accumulator.finish("c", chunk.checksum)
     assert accumulator.progress("c") is None  # finished: digest and size checked
 
 
@@ -496,7 +512,7 @@ def test_broken_upload_resumes_at_the_servers_next_index() -> None:
     reply = asyncio.run(upload_resumable(stub, upload, retry=FAST, timeout_s=1, status_timeout_s=1))
     assert list(reply.survivors) == ["a", "b"]
     assert [c.index for c in stub.streams[1]] == [3, 4, 5, 6]
-    assert stub.streams[1][-1].sha256 == hashlib.sha256(upload.payload).digest()
+    assert stub.streams[1][-1].checksum == hashlib.sha256(upload.payload).digest()
 
 
 def test_upload_broken_after_completion_sends_the_already_complete_chunk() -> None:

@@ -150,7 +150,11 @@ class Mallory:
             assert isinstance(masked, m.MaskedInput)
             assert self.spec is not None
             self.upload = ChunkedPayload(
-                self.round_id, self.client_id, masked.payload, int(self.spec.chunk_bytes)
+                self.round_id,
+                self.client_id,
+                masked.payload,
+                int(self.spec.chunk_bytes),
+                session_id=self.session.session_id,
             )
         return self.upload
 

@@ -1,5 +1,5 @@
 """The accumulator's sum is the exact ring sum of the uploads, for every ring width, over
-chunks and add-and-hash blocks that do not divide the payload evenly, whether the chunks
+chunks and add-and-checksum blocks that do not divide the payload evenly, whether the chunks
 arrive as bytes (the gRPC stream) or as views of one payload (the in-process path)."""
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from fedveil.secagg.protocol.upload import (
     aligned_chunk_bytes,
     payload_chunks,
 )
+from fedveil.secagg.protocol.upload_checksum import upload_checksum
 from fedveil.secagg.quantize import Ring, pack, packed_size
 from tests.helpers.harness import LiveRound
 
 WIDTHS = (8, 16, 24, 31, 32, 40, 62)
-COUNT = 1001  # odd: the last chunk and the last add-and-hash block are partial
+COUNT = 1001  # odd: the last chunk and the last add-and-checksum block are partial
+SESSION = bytes(range(32))  # the session id the checksums are keyed by
 
 
 @pytest.fixture(autouse=True)
@@ -49,7 +51,7 @@ def reference_sum(values: list[np.ndarray], bits: int) -> list[int]:
 def accumulator(bits: int) -> tuple[UploadAccumulator, np.ndarray]:
     target = Ring(bits).zeros(COUNT)
     chunk = aligned_chunk_bytes(bits, 200)
-    return UploadAccumulator(target, bits, COUNT, chunk), target
+    return UploadAccumulator(target, bits, COUNT, chunk, session_id=SESSION), target
 
 
 def send(acc: UploadAccumulator, cid: str, payload: bytes, *, views: bool) -> None:
@@ -62,7 +64,7 @@ def send(acc: UploadAccumulator, cid: str, payload: bytes, *, views: bool) -> No
     assert len(chunks) == acc.chunk_count > 1
     for index, chunk in enumerate(chunks):
         acc.add_chunk(cid, index, chunk)
-    acc.finish(cid, hashlib.sha256(payload).digest())
+    acc.finish(cid, upload_checksum(SESSION, cid, payload))
 
 
 @pytest.mark.parametrize("views", [False, True], ids=["bytes", "views"])
@@ -77,24 +79,39 @@ def test_sum_equals_the_ring_sum(bits: int, views: bool) -> None:
 
 
 @pytest.mark.parametrize("bits", WIDTHS)
-def test_running_digest_is_the_payload_sha256(bits: int) -> None:
+def test_running_checksum_is_the_payloads_poly1305_and_closes_the_upload(bits: int) -> None:
+    """Fed block by block while adding, the checksum is the one the client computes over
+    the whole payload at once; asking for it does not stop the upload from closing."""
     payload = pack(uploads(bits, 1, seed=2)[0], bits)
     acc, _ = accumulator(bits)
     acc.begin("a", len(payload))
     for index, chunk in enumerate(payload_chunks(payload, acc.chunk_bytes)):
         acc.add_chunk("a", index, chunk)
-    assert acc.running_digest("a") == hashlib.sha256(payload).digest()
+    running = acc.running_digest("a")
+    assert running == upload_checksum(SESSION, "a", payload)
+    assert running != hashlib.sha256(payload).digest()[: len(running)]
+    acc.finish("a", running)
+    assert acc.progress("a") is None
 
 
 @pytest.mark.parametrize("bits", WIDTHS)
-def test_wrong_digest_is_refused(bits: int) -> None:
+def test_wrong_checksum_is_refused(bits: int) -> None:
+    """One byte off, another client's key or another session's key: all refused."""
     payload = pack(uploads(bits, 1, seed=3)[0], bits)
-    acc, _ = accumulator(bits)
-    acc.begin("a", len(payload))
-    for index, chunk in enumerate(payload_chunks(payload, acc.chunk_bytes)):
-        acc.add_chunk("a", index, chunk)
-    with pytest.raises(InvalidMessageError, match="digest mismatch"):
-        acc.finish("a", hashlib.sha256(payload[:-1] + b"\x00").digest())
+    other_session = bytes(range(1, 33))
+    wrong = [
+        upload_checksum(SESSION, "a", payload[:-1] + bytes([payload[-1] ^ 1])),
+        upload_checksum(SESSION, "b", payload),
+        upload_checksum(other_session, "a", payload),
+        hashlib.sha256(payload).digest(),
+    ]
+    for checksum in wrong:
+        acc, _ = accumulator(bits)
+        acc.begin("a", len(payload))
+        for index, chunk in enumerate(payload_chunks(payload, acc.chunk_bytes)):
+            acc.add_chunk("a", index, chunk)
+        with pytest.raises(InvalidMessageError, match="digest mismatch: the Poly1305"):
+            acc.finish("a", checksum)
 
 
 @pytest.mark.parametrize("bits", WIDTHS)

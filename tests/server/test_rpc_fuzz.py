@@ -293,7 +293,7 @@ def _template(fed: Federation, method: MethodDescriptor, round_id: int) -> list[
                 index=i,
                 data=piece,
                 total_bytes=total_bytes,
-                sha256=rand(32) if i == len(pieces) - 1 else b"",  # never the digest
+                checksum=rand(32) if i == len(pieces) - 1 else b"",  # never the digest
                 weight=7,
                 key_fingerprint=fingerprint,
             )

@@ -14,7 +14,6 @@ round's survivors.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from pathlib import Path
 
 import grpc
@@ -278,7 +277,7 @@ async def upload_short_chunk(ctx: Context) -> bool:
 
 
 def corrupt_digest(chunks: list[pb.VectorChunk]) -> list[pb.VectorChunk]:
-    chunks[-1].sha256 = hashlib.sha256(b"not the payload").digest()
+    chunks[-1].checksum = bytes(b ^ 0x5A for b in chunks[-1].checksum)
     return chunks
 
 

@@ -150,7 +150,7 @@ async def _bad_upload(stub, spec: pb.RoundSpec, client: str, fault: str) -> grpc
             data=data,
             total_bytes=total,
             key_fingerprint=fp,
-            sha256=hashlib.sha256(data).digest() if last else b"",
+            checksum=hashlib.sha256(data).digest() if last else b"",
         )
 
     if fault == "wrong_context":

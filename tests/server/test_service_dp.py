@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import hashlib
 import math
 import os
 import shlex
@@ -35,6 +34,7 @@ from fedveil.secagg.protocol.client import ClientSession
 from fedveil.secagg.protocol.messages import MaskedInput
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.secagg.protocol.upload import aligned_chunk_bytes
+from fedveil.secagg.protocol.upload_checksum import upload_checksum
 from fedveil.server.coordinator import RoundCoordinator
 from fedveil.server.journal import RoundJournal
 from fedveil.server.replay import encode_message, replay
@@ -377,7 +377,7 @@ def test_a_central_dp_round_replays_to_the_same_release(tmp_path: Path) -> None:
             piece = payload[index * chunk : (index + 1) * chunk]
             server.add_masked_chunk(cid, index, piece)
             journal.record_chunk(rid, cid, index, piece)
-        digest = hashlib.sha256(payload).digest()
+        digest = upload_checksum(config.session_id, cid, payload)
         server.finish_masked_input(cid, digest)
         journal.record(rid, "finish", cid, digest)
     close()

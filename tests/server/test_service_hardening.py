@@ -290,7 +290,7 @@ def crafted_first_upload(
                     data=piece,
                     total_bytes=total,
                     key_fingerprint=bytes(active.spec.ckks.key_fingerprint),
-                    sha256=digest if i == len(pieces) - 1 else b"",
+                    checksum=digest if i == len(pieces) - 1 else b"",
                 )
                 for i, piece in enumerate(pieces)
             ]

@@ -28,6 +28,8 @@ class Purpose(enum.Enum):
     associated data names the stage, so one label serves each sealed payload kind.
     DP_ROTATION seeds the round's randomised Hadamard rotation: public, shared by every
     party of the round, fresh with every session id (it serves utility, not secrecy).
+    UPLOAD_CHECKSUM keys the Poly1305 checksum of one masked-input upload: public as well
+    (secagg.protocol.upload_checksum says why that is all it needs to be).
     """
 
     PAIRWISE_MASK = "pairwise-mask"
@@ -35,6 +37,7 @@ class Purpose(enum.Enum):
     ENVELOPE = "envelope"
     NEIGHBOUR_GRAPH = "neighbour-graph"
     DP_ROTATION = "dp-rotation"
+    UPLOAD_CHECKSUM = "upload-checksum"
 
 
 def derive_key(

@@ -131,6 +131,7 @@ class ServerRound:
             bits,
             config.element_count,
             chunk_bytes if chunk_bytes is not None else aligned_chunk_bytes(bits),
+            session_id=config.session_id,
         )
         self._uploaded: set[str] = set()
         self._survivors: frozenset[str] = frozenset()

@@ -3,35 +3,39 @@
 Why: an adapter update is many megabytes and arrives as a stream of chunks; adding each
 chunk into the round's running sum as it arrives keeps the server at O(d) memory instead
 of buffering every client's payload (O(n d)). Each chunk must arrive in order, cover whole
-elements, and the stream ends with a SHA-256 of the whole payload, so truncation,
-reordering and corruption are caught. A chunk is validated completely before it touches
-the sum; an upload abandoned half-way is subtracted again from the chunks the caller
-kept, so a failed upload never leaves a trace in the sum.
+elements, and the stream ends with a checksum of the whole payload (the masked input's
+Poly1305 of secagg.protocol.upload_checksum; the plaintext and CKKS uploads' SHA-256), so
+truncation, reordering and an upload resumed from a different encoding are caught. A
+chunk is validated completely before it touches the sum; an upload abandoned half-way is
+subtracted again from the chunks the caller kept, so a failed upload never leaves a trace
+in the sum.
 
 Why the byte-aligned widths (m = 8, 16, 32) take their own path: their wire layout is a
 plain little-endian array, so a chunk is added into the sum straight from the received
 bytes (a numpy view, no unpacked copy), and every byte string is a valid chunk (no padding
 bits), so nothing needs checking before the add. The add reads each block of the chunk
-into cache and the SHA-256 then reads it from there, so the upload is streamed from
+into cache and the checksum then reads it from there, so the upload is streamed from
 memory once; the sum wraps mod 2^32 and is reduced into the ring when the round closes.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fedveil.errors import ConfigError, InvalidMessageError, ProtocolError
+from fedveil.secagg.protocol.upload_checksum import StreamDigest, UploadChecksum
 from fedveil.secagg.quantize import packed_size, unpack
 
 DEFAULT_CHUNK_BYTES = 1 << 20
 
 FUSED_BLOCK_BYTES = 1 << 18
-"""Bytes added and then hashed together on the byte-aligned path: small enough that the
-block the add just read is still in the core's cache when the hash reads it, large enough
+"""Bytes added and then checksummed together on the byte-aligned path: small enough that
+the block the add just read is still in the core's cache when the checksum reads it, large enough
 that the per-block Python overhead stays negligible (benchmarks/README.md)."""
 
 NATIVE_WIRE_DTYPES: dict[int, np.dtype] = {
@@ -63,19 +67,22 @@ def payload_chunks(payload: bytes, chunk_bytes: int) -> list[memoryview]:
 
 @dataclass
 class UploadProgress:
-    """One client's upload in flight: where it is and the digest of what arrived."""
+    """One client's upload in flight: where it is and the checksum of what arrived."""
 
     next_index: int = 0
     received_bytes: int = 0
-    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
+    hasher: StreamDigest = field(default_factory=hashlib.sha256)
 
 
 class ChunkedUploads:
-    """Per-client streamed uploads into one running sum: order, sizes, digest, rollback.
+    """Per-client streamed uploads into one running sum: order, sizes, checksum, rollback.
 
-    Subclasses say how one validated chunk is added into (or taken out of) the sum; the
-    rules every stream obeys live here once.
+    Subclasses say how one validated chunk is added into (or taken out of) the sum, and
+    may say which checksum an upload closes with (SHA-256 unless they do); the rules every
+    stream obeys live here once.
     """
+
+    checksum_name = "SHA-256"
 
     def __init__(self, total_bytes: int, chunk_bytes: int, what: str) -> None:
         self.total_bytes = total_bytes
@@ -94,7 +101,15 @@ class ChunkedUploads:
                 f"upload announces {total_bytes} bytes; this round expects exactly "
                 f"{self.total_bytes} ({self._what})"
             )
-        return self._open.setdefault(client_id, UploadProgress())
+        state = self._open.get(client_id)
+        if state is None:
+            state = self._open[client_id] = UploadProgress(hasher=self._new_checksum(client_id))
+        return state
+
+    def _new_checksum(self, client_id: str) -> StreamDigest:
+        """The running checksum `client_id`'s upload is checked against."""
+        del client_id  # SHA-256 is the same for every client
+        return hashlib.sha256()
 
     def _apply(self, client_id: str, index: int, data: bytes, *, subtract: bool) -> None:
         raise NotImplementedError
@@ -130,11 +145,11 @@ class ChunkedUploads:
         state.next_index += 1
 
     def running_digest(self, client_id: str) -> bytes:
-        """SHA-256 of the bytes that arrived so far in `client_id`'s open upload.
+        """The checksum of the bytes that arrived in `client_id`'s open upload.
 
         For a caller that holds the whole payload and delivers it chunk by chunk itself
-        (the in-process path): the digest its sender would have sent, without a second pass
-        over the bytes.
+        (the in-process path), once every chunk is in: the checksum its sender would have
+        sent, without a second pass over the bytes.
         """
         state = self._open.get(client_id)
         if state is None:
@@ -142,7 +157,7 @@ class ChunkedUploads:
         return state.hasher.digest()
 
     def finish(self, client_id: str, digest: bytes) -> None:
-        """Close an upload whose every chunk arrived and whose digest matches."""
+        """Close an upload whose every chunk arrived and whose checksum matches."""
         state = self._open.get(client_id)
         if state is None:
             raise ProtocolError(f"no upload in progress for {client_id!r}")
@@ -150,10 +165,10 @@ class ChunkedUploads:
             raise InvalidMessageError(
                 f"upload ended after {state.received_bytes} of {self.total_bytes} bytes"
             )
-        if digest != state.hasher.digest():
+        if not hmac.compare_digest(digest, state.hasher.digest()):
             raise InvalidMessageError(
-                "upload digest mismatch: the SHA-256 sent does not match the bytes received; "
-                "re-send the upload"
+                f"upload digest mismatch: the {self.checksum_name} sent does not match the "
+                "bytes received; re-send the upload"
             )
         del self._open[client_id]
 
@@ -170,9 +185,20 @@ class ChunkedUploads:
 
 
 class UploadAccumulator(ChunkedUploads):
-    """Adds validated chunks of m-bit uploads into `target`, client by client."""
+    """Adds validated chunks of m-bit uploads into `target`, client by client; each upload
+    closes with the Poly1305 checksum keyed by `session_id` and its client's id."""
 
-    def __init__(self, target: np.ndarray, bits: int, element_count: int, chunk_bytes: int) -> None:
+    checksum_name = "Poly1305 checksum"
+
+    def __init__(
+        self,
+        target: np.ndarray,
+        bits: int,
+        element_count: int,
+        chunk_bytes: int,
+        *,
+        session_id: bytes,
+    ) -> None:
         if chunk_bytes <= 0 or chunk_bytes % bits:
             raise ConfigError(
                 f"chunk_bytes={chunk_bytes} must be a positive multiple of bits={bits} so "
@@ -185,11 +211,15 @@ class UploadAccumulator(ChunkedUploads):
         self.element_count = element_count
         self._elements_per_chunk = chunk_bytes * 8 // bits
         self._wire = NATIVE_WIRE_DTYPES.get(bits)
+        self._session_id = session_id
+
+    def _new_checksum(self, client_id: str) -> StreamDigest:
+        return UploadChecksum.for_upload(self._session_id, client_id)
 
     def add_chunk(self, client_id: str, index: int, data: Chunk) -> None:
         """Validate one chunk fully, then add it into the sum at its offset.
 
-        Byte-aligned widths add and hash block by block (module docstring); the others
+        Byte-aligned widths add and checksum block by block (module docstring); the others
         unpack the whole chunk first, since its padding bits must be checked before the add.
         """
         state = self._expect_chunk(client_id, index, len(data))
@@ -197,7 +227,7 @@ class UploadAccumulator(ChunkedUploads):
             self._apply(client_id, index, data, subtract=False)
             state.hasher.update(data)
         else:
-            self._add_and_hash(index, data, state)
+            self._add_and_checksum(index, data, state)
         state.received_bytes += len(data)
         state.next_index += 1
 
@@ -211,7 +241,7 @@ class UploadAccumulator(ChunkedUploads):
         start = index * self._elements_per_chunk
         return slice(start, min(self.element_count, start + self._elements_per_chunk))
 
-    def _add_and_hash(self, index: int, data: Chunk, state: UploadProgress) -> None:
+    def _add_and_checksum(self, index: int, data: Chunk, state: UploadProgress) -> None:
         assert self._wire is not None
         values = np.frombuffer(data, dtype=self._wire)
         target = self._target[self._span(index)]
