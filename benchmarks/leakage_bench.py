@@ -35,6 +35,14 @@ subsampling). For each, attacks.measure.update_leakage's four measurements:
       Inverting Gradients given the true caption (psnr/ssim against grey).
 --quick: DLG 60 L-BFGS steps, IG 300 (captioner 200) Adam steps, 2 single-client texts;
 full: 300, 2000 (1000), 5. On 2 cores quick takes about 1.5 minutes, full about 15.
+
+--dager-sequence (with --kind update) runs only DAGER's second-layer sequence search
+(attacks.update.text_sequence) against the layer-0 span check on the tiny GPT-2 (LoRA
+rank 32 on both blocks' c_attn): one client's plain update over a batch of 1, 2 or 3
+sentences (a gradient, a 3-step SGD delta at lr 0.05 and at the text recipe's lr 0.5),
+8 draws each, and the real SecAgg+ mean of 10 one-sentence clients' gradients (3
+draws); exact_seq and token_f1 against the prior baseline (the multi-round observer
+has its own benchmark, benchmarks/multi_round_observer_bench.py).
 """
 
 from __future__ import annotations
@@ -46,18 +54,28 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from fedveil.attacks.families import Kind
+from fedveil.attacks.measure.observe import leak_record
 from fedveil.attacks.measure.records import LeakRecord, Record, records_to_json
+from fedveil.attacks.measure.text_leakage import prior_baseline
 from fedveil.attacks.measure.update_leakage import (
     RECORD_FUNCTIONS,
     UpdateLeakageSettings,
     text_recovery_records,
 )
 from fedveil.attacks.protections import PROTECTIONS, Aggregators
+from fedveil.attacks.targets.tiny_lm import sentences, tiny_lm_target
+from fedveil.attacks.update.base import Attack, LocalTraining, ObservedUpdate, Truth, UpdateKind
 from fedveil.attacks.update.gradient_matching import torch_threads
+from fedveil.attacks.update.local_training import client_update
+from fedveil.attacks.update.run import run_attack
+from fedveil.attacks.update.text_recovery import SpanCheck
+from fedveil.attacks.update.text_sequence import SequenceSearch
+from fedveil.attacks.views import aggregate_view, plain_view
 from fedveil.runners.aggregators import real_aggregators
 
 PLAIN_RANKS = (4, 8, 32)
@@ -94,6 +112,60 @@ def inversion_records(quick: bool, figures: Path | None) -> list[LeakRecord]:
     return rows
 
 
+SEQUENCE_RECIPES: dict[str, LocalTraining | None] = {
+    "gradient": None,
+    "sgd3-lr0.05": LocalTraining(steps=3, lr=0.05),
+    "sgd3-lr0.5": LocalTraining(steps=3, lr=0.5),
+}
+"""The plain updates the sequence search is measured on (None: one gradient)."""
+
+
+def sequence_records(aggregators: Aggregators) -> list[LeakRecord]:
+    """DAGER's layer-1 sequence search next to the layer-0 span check (see --dager-sequence)."""
+    target, vocab = tiny_lm_target(rank=32)
+
+    def prior(n: int, d: int) -> list[list[int]]:
+        return [vocab.encode(s) for s in sentences(n, seed=10_000 + d)]
+
+    def update(texts: list[list[int]], training: LocalTraining | None) -> ObservedUpdate:
+        batch = vocab.pad(texts)
+        kind = UpdateKind.GRADIENT if training is None else UpdateKind.DELTA
+        vector = client_update(target, batch, batch, kind, training)
+        return plain_view(vector, target.layout, kind=kind, training=training)
+
+    attacks: tuple[Attack[Any], ...] = (SequenceSearch(), SpanCheck())
+    cases: list[tuple[str, int, str, list[tuple[list[list[int]], ObservedUpdate]]]] = []
+    for recipe, training in SEQUENCE_RECIPES.items():
+        for size in (1, 2, 3):
+            draws = [[vocab.encode(s) for s in sentences(size, seed=60 + 7 * d)] for d in range(8)]
+            cases.append(("none", size, recipe, [(t, update(t, training)) for t in draws]))
+    cohorts = [[vocab.encode(s) for s in sentences(10, seed=90 + d)] for d in range(3)]
+    secure = []
+    for texts in cohorts:
+        updates = [update([ids], None).vector.numpy() for ids in texts]
+        secure.append((texts, aggregate_view(updates, [1] * 10, target.layout, aggregators.secagg)))
+    cases.append(("secagg", 10, "gradient", secure))
+    rows: list[LeakRecord] = []
+    for protection, size, recipe, views in cases:
+        n = views[0][1].n_clients
+        baseline = [prior_baseline(texts, prior, 20) for texts, _ in views]
+        for attack in attacks:
+            results = [run_attack(attack, v, target, truth=Truth(tokens=t)) for t, v in views]
+            seconds = sum(r.seconds for r in results) / len(results)
+            for metric in ("exact_seq", "token_f1"):
+                rows.append(
+                    show(
+                        leak_record(
+                            target.name, protection, n, metric,
+                            sum(r.metrics[metric] for r in results) / len(results),
+                            sum(b[metric] for b in baseline) / len(baseline), seconds,
+                            attack=attack.name, sentences=size, update=recipe, draws=len(views),
+                        )
+                    )
+                )  # fmt: skip
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -107,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer images, shorter attacks")
     parser.add_argument("--json", type=Path, help="write the JSON list of records here")
     parser.add_argument("--figures", type=Path, help="write original/reconstruction PNGs here")
+    parser.add_argument(
+        "--dager-sequence",
+        action="store_true",
+        help="with --kind update: only DAGER's second-layer sequence search vs the span check",
+    )
     args = parser.parse_args(argv)
     print(
         f"# leakage_bench --kind {args.kind}{' --quick' if args.quick else ''}: "
@@ -122,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
             from membership_bench import run_membership
 
             records = list(run_membership(args.quick))
+        elif args.dager_sequence:
+            records = list(sequence_records(real_aggregators()))
         else:
             records = list(inversion_records(args.quick, args.figures))
     print(f"# {len(records)} records in {time.perf_counter() - start:.1f}s", flush=True)

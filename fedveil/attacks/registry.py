@@ -63,6 +63,7 @@ def _builtin() -> list[Entry]:
     from fedveil.attacks.update.label_leakage import LabelLeakage
     from fedveil.attacks.update.text_recovery import SpanCheck, SubspaceRanking
     from fedveil.attacks.update.text_recovery_ffa import BSpanCheck, BSubspaceRanking
+    from fedveil.attacks.update.text_sequence import SequenceSearch
     from fedveil.attacks.update.token_bag import TokenBag
 
     update: list[tuple[Family, type[Attack[Any]]]] = [
@@ -74,6 +75,7 @@ def _builtin() -> list[Entry]:
         (Family.TEXT, SubspaceRanking),
         (Family.TEXT, BSpanCheck),
         (Family.TEXT, BSubspaceRanking),
+        (Family.TEXT, SequenceSearch),
         (Family.TEXT, TokenBag),
     ]
     return [

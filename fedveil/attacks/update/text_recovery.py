@@ -18,6 +18,7 @@ attacks.update.text_recovery_ffa measures the project's real recipe (FFA-LoRA, B
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,10 +142,26 @@ def gap_dimension(singular: Tensor, rank_tolerance: float) -> int:
     return int(torch.argmax(ratios)) + 1
 
 
-def _distances(candidates: Tensor, basis: Tensor) -> Tensor:
-    """Relative residual of each candidate after projection onto the basis rows."""
+def span_distances(candidates: Tensor, basis: Tensor) -> Tensor:
+    """Relative residual of each candidate after projection onto the (orthonormal) basis
+    rows: 0 in the span, about sqrt(1 - k / d) for a direction unrelated to a k-dim span."""
     residual = candidates - (candidates @ basis.T) @ basis
     return residual.norm(dim=1) / candidates.norm(dim=1).clamp_min(1e-30)
+
+
+def restrict_candidates(
+    inputs: Tensor, ids: Tensor, tokens: Collection[int], free_positions: int = 1
+) -> tuple[Tensor, Tensor]:
+    """The candidates whose token is in `tokens` (a token filter, e.g. the LM head's token
+    bag), except at positions below `free_positions`, kept whole.
+
+    Why free positions: the bag holds the *targets* of next-token prediction, and the
+    first token of a sequence is never a target, so a bag filter at position 0 would
+    drop it; DAGER's span check alone decides there.
+    """
+    allowed = torch.tensor(sorted({int(t) for t in tokens}), dtype=ids.dtype)
+    keep = torch.isin(ids[:, 0], allowed) | (ids[:, 1] < free_positions)
+    return inputs[keep], ids[keep]
 
 
 def assemble(found: dict[int, list[tuple[float, int]]], eos_id: int | None) -> list[list[int]]:
@@ -153,8 +170,8 @@ def assemble(found: dict[int, list[tuple[float, int]]], eos_id: int | None) -> l
     Sequence j takes the j-th best token at every position that has one, in position
     order; with one sequence per update (a single client's text) this is exact. With
     several sequences sharing positions the split between them is a guess (telling them
-    apart needs DAGER's second-layer search, not done here), but every found token is
-    in exactly one output sequence, so bag-of-token metrics stay exact.
+    apart is DAGER's second-layer search, attacks.update.text_sequence), but every found
+    token is in exactly one output sequence, so bag-of-token metrics stay exact.
     """
     width = max((len(v) for v in found.values()), default=0)
     ranked = {position: sorted(v) for position, v in found.items()}
@@ -180,11 +197,15 @@ class _Prepared:
 class _TextAttack(Attack[Any]):
     """Shared plumbing: candidate inputs, the observed rows' SVD, sequence assembly."""
 
-    def _prepare(self, observed: ObservedUpdate, target: Target) -> _Prepared:
+    def _prepare(
+        self, observed: ObservedUpdate, target: Target, bag: Collection[int] | None = None
+    ) -> _Prepared:
         t = _token_target(target)
         rows, projection, used = observed_rows(observed, t, self.config.factor)
         assert t.candidates is not None
         inputs, ids = t.candidates()
+        if bag is not None:
+            inputs, ids = restrict_candidates(inputs, ids, bag)
         if projection is not None:
             inputs = inputs @ projection.T
         _, singular, basis = torch.linalg.svd(rows.to(torch.float64), full_matrices=False)
@@ -207,18 +228,19 @@ class _TextAttack(Attack[Any]):
 
 
 class SpanCheck(_TextAttack):
-    """Exact DAGER span check: keep every (token, position) whose input lies in the span."""
+    """Exact DAGER span check: keep every (token, position) whose input lies in the span.
+    Side information `bag` (token ids) restricts the candidates (`restrict_candidates`)."""
 
     name = "dager_span"
     config_type = TextRecoveryConfig
 
     def reconstruct(self, observed: ObservedUpdate, target: Target, **side: Any) -> Reconstruction:
-        p = self._prepare(observed, target)
+        p = self._prepare(observed, target, side.get("bag"))
         if float(p.singular[0]) == 0.0:  # nothing observed in this layer
             nothing = torch.zeros(p.ids.shape[0], dtype=torch.bool)
             return self._result(p, nothing, torch.ones(p.ids.shape[0]), {"rank": 0.0})
         rank = int((p.singular > self.config.rank_tolerance * p.singular[0]).sum())
-        distance = _distances(p.inputs, p.basis[:rank])
+        distance = span_distances(p.inputs, p.basis[:rank])
         return self._result(
             p, distance < self.config.span_tolerance, distance, {"rank": float(rank)}
         )
@@ -226,13 +248,14 @@ class SpanCheck(_TextAttack):
 
 class SubspaceRanking(_TextAttack):
     """Noise-robust variant: per position, the candidate nearest the top-k subspace, if it
-    stands out from the rest (distance < outlier_ratio * median)."""
+    stands out from the rest (distance < outlier_ratio * median). Side information `bag`
+    restricts the candidates as for SpanCheck."""
 
     name = "dager_rank"
     config_type = TextRankingConfig
 
     def reconstruct(self, observed: ObservedUpdate, target: Target, **side: Any) -> Reconstruction:
-        p = self._prepare(observed, target)
+        p = self._prepare(observed, target, side.get("bag"))
         numerical_rank = int((p.singular > self.config.rank_tolerance * p.singular[0]).sum())
         chosen = self.config.subspace_dim
         if chosen == "gap":
@@ -240,7 +263,7 @@ class SubspaceRanking(_TextAttack):
         else:
             k = int(chosen) if chosen is not None else max(1, numerical_rank)
         k = min(k, p.basis.shape[0], p.inputs.shape[1] - 1)
-        distance = _distances(p.inputs, p.basis[:k])
+        distance = span_distances(p.inputs, p.basis[:k])
         keep = torch.zeros_like(distance, dtype=torch.bool)
         positions = p.ids[:, 1]
         for position in torch.unique(positions).tolist():
