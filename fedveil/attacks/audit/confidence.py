@@ -31,7 +31,11 @@ RECORD_CONFIDENCE = 0.95
 """The level of the bootstrap intervals the output records carry
 (attacks.output.metrics.BootstrapConfig's default)."""
 
-MULTIPLICITY = "bonferroni over the k attacks x metrics each cell maximises over"
+MULTIPLICITY = (
+    "bonferroni over the k attacks x metrics each cell maximises over; a membership "
+    "cell's empirical-epsilon lower bound is the maximum of its k attacks' one-run "
+    "bounds, each at alpha / k (its certifiable bound at the same level)"
+)
 
 
 def corrected_level(comparisons: int, level: float = CONFIDENCE) -> float:
@@ -63,6 +67,23 @@ def clopper_pearson(successes: int, trials: int, level: float) -> tuple[float, f
         else float(stats.beta.ppf(1.0 - tail, successes + 1, trials - successes))
     )
     return (low, high)
+
+
+def trials_to_certify(threshold: float, level: float = CONFIDENCE) -> int:
+    """The fewest trials whose Clopper-Pearson upper end at `level` (two-sided, as
+    `clopper_pearson`) stays at or under `threshold` with zero successes.
+
+    Why: a rate judged by its interval's high end can pass only if this many trials were
+    run; with fewer, even a protection that let nothing through is inconclusive, and the
+    audit says so (with this number) rather than leaving an unexplained straddle."""
+    if not 0 < threshold < 1:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold!r}")
+    tail = (1.0 - level) / 2.0
+    # zero successes: high = 1 - tail^(1/n) <= threshold  <=>  n >= log(tail) / log(1 - t)
+    n = max(1, math.ceil(math.log(tail) / math.log1p(-threshold) - 1e-9))
+    while clopper_pearson(0, n, level)[1] > threshold:
+        n += 1
+    return n
 
 
 def widen(

@@ -305,7 +305,8 @@ def _checks(report: AuditReport) -> str:
 
 def _interval(check: Check) -> str:
     if check.ci_low is None or check.ci_high is None:
-        return "exact"
+        # an exact check maximised over k bounds carries the level each was computed at
+        return "exact" if check.level is None else f"exact, each bound at {check.level:.4g}"
     level = "" if check.level is None else f"{check.level:.4g}: "
     return f"{level}{_shown(check.ci_low)} to {_shown(check.ci_high)}"
 

@@ -28,6 +28,8 @@ def summary_markdown(report: AuditReport) -> str:
         f"Profile {report.profile}, fedveil {report.fedveil_version}, "
         f"{report.seconds:.0f} s: {verdict}. Bold cells are claimed protected; "
         "the others are reported, never gate.",
+        f"Intervals and bounds at a family-wise {report.settings.confidence:.0%} "
+        f"({_escape(report.settings.multiplicity)}).",
         "",
         *_table(report),
     ]

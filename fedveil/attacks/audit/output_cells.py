@@ -3,9 +3,12 @@
 Why one release: training a protection's model is most of the audit's time, so the
 intervals come from the records themselves: each membership attack's bootstrap
 intervals of AUC and TPR at 1% FPR, widened to the Bonferroni level of the attacks x
-metrics the cell maximises over; extraction, Clopper-Pearson on the count of member
-canaries emitted. The utility floor (utility.py) is applied here too: every output
-cell shows what its model learned.
+metrics the cell maximises over, and the largest empirical-epsilon lower bound of its
+attacks, each bounded at alpha / k; extraction, Clopper-Pearson on the count of member
+canaries emitted (with too few members even zero emitted cannot pass: the check says
+inconclusive with the number of members it needs, confidence.trials_to_certify). The
+utility floor (utility.py) is applied here too: every output cell shows what its model
+learned.
 
 Per-record risk: an AUC says how well an attack separates members from non-members on
 average, not which records are exposed. When the released model's records carry each
@@ -27,6 +30,7 @@ from fedveil.attacks.audit.confidence import (
     CONFIDENCE,
     clopper_pearson,
     corrected_level,
+    trials_to_certify,
     widen,
 )
 from fedveil.attacks.audit.config import Thresholds
@@ -94,12 +98,18 @@ def mia_cell(cell: Cell, records: list[OutputRecord], t: Thresholds) -> None:
     if certifiable is not None:
         cell.metrics["epsilon_certifiable"] = certifiable
     if t.empirical_epsilon_within_claimed:
-        # exact: the one-run lower bound is already a confidence bound
-        check = Check("epsilon_lower_bound", lower, claimed, lower <= claimed)
+        # exact: each attack's one-run lower bound is already a confidence bound, at
+        # alpha / k over the k attacks maximised here (measure.output_leakage.
+        # epsilon_verdicts), so the maximum holds at the family-wise level
+        k = len(mine)
+        check = Check(
+            "epsilon_lower_bound", lower, claimed, lower <= claimed, level=corrected_level(k)
+        )
         if certifiable is not None and certifiable <= claimed and check.passed:
             check.inconclusive = (
                 f"{mine[0].details.n_canaries} canaries in one run certify at most "
-                f"{certifiable:.3g} even for a perfect attack, below the claimed "
+                f"{certifiable:.3g} even for a perfect attack (the best of {k} attacks, "
+                f"each bounded at alpha {(1 - CONFIDENCE) / k:.3g}), below the claimed "
                 f"{claimed:.3g}: this check cannot refute the claim"
             )
         cell.checks.append(check)
@@ -128,9 +138,17 @@ def extraction_cell(cell: Cell, records: list[OutputRecord], t: Thresholds) -> N
     cell.metrics[key] = value
     cell.baselines[key] = 0.0
     limit = t.max_extraction_rate
-    cell.checks.append(
-        Check(key, value, limit, value <= limit, ci_low=low, ci_high=high, level=CONFIDENCE)
-    )
+    check = Check(key, value, limit, value <= limit, ci_low=low, ci_high=high, level=CONFIDENCE)
+    needed = trials_to_certify(limit) if 0 < limit < 1 else 0
+    if check.passed and members < needed:
+        zero_high = clopper_pearson(0, members, CONFIDENCE)[1]
+        check.inconclusive = (
+            f"{members} member canaries bound the rate at {zero_high:.3g} even when none is "
+            f"extracted, above the threshold {limit:.3g}: this check cannot pass with fewer "
+            f"than {needed} members (about {2 * needed} canaries, each planted by a fair "
+            "coin; [target] canaries)"
+        )
+    cell.checks.append(check)
     cell.utility = utility_of(first)
     if not filtered:
         ranked = extraction_exposure(first)

@@ -6,14 +6,17 @@ federation's under any protection: attacks.targets.canary_federation), every reg
 output attack (attacks.registry) scores every canary, and each record states how
 well the scores separate the fair coins (AUC, TPR at 1% / 0.1% FPR with bootstrap
 intervals, a downsampled ROC curve for log-log plots), the empirical epsilon lower
-bound next to the accountant's claim, and what the output filters change (greedy
-extraction of member secrets before/after the full "all" stack, its false-positive rate
-on benign held-out prompts). The record is attacks.measure.records.OutputRecord.
+bound next to the accountant's claim (at alpha / k, k the attacks of its family:
+`epsilon_verdicts`), and what the output filters change (greedy extraction of member
+secrets before/after the full "all" stack, its false-positive rate on benign held-out
+prompts). The record is attacks.measure.records.OutputRecord.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +28,7 @@ from fedveil.attacks.measure.records import (
     Roc,
     finite_json,
 )
-from fedveil.attacks.output.empirical_epsilon import audit
+from fedveil.attacks.output.empirical_epsilon import AuditVerdict, audit
 from fedveil.attacks.output.filters import (
     PII_PATTERNS,
     BlockList,
@@ -52,6 +55,8 @@ from fedveil.attacks.targets.canary_lm import CanaryScenario, TrainedModel
 from fedveil.errors import ConfigError
 
 NGRAM = 6
+EPSILON_ALPHA = 0.05
+"""The family-wise level of a membership cell's empirical-epsilon check (1 - confidence)."""
 ATTACKER_TEMPERATURE = 0.5  # the attacker picks the sampling temperature (SaMIA uses < 1 too)
 ROC_POINTS = 64
 
@@ -112,6 +117,36 @@ def downsampled_roc(members: np.ndarray, non_members: np.ndarray, points: int = 
     grid = np.concatenate([[0.0], np.geomspace(low, 1.0, points - 1)])
     keep = sorted({int(np.searchsorted(fpr, f, side="right")) - 1 for f in grid})
     return Roc(fpr[keep].tolist(), tpr[keep].tolist())
+
+
+def epsilon_verdicts(
+    scores: Mapping[str, np.ndarray],
+    families: Mapping[str, str],
+    labels: np.ndarray,
+    *,
+    epsilon_claimed: float,
+    delta: float,
+    alpha: float = EPSILON_ALPHA,
+) -> dict[str, AuditVerdict]:
+    """Each attack's empirical-epsilon audit at alpha / k, k the attacks of its family.
+
+    Why divided: a membership cell reports the largest one-run lower bound of its k
+    attacks (attacks.audit.output_cells.mia_cell); each bound alone exceeds a true claim
+    with probability at most alpha, their maximum up to k alpha. At alpha / k each
+    (Bonferroni) the maximum keeps alpha whatever the attacks' dependence. The
+    certifiable bound each verdict carries is computed at the same corrected level, so a
+    claim the corrected audit cannot reach is still reported inconclusive."""
+    k = Counter(families[name] for name in scores)
+    return {
+        name: audit(
+            values,
+            labels,
+            epsilon_claimed=epsilon_claimed,
+            delta=delta,
+            alpha=alpha / k[families[name]],
+        )
+        for name, values in scores.items()
+    }
 
 
 def _heldout_loss(lm: LanguageModel, texts: list[str]) -> float:
@@ -238,7 +273,11 @@ def output_leakage_records(
             "ngram": NGRAM,
             "exposure_candidates": settings.exposure_candidates,
             "bootstrap": settings.bootstrap,
-            "alpha": 0.05,
+            "alpha": EPSILON_ALPHA,
+            # the empirical-epsilon check's Bonferroni: each attack's bound at alpha / k
+            "epsilon_attacks_per_family": {
+                str(f): n for f, n in Counter(families.values()).items()
+            },
             **calibration,
             # per-record risk (attacks.audit.output_cells.PER_RECORD_KEY): every canary
             # with the scores its AUC was computed from, so the report can rank records
@@ -264,11 +303,14 @@ def output_leakage_records(
     all_stack = filters.get("all", {})
     if not isinstance(all_stack, dict):
         raise TypeError(f"the 'all' filter report must be a dict, got {all_stack!r}")
+    verdicts = epsilon_verdicts(
+        scores, families, labels, epsilon_claimed=trained.epsilon, delta=trained.delta
+    )
     records = []
     for name, values in scores.items():
         members, non_members = scores_by_label(values, labels)
         metrics = mia_metrics(members, non_members, boot).to_dict()
-        verdict = audit(values, labels, epsilon_claimed=trained.epsilon, delta=trained.delta)
+        verdict = verdicts[name]
         filtered, fpr = all_stack.get("extraction_rate_after"), all_stack.get("benign_fpr")
         records.append(
             OutputRecord(

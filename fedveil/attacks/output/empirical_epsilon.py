@@ -28,6 +28,7 @@ Choosing k+ / k- or a threshold after looking at the scores spends confidence: t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -143,6 +144,14 @@ def certifiable_epsilon(
     nothing. Computed before the attack runs; a claim above it makes the check
     inconclusive, not a pass."""
     _check_alpha_delta(alpha, delta)
+    return _certifiable(m, delta, alpha, None if grid is None else tuple(grid))
+
+
+@functools.lru_cache(maxsize=256)
+def _certifiable(
+    m: int, delta: float, alpha: float, grid: tuple[tuple[int, int], ...] | None
+) -> float:
+    """certifiable_epsilon, cached: a pure function of the design, asked once per attack."""
     feasible = _one_run_grid(m, grid)
     corrected = alpha / len(feasible)
     return max(one_run_epsilon(m, a + b, a + b, delta=delta, alpha=corrected) for a, b in feasible)
@@ -210,6 +219,43 @@ class ThresholdResult:
     tn: int
 
 
+def _clopper_pearson_epsilons(
+    tp: np.ndarray, fn: np.ndarray, fp: np.ndarray, tn: np.ndarray, delta: float, alpha: float
+) -> np.ndarray:
+    """`clopper_pearson_epsilon` of many confusion matrices at once (one per threshold).
+
+    Why vectorised: the audit bounds every attack at every observed threshold, and the
+    multiplicity tests (tests/attacks/audit/test_epsilon_multiplicity.py) run it over
+    thousands of null draws; one beta quantile call per array keeps that in seconds."""
+    half = alpha / 2
+    tpr_low = np.where(tp > 0, stats.beta.ppf(half, np.maximum(tp, 1), fn + 1), 0.0)
+    fpr_high = np.where(tn > 0, stats.beta.ppf(1 - half, fp + 1, np.maximum(tn, 1)), 1.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        forward = np.where(tpr_low - delta > 0, np.log((tpr_low - delta) / fpr_high), 0.0)
+        backward = np.where(
+            (1 - fpr_high) - delta > 0, np.log(((1 - fpr_high) - delta) / (1 - tpr_low)), 0.0
+        )
+    return np.minimum(np.maximum(np.maximum(forward, backward), 0.0), EPS_MAX)
+
+
+def _best_threshold(
+    s: np.ndarray, y: np.ndarray, thresholds: np.ndarray, *, delta: float, alpha: float
+) -> ThresholdResult:
+    """The first of `thresholds` ("member if score >= t") with the largest CP bound at
+    level alpha (no correction here: the callers divide alpha)."""
+    guess = s[None, :] >= thresholds[:, None]
+    tp = (guess & y).sum(axis=1)
+    fp = (guess & ~y).sum(axis=1)
+    fn, tn = int(y.sum()) - tp, int((~y).sum()) - fp
+    eps = _clopper_pearson_epsilons(tp, fn, fp, tn, delta, alpha)
+    i = int(np.argmax(eps))
+    if not eps[i] > 0:
+        return ThresholdResult(0.0, float("inf"), 0, int(y.sum()), 0, int((~y).sum()))
+    return ThresholdResult(
+        float(eps[i]), float(thresholds[i]), int(tp[i]), int(fn[i]), int(fp[i]), int(tn[i])
+    )
+
+
 def best_clopper_pearson(
     scores: Sequence[float] | np.ndarray,
     labels: Sequence[bool] | np.ndarray,
@@ -219,21 +265,13 @@ def best_clopper_pearson(
 ) -> ThresholdResult:
     """The best CP bound over every threshold "member if score >= t", at level alpha
     divided by the number of thresholds (Bonferroni)."""
+    _check_alpha_delta(alpha, delta)
     s = np.asarray(scores, dtype=np.float64)
     y = np.asarray(labels, dtype=bool)
     if s.shape != y.shape or not y.any() or y.all():
         raise ConfigError("need scores and labels of one shape, with members and non-members")
     thresholds = np.unique(s)
-    corrected = alpha / thresholds.size
-    best = ThresholdResult(0.0, float("inf"), 0, int(y.sum()), 0, int((~y).sum()))
-    for t in thresholds:
-        guess = s >= t
-        tp, fp = int((guess & y).sum()), int((guess & ~y).sum())
-        fn, tn = int(y.sum()) - tp, int((~y).sum()) - fp
-        eps = clopper_pearson_epsilon(tp, fn, fp, tn, delta=delta, alpha=corrected)
-        if eps > best.epsilon:
-            best = ThresholdResult(eps, float(t), tp, fn, fp, tn)
-    return best
+    return _best_threshold(s, y, thresholds, delta=delta, alpha=alpha / thresholds.size)
 
 
 # --- verdict ---------------------------------------------------------------------------

@@ -19,6 +19,16 @@ cases perfectly, so with enough trials its lower bound exceeds any finite claim;
 certifiable bound (a perfect attack's) is computed first and a budget whose certifiable
 bound is at or under the claim is reported inconclusive, never as a pass.
 
+Multi-step (Nasr et al. 2023's white-box, all-steps threat model): the canary is in (or
+out of) every one of T real steps (rounds) of a trial, the auditor reads the canary
+coordinate of every step's update and sums them, and the claim is the accountant's
+composition of the T steps at sampling probability 1 for one example (client) present in
+all of them. Summing is the optimal test for this composition (T Gaussian releases of the
+same shift are one Gaussian release with sqrt(T) times the signal-to-noise), so the
+audit measures the composed claim, not a single step's. Its price: the claim grows with
+T while a perfect attack certifies only about log(trials), so refuting T steps needs
+many more trials (`trials_to_refute`).
+
 The coins are the auditor's, not the mechanism's: fair bits from an AES-CTR keystream
 keyed by the OS (secagg.dp.CryptoRandom), or from a given 32-byte seed for reproducible
 runs. Which trials hold the canary must stay unknown to the mechanism, not to the reader.
@@ -54,8 +64,22 @@ QUICK_CLIENT_DP_TRIALS = 2000
 """A real in-process SecAgg+ round with client DP costs a few milliseconds: about ten
 seconds, still certifying more than the one-round claim at z = 1."""
 
+FULL_MULTISTEP_STEPS = 2
+"""The full profile's epsilon column audits this many composed steps (rounds) per trial.
+
+Why 2 and not the federation's hundreds: the composed claim grows with T while a perfect
+attack's bound grows only with log(trials); at the audit's z = 1 two steps already need
+about 12,000 trials to be refutable (`trials_to_refute`), four need about 460,000."""
+
+FULL_MULTISTEP_TRIALS = 16000
+"""Trials of the full profile's multi-step audits (each `FULL_MULTISTEP_STEPS` real steps
+or rounds): a perfect attack then certifies more than the two-step claim at z = 1. Not
+in the quick profile: its one-step budgets (4000 and 2000 releases) would have to grow
+to at least 24,000 releases to refute two steps at z = 1."""
+
 Scorer = Callable[[bool], float]
-"""One independent release with (True) or without the canary -> canary coordinate / C."""
+"""One independent release with (True) or without the canary -> canary coordinate / C
+(multi-step: the mean over its T steps of each step's canary coordinate / C)."""
 
 
 class CanaryVerdict(enum.StrEnum):
@@ -81,6 +105,7 @@ class CanaryAudit:
     fn: int
     fp: int
     tn: int
+    steps: int = 1
 
     @property
     def tpr(self) -> float:
@@ -101,8 +126,9 @@ class CanaryAudit:
         return CanaryVerdict.CONSISTENT
 
     def summary(self) -> str:
+        steps = f" over {self.steps} steps" if self.steps > 1 else ""
         return (
-            f"{self.mechanism} canary audit: epsilon claimed {self.claim:.3f} (delta "
+            f"{self.mechanism} canary audit{steps}: epsilon claimed {self.claim:.3f} (delta "
             f"{self.delta:g}), lower bound {self.lower_bound:.3f} at {1 - self.alpha:.0%}, "
             f"certifiable {self.certifiable:.3f} with {self.trials} trials (TPR "
             f"{self.tpr:.3f}, FPR {self.fpr:.4f} at {self.threshold:g} C): {self.verdict}"
@@ -123,6 +149,25 @@ def certifiable_for(trials: int, *, delta: float, alpha: float) -> float:
     )
 
 
+def trials_to_refute(claim: float, *, delta: float, alpha: float, limit: int = 1 << 24) -> int:
+    """The fewest trials (even) whose perfect attack certifies more than `claim`: the
+    budget below which an audit of this claim can only be inconclusive."""
+    if certifiable_for(limit, delta=delta, alpha=alpha) <= claim:
+        raise ConfigError(
+            f"no budget up to {limit} trials can refute epsilon {claim:.3g}: audit fewer steps"
+        )
+    low, high = 2, limit  # certifiable(low) may already exceed the claim
+    if certifiable_for(low, delta=delta, alpha=alpha) > claim:
+        return low
+    while high - low > 2:
+        mid = (low + high) // 4 * 2
+        if certifiable_for(mid, delta=delta, alpha=alpha) > claim:
+            high = mid
+        else:
+            low = mid
+    return high
+
+
 def run_canary_audit(
     mechanism: str,
     release: Scorer,
@@ -132,8 +177,10 @@ def run_canary_audit(
     delta: float,
     alpha: float,
     seed: bytes | None = None,
+    steps: int = 1,
 ) -> CanaryAudit:
-    """Draw the coins, run one release per trial, bound epsilon over the trials."""
+    """Draw the coins, run one release per trial, bound epsilon over the trials.
+    `steps`: how many mechanism steps each release spans (the claim's composition)."""
     coins = canary_coins(trials, seed)
     scores = np.array([release(bool(coin)) for coin in coins], dtype=np.float64)
     certifiable = certifiable_for(trials, delta=delta, alpha=alpha)
@@ -152,6 +199,7 @@ def run_canary_audit(
             n_in,
             0,
             trials - n_in,
+            steps,
         )
     best = threshold_grid_clopper_pearson(scores, coins, THRESHOLDS, delta=delta, alpha=alpha)
     return CanaryAudit(
@@ -167,13 +215,20 @@ def run_canary_audit(
         best.fn,
         best.fp,
         best.tn,
+        steps,
     )
 
 
 # --- DP-SGD: a Dirac gradient canary in a real Opacus step --------------------------------
 
 
-def _dp_sgd_release(settings: DPSettings, dim: int, batch: int) -> Scorer:
+def _steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"steps must be an integer >= 1, got {steps!r}")
+    return steps
+
+
+def _dp_sgd_release(settings: DPSettings, dim: int, batch: int, steps: int = 1) -> Scorer:
     """A real make_private session (Opacus hooks, per-example clipping, the OS-CSPRNG
     Gaussian noise) on a bias-free linear model whose per-example gradient is its input.
 
@@ -181,8 +236,11 @@ def _dp_sgd_release(settings: DPSettings, dim: int, batch: int) -> Scorer:
     each example's gradient exactly. Row 0 is the canary slot (C e_0 in, zero out: a zero
     gradient adds nothing to the clipped sum, so the sums differ by exactly the canary,
     the add/remove relation); the other rows are background examples of norm 2C off
-    coordinate 0, clipped by the real clipper. Sampling rate 1 (the whole batch), weights
-    zeroed before each step, so every step is an independent one-step release."""
+    coordinate 0, clipped by the real clipper. Sampling rate 1 (the whole batch). Weights
+    are zeroed at the start of each trial, then the trial takes `steps` real steps of
+    the same session (the weights move from step to step as in training; the gradient of
+    a linear model does not depend on them); the auditor reads each step's update of
+    coordinate 0 (white-box, every step) and returns their mean, in units of C."""
     import torch
     from torch import nn
     from torch.utils.data import DataLoader, TensorDataset
@@ -211,14 +269,24 @@ def _dp_sgd_release(settings: DPSettings, dim: int, batch: int) -> Scorer:
         rows[0, 0] = c if canary_in else 0.0
         with torch.no_grad():
             weight.zero_()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=UserWarning)
-            for step in session.data_loader:
-                session.train_step(step, loss)
-        # SGD with lr 1 from w = 0: w = -(clipped sum + noise) / expected batch size.
-        return -float(weight.detach()[0, 0]) * scale
+        total = 0.0
+        for _ in range(steps):
+            before = float(weight.detach()[0, 0])
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning)
+                for step in session.data_loader:
+                    session.train_step(step, loss)
+            # SGD with lr 1: the step moved w by -(clipped sum + noise) / expected batch.
+            total += (before - float(weight.detach()[0, 0])) * scale
+        return total / steps
 
     return release
+
+
+def dp_sgd_claim(settings: DPSettings, steps: int = 1) -> float:
+    """The accountant's epsilon for `steps` Gaussian steps at sampling probability 1: one
+    example present in every step (add/remove), sensitivity C, noise z C each."""
+    return settings.epsilon(steps=_steps(steps), sampling_prob=1.0)
 
 
 def dp_sgd_canary_audit(
@@ -229,13 +297,14 @@ def dp_sgd_canary_audit(
     dim: int = 8,
     batch: int = 4,
     seed: bytes | None = None,
+    steps: int = 1,
 ) -> CanaryAudit:
-    """Audit one DP-SGD step (Gaussian mechanism, sensitivity C, add/remove one example)
-    against its claim: the accountant's epsilon of GaussianEvent(z, 1.0, 1) at delta."""
+    """Audit `steps` DP-SGD steps (Gaussian mechanism, sensitivity C, add/remove one
+    example present in every step) against their composed claim, `dp_sgd_claim`."""
     if dim < 2 or batch < 2:
         raise ConfigError(f"need dim >= 2 and batch >= 2, got dim={dim}, batch={batch}")
-    claim = settings.epsilon(steps=1, sampling_prob=1.0)
-    release = _dp_sgd_release(settings, dim, batch)
+    claim = dp_sgd_claim(settings, steps)
+    release = _dp_sgd_release(settings, dim, batch, steps)
     return run_canary_audit(
         "dp-sgd",
         release,
@@ -244,28 +313,31 @@ def dp_sgd_canary_audit(
         delta=settings.delta,
         alpha=alpha,
         seed=seed,
+        steps=steps,
     )
 
 
 # --- client-level DP: a Dirac canary client in a real SecAgg+ round -----------------------
 
 
-def client_dp_claim(config: ClientDPConfig, delta: float) -> float:
-    """One round's epsilon as the protocol reports it: its events (the distributed
+def client_dp_claim(config: ClientDPConfig, delta: float, steps: int = 1) -> float:
+    """`steps` rounds' epsilon as the protocol reports it: their events (the distributed
     discrete Gaussian with the rounded L2 sensitivity) in the federation's default
     accountant, which accounts discrete noise with RDP."""
     accountant = PrivacyAccountant()
-    for event in config.events(sampling_prob=1.0, steps=1):
+    for event in config.events(sampling_prob=1.0, steps=_steps(steps)):
         accountant.compose(event)
     return float(accountant.epsilon(delta))
 
 
-def _client_dp_release(config: ClientDPConfig, aggregators: Aggregators) -> Scorer:
+def _client_dp_release(config: ClientDPConfig, aggregators: Aggregators, steps: int = 1) -> Scorer:
     """The injected client-DP round over a fixed cohort: slot 0 holds the canary client
     (C e_0) or a client with a zero update, the others background updates of norm 2C off
     coordinate 0. Why replace and not remove: the cohort, hence the noise (sized for
     min_clients = n), stays the same, and the sums differ by exactly one client's clipped
-    contribution, the sensitivity the accountant's event is stated for."""
+    contribution, the sensitivity the accountant's event is stated for. A trial runs
+    `steps` real rounds (each its own SecAgg+ run and noise) with the same canary choice;
+    the auditor reads every round's mean and returns the mean of the canary coordinate."""
     c, n, dim = config.clip_norm, config.max_cohort, config.dim
     background = np.random.default_rng(0).standard_normal((n - 1, dim))
     background[:, 0] = 0.0
@@ -276,8 +348,11 @@ def _client_dp_release(config: ClientDPConfig, aggregators: Aggregators) -> Scor
 
     def release(canary_in: bool) -> float:
         updates = [canary if canary_in else np.zeros(dim), *background]
-        mean, contributors = aggregate(updates, [1] * n)
-        return float(mean[0]) * contributors / c
+        total = 0.0
+        for _ in range(steps):
+            mean, contributors = aggregate(updates, [1] * n)
+            total += float(mean[0]) * contributors / c
+        return total / steps
 
     return release
 
@@ -291,14 +366,15 @@ def client_dp_canary_audit(
     clients: int = 3,
     dim: int = 4,
     seed: bytes | None = None,
+    steps: int = 1,
 ) -> CanaryAudit:
-    """Audit one client-DP SecAgg+ round (one client's update present or replaced by a
-    zero update) against the round's own epsilon."""
+    """Audit `steps` client-DP SecAgg+ rounds (one client's update present in every
+    round or replaced by a zero update) against their composed epsilon."""
     if clients < 2 or dim < 2:
         raise ConfigError(f"need clients >= 2 and dim >= 2, got clients={clients}, dim={dim}")
     config = settings.client_dp_config(dim, clients)
-    claim = client_dp_claim(config, settings.delta)
-    release = _client_dp_release(config, aggregators)
+    claim = client_dp_claim(config, settings.delta, steps)
+    release = _client_dp_release(config, aggregators, steps)
     return run_canary_audit(
         "client-dp",
         release,
@@ -307,4 +383,5 @@ def client_dp_canary_audit(
         delta=settings.delta,
         alpha=alpha,
         seed=seed,
+        steps=steps,
     )
