@@ -14,6 +14,7 @@ from fedveil.commands import (
     attack,
     audit,
     client,
+    contributions,
     demo,
     keys,
     model_hash,
@@ -38,6 +39,7 @@ COMMANDS: tuple[Command, ...] = (
     train.COMMAND,
     plan.COMMAND,
     attack.COMMAND,
+    contributions.COMMAND,
 )
 """The dispatch table: `fedveil NAME` runs the row whose name is NAME."""
 

@@ -1,6 +1,9 @@
 """Per-organisation contribution to the federated model (arXiv 2308.11217, II.E), from
-protected subset aggregates only: each coalition's update is a secure aggregate of its
-office clients with client-level DP, charged to every member's ledger."""
+protected releases only. Two designs: projected_scores (one DP number per organisation
+and round: its clients' updates projected on the validation gradient, summed in SecAgg+;
+the one that ranks like exact Shapley at a useful epsilon) and private_rounds (every
+coalition's model as a DP secure aggregate: the baseline, whose noise buries the
+signal). truth: exact Shapley in the clear, the reference for both."""
 
 from fedveil.learner.contribution.private_rounds import (
     ContributionRound,
@@ -10,6 +13,14 @@ from fedveil.learner.contribution.private_rounds import (
     planned_releases_per_client,
     private_contributions,
 )
+from fedveil.learner.contribution.projected_scores import (
+    ProjectedRound,
+    ProjectedRun,
+    Scoring,
+    ScoringResult,
+    coalition_values,
+    projected_contributions,
+)
 from fedveil.learner.contribution.shapley import (
     Coalition,
     coalitions,
@@ -17,19 +28,26 @@ from fedveil.learner.contribution.shapley import (
     shapley_values,
     spearman,
 )
-from fedveil.learner.contribution.utility import validation_utility
+from fedveil.learner.contribution.utility import validation_gradient, validation_utility
 
 __all__ = [
     "Coalition",
     "ContributionRound",
     "ContributionRun",
+    "ProjectedRound",
+    "ProjectedRun",
     "ReleaseFactory",
+    "Scoring",
+    "ScoringResult",
     "SubsetRelease",
+    "coalition_values",
     "coalitions",
     "exact_shapley",
     "planned_releases_per_client",
     "private_contributions",
+    "projected_contributions",
     "shapley_values",
     "spearman",
+    "validation_gradient",
     "validation_utility",
 ]
