@@ -33,8 +33,10 @@ subsampling). For each, attacks.measure.update_leakage's four measurements:
   (b) captioner: the ViT + GPT-2 captioner with peft LoRA (rank 16), one SGD gradient:
       caption tokens from the decoder's first c_attn LoRA (as (c)) and the image by
       Inverting Gradients given the true caption (psnr/ssim against grey).
---quick: DLG 60 L-BFGS steps, IG 300 (captioner 200) Adam steps, 2 single-client texts;
-full: 300, 2000 (1000), 5. On 2 cores quick takes about 1.5 minutes, full about 15.
+--quick: lenet-32 by batch inversion (80 L-BFGS steps, 1 start), the captioner by IG 200
+Adam steps, 2 single-client texts; full: batch inversion 300 x 4 restarts, DLG 300, IG 2000 x 4
+(captioner 1000), 5 texts. Image attacks are scored on the best-recovered client
+(attacks.measure.inversion_budget). On 2 cores quick takes about 1.5 minutes, full about 15.
 
 --dager-sequence (with --kind update) runs only DAGER's second-layer sequence search
 (attacks.update.text_sequence) against the layer-0 span check on the tiny GPT-2 (LoRA

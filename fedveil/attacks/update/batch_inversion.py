@@ -67,7 +67,9 @@ class BatchInversionConfig:
     tv_weight: weight of the total-variation prior; distance: L2 (the revealed weight
     fixes the scale) or COSINE; num_examples: dummy inputs (None: the total weight the
     view reveals, one per example); label_strategy: ANALYTIC (head-gradient counts) or
-    GIVEN (labels= side information)."""
+    GIVEN (labels= side information); min_progress: a restart stops once one outer step
+    lowers its best objective by less than this fraction (L-BFGS has stalled: its line
+    search no longer finds a decrease, so further steps only cost time)."""
 
     iterations: int = 60
     inner_iterations: int = 20
@@ -79,6 +81,7 @@ class BatchInversionConfig:
     init: str = "rand"
     seed: int = 0
     threads: int | None = 1
+    min_progress: float = 1e-6
 
     def __post_init__(self) -> None:
         check_threads("BatchInversionConfig", self.threads)
@@ -111,6 +114,10 @@ class BatchInversionConfig:
         if self.init not in _INITS:
             raise ConfigError(
                 f"BatchInversionConfig.init must be one of {_INITS}, got {self.init!r}"
+            )
+        if not math.isfinite(self.min_progress) or not 0 <= self.min_progress < 1:
+            raise ConfigError(
+                f"BatchInversionConfig.min_progress must be in [0, 1), got {self.min_progress!r}"
             )
 
 
@@ -181,8 +188,11 @@ class BatchInversion(Attack[BatchInversionConfig]):
             return loss
 
         for _ in range(cfg.iterations):
+            before = best_loss
             if not math.isfinite(float(optimizer.step(closure).detach())):
                 break
+            if math.isfinite(before) and best_loss > before * (1.0 - cfg.min_progress):
+                break  # stalled
         return best_loss, best
 
 
