@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Literal, TypeVar, get_args
 from pydantic import BaseModel, Field, ValidationInfo, field_validator, model_validator
 
 from fedveil.attacks.audit.matrix import ATTACKS, DEFAULT_CLAIMS, check_attack, check_claims
+from fedveil.attacks.audit.observer_rows import ObserverSettings
 from fedveil.attacks.families import Family, Kind, parse_family
 from fedveil.attacks.protections import PROTECTIONS, DPSettings, Protection, parse_protection
 from fedveil.attacks.targets.user_update import UpdateTargetSpec, check_update_target
@@ -114,6 +115,8 @@ class AuditConfig:
     claims: Mapping[Protection, tuple[Family, ...]] = field(
         default_factory=lambda: dict(DEFAULT_CLAIMS)
     )
+    observer: ObserverSettings = field(default_factory=ObserverSettings)
+    """[observer]: the multi-round observer rows (attacks.audit.observer_rows)."""
 
     def __post_init__(self) -> None:
         # Spellings from code become the typed names once, here, by the section models.
@@ -435,6 +438,7 @@ class AuditDocument(StrictSettings):
     dp: DPSectionSettings = Field(default_factory=DPSectionSettings)
     thresholds: ThresholdsSettings = Field(default_factory=ThresholdsSettings)
     claims: ClaimsSettings = Field(default_factory=ClaimsSettings)
+    observer: ObserverSettings = Field(default_factory=ObserverSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -514,6 +518,7 @@ def config_from_toml(
         dp_output=document.dp.output.settings(float(document.dp.delta)),
         thresholds=document.thresholds.thresholds(),
         claims=document.claims.claims(),
+        observer=document.observer,
     )
 
 

@@ -1,8 +1,9 @@
 """Run an audit: plan the jobs, skip the ones already stored, run the rest on an
 executor (attacks.audit.executors: two local lanes by default; Ray tasks through
 runners.ray_audit), judge every cell (the update measurements once per seed; positive
-controls across cells) and write report.json and report.html. A job that fails is
-reported on its cells and the others go on.
+controls across cells), run the active-adversary and multi-round observer rows, and
+write report.json and report.html. A job that fails is reported on its cells and the
+others go on.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fedveil.attacks.audit.executors import JobExecutor, LocalLanes
 from fedveil.attacks.audit.html import write_html
 from fedveil.attacks.audit.jobs import AggregatorsFactory, JobContext, plan, seeds_for
 from fedveil.attacks.audit.matrix import applies, jobs_of
+from fedveil.attacks.audit.observer_rows import ERROR, ObserverRow, audit_observer_rows
 from fedveil.attacks.audit.report import AuditReport, build_report, write_report
 from fedveil.attacks.audit.store import JobStore, StoredJob, fingerprint
 from fedveil.attacks.families import Family
@@ -42,7 +44,8 @@ class AuditResult:
         return self.audit.passed and not self._claimed_errors()
 
     def _claimed_errors(self) -> list[str]:
-        return [c.name for c in self.cells if c.claimed and c.details.error is not None]
+        observers = [r.name for r in self.audit.active if isinstance(r, ObserverRow) and r.failed]
+        return [c.name for c in self.cells if c.claimed and c.details.error is not None] + observers
 
 
 def _seed_results(
@@ -118,6 +121,8 @@ def run_audit(
         if failed:
             cell.details.error = "; ".join(f"{k}: {e}" for k, e in failed.items())
     active = active_rows(config.seed)  # the real protocol against a malicious server
+    observers = audit_observer_rows(config, aggregators_factory)  # a server keeping T rounds
+    errors.update({r.name: r.detail for r in observers if r.observed == ERROR})
     report = build_report(
         config,
         cells,
@@ -125,7 +130,7 @@ def run_audit(
         lora_rank,
         reused_jobs=reused,
         errors=errors,
-        active=active,
+        active=[*active, *observers],
     )
     write_report(report, out_dir / "report.json")
     write_html(report, out_dir / "report.html", out_dir)
