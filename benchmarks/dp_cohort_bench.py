@@ -15,19 +15,29 @@ and reports, for every cohort size n = 3 N:
                the accountant reports after the last round, z, min_clients, noise std per
                element of the mean, seconds
   nonprivate   the same cohort and recipe over SecAgg+ without DP (the same n)
+  projected    with --project N': the same n offices trained, their updates clipped to
+               C and averaged in plaintext, plus the noise the service's calibration
+               gives a cohort of N' (ProjectedNoise): a projection of a cohort too large
+               to run here, not a DP result
 and once per run (they do not depend on n):
   base         the base model
   alone        each organisation trained alone, non-private, on its whole data
   best_alone   the best of them (mean recall): the bar the private federation must clear
 
+The private federation's own recipe (--rank, --server-lr, --server-momentum: the
+levers against the noise; learner.federation.server_step) is recorded with every run;
+the organisations alone always train the default recipe (rank 8), the bar at its best.
+
 Usage:
   python benchmarks/dp_cohort_bench.py [--clients 3 30 90] [--clip 1.0] [--epsilon 8]
-      [--delta 1e-5] [--rounds 20] [--score test|validation] [--merge] [--json OUT]
+      [--delta 1e-5] [--rounds 20] [--rank 8] [--server-lr 1] [--server-momentum 0]
+      [--project 300 900] [--score test|validation] [--merge] [--json OUT]
   python benchmarks/dp_cohort_bench.py --quick      # smoke test, about a minute
 
 --score validation scores on 45 scenes disjoint from the test set (datasets.
-make_validation_set): use it to choose --clip without looking at the test set. --merge
-keeps the points of an existing OUT whose n, clip and score this run does not measure.
+make_validation_set): use it to choose --clip and the recipe without looking at the test
+set. --merge keeps the points of an existing OUT whose n, clip, score and recipe this run
+does not measure.
 Default OUT: benchmarks/results/dp_cohort.json.
 """
 
@@ -37,9 +47,12 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fedveil.learner.data.concepts import DOMAINS
 from fedveil.learner.data.datasets import (
@@ -56,6 +69,7 @@ from fedveil.learner.federated_local import (
     make_parties,
     run_federated,
 )
+from fedveil.learner.federation.server_step import ServerStep
 from fedveil.learner.lora.aggregation import weighted_mean
 from fedveil.learner.models.base import build_base_model
 from fedveil.learner.models.loading import LoadedModel, load_model
@@ -78,11 +92,28 @@ class Profile:
     delta: float
     clip: float
     score: str
+    rank: int = CaptionerRecipe().lora.rank
+    server: ServerStep = ServerStep()
+    project: tuple[int, ...] = ()
+    """Cohort sizes whose noise level to project onto every measured n (ProjectedNoise)."""
+
+    def recipe_key(self) -> dict[str, Any]:
+        """What a run's points depend on besides n (the keys --merge matches)."""
+        return {
+            "clip": self.clip,
+            "score": self.score,
+            "rank": self.rank,
+            "rounds": self.rounds,
+            "server_lr": self.server.learning_rate,
+            "server_momentum": self.server.momentum,
+        }
 
 
-def quick_profile(clip: float, score: str) -> Profile:
+def quick_profile(
+    clip: float, score: str, rank: int, server: ServerStep, project: tuple[int, ...]
+) -> Profile:
     """Tiny data, two rounds, n in {3, 6}: checks the pipeline, not the curve."""
-    return Profile((3, 6), 2, 24, 12, 8.0, 1e-5, clip, score)
+    return Profile((3, 6), 2, 24, 12, 8.0, 1e-5, clip, score, rank, server, project)
 
 
 def scored(report: EvaluationReport) -> dict[str, Any]:
@@ -118,12 +149,14 @@ def federation(
     pixels: Any,
     *,
     private: bool,
+    project: int | None = None,
 ) -> dict[str, Any]:
-    """One cohort's federation over in-process SecAgg+, with or without client DP."""
+    """One cohort's federation over in-process SecAgg+, with or without client DP; with
+    `project`, the plaintext projection of a cohort of that size (ProjectedNoise)."""
     started = time.perf_counter()
     datasets = make_client_datasets(recipe.data, DOMAINS, clients_per_party)
     parties = make_client_parties(loaded, datasets, recipe)
-    aggregate = InProcessSecAgg(
+    aggregate: Any = InProcessSecAgg(
         list(datasets),
         parties[0].layout.size,
         rounds=recipe.rounds,
@@ -131,7 +164,9 @@ def federation(
         dp_delta=profile.delta,
         dp_clip_norm=profile.clip,
     )
-    run = run_federated(parties, recipe.rounds, aggregate, progress=False)
+    if project is not None:
+        aggregate = ProjectedNoise(profile.clip, projected_noise_std(profile, project))
+    run = run_federated(parties, recipe.rounds, profile.server.around(aggregate), progress=False)
     row: dict[str, Any] = evaluate(parties[0], scenes, pixels)
     sizes = [len(d) for d in datasets.values()]
     row.update(
@@ -143,6 +178,9 @@ def federation(
         ),
         seconds=round(time.perf_counter() - started, 1),
     )
+    if project is not None:
+        row["projected"] = {"cohort": project, "noise_std": aggregate.std}
+        return row
     privacy = aggregate.results[-1].privacy
     if privacy is not None:
         row["privacy"] = {
@@ -160,6 +198,48 @@ def federation(
             )
         }
     return row
+
+
+def projected_noise_std(profile: Profile, cohort: int) -> float:
+    """The per-element std of the mean's noise that the service's calibration gives a
+    cohort of `cohort` clients at this run's epsilon, delta, rounds and clip
+    (z C sqrt(cohort / min_clients) / cohort, min_clients = honest_floor)."""
+    ids = [f"c{i}" for i in range(cohort)]
+    secagg = InProcessSecAgg(
+        ids,
+        1,
+        rounds=profile.rounds,
+        dp_epsilon=profile.epsilon,
+        dp_delta=profile.delta,
+        dp_clip_norm=profile.clip,
+    )
+    assert secagg.round_dp is not None
+    config = secagg.round_dp.config
+    z = config.noise_multiplier
+    return z * profile.clip * math.sqrt(cohort / config.min_clients) / cohort
+
+
+@dataclasses.dataclass
+class ProjectedNoise:
+    """A plaintext stand-in for a larger cohort's private round, NOT a DP mechanism:
+    every update clipped to C, the unweighted mean, plus Gaussian noise of the std a
+    cohort of another size would get (projected_noise_std). Why: a cohort of several
+    hundred offices does not fit the machine, but what such a cohort changes is (mostly)
+    the noise on the mean; training n offices and adding the larger cohort's noise shows
+    whether that noise level still learns. It assumes the clipped mean of the larger
+    cohort looks like this one's (its offices would each hold fewer samples)."""
+
+    clip: float
+    std: float
+    rng: np.random.Generator = dataclasses.field(default_factory=np.random.default_rng)
+
+    def __call__(self, updates: Any) -> np.ndarray:
+        clipped = []
+        for vector, _ in updates:
+            v = np.asarray(vector, dtype=np.float64)
+            clipped.append(v * min(1.0, self.clip / max(float(np.linalg.norm(v)), 1e-12)))
+        mean = np.mean(clipped, axis=0)
+        return mean + self.rng.normal(0.0, self.std, size=mean.shape)
 
 
 def run(profile: Profile, nonprivate: bool) -> dict[str, Any]:
@@ -183,6 +263,14 @@ def run(profile: Profile, nonprivate: bool) -> dict[str, Any]:
     started = time.perf_counter()
     out: dict[str, Any] = {"references": references(loaded, recipe, scenes, pixels)}
     print(f"references in {time.perf_counter() - started:.0f} s", flush=True)
+    if profile.rank != recipe.lora.rank:  # the federation's adapter; alpha / rank kept
+        lora = recipe.lora
+        recipe = dataclasses.replace(
+            recipe,
+            lora=dataclasses.replace(
+                lora, rank=profile.rank, alpha=lora.alpha * profile.rank / lora.rank
+            ),
+        )
     points = []
     for n in profile.clients:
         point: dict[str, Any] = {"clients": n, "clients_per_party": n // len(DOMAINS)}
@@ -192,6 +280,19 @@ def run(profile: Profile, nonprivate: bool) -> dict[str, Any]:
         if nonprivate:
             point["nonprivate"] = federation(
                 loaded, recipe, n // len(DOMAINS), profile, scenes, pixels, private=False
+            )
+        for cohort in profile.project:
+            point.setdefault("projected", []).append(
+                federation(
+                    loaded,
+                    recipe,
+                    n // len(DOMAINS),
+                    profile,
+                    scenes,
+                    pixels,
+                    private=False,
+                    project=cohort,
+                )
             )
         print(json.dumps(summary(point)), flush=True)
         points.append(point)
@@ -204,6 +305,8 @@ def summary(point: dict[str, Any]) -> dict[str, Any]:
     line = {"n": point["clients"], "private": point["private"]["mean_recall"]}
     if "nonprivate" in point:
         line["nonprivate"] = point["nonprivate"]["mean_recall"]
+    for projected in point.get("projected", []):
+        line[f"projected_{projected['projected']['cohort']}"] = projected["mean_recall"]
     line["epsilon"] = round(point["private"]["privacy"]["epsilon"], 3)
     line["noise_std"] = round(point["private"]["privacy"]["noise_std"], 4)
     line["seconds"] = point["private"]["seconds"]
@@ -214,8 +317,11 @@ def merged(previous: dict[str, Any], new: dict[str, Any], profile: Profile) -> l
     """The runs of `previous` this run does not replace, then this run."""
     runs = previous.get("runs", [])
     keep = []
+    key = profile.recipe_key()
+    defaults = Profile((), 0, 0, 0, 0.0, 0.0, 0.0, "").recipe_key()
     for old in runs:
-        same = old["clip"] == profile.clip and old["score"] == profile.score
+        same = all(old.get(k, defaults[k]) == v for k, v in key.items() if k != "rounds")
+        same = same and old.get("rounds") == profile.rounds
         old["points"] = [p for p in old["points"] if not (same and p["clients"] in profile.clients)]
         if old["points"]:
             keep.append(old)
@@ -229,6 +335,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--epsilon", type=float, default=8.0)
     p.add_argument("--delta", type=float, default=1e-5)
     p.add_argument("--clip", type=float, default=1.0, help="client DP clip norm C")
+    p.add_argument("--rank", type=int, default=CaptionerRecipe().lora.rank, help="DP LoRA rank")
+    p.add_argument("--server-lr", type=float, default=1.0, help="server step on the mean")
+    p.add_argument("--server-momentum", type=float, default=0.0, help="server momentum")
+    p.add_argument(
+        "--project",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also train each n with the noise level of these cohort sizes, in plaintext "
+        "(a projection, not DP: ProjectedNoise)",
+    )
     p.add_argument("--score", choices=("test", "validation"), default="test")
     p.add_argument("--no-nonprivate", action="store_true", help="skip the non-private runs")
     p.add_argument("--quick", action="store_true")
@@ -241,8 +358,9 @@ def main() -> None:
     args = parse_args()
     if any(n % len(DOMAINS) or n < len(DOMAINS) for n in args.clients):
         raise SystemExit(f"every --clients value must be a multiple of {len(DOMAINS)}")
+    server = ServerStep(args.server_lr, args.server_momentum)
     if args.quick:
-        profile = quick_profile(args.clip, args.score)
+        profile = quick_profile(args.clip, args.score, args.rank, server, tuple(args.project))
     else:
         profile = Profile(
             tuple(args.clients),
@@ -253,17 +371,18 @@ def main() -> None:
             args.delta,
             args.clip,
             args.score,
+            args.rank,
+            server,
+            tuple(args.project),
         )
     started = time.perf_counter()
     result = run(profile, nonprivate=not args.no_nonprivate)
     record = {
         "date": datetime.date.today().isoformat(),
         "profile": "quick" if args.quick else "full",
-        "clip": profile.clip,
-        "score": profile.score,
+        **profile.recipe_key(),
         "epsilon_target": profile.epsilon,
         "delta": profile.delta,
-        "rounds": profile.rounds,
         "seconds": round(time.perf_counter() - started, 1),
         **result,
     }

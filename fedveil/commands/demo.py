@@ -95,6 +95,27 @@ def add_parser(sub: SubParsers) -> None:
         "process; benchmarks/README.md, 'Client-level DP vs cohort size')",
     )
     p.add_argument(
+        "--dp-rank",
+        type=int,
+        default=None,
+        help="--dp client with --clients-per-party > 1: the private federation's LoRA rank, "
+        "1-8 (default 8, the recipe's); each organisation alone keeps rank 8",
+    )
+    p.add_argument(
+        "--server-lr",
+        type=float,
+        default=None,
+        help="--clients-per-party > 1: the server's step size on each released mean "
+        "(post-processing, no privacy cost; default 1)",
+    )
+    p.add_argument(
+        "--server-momentum",
+        type=float,
+        default=None,
+        help="--clients-per-party > 1: the server's momentum over released means, in [0, 1) "
+        "(default 0)",
+    )
+    p.add_argument(
         "--ranks",
         default=None,
         metavar="R1,R2,...",
@@ -180,6 +201,9 @@ def run(args: argparse.Namespace) -> int:
             slow_party=args.slow_party,
             slowdown=args.slowdown,
             staleness=args.staleness,
+            dp_rank=args.dp_rank,
+            server_lr=args.server_lr,
+            server_momentum=args.server_momentum,
         )
         if args.in_process:
             from fedveil.demo.run import run_demo

@@ -16,8 +16,9 @@ from fedveil.errors import ConfigError
 from fedveil.learner.data.concepts import DOMAINS, Domain
 from fedveil.learner.data.datasets import CityDataConfig
 from fedveil.learner.federated_local import CaptionerRecipe
+from fedveil.learner.federation.server_step import ServerStep
 from fedveil.learner.federation.staleness import StalenessWeight
-from fedveil.learner.lora.config import AggregationVariant
+from fedveil.learner.lora.config import AggregationVariant, LoraSettings
 from fedveil.learner.lora.hetero_config import HeteroConfig
 from fedveil.learner.training.dp_loop import DPTrainConfig
 from fedveil.secagg.modes import AggregationMode, DPKind, mode_spec, parse_dp_kind, parse_mode
@@ -85,6 +86,18 @@ class DemoOptions:
     slowdown: float = 5.0
     staleness: str = "polynomial"
     """--staleness: polynomial ((1 + tau)^-1/2, FedBuff's) or constant."""
+    dp_rank: int | None = None
+    """--dp-rank: the LoRA rank of a private office cohort's federation (alpha / rank kept
+    at the recipe's), while each organisation alone keeps the recipe's. Why: the mean's
+    DP noise has std about sqrt(2) z C / n on each of the adapter's d elements while the
+    clipped signal is at most C long, so the noise's share grows as sqrt(d) / n; a lower
+    rank cuts d (and, measured, what the adapter can learn: benchmarks/README.md,
+    "Client-level DP vs cohort size"). None: the recipe's rank."""
+    server_lr: float | None = None
+    """--server-lr: the server's step size on each released mean, office cohorts only
+    (learner.federation.server_step; post-processing, no privacy cost). None: 1."""
+    server_momentum: float | None = None
+    """--server-momentum: the server's momentum over released means, in [0, 1). None: 0."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", parse_mode(self.mode, "mode"))
@@ -102,6 +115,7 @@ class DemoOptions:
                 f"need epsilon > 0 and 0 < delta < 1, got {self.epsilon}, {self.delta}"
             )
         self._check_clients()
+        self._check_cohort_recipe()
         self._check_hetero()
         self._check_buffer()
 
@@ -124,6 +138,47 @@ class DemoOptions:
                 "--clients-per-party > 1 takes --dp client or none (sample-level DP-SGD "
                 "runs one session per party)"
             )
+
+    @property
+    def private_cohort(self) -> bool:
+        """Client DP over branch offices: the setting --dp-rank is for."""
+        return self.dp is DPKind.CLIENT and self.clients_per_party > 1
+
+    def _check_cohort_recipe(self) -> None:
+        """--dp-rank / --server-lr / --server-momentum: office cohorts only, sane values."""
+        given = [
+            flag
+            for flag, value in (
+                ("--dp-rank", self.dp_rank),
+                ("--server-lr", self.server_lr),
+                ("--server-momentum", self.server_momentum),
+            )
+            if value is not None
+        ]
+        if given and self.clients_per_party == 1:
+            raise ConfigError(f"{', '.join(given)} take --clients-per-party > 1")
+        if self.dp_rank is not None and (
+            isinstance(self.dp_rank, bool)
+            or not isinstance(self.dp_rank, int)
+            or not 1 <= self.dp_rank <= CaptionerRecipe().lora.rank
+        ):
+            raise ConfigError(
+                f"--dp-rank must be an int in [1, {CaptionerRecipe().lora.rank}] (the "
+                f"recipe's rank), got {self.dp_rank!r}"
+            )
+        if self.dp_rank is not None and not self.private_cohort:
+            raise ConfigError("--dp-rank is for --dp client (the adapter DP noise must cover)")
+        self.server_step()  # validates --server-lr and --server-momentum
+
+    def server_step(self) -> ServerStep:
+        """The server's step on each released mean (plain FedAvg unless set)."""
+        lr = 1.0 if self.server_lr is None else self.server_lr
+        momentum = 0.0 if self.server_momentum is None else self.server_momentum
+        return ServerStep(lr, momentum)
+
+    def federation_rank(self) -> int:
+        """The federation's LoRA rank: --dp-rank, else the recipe's."""
+        return CaptionerRecipe().lora.rank if self.dp_rank is None else self.dp_rank
 
     def _check_buffer(self) -> None:
         """Buffered rounds: in process, SecAgg+, 2 <= K <= parties, a known slow party."""
@@ -197,7 +252,17 @@ class DemoOptions:
     def domains(self) -> tuple[Domain, ...]:
         return tuple(DOMAINS[: self.parties])
 
+    def alone_recipe(self) -> CaptionerRecipe:
+        """What each organisation alone trains (office cohorts): the recipe at its own
+        rank, uniform and non-private."""
+        return dataclasses.replace(self.recipe(), dp=None, hetero=None, lora=self._lora())
+
+    def _lora(self) -> LoraSettings:
+        lora = CaptionerRecipe().lora
+        return dataclasses.replace(lora, variant=self.variant, seed=self.seed)
+
     def recipe(self) -> CaptionerRecipe:
+        """The federation's recipe (at federation_rank())."""
         default = CaptionerRecipe()
         dp = None
         if self.dp is DPKind.SAMPLE:
@@ -210,9 +275,10 @@ class DemoOptions:
                 learning_rate=SAMPLE_DP_LEARNING_RATE,
             )
         hetero = self.hetero()
-        lora = dataclasses.replace(default.lora, variant=self.variant, seed=self.seed)
-        if hetero is not None:  # same scaling alpha / rank as the default at every rank
-            rank = hetero.max_rank
+        lora = self._lora()
+        # same scaling alpha / rank as the default at every rank
+        rank = hetero.max_rank if hetero is not None else self.federation_rank()
+        if rank != lora.rank:
             lora = dataclasses.replace(lora, rank=rank, alpha=lora.alpha * rank / lora.rank)
         return CaptionerRecipe(
             dp=dp,

@@ -176,7 +176,9 @@ def _run_offices(
     test_set: tuple[SceneExample, ...],
     keeper: Party,
 ) -> tuple[Comparison, tuple[AggregateResult, ...]]:
-    """Every organisation split into clients_per_party offices, rounds in process."""
+    """Every organisation split into clients_per_party offices, rounds in process; the
+    server's step (options.server_step()) applied to each released mean, and each
+    organisation alone trained with its own recipe (options.alone_recipe())."""
     clients: dict[str, PartyDataset] = {}
     for dataset in datasets.values():
         clients.update(split_party_dataset(dataset, options.clients_per_party))
@@ -189,7 +191,14 @@ def _run_offices(
         dp_clip_norm=options.dp_clip_norm,
     )
     comparison = compare_local_and_federated(
-        loaded, clients, test_set, options.recipe(), aggregate, options.progress, alone=datasets
+        loaded,
+        clients,
+        test_set,
+        options.recipe(),
+        options.server_step().around(aggregate),
+        options.progress,
+        alone=datasets,
+        alone_recipe=options.alone_recipe(),
     )
     return comparison, tuple(aggregate.results)
 
