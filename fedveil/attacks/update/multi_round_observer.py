@@ -39,8 +39,8 @@ from fedveil.attacks.update.base import AttackError, ObservedUpdate, Reconstruct
 from fedveil.attacks.update.text_recovery import (
     TextRecoveryConfig,
     assemble,
+    candidate_inputs,
     observed_rows,
-    restrict_candidates,
     span_distances,
 )
 from fedveil.errors import ConfigError
@@ -131,12 +131,7 @@ class MultiRoundObserver:
         """The (token, position) inputs in the span of every round's rows, as sequences;
         `bag` restricts the candidate tokens (position 0 excepted)."""
         rows, projection, used = self.stacked_rows(views, target)
-        assert target.candidates is not None
-        inputs, ids = target.candidates()
-        if bag is not None:
-            inputs, ids = restrict_candidates(inputs, ids, bag)
-        if projection is not None:
-            inputs = inputs @ projection.T
+        inputs, ids = candidate_inputs(target, projection, bag)
         found: dict[int, list[tuple[float, int]]] = {}
         rank = 0
         if rows.numel() > 0:

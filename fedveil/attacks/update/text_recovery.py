@@ -164,6 +164,21 @@ def restrict_candidates(
     return inputs[keep], ids[keep]
 
 
+def candidate_inputs(
+    target: TokenTarget, projection: Tensor | None, bag: Collection[int] | None = None
+) -> tuple[Tensor, Tensor]:
+    """The candidate (token, position) inputs and their ids, restricted to `bag` when
+    given (restrict_candidates), in the rows' space: projected by the public A when the
+    rows are B-factor rows (observed_rows' projection)."""
+    assert target.candidates is not None
+    inputs, ids = target.candidates()
+    if bag is not None:
+        inputs, ids = restrict_candidates(inputs, ids, bag)
+    if projection is not None:
+        inputs = inputs @ projection.T
+    return inputs, ids
+
+
 def assemble(found: dict[int, list[tuple[float, int]]], eos_id: int | None) -> list[list[int]]:
     """Sequences from the (distance, token) lists found per position, best first.
 
@@ -202,12 +217,7 @@ class _TextAttack(Attack[Any]):
     ) -> _Prepared:
         t = _token_target(target)
         rows, projection, used = observed_rows(observed, t, self.config.factor)
-        assert t.candidates is not None
-        inputs, ids = t.candidates()
-        if bag is not None:
-            inputs, ids = restrict_candidates(inputs, ids, bag)
-        if projection is not None:
-            inputs = inputs @ projection.T
+        inputs, ids = candidate_inputs(t, projection, bag)
         _, singular, basis = torch.linalg.svd(rows.to(torch.float64), full_matrices=False)
         return _Prepared(t, inputs, ids, singular, basis, used)
 

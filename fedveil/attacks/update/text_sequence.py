@@ -44,8 +44,8 @@ from fedveil.attacks.update.base import (
 )
 from fedveil.attacks.update.text_recovery import (
     TextRecoveryConfig,
+    candidate_inputs,
     observed_rows,
-    restrict_candidates,
     span_distances,
 )
 from fedveil.errors import ConfigError
@@ -164,12 +164,7 @@ class SequenceSearch(Attack[SequenceSearchConfig]):
     ) -> dict[int, list[int]]:
         """Per position, the tokens whose layer-0 input lies in the layer-0 span."""
         rows, projection, _ = observed_rows(observed, target, self.config.factor)
-        assert target.candidates is not None
-        inputs, ids = target.candidates()
-        if bag is not None:
-            inputs, ids = restrict_candidates(inputs, ids, bag)
-        if projection is not None:
-            inputs = inputs @ projection.T
+        inputs, ids = candidate_inputs(target, projection, bag)
         basis = span_basis(rows, self.config.rank_tolerance)
         found: dict[int, list[int]] = {}
         if 0 < basis.shape[0] < inputs.shape[1]:  # a full span tells nothing apart
