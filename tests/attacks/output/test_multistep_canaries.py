@@ -73,7 +73,7 @@ def client_dp_noise_off(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_the_statistic_sums_every_steps_fresh_noise() -> None:
     """Over T real steps the canary's mean shift stays C while the noise of the mean
     falls to z / sqrt(T): the auditor reads every step, not only the last."""
-    steps, trials = 4, 100
+    steps, trials = 4, 400
     release = _dp_sgd_release(SETTINGS, 8, 4, steps)
     inside = np.array([release(True) for _ in range(trials)])
     outside = np.array([release(False) for _ in range(trials)])
