@@ -162,7 +162,7 @@ def test_a_party_with_another_adapter_or_base_model_is_refused_naming_it(
     tmp_path: Path, planned: tuple, capsys: pytest.CaptureFixture[str]
 ) -> None:
     model_dir, keys, ids, texts, settings = planned
-    other_model = save_tiny_gpt2(tmp_path / "gpt2-other")  # fresh random weights
+    other_model = save_tiny_gpt2(tmp_path / "gpt2-other", seed=1)  # other weights
     alpha = '[lora]\nrank = 2\nalpha = 8.0\ntarget_modules = ["c_attn"]\n'
 
     async def run() -> list[str]:

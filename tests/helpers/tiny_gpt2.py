@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from fedveil.learner.models import build_word_tokenizer
@@ -12,8 +13,11 @@ from fedveil.learner.models import build_word_tokenizer
 WORDS = ["the", "gate", "is", "open", "closed", "meter", "reads", "high", "low", "pipe"]
 
 
-def save_tiny_gpt2(path: Path) -> Path:
-    """Write the model and its tokenizer to `path`; returns `path`."""
+def save_tiny_gpt2(path: Path, seed: int = 0) -> Path:
+    """Write the model and its tokenizer to `path`; returns `path`.
+
+    The weights are drawn from `seed` (the global RNG left as it was), so a test sees the
+    same model whichever tests ran before it in the process."""
     tokenizer = build_word_tokenizer(WORDS, [])
     config = GPT2Config(
         n_embd=32,
@@ -25,6 +29,9 @@ def save_tiny_gpt2(path: Path) -> Path:
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
-    GPT2LMHeadModel(config).save_pretrained(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2LMHeadModel(config)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -22,6 +22,7 @@ from safetensors.numpy import save_file
 
 from fedveil.attacks.own.job import attack_files
 from fedveil.attacks.own.lora_source import settings_from_flags
+from fedveil.attacks.own.per_record import RECOVERED_F1
 from fedveil.attacks.own.run import AttackOutcome, ViewResult
 from fedveil.learner.lora import apply_lora, canonical_name
 from fedveil.learner.models import load_model
@@ -142,5 +143,7 @@ def test_the_mean_of_few_distinct_inputs_gives_their_union_not_membership(
     (view,) = report.views
     _show(view)
     assert not _span(view).saturated
-    scores = {r.record.text: r.score for r in view.records}
-    assert scores[SIMILAR[0]] == scores["the gate is high"] > 0.5
+    by_text = {r.record.text: r for r in view.records}
+    member, unseen = by_text[SIMILAR[0]], by_text["the gate is high"]
+    assert member.recovered and unseen.recovered  # each counts as given back
+    assert member.score >= RECOVERED_F1 and abs(member.score - unseen.score) <= 0.05
