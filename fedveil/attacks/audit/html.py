@@ -34,6 +34,16 @@ STATUS_COLOURS = {
     "not run": "#eeeeee",
 }
 
+ACTIVE_COLOURS: Mapping[str, str] = {
+    "refused": "ok",
+    "detected": "ok",
+    "held": "ok",
+    "inconclusive": "warn",
+    "error": "bad",
+}
+"""An active or observer row's observed value -> its cell's class; "open" stays plain (an
+expected-open row reports, a claimed one that is open is a breach and turns red)."""
+
 HEADLINE: Mapping[Family, tuple[str, str]] = {
     Family.INVERSION: ("psnr", "PSNR {v:.1f} dB (grey {b:.1f})"),
     Family.LABELS: ("label_attribution_acc", "who-had-which {v:.2f} (chance {b:.2f})"),
@@ -50,7 +60,7 @@ body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{margin-bottom:4px} table{border-collapse:collapse;margin:8px 0 18px}
 td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px;vertical-align:top}
 th{background:#f3f3f3} .banner{padding:10px 14px;font-weight:600;margin:10px 0}
-.ok{background:#c8e6c9} .bad{background:#ef9a9a} .muted{color:#666;font-size:12px}
+.ok{background:#c8e6c9} .bad{background:#ef9a9a} .warn{background:#fff59d} .muted{color:#666;font-size:12px}
 .grid img{max-width:1100px;min-height:128px;image-rendering:pixelated;
   border:1px solid #ccc;margin:4px}
 .charts svg{margin:4px}
@@ -116,7 +126,8 @@ def _matrix(report: AuditReport) -> str:
     return f"<table>{''.join(rows)}</table><p class='muted'>{legend}</p>"
 
 
-def _active(report: AuditReport) -> str:
+def active_table(report: AuditReport) -> str:
+    """The active and observer rows as an HTML table, each observed value coloured."""
     if not report.active:
         return "<p class='muted'>No active-adversary row ran.</p>"
     rows = [
@@ -124,7 +135,9 @@ def _active(report: AuditReport) -> str:
         "<th>detail</th></tr>"
     ]
     for r in report.active:
-        colour = "bad" if r.breached else ("" if r.observed == "open" else "ok")
+        colour = ACTIVE_COLOURS.get(r.observed, "")
+        if r.breached:
+            colour = "bad"
         leak = "-" if r.leak is None else f"{r.leak:.2f}"
         rows.append(
             f"<tr><td>{escape(r.name)}</td><td>{escape(r.attack)}</td>"
@@ -352,7 +365,7 @@ protection.</p>{_matrix(report)}</section>
 <section id="active"><h2>Active adversaries (real protocol)</h2>
 <p class="muted">A malicious server, a colluding client, Sybils. Expected "refused" or
 "detected" where fedveil has a defence, "open" where it has none; a defence that did not
-act is a breach.</p>{_active(report)}</section>
+act is a breach.</p>{active_table(report)}</section>
 <section id="epsilon"><h2>Claimed vs empirical epsilon</h2>{_epsilon(report)}</section>
 <section id="filters"><h2>Output filter effectiveness</h2>{_filters(report)}</section>
 <section id="roc"><h2>Membership ROC curves (log-log)</h2>{_roc(report)}</section>

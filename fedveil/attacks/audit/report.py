@@ -40,6 +40,7 @@ from fedveil.attacks.audit.confidence import CONFIDENCE, MULTIPLICITY
 from fedveil.attacks.audit.config import AuditConfig, Thresholds
 from fedveil.attacks.audit.evaluate import Cell, breach_lines, note_lines
 from fedveil.attacks.audit.jobs import seeds_of
+from fedveil.attacks.audit.observer_rows import INCONCLUSIVE, ObserverRow
 from fedveil.attacks.audit.output_cells import exposure_of
 from fedveil.attacks.audit.utility import UTILITY_MARGIN
 from fedveil.attacks.families import Family
@@ -176,8 +177,14 @@ class AuditReport:
 
     def notes(self) -> list[str]:
         """ "INCONCLUSIVE <cell>: <reason>" / "VACUOUS <cell>: <reason>" for every claimed
-        cell that could not be judged a pass; the command prints them."""
-        return note_lines(self.cells)
+        cell, then every claimed observer row, that could not be judged a pass; the
+        command prints them."""
+        rows = [
+            f"INCONCLUSIVE {r.name}: {r.reason or 'no reason recorded'}"
+            for r in self.active
+            if isinstance(r, ObserverRow) and r.claimed and r.observed == INCONCLUSIVE
+        ]
+        return note_lines(self.cells) + rows
 
     def to_json(self) -> JSONObject:
         report: JSONObject = {

@@ -20,6 +20,7 @@ import torch
 from fedveil.attacks.audit import observer_job
 from fedveil.attacks.audit.active_rows import OPEN
 from fedveil.attacks.audit.config import AuditConfig, config_from_toml
+from fedveil.attacks.audit.html import active_table
 from fedveil.attacks.audit.junit import junit_tree
 from fedveil.attacks.audit.markdown import summary_markdown
 from fedveil.attacks.audit.observer_rows import (
@@ -100,6 +101,8 @@ def test_fedavg_row_leaks_and_the_ffa_row_holds_with_its_control(
     assert stored["observer/ffa-multi-round"]["observed"] == HELD
     assert stored["observer/fedavg-multi-round"]["excess_intervals"]["bag_f1"][0] > THRESHOLD
     assert "| observer/ffa-multi-round | held | held |" in summary_markdown(report)
+    assert report.notes() == []
+    assert f"<td class='ok'>{HELD}</td>" in active_table(report)
     cases = _junit_cases(list(normal.values()))
     assert list(cases) == [("observer", FFA_ROW)]
     assert list(cases["observer", FFA_ROW]) == []  # a pass has no child
@@ -134,6 +137,13 @@ def test_a_control_that_does_not_leak_leaves_the_ffa_row_inconclusive(
     assert not ffa.breached and ffa.reason is not None and "positive control" in ffa.reason
     skipped = _junit_cases(list(rows.values()))["observer", FFA_ROW].find("skipped")
     assert skipped is not None and "positive control" in skipped.get("message", "")
+    # listed as not judged a pass, and not coloured as one in report.html
+    report = build_report(AuditConfig(), [], 1.0, 16, active=list(rows.values()))
+    assert report.passed and report.notes() == [f"INCONCLUSIVE observer/{FFA_ROW}: {ffa.reason}"]
+    assert report.to_json()["notes"] == report.notes()
+    page = active_table(report)
+    assert f"<td class='warn'>{INCONCLUSIVE}</td>" in page
+    assert f"<td class='ok'>{INCONCLUSIVE}</td>" not in page
 
 
 def test_the_rows_run_with_the_text_column_of_the_secagg_row() -> None:
