@@ -60,7 +60,8 @@ body{font-family:system-ui,sans-serif;margin:24px;color:#222;max-width:1200px}
 h1{margin-bottom:4px} table{border-collapse:collapse;margin:8px 0 18px}
 td,th{border:1px solid #bbb;padding:4px 8px;font-size:13px;vertical-align:top}
 th{background:#f3f3f3} .banner{padding:10px 14px;font-weight:600;margin:10px 0}
-.ok{background:#c8e6c9} .bad{background:#ef9a9a} .warn{background:#fff59d} .muted{color:#666;font-size:12px}
+.ok{background:#c8e6c9} .bad{background:#ef9a9a} .warn{background:#fff59d}
+.muted{color:#666;font-size:12px}
 .grid img{max-width:1100px;min-height:128px;image-rendering:pixelated;
   border:1px solid #ccc;margin:4px}
 .charts svg{margin:4px}
