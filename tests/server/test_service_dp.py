@@ -19,7 +19,6 @@ from fedveil.commands import server as server_command
 from fedveil.commands.server import _ROUND_FLAGS
 from fedveil.errors import ConfigError, PrivacyBudgetExceededError, PrivacyPolicyError
 from fedveil.proto import aggregation_pb2 as pb
-from fedveil.proto.convert import config_to_spec
 from fedveil.runners.simulation import Federation, make_config
 from fedveil.secagg.crypto.identity import SigningIdentity
 from fedveil.secagg.dp import (
@@ -30,15 +29,12 @@ from fedveil.secagg.dp import (
     PrivacyBudget,
     l2_clip,
 )
-from fedveil.secagg.protocol.client import ClientSession
-from fedveil.secagg.protocol.messages import MaskedInput
 from fedveil.secagg.protocol.server import ServerRound
-from fedveil.secagg.protocol.upload import aligned_chunk_bytes
-from fedveil.secagg.protocol.upload_checksum import upload_checksum
 from fedveil.server.coordinator import RoundCoordinator
 from fedveil.server.journal import RoundJournal
-from fedveil.server.replay import encode_message, replay
+from fedveil.server.replay import replay
 from fedveil.server.settings import RoundSettings, load_settings
+from tests.helpers.journalled_round import journalled_round
 from tests.helpers.service_harness import client_for, make_keys, running_server, settings_for
 
 DIM = 4096
@@ -338,53 +334,17 @@ def test_a_central_dp_round_replays_to_the_same_release(tmp_path: Path) -> None:
     federation = Federation.enrol(4)
     dp = ClientDPConfig(1.0, 0.5, 1, 4, dim, placement=NoisePlacement.SERVER)
     config = make_config(federation, dim, dp=dp)
-    chunk = aligned_chunk_bytes(config.quantization.bits, 4096)
-    spec = config_to_spec(config, min_cohort=3, chunk_bytes=chunk, stage_timeout_s=5.0)
-    journal = RoundJournal(tmp_path / "journal.sqlite3")
-    rid, seed = config.round_id, os.urandom(32)
-    journal.begin_round(rid, spec.SerializeToString())
-    journal.record(rid, "dp-noise-seed", "", seed)
-    roster = federation.roster
-    server = ServerRound(config, roster, chunk_bytes=chunk, quorum=3, noise_seed=seed)
     gen = np.random.default_rng(2)
-    sessions = {}
-    for cid in config.roster:
-        session = ClientSession(config, cid, federation.identities[cid], roster)
-        session.set_input(gen.normal(0, 0.02, dim), 1)
-        sessions[cid] = session
-
-    def accept(message: object) -> None:
-        server.receive(message)
-        journal.record(rid, *encode_message(rid, message))
-
-    def close() -> None:
-        stage = server.stage
-        server.advance()
-        journal.record(rid, "advance", "", stage.value.encode())
-
-    for session in sessions.values():
-        accept(session.advertise())
-    close()
-    for cid, session in sessions.items():
-        accept(session.handle(server.request_for(cid)))
-    close()
-    for cid, session in sessions.items():
-        upload = session.handle(server.request_for(cid))
-        assert isinstance(upload, MaskedInput)
-        payload = upload.payload
-        server.begin_masked_input(cid, len(payload))
-        for index in range(0, -(-len(payload) // chunk)):
-            piece = payload[index * chunk : (index + 1) * chunk]
-            server.add_masked_chunk(cid, index, piece)
-            journal.record_chunk(rid, cid, index, piece)
-        digest = upload_checksum(config.session_id, cid, payload)
-        server.finish_masked_input(cid, digest)
-        journal.record(rid, "finish", cid, digest)
-    close()
-    for _ in range(2):  # consistency check, then unmask
-        for cid, session in sessions.items():
-            accept(session.handle(server.request_for(cid)))
-        close()
+    run = journalled_round(
+        tmp_path / "journal.sqlite3",
+        federation,
+        config,
+        {cid: (gen.normal(0, 0.02, dim), 1) for cid in config.roster},
+        noise_seed=os.urandom(32),
+    )
+    run.run_to_uploads()
+    run.run_to_result()
+    journal, server, roster, rid = run.journal, run.server, federation.roster, run.rid
     assert server.result is not None and server.result.dp is not None
     (record,) = journal.open_rounds()
     replayed, replayed_spec = replay(journal, record, roster)
@@ -394,7 +354,7 @@ def test_a_central_dp_round_replays_to_the_same_release(tmp_path: Path) -> None:
     assert np.array_equal(replayed.result.dp.sum, server.result.dp.sum)
     # Without the journalled key the replay would release a different draw.
     unkeyed = RoundJournal(tmp_path / "other.sqlite3")
-    unkeyed.begin_round(rid, spec.SerializeToString())
+    unkeyed.begin_round(rid, run.spec_bytes)
     for event in record.events:
         if event.kind == "chunk":
             index = int(event.payload.decode())

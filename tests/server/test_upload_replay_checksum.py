@@ -11,16 +11,12 @@ import numpy as np
 import pytest
 
 from fedveil.errors import InvalidMessageError
-from fedveil.proto.convert import config_to_spec
 from fedveil.runners.simulation import Federation, make_config
-from fedveil.secagg.protocol.client import ClientSession
-from fedveil.secagg.protocol.messages import MaskedInput
 from fedveil.secagg.protocol.server import ServerRound
 from fedveil.secagg.protocol.stages import Stage
-from fedveil.secagg.protocol.upload import aligned_chunk_bytes
-from fedveil.secagg.protocol.upload_checksum import upload_checksum
 from fedveil.server.journal import RoundJournal
-from fedveil.server.replay import encode_message, replay
+from fedveil.server.replay import replay
+from tests.helpers.journalled_round import journalled_round
 
 DIMENSION = 2000
 
@@ -30,47 +26,13 @@ def journal_the_uploads(path: Path) -> tuple[RoundJournal, Federation, ServerRou
     (every accepted message, every chunk, each upload's checksum, each stage close)."""
     federation = Federation.enrol(4)
     config = make_config(federation, DIMENSION)
-    chunk = aligned_chunk_bytes(config.quantization.bits, 4096)
-    spec = config_to_spec(config, min_cohort=3, chunk_bytes=chunk, stage_timeout_s=5.0)
-    journal = RoundJournal(path)
-    rid = config.round_id
-    journal.begin_round(rid, spec.SerializeToString())
-    server = ServerRound(config, federation.roster, chunk_bytes=chunk, quorum=3)
     rng = np.random.default_rng(3)
-    sessions = {}
-    for cid in config.roster:
-        sessions[cid] = ClientSession(config, cid, federation.identities[cid], federation.roster)
-        sessions[cid].set_input(rng.normal(0, 0.1, DIMENSION), int(rng.integers(1, 50)))
-
-    def accept(message: object) -> None:
-        server.receive(message)
-        journal.record(rid, *encode_message(rid, message))
-
-    def close() -> None:
-        stage = server.stage
-        server.advance()
-        journal.record(rid, "advance", "", stage.value.encode())
-
-    for session in sessions.values():
-        accept(session.advertise())
-    close()
-    for cid, session in sessions.items():
-        accept(session.handle(server.request_for(cid)))
-    close()
-    for cid, session in sessions.items():
-        upload = session.handle(server.request_for(cid))
-        assert isinstance(upload, MaskedInput)
-        payload = upload.payload
-        server.begin_masked_input(cid, len(payload))
-        for index in range(-(-len(payload) // chunk)):
-            piece = payload[index * chunk : (index + 1) * chunk]
-            server.add_masked_chunk(cid, index, piece)
-            journal.record_chunk(rid, cid, index, piece)
-        checksum = upload_checksum(config.session_id, cid, payload)
-        server.finish_masked_input(cid, checksum)
-        journal.record(rid, "finish", cid, checksum)
-    close()
-    return journal, federation, server, rid
+    inputs = {
+        cid: (rng.normal(0, 0.1, DIMENSION), int(rng.integers(1, 50))) for cid in config.roster
+    }
+    run = journalled_round(path, federation, config, inputs)
+    run.run_to_uploads()
+    return run.journal, federation, run.server, run.rid
 
 
 def test_an_intact_journal_replays_every_upload(tmp_path: Path) -> None:
