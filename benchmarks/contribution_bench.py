@@ -44,16 +44,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from fedveil.errors import ConfigError
 from fedveil.learner.contribution import spearman, validation_utility
 from fedveil.learner.contribution.scenario import ValueScenario, organisations
 from fedveil.learner.contribution.secure_run import ScoringPlan, secure_projected_run
-from fedveil.learner.contribution.truth import cleartext_shapley
+from fedveil.learner.contribution.truth import CleartextShapley, cleartext_shapley
 from fedveil.learner.data.concepts import Domain
-from fedveil.learner.data.datasets import make_validation_set
+from fedveil.learner.data.datasets import PartyDataset, SceneExample, make_validation_set
 from fedveil.learner.federated_local import CaptionerRecipe
 from fedveil.learner.models.base import build_base_model
-from fedveil.learner.models.loading import load_model
+from fedveil.learner.models.loading import LoadedModel, load_model
 from fedveil.learner.training.batches import encode_images
 
 DEFAULT_OUT = Path("benchmarks/results/contribution.json")
@@ -75,8 +77,21 @@ def rounded(scores: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 9) for k, v in scores.items()}
 
 
-def configuration(args: argparse.Namespace, seed: int, scenario: ValueScenario) -> dict[str, Any]:
-    """Truth and every scoring of one configuration."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Setting:
+    """One configuration's model, recipe, validation scenes, organisations and truth
+    (shared with contribution_cumulative_bench.py)."""
+
+    loaded: LoadedModel
+    recipe: CaptionerRecipe
+    scenes: list[SceneExample]
+    pixels: torch.Tensor
+    orgs: dict[str, PartyDataset]
+    truth: CleartextShapley
+
+
+def setting(args: argparse.Namespace, seed: int, scenario: ValueScenario) -> Setting:
+    """Build one configuration and compute its truth (exact Shapley in the clear)."""
     default = CaptionerRecipe()
     data = dataclasses.replace(default.data, seed=seed)
     if args.quick:
@@ -97,6 +112,54 @@ def configuration(args: argparse.Namespace, seed: int, scenario: ValueScenario) 
         log=lambda line: print(line, flush=True),
     )
     print(f"seed {seed} truth {json.dumps(rounded(truth.shapley))}", flush=True)
+    return Setting(loaded, recipe, list(scenes), pixels, orgs, truth)
+
+
+def described(seed: int, scenario: ValueScenario, truth: CleartextShapley) -> dict[str, Any]:
+    """A configuration's record header: its seed, roles and truth."""
+    return {
+        "seed": seed,
+        "roles": {
+            "duplicate": scenario.duplicate.value,
+            "halved": scenario.halved.value,
+            "noisy": scenario.noisy.value,
+        },
+        "truth": {
+            "shapley": rounded(truth.shapley),
+            "values": {k: round(v, 5) for k, v in truth.values.items()},
+            "seconds": round(truth.seconds, 1),
+        },
+        "plain_federation_seconds": round(truth.grand_seconds, 1),
+    }
+
+
+def write_record(
+    args: argparse.Namespace, design: str, started: float, result: dict[str, Any]
+) -> None:
+    """Append this run's record to --json's "runs"."""
+    record = {
+        "date": datetime.date.today().isoformat(),
+        "design": design,
+        "profile": "quick" if args.quick else "full",
+        "rounds": args.rounds,
+        "offices_per_organisation": args.offices,
+        "draws": args.draws,
+        "delta": args.delta,
+        "clip": args.clip,
+        "utility": "minus the mean validation caption loss over the three domains",
+        "seconds": round(time.perf_counter() - started, 1),
+        **result,
+    }
+    previous = json.loads(args.json.read_text()) if args.json.exists() else {"runs": []}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"runs": [*previous.get("runs", []), record]}, indent=2))
+    print(f"wrote {args.json}")
+
+
+def configuration(args: argparse.Namespace, seed: int, scenario: ValueScenario) -> dict[str, Any]:
+    """Truth and every scoring of one configuration."""
+    st = setting(args, seed, scenario)
+    loaded, recipe, scenes, orgs, truth = st.loaded, st.recipe, st.scenes, st.orgs, st.truth
     plans = [ScoringPlan("inf", None)] + [
         ScoringPlan(f"eps{eps:g}-draw{k}", eps) for eps in args.epsilon for k in range(args.draws)
     ]
@@ -122,18 +185,7 @@ def configuration(args: argparse.Namespace, seed: int, scenario: ValueScenario) 
         rhos = [s["spearman"] for s in scorings if s["epsilon_target"] == eps]
         summary[str(eps)] = {"mean": round(statistics.fmean(rhos), 4), "min": min(rhos)}
     return {
-        "seed": seed,
-        "roles": {
-            "duplicate": scenario.duplicate.value,
-            "halved": scenario.halved.value,
-            "noisy": scenario.noisy.value,
-        },
-        "truth": {
-            "shapley": rounded(truth.shapley),
-            "values": {k: round(v, 5) for k, v in truth.values.items()},
-            "seconds": round(truth.seconds, 1),
-        },
-        "plain_federation_seconds": round(truth.grand_seconds, 1),
+        **described(seed, scenario, truth),
         "private": {
             "scorings": scorings,
             "spearman": summary,
@@ -202,23 +254,9 @@ def main() -> None:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    record = {
-        "date": datetime.date.today().isoformat(),
-        "design": "projected scores: one DP scalar per organisation and round",
-        "profile": "quick" if args.quick else "full",
-        "rounds": args.rounds,
-        "offices_per_organisation": args.offices,
-        "draws": args.draws,
-        "delta": args.delta,
-        "clip": args.clip,
-        "utility": "minus the mean validation caption loss over the three domains",
-        "seconds": round(time.perf_counter() - started, 1),
-        **result,
-    }
-    previous = json.loads(args.json.read_text()) if args.json.exists() else {"runs": []}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"runs": [*previous.get("runs", []), record]}, indent=2))
-    print(f"wrote {args.json}")
+    write_record(
+        args, "projected scores: one DP scalar per organisation and round", started, result
+    )
 
 
 if __name__ == "__main__":

@@ -47,12 +47,11 @@ import argparse
 import dataclasses
 import datetime
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from projected_noise import ProjectedNoise, calibrated_mean_noise_std
 
 from fedveil.learner.data.concepts import DOMAINS
 from fedveil.learner.data.datasets import (
@@ -201,45 +200,11 @@ def federation(
 
 
 def projected_noise_std(profile: Profile, cohort: int) -> float:
-    """The per-element std of the mean's noise that the service's calibration gives a
-    cohort of `cohort` clients at this run's epsilon, delta, rounds and clip
-    (z C sqrt(cohort / min_clients) / cohort, min_clients = honest_floor)."""
-    ids = [f"c{i}" for i in range(cohort)]
-    secagg = InProcessSecAgg(
-        ids,
-        1,
-        rounds=profile.rounds,
-        dp_epsilon=profile.epsilon,
-        dp_delta=profile.delta,
-        dp_clip_norm=profile.clip,
+    """The per-element noise std of the mean a cohort of `cohort` clients gets at this
+    run's epsilon, delta, rounds and clip (projected_noise.calibrated_mean_noise_std)."""
+    return calibrated_mean_noise_std(
+        cohort, profile.rounds, profile.epsilon, profile.delta, profile.clip
     )
-    assert secagg.round_dp is not None
-    config = secagg.round_dp.config
-    z = config.noise_multiplier
-    return z * profile.clip * math.sqrt(cohort / config.min_clients) / cohort
-
-
-@dataclasses.dataclass
-class ProjectedNoise:
-    """A plaintext stand-in for a larger cohort's private round, NOT a DP mechanism:
-    every update clipped to C, the unweighted mean, plus Gaussian noise of the std a
-    cohort of another size would get (projected_noise_std). Why: a cohort of several
-    hundred offices does not fit the machine, but what such a cohort changes is (mostly)
-    the noise on the mean; training n offices and adding the larger cohort's noise shows
-    whether that noise level still learns. It assumes the clipped mean of the larger
-    cohort looks like this one's (its offices would each hold fewer samples)."""
-
-    clip: float
-    std: float
-    rng: np.random.Generator = dataclasses.field(default_factory=np.random.default_rng)
-
-    def __call__(self, updates: Any) -> np.ndarray:
-        clipped = []
-        for vector, _ in updates:
-            v = np.asarray(vector, dtype=np.float64)
-            clipped.append(v * min(1.0, self.clip / max(float(np.linalg.norm(v)), 1e-12)))
-        mean = np.mean(clipped, axis=0)
-        return mean + self.rng.normal(0.0, self.std, size=mean.shape)
 
 
 def run(profile: Profile, nonprivate: bool) -> dict[str, Any]:

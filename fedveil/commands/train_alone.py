@@ -40,6 +40,7 @@ from fedveil.learner.training.party import Party
 
 logger = logging.getLogger("fedveil.train")
 
+
 @dataclass(eq=False)
 class AloneRun:
     """One prepared local-only party."""

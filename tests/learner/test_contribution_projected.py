@@ -17,44 +17,22 @@ from fedveil.learner.contribution import (
     validation_utility,
 )
 from fedveil.learner.contribution.projected_scores import Validator
-from fedveil.learner.contribution.scenario import content_name, office_parties
+from fedveil.learner.contribution.scenario import content_name
 from fedveil.learner.contribution.secure_run import ScoringPlan, make_scoring
-from fedveil.learner.data import CityDataConfig, Domain, make_party_dataset
+from fedveil.learner.data import Domain, make_party_dataset
 from fedveil.learner.data.datasets import PartyDataset, make_test_set
-from fedveil.learner.federated_local import CaptionerRecipe
-from fedveil.learner.lora import LoraSettings
-from fedveil.learner.training import TrainConfig, encode_images
+from fedveil.learner.training import encode_images
 from fedveil.learner.training.party import Party
 from fedveil.runners.aggregators import InProcessSecAgg
-from tests.helpers.captioner_fixtures import tiny_base
+from tests.helpers.contribution_fixtures import SMALL, ids_of, small_federation
 
-SMALL = CaptionerRecipe(
-    rounds=2,
-    lora=LoraSettings(rank=2, alpha=4),
-    train=TrainConfig(epochs=1, batch_size=4, learning_rate=1e-2, progress=False),
-    data=CityDataConfig(samples_per_party=8, test_samples=2, image_size=32),
-)
 EPSILON, DELTA, CLIP = 4.0, 1e-5, 0.5
 
 
 def federation() -> tuple[dict[str, dict[str, Party]], Party, Validator]:
     """energy, an exact duplicate of it, and urban; two offices each."""
-    energy = make_party_dataset(SMALL.data, Domain.ENERGY)
-    urban = make_party_dataset(SMALL.data, Domain.URBAN)
-    orgs = {
-        "energy": energy,
-        "energy-dup": PartyDataset("energy-dup", Domain.ENERGY, energy.examples),
-        "urban": urban,
-    }
-    grouped = office_parties(tiny_base(), orgs, 2, SMALL)
-    first = grouped["energy"]["energy-0"]
-    scenes = make_test_set(SMALL.data)
-    pixels = encode_images(first.loaded.image_processor, [s.image for s in scenes])
+    grouped, first, scenes, pixels = small_federation()
     return grouped, first, validation_gradient(first, scenes, pixels)
-
-
-def ids_of(grouped: dict[str, dict[str, Party]]) -> list[str]:
-    return [cid for clients in grouped.values() for cid in clients]
 
 
 def test_duplicates_are_named_alike_and_tie_without_dp() -> None:

@@ -1,10 +1,18 @@
 """Per-organisation contribution to the federated model (arXiv 2308.11217, II.E), from
-protected releases only. Two designs: projected_scores (one DP number per organisation
+protected releases only. Three designs: projected_scores (one DP number per organisation
 and round: its clients' updates projected on the validation gradient, summed in SecAgg+;
-the one that ranks like exact Shapley at a useful epsilon) and private_rounds (every
-coalition's model as a DP secure aggregate: the baseline, whose noise buries the
-signal). truth: exact Shapley in the clear, the reference for both."""
+cheap in noise, first-order), cumulative_scores (one d-dimensional DP release per
+organisation at the end, coalition models evaluated: ranks like exact Shapley where the
+organisations have enough clients for d-dimensional noise) and private_rounds (every
+coalition's model as a DP secure aggregate each round: the baseline, whose noise buries
+the signal). truth: exact Shapley in the clear, the reference for all three."""
 
+from fedveil.learner.contribution.cumulative_scores import (
+    CumulativeResult,
+    CumulativeRun,
+    coalition_models,
+    cumulative_contributions,
+)
 from fedveil.learner.contribution.private_rounds import (
     ContributionRound,
     ContributionRun,
@@ -34,14 +42,18 @@ __all__ = [
     "Coalition",
     "ContributionRound",
     "ContributionRun",
+    "CumulativeResult",
+    "CumulativeRun",
     "ProjectedRound",
     "ProjectedRun",
     "ReleaseFactory",
     "Scoring",
     "ScoringResult",
     "SubsetRelease",
+    "coalition_models",
     "coalition_values",
     "coalitions",
+    "cumulative_contributions",
     "exact_shapley",
     "planned_releases_per_client",
     "private_contributions",

@@ -135,12 +135,14 @@ def coalition_values(
     return values
 
 
-def _check(
+def check_scoring_inputs(
     organisations: Mapping[str, Mapping[str, Party]],
     rounds: int,
     scorings: Sequence[Scoring],
     min_cohort: int,
 ) -> list[str]:
+    """Every client id, organisation by organisation; a ConfigError naming what is wrong
+    (shared by the cumulative design, learner.contribution.cumulative_scores)."""
     if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
         raise ConfigError(f"rounds must be a positive int, got {rounds!r}")
     if len(organisations) < 2:
@@ -196,7 +198,7 @@ def projected_contributions(
     called once per organisation with its client ids and `rounds` (the releases each
     client takes part in); every release is charged to its clients' ledgers first,
     which refuse once spent (PrivacyBudgetExceededError)."""
-    ids = _check(organisations, rounds, scorings, min_cohort)
+    ids = check_scoring_inputs(organisations, rounds, scorings, min_cohort)
     orgs = list(organisations)
     members = {org: list(organisations[org]) for org in orgs}
     clients = {org: len(members[org]) for org in orgs}

@@ -1,5 +1,6 @@
-"""Projected contribution scores wired to real in-process SecAgg+ (the service's client
-DP calibration and accountant): what `fedveil contributions` and the benchmark run.
+"""Contribution scores wired to real in-process SecAgg+ (the service's client DP
+calibration and accountant): what `fedveil contributions` and the benchmark run, for
+the projected design and the cumulative one.
 
 Every organisation's release is a runners.aggregators.InProcessSecAgg of dimension 1
 over its office clients, calibrated for `rounds` releases at the target epsilon (each
@@ -17,13 +18,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedveil.errors import ConfigError
+from fedveil.learner.contribution.cumulative_scores import (
+    CumulativeRun,
+    cumulative_contributions,
+)
 from fedveil.learner.contribution.projected_scores import (
     ProjectedRun,
     Scoring,
     projected_contributions,
 )
 from fedveil.learner.contribution.scenario import office_parties
-from fedveil.learner.contribution.utility import validation_gradient
+from fedveil.learner.contribution.utility import validation_gradient, validation_utility
 from fedveil.learner.data.datasets import PartyDataset, SceneExample
 from fedveil.learner.federated_local import CaptionerRecipe
 from fedveil.learner.models.loading import LoadedModel
@@ -55,15 +60,21 @@ def check_privacy(epsilon: float | None, delta: float, clip: float) -> None:
 
 
 def make_scoring(
-    plan: ScoringPlan, client_ids: Sequence[str], delta: float, clip: float
+    plan: ScoringPlan, client_ids: Sequence[str], delta: float, clip: float, dimension: int = 1
 ) -> Scoring:
-    """A scoring whose releases are dimension-1 InProcessSecAgg rounds, with ledgers."""
+    """A scoring whose releases are InProcessSecAgg rounds of `dimension` (1: the
+    projected design; the adapter's: the cumulative one), with ledgers."""
     check_privacy(plan.epsilon, delta, clip)
     epsilon = plan.epsilon
 
     def release(ids: Sequence[str], planned: int) -> InProcessSecAgg:
         return InProcessSecAgg(
-            ids, 1, rounds=planned, dp_epsilon=epsilon, dp_delta=delta, dp_clip_norm=clip
+            ids,
+            dimension,
+            rounds=planned,
+            dp_epsilon=epsilon,
+            dp_delta=delta,
+            dp_clip_norm=clip,
         )
 
     ledgers = None
@@ -93,3 +104,27 @@ def secure_projected_run(
     train = InProcessSecAgg(ids, first.layout.size, rounds=recipe.rounds)
     scorings = [make_scoring(plan, ids, delta, clip) for plan in plans]
     return projected_contributions(grouped, recipe.rounds, validator, train, scorings)
+
+
+def secure_cumulative_run(
+    loaded: LoadedModel,
+    orgs: dict[str, PartyDataset],
+    recipe: CaptionerRecipe,
+    scenes: Sequence[SceneExample],
+    offices: int,
+    plans: Sequence[ScoringPlan],
+    delta: float = 1e-5,
+    clip: float = 8.0,
+) -> CumulativeRun:
+    """Split every organisation into `offices` clients, train `recipe.rounds` rounds of
+    SecAgg+ FedAvg and run every plan's scoring of the cumulative design over them
+    (cumulative_scores: one release of the adapter's dimension per organisation)."""
+    grouped = office_parties(loaded, orgs, offices, recipe)
+    ids = [cid for clients in grouped.values() for cid in clients]
+    first = next(iter(grouped[next(iter(grouped))].values()))
+    pixels = encode_images(loaded.image_processor, [s.image for s in scenes])
+    utility = validation_utility(first, scenes, pixels)
+    train = InProcessSecAgg(ids, first.layout.size, rounds=recipe.rounds)
+    size = first.layout.size
+    scorings = [make_scoring(plan, ids, delta, clip, dimension=size) for plan in plans]
+    return cumulative_contributions(grouped, recipe.rounds, utility, train, scorings)

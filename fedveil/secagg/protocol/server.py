@@ -264,9 +264,7 @@ class ServerRound:
             raise DuplicateSubmissionError(f"{client_id!r} already sent its {what} in this round")
 
     def _on_advertisement(self, adv: KeyAdvertisement) -> None:
-        self._sender_check(
-            adv.client_id, self._roster_set, self._adverts, "key advertisement"
-        )
+        self._sender_check(adv.client_id, self._roster_set, self._adverts, "key advertisement")
         if len(adv.encryption_key) != X25519_KEY_BYTES or len(adv.masking_key) != X25519_KEY_BYTES:
             raise InvalidMessageError("advertised X25519 public keys must be 32 bytes each")
         if adv.encryption_key == adv.masking_key:
@@ -506,9 +504,7 @@ class ServerRound:
             self._advertised = frozenset(self._adverts)
         elif opened is Stage.CONSISTENCY_CHECK:
             self._survivor_order = tuple(sorted(self._survivors))
-            self._survivor_message = survivor_set_message(
-                self.config.session_id, self._survivors
-            )
+            self._survivor_message = survivor_set_message(self.config.session_id, self._survivors)
         elif opened is Stage.UNMASK:
             self._signers = frozenset(self._signatures)
             self._unmask_request = UnmaskRequest(
