@@ -156,7 +156,10 @@ def configuration(args: argparse.Namespace, seed: int, scenario: ValueScenario) 
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    rows = [configuration(args, seed, roles) for seed, roles in CONFIGURATIONS[: args.configs]]
+    chosen = CONFIGURATIONS[: args.configs]
+    if args.seeds:
+        chosen = tuple(c for c in CONFIGURATIONS if c[0] in args.seeds)
+    rows = [configuration(args, seed, roles) for seed, roles in chosen]
     overall = {}
     for name in rows[0]["private"]["spearman"]:
         means = [row["private"]["spearman"][name]["mean"] for row in rows]
@@ -175,6 +178,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--offices", type=int, default=3, help="office clients per organisation")
     p.add_argument("--configs", type=int, default=3, help=f"1-{len(CONFIGURATIONS)}")
+    p.add_argument(
+        "--seeds", type=int, nargs="*", default=[], help="run these configurations instead"
+    )
     p.add_argument("--epsilon", type=float, nargs="+", default=[8.0])
     p.add_argument(
         "--noise-of",
@@ -197,6 +203,9 @@ def parse_args() -> argparse.Namespace:
         p.error("--draws and --rounds must be >= 1, --offices >= 2")
     if not args.epsilon or any(not (e > 0 and math.isfinite(e)) for e in args.epsilon):
         p.error("--epsilon values must be positive numbers")
+    known = [seed for seed, _ in CONFIGURATIONS]
+    if any(seed not in known for seed in args.seeds):
+        p.error(f"--seeds must be among {known}")
     if any(n < 2 for n in args.noise_of):
         p.error("--noise-of values must be >= 2")
     if not (args.clip > 0 and math.isfinite(args.clip)):
