@@ -1,6 +1,9 @@
-"""`fedveil contributions`: each organisation's contribution to the federated model, from
-one DP number per organisation and round (learner.contribution.projected_scores), with
-the epsilon each organisation's clients spent on it.
+"""`fedveil contributions`: each organisation's contribution to the federated model, with
+the epsilon each organisation's clients spent on it. `--design projected` (the default):
+one DP number per organisation and round (learner.contribution.projected_scores);
+`--design cumulative`: one d-dimensional DP release per organisation at the end, each
+coalition's model evaluated (learner.contribution.cumulative_scores; it needs on the
+order of 100 offices per organisation for its noise, benchmarks/README.md).
 
 Runs in this process on the built-in captioner (or --model) and the synthetic
 city-safety data: four organisations of deliberately different value (one domain held
@@ -26,6 +29,8 @@ from fedveil.commands import Command, SubParsers
 from fedveil.errors import ConfigError, FedveilError
 
 DOMAIN_NAMES = ("energy", "residential", "urban")
+DESIGNS = ("projected", "cumulative")
+DEFAULT_CLIP = {"projected": 0.5, "cumulative": 10.0}
 
 
 def add_parser(sub: SubParsers) -> None:
@@ -38,7 +43,18 @@ def add_parser(sub: SubParsers) -> None:
     p.add_argument("--rounds", type=int, default=4, help="federated rounds (default 4)")
     p.add_argument("--offices", type=int, default=3, help="SecAgg+ clients per organisation (3)")
     p.add_argument(
-        "--clip", type=float, default=0.5, help="clip of a client's projected number (0.5)"
+        "--design",
+        choices=DESIGNS,
+        default="projected",
+        help="projected: one DP number per organisation and round (default); cumulative: "
+        "one DP release of the whole update per organisation, coalition models evaluated",
+    )
+    p.add_argument(
+        "--clip",
+        type=float,
+        default=None,
+        help="client DP clip: of a projected number (default 0.5) or of a centred whole-run "
+        "update (cumulative, default 10)",
     )
     p.add_argument("--seed", type=int, default=0, help="data seed (default 0)")
     p.add_argument(
@@ -56,6 +72,8 @@ def add_parser(sub: SubParsers) -> None:
 
 
 def _check(args: argparse.Namespace) -> None:
+    if args.clip is None:
+        args.clip = DEFAULT_CLIP[args.design]
     for name in ("rounds", "offices", "samples_per_party", "validation"):
         value = getattr(args, name)
         if value < 1:
@@ -82,7 +100,11 @@ def contributions(args: argparse.Namespace) -> dict[str, Any]:
 
     from fedveil.learner.contribution import spearman, validation_utility
     from fedveil.learner.contribution.scenario import ValueScenario, organisations
-    from fedveil.learner.contribution.secure_run import ScoringPlan, secure_projected_run
+    from fedveil.learner.contribution.secure_run import (
+        ScoringPlan,
+        secure_cumulative_run,
+        secure_projected_run,
+    )
     from fedveil.learner.contribution.truth import cleartext_shapley
     from fedveil.learner.data.concepts import Domain
     from fedveil.learner.data.datasets import (
@@ -107,9 +129,8 @@ def contributions(args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_model(args.model if args.model is not None else build_base_model(progress=False))
     scenes = make_validation_set(data, args.validation)
     plan = ScoringPlan(f"epsilon {args.epsilon:g}", args.epsilon)
-    run = secure_projected_run(
-        loaded, orgs, recipe, scenes, args.offices, [plan], args.delta, args.clip
-    )
+    secure_run = secure_cumulative_run if args.design == "cumulative" else secure_projected_run
+    run = secure_run(loaded, orgs, recipe, scenes, args.offices, [plan], args.delta, args.clip)
     result = run.results[0]
     offices = range(args.offices)  # the client ids split_party_dataset gave each office
     spent = {
@@ -122,7 +143,8 @@ def contributions(args: argparse.Namespace) -> dict[str, Any]:
         "delta": args.delta,
         "rounds": args.rounds,
         "offices_per_organisation": args.offices,
-        "releases_per_client": args.rounds,
+        "design": args.design,
+        "releases_per_client": 1 if args.design == "cumulative" else args.rounds,
         "clip": args.clip,
         "seconds": round(run.seconds, 1),
     }
@@ -151,9 +173,14 @@ def format_report(report: dict[str, Any]) -> str:
         line = f"{org:<20} {score:>10.4f} {report['epsilon_spent'][org]:>8.2f}"
         line += f" {truth[org]:>14.4f}" if truth else ""
         lines.append(line)
+    releases = (
+        "one release per client in all"
+        if report["design"] == "cumulative"
+        else "one release per client and round"
+    )
     lines.append(
-        f"delta {report['delta']:g}; {report['rounds']} rounds, one release per client and "
-        f"round, {report['offices_per_organisation']} SecAgg+ clients per organisation"
+        f"{report['design']} design; delta {report['delta']:g}; {report['rounds']} rounds, "
+        f"{releases}, {report['offices_per_organisation']} SecAgg+ clients per organisation"
     )
     if truth:
         lines.append(f"Spearman vs exact Shapley: {report['spearman']:.3f}")

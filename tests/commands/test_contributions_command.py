@@ -32,6 +32,21 @@ def test_prints_scores_and_the_epsilon_each_organisation_spent(
     assert "Spearman" not in table
 
 
+def test_the_cumulative_design_charges_one_release_per_client(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "scores.json"
+    argv = ["contributions", "--model", str(tiny_base_dir()), *SMALL, "--rounds", "2"]
+    assert main([*argv, "--design", "cumulative", "--epsilon", "4", "--json", str(out)]) == 0
+    table = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["design"] == "cumulative" and report["clip"] == 10.0
+    assert report["releases_per_client"] == 1 and report["rounds"] == 2
+    for org in report["scores"]:  # one release at the end, whatever the rounds
+        assert 2.0 < report["epsilon_spent"][org] <= 4.0 * 1.01
+    assert "cumulative design" in table and "one release per client in all" in table
+
+
 @pytest.mark.slow
 def test_truth_adds_exact_shapley_and_spearman(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -54,6 +69,7 @@ def test_truth_adds_exact_shapley_and_spearman(
         (["--epsilon", "nan"], "--epsilon"),
         (["--delta", "1"], "--delta"),
         (["--clip", "-1"], "--clip"),
+        (["--design", "cumulative", "--clip", "0"], "--clip"),
         (["--rounds", "0"], "--rounds"),
         (["--offices", "1"], "--offices"),
         (["--duplicate", "urban"], "three different domains"),
