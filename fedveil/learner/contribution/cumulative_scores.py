@@ -12,7 +12,7 @@ validation-gradient direction per round, per-domain gradients, the public mean s
 the top 8-32 directions of per-batch validation gradients), it swaps two organisations
 in at least one configuration. The signal is in the whole update, so the release has
 the update's dimension d, and client-level noise in d coordinates is what decides how
-many clients an organisation needs (the benchmark's `--cumulative-noise-of N`).
+many clients an organisation needs (contribution_cumulative_bench.py `--noise-of N`).
 
 The protocol, after the federation's `rounds` rounds:
   1. every round the federation's own SecAgg+ round releases its mean step m_r, as
