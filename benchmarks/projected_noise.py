@@ -1,6 +1,6 @@
 """A plaintext stand-in for a larger cohort's DP mean, shared by the benchmarks that
 project a cohort too large for this machine (dp_cohort_bench `--project`,
-contribution_bench `--cumulative-noise-of`). NOT a DP mechanism: a projection."""
+contribution_cumulative_bench `--noise-of`). NOT a DP mechanism: a projection."""
 
 from __future__ import annotations
 
