@@ -98,10 +98,11 @@ def connect(address: str | None = None, num_cpus: int | None = None) -> bool:
                 object_store_memory=LOCAL_OBJECT_STORE_BYTES,
             )
             return True
-        except RuntimeError as exc:
+        except Exception as exc:  # Ray raises RuntimeError or a bare Exception here
             # On a loaded machine the local head's GCS can miss Ray's start-up deadline
-            # ("Timed out waiting for file .../gcs_server_port"); a second start usually
-            # succeeds once the first one's processes are gone.
+            # ("Timed out waiting for file .../gcs_server_port", a RuntimeError, or "The
+            # current node timed out during startup", a bare Exception); a second start
+            # usually succeeds once the first one's processes are gone.
             ray.shutdown()
             if attempt + 1 == LOCAL_START_ATTEMPTS:
                 raise ConfigError(f"could not start a local Ray: {exc}") from exc

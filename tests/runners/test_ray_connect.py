@@ -17,13 +17,18 @@ ray = pytest.importorskip("ray")
 from fedveil.runners import ray_backend  # noqa: E402
 
 
-def _fake_ray(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[str]:
+def _fake_ray(
+    monkeypatch: pytest.MonkeyPatch,
+    failures: int,
+    error: Exception | None = None,
+) -> list[str]:
+    error = error or RuntimeError("Timed out waiting for file .../gcs_server_port")
     calls: list[str] = []
 
     def init(**_: Any) -> None:
         calls.append("init")
         if calls.count("init") <= failures:
-            raise RuntimeError("Timed out waiting for file .../gcs_server_port")
+            raise error
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", init)
@@ -33,6 +38,14 @@ def _fake_ray(monkeypatch: pytest.MonkeyPatch, failures: int) -> list[str]:
 
 def test_a_local_start_that_times_out_once_is_retried(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _fake_ray(monkeypatch, failures=1)
+    assert ray_backend.connect(num_cpus=2) is True
+    assert calls == ["init", "shutdown", "init"]
+
+
+def test_a_node_start_up_timeout_is_retried_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Ray raised once in a fresh-clone CI run: a bare Exception, not a RuntimeError."""
+    timeout = Exception("The current node timed out during startup.")
+    calls = _fake_ray(monkeypatch, failures=1, error=timeout)
     assert ray_backend.connect(num_cpus=2) is True
     assert calls == ["init", "shutdown", "init"]
 
